@@ -1,0 +1,135 @@
+"""The dense baseline's figures: held-out bits per byte per language, and its cost (params, FLOPs, time, memory).
+
+Every technique's numbers are read against these. Run with ``recruit bench baseline --out DIR``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from recruit import checkpoints, measure
+from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.errors import RecruitError
+from recruit.models import GPT, load_model
+from recruit.records import Record, environment
+from recruit.train import resolve_device
+
+log = logging.getLogger(__name__)
+BENCH = "baseline"
+
+
+def _load(opts: BenchOptions) -> tuple[GPT, str, torch.device]:
+    device = resolve_device(opts.device)
+    path = opts.model or checkpoints.path()
+    model = load_model(path, device=device)
+    if not isinstance(model, GPT):
+        raise RecruitError(f"the baseline benchmark measures a recruit-gpt model, {path} holds {model.model_type}")
+    return model, (str(path) if opts.model else checkpoints.DEFAULT), device
+
+
+def _quality(model, corpus, opts: BenchOptions, device, seq: int, add) -> None:
+    max_bytes = min(opts.max_bytes, 4096) if opts.quick else opts.max_bytes
+    res = measure.corpus_bits_per_byte(model, corpus, "test", seq_len=seq, max_bytes=max_bytes, device=device)
+    for lang, (bpb, n) in res.items():
+        add(f"split=test,lang={lang}", "bpb", bpb, "bits/byte")
+        add(f"split=test,lang={lang}", "ppl", 2.0**bpb, "per byte")
+        add(f"split=test,lang={lang}", "bytes_scored", n, "bytes")
+
+
+def _flops(model, opts: BenchOptions, device, seq: int, add) -> None:
+    add("", "params", measure.count_params(model), "")
+    x = torch.randint(0, 256, (1, seq), device=device)
+    add(f"T={seq}", "flops_per_token", measure.count_flops(lambda: model(x)) / seq, "FLOP")
+    add(f"T={seq}", "flops_analytic_per_token", measure.gpt_forward_flops(model.config, seq) / seq, "FLOP")
+
+
+@torch.no_grad()
+def _latency(model, opts: BenchOptions, device, seq: int, add) -> None:
+    cfg = model.config
+    repeats = 3 if opts.quick else 10
+    x = torch.randint(0, 256, (1, seq), device=device)
+    t = measure.time_fn(lambda: model(x), device, warmup=2, repeats=repeats)
+    add(f"B=1,T={seq}", "prefill_ms", t.median * 1e3, "ms")
+    add(f"B=1,T={seq}", "prefill_tok_per_s", seq / t.median, "tok/s")
+    one = torch.randint(0, 256, (1, 1), device=device)
+    for ctx in [c for c in (16, 64, 128, 255) if c < cfg.max_seq_len]:
+        cache = model.new_cache()
+        model(torch.randint(0, 256, (1, ctx), device=device), cache=cache)
+
+        def step_once(cache=cache, ctx=ctx) -> None:  # decode one token at context ctx, then roll back
+            model(one, cache=cache)
+            cache.truncate(ctx)
+
+        t = measure.time_fn(step_once, device, warmup=2, repeats=repeats * 3)
+        add(f"B=1,context={ctx}", "decode_ms_per_token", t.median * 1e3, "ms")
+        add(f"B=1,context={ctx}", "kv_bytes", cache.nbytes(), "bytes")
+    add("", "kv_bytes_per_token", 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 4, "bytes")
+
+
+@torch.no_grad()
+def _memory(model, opts: BenchOptions, device, seq: int, add) -> None:
+    xb = torch.randint(0, 256, (8, seq), device=device)
+    peak = measure.peak_memory(lambda: model(xb), device)
+    if peak is not None:
+        add(f"B=8,T={seq}", "peak_mem_bytes", peak, "bytes")
+
+
+def run(opts: BenchOptions) -> list[Record]:
+    """Quality per language and cost of the model (the shipped ``gpt-tiny`` unless ``opts.model`` is given)."""
+    from recruit.data.corpus import Corpus
+
+    model, name, device = _load(opts)
+    env = environment(device)
+    recs: list[Record] = []
+
+    def add(case: str, metric: str, value: float, unit: str = "") -> None:
+        recs.append(Record(BENCH, f"model={name}" + (f",{case}" if case else ""), metric, value, unit, env))
+
+    corpus = Corpus.load(opts.corpus)
+    seq = min(256, model.config.max_seq_len)
+    bar = tqdm(desc="baseline", total=4, disable=not opts.progress, leave=False)
+    _quality(model, corpus, opts, device, seq, add)
+    for step in (_flops, _latency, _memory):
+        bar.update(1)
+        bar.set_postfix_str(step.__name__.strip("_"))
+        step(model, opts, device, seq, add)
+    bar.update(1)
+    bar.close()
+    return recs
+
+
+def section(records: list[Record]) -> str:
+    """HTML for the report: bits per byte per language and the cost table."""
+    from recruit.report.html import bar_chart, table
+
+    rs = [r for r in records if r.bench == BENCH]
+    if not rs:
+        return ""
+    bpb = sorted((r.case.split("lang=")[-1], r.value) for r in rs if r.metric == "bpb")
+    parts = [
+        "<p>The dense baseline (<code>recruit.models.gpt</code>) that every technique is measured against: "
+        "held-out bits per byte on the test split of the corpus, per language, and its cost.</p>"
+    ]
+    if bpb:
+        parts.append(bar_chart([k for k, _ in bpb], [v for _, v in bpb], "bits per byte (test split)", "bits/byte"))
+        mean = sum(v for _, v in bpb) / len(bpb)
+        parts.append(f"<p>Mean over languages: {mean:.3f} bits/byte (perplexity per byte {math.pow(2, mean):.2f}).</p>")
+    cost = [r for r in rs if r.metric not in ("bpb", "ppl", "bytes_scored")]
+    parts.append(
+        table(
+            ["case", "metric", "value", "unit"], [[html.escape(r.case), r.metric, _fmt(r.value), r.unit] for r in cost]
+        )
+    )
+    return "\n".join(parts)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+register(Bench(BENCH, run, section, summary="dense baseline: bits/byte per language and cost", in_report=True))

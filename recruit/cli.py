@@ -1,0 +1,254 @@
+"""The ``recruit`` command: one subcommand per task; each handler's docstring is its ``--help``.
+
+Errors caused by input (missing corpus, bad config, corrupt checkpoint) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from recruit.errors import RecruitError
+
+log = logging.getLogger("recruit")
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Build the text corpus from Debian packages (Python docs; man pages in en, de, fr, pl, ru, es) or your text.
+
+    The corpus goes to the cache directory ($RECRUIT_CACHE, default ~/.cache/recruit) under corpus/NAME.
+    """
+    from recruit.data.corpus import Corpus, prepare_corpus
+
+    name = args.name or ("text" if args.text else "debian")
+    path = prepare_corpus(name=name, text=args.text, lang=args.lang, force=args.force, progress=not args.quiet)
+    print(Corpus.load(path).summary())
+    print(f"corpus written to {path}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    """Print the sizes of a prepared corpus per split, language and kind."""
+    from recruit.data.corpus import Corpus
+
+    print(Corpus.load(args.name).summary())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model on a prepared corpus (resumes from OUT_DIR/ckpt.pt when present).
+
+    Pick a preset (--preset) and/or a JSON/TOML file (--config), then override any field with --FIELD VALUE;
+    model config fields are --model.FIELD VALUE. Fields: model, model_args, corpus, out_dir, seq_len,
+    batch_size, max_steps, lr, min_lr_ratio, warmup_steps, weight_decay, beta1, beta2, grad_clip, eval_every,
+    eval_windows, ckpt_every, log_every, seed, device, precision, threads.
+    """
+    from recruit.config import load_config_file, parse_overrides
+    from recruit.data.corpus import Corpus
+    from recruit.train import Trainer, make_config
+
+    file_data = load_config_file(args.config) if args.config else None
+    cfg = make_config(args.preset or (None if file_data else "gpt-tiny"), file_data, parse_overrides(args.overrides))
+    corpus = Corpus.load(cfg.corpus)
+    trainer = Trainer(cfg, corpus.tokens("train"), corpus.tokens("val"), progress=not args.quiet)
+    trainer.fit()
+    last = next((h for h in reversed(trainer.history) if "val_loss" in h), None)
+    if last is not None:
+        print(f"step {trainer.step}: held-out loss {last['val_loss']:.4f} nats/token")
+    print(f"model saved to {Path(cfg.out_dir) / 'final'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Held-out bits per byte of a checkpoint per language (and per kind with --by kind)."""
+    from recruit import checkpoints, measure
+    from recruit.data.corpus import Corpus
+    from recruit.models import load_model
+
+    model = load_model(args.model or checkpoints.path())
+    corpus = Corpus.load(args.corpus)
+    seq = min(256, getattr(model.config, "max_seq_len", 256))
+    res = measure.corpus_bits_per_byte(model, corpus, args.split, seq_len=seq, max_bytes=args.max_bytes, group=args.by)
+    print(f"{args.by:>6}  bits/byte  bytes")
+    for k, (bpb, n) in res.items():
+        print(f"{k:>6}  {bpb:9.4f}  {n}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Continue a prompt with a checkpoint (byte-level models; tags the prompt with --lang and --kind)."""
+    import torch
+
+    from recruit import checkpoints
+    from recruit.data.tokenizer import ByteTokenizer
+    from recruit.models import load_model
+
+    if not args.prompt:
+        raise RecruitError("the prompt is empty: pass --prompt TEXT")
+    model = load_model(args.model or checkpoints.path())
+    tok = ByteTokenizer()
+    ids = [tok.lang_id(args.lang), tok.kind_id(args.kind), *tok.encode(args.prompt)]
+    g = torch.Generator().manual_seed(args.seed)
+    out = model.generate(
+        torch.tensor([ids]),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        greedy=args.greedy,
+        generator=g,
+    )
+    print(tok.decode(out[0, 2:].tolist()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a registered benchmark and write its result records to OUT/NAME.jsonl (--list shows them all)."""
+    from recruit import benchmarks
+    from recruit.records import write_records
+    from recruit.report import format_records
+
+    if args.list or not args.name:
+        for b in benchmarks.all_benches().values():
+            print(f"{b.name:12} {b.summary}")
+        return 0
+    bench = benchmarks.get(args.name)
+    opts = benchmarks.BenchOptions(
+        model=args.model,
+        corpus=args.corpus,
+        device=args.device,
+        quick=args.quick,
+        max_bytes=args.max_bytes,
+        progress=not args.quiet,
+    )
+    records = bench.run(opts)
+    path = write_records(benchmarks.out_file(args.out, bench.name), records)
+    print(format_records(records))
+    print(f"{len(records)} records written to {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The main job: measure the shipped defaults; write OUT/results.jsonl and OUT/index.html; print a table."""
+    from recruit.benchmarks import BenchOptions
+    from recruit.report import format_records, run_report
+
+    opts = BenchOptions(
+        corpus=args.corpus, device=args.device, quick=args.quick, max_bytes=args.max_bytes, progress=not args.quiet
+    )
+    records, html_path = run_report(args.out, opts, include=args.include)
+    print(format_records(records))
+    print(f"{len(records)} records in {Path(args.out) / 'results.jsonl'}; page: {html_path}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("--cache-dir", help="cache directory (default $RECRUIT_CACHE or ~/.cache/recruit)")
+
+
+def _sub(subs, name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    doc = (fn.__doc__ or "").strip()
+    p = subs.add_parser(
+        name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.set_defaults(fn=fn)
+    _common(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="recruit", description="recruit: make transformers do less work per input (corpus, train, bench, report)."
+    )
+    parser.add_argument("--version", action="version", version=f"recruit {_version()}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = subs.add_parser("data", help="build or inspect the text corpus", description="Build or inspect the corpus.")
+    dsubs = data.add_subparsers(dest="data_command", metavar="ACTION")
+    p = _sub(dsubs, "prepare", cmd_data_prepare)
+    p.add_argument("--name", help="corpus name (default: debian, or text with --text)")
+    p.add_argument("--text", help="a file or directory of your own UTF-8 text instead of the Debian packages")
+    p.add_argument("--lang", default="xx", help="language tag of --text (en, de, fr, pl, ru, es; default xx)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the corpus exists")
+    p = _sub(dsubs, "info", cmd_data_info)
+    p.add_argument("--name", default="debian", help="corpus name or directory")
+
+    p = _sub(subs, "train", cmd_train)
+    p.add_argument("--preset", help="training preset: gpt-nano, gpt-tiny, gpt-small")
+    p.add_argument("--config", help="JSON or TOML file of training config fields")
+    p.set_defaults(accepts_overrides=True)
+
+    p = _sub(subs, "eval", cmd_eval)
+    p.add_argument("model", nargs="?", help="checkpoint directory (default: the shipped gpt-tiny)")
+    p.add_argument("--corpus", default="debian")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--by", default="lang", choices=["lang", "kind"])
+    p.add_argument("--max-bytes", type=int, default=65536, help="bytes scored per group")
+
+    p = _sub(subs, "generate", cmd_generate)
+    p.add_argument("model", nargs="?", help="checkpoint directory (default: the shipped gpt-tiny)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--lang", default="en")
+    p.add_argument("--kind", default="manual", choices=["prose", "code", "manual", "text"])
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+
+    for name, fn in (("bench", cmd_bench), ("report", cmd_report)):
+        p = _sub(subs, name, fn)
+        if name == "bench":
+            p.add_argument("name", nargs="?", help="benchmark name (see --list)")
+            p.add_argument("--list", action="store_true", help="list the benchmarks")
+            p.add_argument("--model", help="checkpoint directory (default: the shipped one)")
+            p.add_argument("--out", default="results", help="output directory (default: results)")
+        else:
+            p.add_argument("--out", default="report", help="output directory (default: report)")
+            p.add_argument("--include", nargs="*", default=[], help="more record files to add to the page")
+        p.add_argument("--corpus", default="debian")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
+        p.add_argument("--max-bytes", type=int, default=32768, help="held-out bytes scored per language")
+    return parser
+
+
+def _version() -> str:
+    from recruit import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``recruit`` console script."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    if not hasattr(args, "fn"):
+        parser.print_help() if args.command != "data" else parser.parse_args(["data", "--help"])
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.cache_dir:
+        os.environ["RECRUIT_CACHE"] = str(Path(args.cache_dir).expanduser().resolve())
+    try:
+        return args.fn(args)
+    except RecruitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Typed dataclass configs: build from dicts, files and command-line overrides with clear errors.
+
+Every config in the library is a ``@dataclass`` whose fields are its hyperparameters. :func:`from_dict`
+checks keys (an unknown key is an error that lists the valid ones) and types (``int``, ``float``, ``str``,
+``bool``, ``Literal[...]``, ``X | None``, ``dict``), then the dataclass's own ``__post_init__`` checks values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+from recruit.errors import RecruitError
+
+T = TypeVar("T")
+
+
+def field_names(cls: type) -> list[str]:
+    """The field names of dataclass ``cls``."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; convert strings from the command line."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(name, value, a)
+            except RecruitError as e:
+                errors.append(str(e))
+        raise RecruitError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        for a in allowed:
+            if value == a or (isinstance(value, str) and str(a) == value):
+                return a
+        raise RecruitError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise RecruitError(f"{name} must be a bool (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise RecruitError(f"{name} must be an int, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise RecruitError(f"{name} must be an int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise RecruitError(f"{name} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise RecruitError(f"{name} must be a string, got {value!r}")
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if isinstance(value, dict):
+            return dict(value)
+        raise RecruitError(f"{name} must be a mapping, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], what: str | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``, checking every key and type.
+
+    Args:
+        cls: A dataclass type.
+        data: Field values; strings are converted to the field's type.
+        what: Name used in error messages (defaults to the class name).
+
+    Raises:
+        RecruitError: unknown key (the message lists valid keys), wrong type, or a value the class rejects.
+    """
+    what = what or cls.__name__
+    hints = get_type_hints(cls)
+    valid = field_names(cls)
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise RecruitError(f"unknown {what} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
+    kwargs = {k: _coerce(f"{what}.{k}", v, hints[k]) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise RecruitError(f"invalid {what}: {e}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a plain JSON-serialisable dict."""
+    return dataclasses.asdict(obj)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into a dict; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecruitError(f"no config file at {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise RecruitError(f"cannot parse config file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise RecruitError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ``['--lr', '3e-4', '--model.n_layer=2']`` into ``{'lr': '3e-4', 'model.n_layer': '2'}``."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or len(a) <= 2:
+            raise RecruitError(f"unexpected argument {a!r}; overrides look like --key value or --key=value")
+        key = a[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise RecruitError(f"override --{key} needs a value")
+            value = args[i + 1]
+            i += 2
+        out[key.replace("-", "_")] = value
+    return out

@@ -1,0 +1,258 @@
+"""The one measurement harness: quality (bits per byte, perplexity) and cost (parameters, FLOPs, time, memory).
+
+Every technique is measured with these functions against its dense baseline on the same data, and every
+figure becomes a :class:`recruit.records.Record`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils import flop_counter
+
+from recruit.data.stream import eval_windows
+from recruit.errors import RecruitError
+
+LN2 = math.log(2.0)
+
+
+# ---- quality -----------------------------------------------------------------------------------------
+@dataclass
+class NLL:
+    """Summed negative log-likelihood (nats) over counted targets."""
+
+    nats: float
+    targets: int
+
+    @property
+    def bits_per_target(self) -> float:
+        """Mean bits per counted target."""
+        return self.nats / max(self.targets, 1) / LN2
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def nll(
+    model: Callable[[torch.Tensor], Any],
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    max_windows: int | None = None,
+    n_bytes: int | None = 256,
+) -> NLL:
+    """Summed next-token NLL of ``model`` over non-overlapping windows of ``tokens``.
+
+    Args:
+        model: Maps (B, T) ids to logits (B, T, V) (or a tuple whose first item is the logits).
+        tokens: (N,) ids.
+        seq_len: Window length; each window predicts ``seq_len`` targets.
+        batch_size: Windows per forward pass.
+        device: Where to run.
+        max_windows: Evaluate at most this many windows (the first ones, deterministic).
+        n_bytes: Count only targets with id < ``n_bytes`` (bytes, not tag tokens) for the byte tokenizer;
+            ``None`` counts every target.
+    """
+    windows = eval_windows(tokens, seq_len, max_windows)  # (W, T + 1)
+    nats, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        w = windows[i : i + batch_size].to(device)
+        x, y = w[:, :-1], w[:, 1:]  # (b, T) each
+        losses = F.cross_entropy(_logits(model(x)).float().flatten(0, 1), y.flatten(), reduction="none")  # (b*T,)
+        keep = torch.ones_like(losses, dtype=torch.bool) if n_bytes is None else y.flatten() < n_bytes
+        nats += losses[keep].sum().item()
+        count += int(keep.sum().item())
+    return NLL(nats, count)
+
+
+def bits_per_byte(model, tokens: np.ndarray, seq_len: int, **kw) -> float:
+    """Bits per byte of a byte-level model: NLL over byte targets ÷ their count ÷ ln 2."""
+    return nll(model, tokens, seq_len, n_bytes=256, **kw).bits_per_target
+
+
+def corpus_bits_per_byte(
+    model,
+    corpus,
+    split: str = "test",
+    seq_len: int = 256,
+    max_bytes: int | None = 65536,
+    group: str = "lang",
+    **kw,
+) -> dict[str, tuple[float, int]]:
+    """Bits per byte of a byte-level model per language (or kind) on a corpus split.
+
+    The documents of each group are concatenated in corpus order (tags included, so the model sees
+    ``<lang:de> <kind:manual>`` before each document) and cut to ``max_bytes`` tokens.
+
+    Returns:
+        ``{group value: (bits per byte, bytes scored)}``.
+    """
+    if group not in ("lang", "kind"):
+        raise RecruitError(f"group must be 'lang' or 'kind', got {group!r}")
+    toks = corpus.tokens(split)
+    by: dict[str, list[np.ndarray]] = {}
+    sizes: dict[str, int] = {}
+    for doc in corpus.docs(split):
+        key = getattr(doc, group)
+        if max_bytes is not None and sizes.get(key, 0) >= max_bytes + 1:
+            continue
+        by.setdefault(key, []).append(np.asarray(toks[doc.offset : doc.offset + doc.length]))
+        sizes[key] = sizes.get(key, 0) + doc.length
+    out = {}
+    for key in sorted(by):
+        arr = np.concatenate(by[key])[: None if max_bytes is None else max_bytes + 1]
+        if len(arr) < seq_len + 1:
+            continue
+        r = nll(model, arr, seq_len, n_bytes=256, **kw)
+        out[key] = (r.bits_per_target, r.targets)
+    return out
+
+
+# ---- cost --------------------------------------------------------------------------------------------
+def count_params(model: torch.nn.Module) -> int:
+    """Distinct parameters (shared/tied tensors counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    shape = lambda t: t.shape if hasattr(t, "shape") else t  # noqa: E731
+    return flop_counter.sdpa_flop_count(shape(query), shape(key), shape(value))
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs (multiply-add = 2) of running ``fn`` once, counted by ``torch.utils.flop_counter``.
+
+    torch's counter knows the CUDA attention kernels but not the CPU flash kernel; we register the same
+    formula for it, so attention is counted on every device (as the full T×S score matrix, causal or not).
+    """
+    mapping = {}
+    cpu_op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_op is not None:
+        mapping[cpu_op] = _sdpa_cpu_flops
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
+        fn()
+    return int(counter.get_total_flops())
+
+
+def gpt_forward_flops(cfg, seq_len: int, batch: int = 1, context: int = 0) -> int:
+    """Analytic forward FLOPs of :class:`recruit.models.gpt.GPT` (the same convention as :func:`count_flops`).
+
+    Args:
+        cfg: A :class:`recruit.models.gpt.GPTConfig`.
+        seq_len: New tokens per sequence (T).
+        batch: Sequences (B).
+        context: Tokens already in the KV cache; keys span S = context + T.
+    """
+    d, hd, T, S = cfg.d_model, cfg.head_dim, seq_len, context + seq_len
+    proj = 2 * T * d * (cfg.n_head * hd + 2 * cfg.n_kv_head * hd) + 2 * T * cfg.n_head * hd * d
+    attn = 2 * 2 * T * S * cfg.n_head * hd  # scores and weighted values
+    mlp = 2 * T * d * cfg.d_ff * (3 if cfg.mlp == "swiglu" else 2)
+    head = 2 * T * d * cfg.vocab_size
+    return batch * (cfg.n_layer * (proj + attn + mlp) + head)
+
+
+def sync(device: str | torch.device) -> None:
+    """Wait for queued work on ``device``."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Wall-clock statistics of repeated calls, in seconds."""
+
+    median: float
+    p10: float
+    p90: float
+    repeats: int
+
+
+def time_fn(
+    fn: Callable[[], Any], device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 10, min_time: float = 0.0
+) -> Timing:
+    """Median wall time of ``fn()`` after ``warmup`` calls, with the device synchronised around each call.
+
+    Args:
+        fn: The work to time.
+        device: Device to synchronise.
+        warmup: Untimed calls first (compilation, caches, allocator).
+        repeats: Timed calls (at least this many).
+        min_time: Keep repeating until this many seconds were timed in total.
+    """
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return Timing(statistics.median(times), q[0], q[-1], len(times))
+
+
+def _rss_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> int | None:
+    """Peak memory that running ``fn`` adds, in bytes.
+
+    CUDA: ``max_memory_allocated`` above what was allocated before. CPU (Linux): the peak resident set
+    (VmHWM, reset through ``/proc/self/clear_refs``) above the resident set before; ``None`` elsewhere.
+    """
+    device = torch.device(device)
+    gc.collect()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    before = _rss_bytes("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    fn()
+    peak = _rss_bytes("VmHWM")
+    if before is None or peak is None:
+        return None
+    return max(peak - before, 0)
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    """Run a block with ``torch.set_num_threads(n)``; ``None`` leaves the setting alone."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -1,0 +1,116 @@
+"""Result records: every figure a user sees is one JSON line (bench, case, metric, value, unit, env).
+
+A ratio is always technique ÷ dense baseline, except ``speedup`` = baseline time ÷ technique time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recruit.errors import RecruitError
+from recruit.io import atomic_write_text
+
+
+@cache
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The environment a figure was measured in: device, versions, threads and git commit."""
+    import recruit
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+    return {
+        "device": device.type,
+        "device_name": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "recruit": recruit.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "commit": _git_commit(),
+    }
+
+
+@dataclass
+class Record:
+    """One measured figure.
+
+    Attributes:
+        bench: The technique or benchmark (``baseline``, ``fff``, ``kv``, ``bdh``...).
+        case: The configuration measured, e.g. ``model=gpt-small,lang=de``.
+        metric: Plain name: ``bpb``, ``ppl``, ``params``, ``latency_ms``, ``speedup``, ``bpb_ratio``...
+        value: The number.
+        unit: Unit of ``value`` (``bits/byte``, ``ms``, ``bytes``, ``x``, ``""`` for counts).
+        env: Where it was measured (see :func:`environment`).
+    """
+
+    bench: str
+    case: str
+    metric: str
+    value: float
+    unit: str = ""
+    env: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("bench", "case", "metric"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"Record.{name} must be a non-empty string")
+        self.value = float(self.value)
+
+    def to_json(self) -> str:
+        """The record as one JSON line (no trailing newline)."""
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+
+def write_records(path: str | os.PathLike, records: list[Record]) -> Path:
+    """Write ``records`` as JSON Lines to ``path`` atomically, replacing any earlier file."""
+    path = Path(path)
+    atomic_write_text(path, "".join(r.to_json() + "\n" for r in records))
+    return path
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    """Read a JSON Lines file of records; a malformed line is an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecruitError(f"no result file at {path}")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Record(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise RecruitError(f"{path}:{i}: not a result record ({e})") from None
+    return out

@@ -1,0 +1,414 @@
+"""One training loop for every model in the library.
+
+AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on CUDA, periodic held-out
+evaluation, atomic checkpoints and exact resume. Extra loss terms (regularisers of later techniques) plug
+in from outside as :class:`LossTerm` objects; the trainer knows nothing about any technique.
+
+A run directory holds ``config.json`` (the :class:`TrainConfig`), ``ckpt.pt`` (the latest state: model,
+optimiser, step, RNG), ``log.csv`` and, at the end, ``final/`` (a loadable model checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from recruit.config import from_dict
+from recruit.data.stream import TokenStream, eval_windows
+from recruit.errors import RecruitError
+from recruit.io import atomic_save_with, atomic_write_json, atomic_write_text
+from recruit.models import PRESETS, RecruitModel, build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json`` in the run directory)."""
+
+    model: str = "gpt-tiny"  # model preset (see recruit.models.PRESETS)
+    model_args: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's config fields
+    corpus: str = "debian"  # corpus name under the cache dir, or a corpus directory
+    out_dir: str = "runs/gpt-tiny"
+    seq_len: int = 256
+    batch_size: int = 16
+    max_steps: int = 2000
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    eval_every: int = 200
+    eval_windows: int = 32  # held-out windows of seq_len per evaluation
+    ckpt_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        if self.model not in PRESETS:
+            raise ValueError(f"model must be one of {', '.join(PRESETS)}, got {self.model!r}")
+        for name in ("seq_len", "batch_size", "max_steps", "eval_every", "eval_windows", "ckpt_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.threads < 0:
+            raise ValueError("warmup_steps, weight_decay, grad_clip and threads must be >= 0")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "gpt-nano": dict(
+        model="gpt-nano",
+        out_dir="runs/gpt-nano",
+        seq_len=32,
+        batch_size=4,
+        max_steps=20,
+        eval_every=10,
+        eval_windows=4,
+        ckpt_every=5,
+        log_every=5,
+        warmup_steps=2,
+    ),
+    "gpt-tiny": dict(
+        model="gpt-tiny",
+        out_dir="runs/gpt-tiny",
+        seq_len=256,
+        batch_size=16,
+        max_steps=3000,
+        lr=3e-3,
+        warmup_steps=100,
+        eval_every=250,
+        ckpt_every=100,
+    ),
+    "gpt-small": dict(
+        model="gpt-small",
+        out_dir="runs/gpt-small",
+        seq_len=512,
+        batch_size=16,
+        max_steps=5000,
+        lr=2e-3,
+        warmup_steps=200,
+        eval_every=500,
+        ckpt_every=250,
+    ),
+}
+"""Named training setups for ``recruit train --preset NAME``; flags override their fields."""
+
+
+def make_config(preset: str | None = None, file_data: dict | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Merge a preset, a config file's contents and ``--key value`` overrides (later wins) into a config.
+
+    Keys ``model.FIELD`` set ``model_args[FIELD]``; an unknown key is an error that lists the valid ones.
+    """
+    data: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in TRAIN_PRESETS:
+            raise RecruitError(f"unknown training preset {preset!r}; presets: {', '.join(TRAIN_PRESETS)}")
+        data.update(TRAIN_PRESETS[preset])
+    for src in (file_data or {}, overrides or {}):
+        for k, v in src.items():
+            if k.startswith("model."):
+                data.setdefault("model_args", {})
+                data["model_args"] = {**data["model_args"], k[len("model.") :]: v}
+            else:
+                data[k] = v
+    cfg = from_dict(TrainConfig, data, what="training config")
+    build_model(cfg.model, cfg.model_args)  # validates model_args against the model's config now
+    return cfg
+
+
+class LossTerm(Protocol):
+    """An extra loss added to the language-model loss, e.g. a sparsity or linearity regulariser.
+
+    It is called after the forward pass; a term that needs internals (hidden states, gate decisions)
+    registers forward hooks on the model in ``__enter__`` and removes them in ``__exit__``; the trainer
+    enters every term that is a context manager for the whole run.
+    """
+
+    name: str
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The term's scalar value for this batch (already weighted)."""
+        ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RecruitError(f"device {name!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then cosine to ``lr*min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats; ``logits`` (B, T, V), ``y`` (B, T)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=ignore_index)
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+class Trainer:
+    """Trains ``model`` on token arrays according to ``cfg``; see the module docstring for the run layout.
+
+    Args:
+        cfg: The run's configuration.
+        train_tokens: (N,) token ids to sample training windows from.
+        val_tokens: (M,) held-out token ids for periodic evaluation.
+        model: The model; built from ``cfg.model``/``cfg.model_args`` when omitted.
+        extra_losses: Loss terms added to the LM loss (logged under their names).
+        progress: Show a progress bar.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_tokens: np.ndarray,
+        val_tokens: np.ndarray,
+        model: RecruitModel | None = None,
+        extra_losses: list[LossTerm] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.model = (model or build_model(cfg.model, cfg.model_args)).to(self.device)
+        max_len = getattr(self.model.config, "max_seq_len", None)
+        if max_len is not None and cfg.seq_len > max_len:
+            raise RecruitError(f"seq_len {cfg.seq_len} is longer than the model's context of {max_len}")
+        self.stream = TokenStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
+        self.val = eval_windows(val_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T + 1)
+        self.extra_losses = list(extra_losses or [])
+        self.progress = progress
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            fused=self.device.type == "cuda",
+        )
+        self.step = 0
+        self.out = Path(cfg.out_dir)
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.history: list[dict[str, float]] = []
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        """The run's resumable checkpoint file."""
+        return self.out / "ckpt.pt"
+
+    def save_checkpoint(self) -> None:
+        """Atomically write model, optimiser, step, RNG states and history to ``ckpt.pt``."""
+        state = {
+            "step": self.step,
+            "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "history": self.history,
+        }
+        atomic_save_with(self.ckpt_path, lambda tmp: torch.save(state, tmp))
+
+    def try_resume(self) -> bool:
+        """Load ``ckpt.pt`` if present; a checkpoint of a different config or a corrupt file is an error."""
+        if not self.ckpt_path.exists():
+            return False
+        try:
+            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        except Exception as e:  # torch raises many types for truncated/corrupt pickles
+            raise RecruitError(
+                f"corrupt or truncated checkpoint {self.ckpt_path} ({type(e).__name__}); delete it to start over"
+            ) from None
+        saved = {
+            k: v
+            for k, v in state["config"].items()
+            if k not in ("max_steps", "eval_every", "ckpt_every", "log_every", "device", "threads")
+        }
+        now = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k in saved}
+        if saved != now:
+            diff = sorted(k for k in saved if saved[k] != now.get(k))
+            raise RecruitError(
+                f"{self.out} holds a run with a different config ({', '.join(diff)} differ); "
+                "use another --out_dir or delete it"
+            )
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_torch"].cpu())
+        if state.get("rng_cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        log.info("resumed %s at step %d", self.out, self.step)
+        return True
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, batch_size: int | None = None) -> float:
+        """Mean held-out loss (nats/token) over the fixed validation windows."""
+        self.model.eval()
+        bs = batch_size or self.cfg.batch_size
+        total, count = 0.0, 0
+        for i in range(0, len(self.val), bs):
+            w = self.val[i : i + bs].to(self.device)  # (b, T + 1)
+            with self._autocast():
+                logits = _logits(self.model(w[:, :-1]))
+            total += F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
+            count += w[:, 1:].numel()
+        self.model.train()
+        return total / count
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on batch (x, y); returns the losses and the gradient norm."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.cfg, self.step)
+        with self._autocast():
+            logits = _logits(self.model(x))
+            loss = lm_loss(logits, y)
+            terms = {t.name: t(self.model, x, y, logits) for t in self.extra_losses}
+        total = loss + sum(terms.values()) if terms else loss
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+        self.opt.step()
+        self.step += 1
+        return {"loss": loss.item(), "grad_norm": gnorm.item(), **{k: v.item() for k, v in terms.items()}}
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while self.step < self.cfg.max_steps:
+            x, y = self.stream.batch(self.step)
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def fit(self, stop_after: int | None = None, on_step: Callable[[int, dict], None] | None = None) -> RecruitModel:
+        """Train to ``cfg.max_steps`` (resuming from ``ckpt.pt`` when present) and save ``final/``.
+
+        Args:
+            stop_after: Return early after this many steps of this call (for tests), checkpointing first.
+            on_step: Callback ``(step, metrics)`` after every step.
+
+        Returns:
+            The trained model.
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", dataclasses.asdict(self.cfg))
+        self.try_resume()
+        tb = _tensorboard(self.out)
+        self.model.train()
+        entered = [t for t in self.extra_losses if hasattr(t, "__enter__")]
+        for t in entered:
+            t.__enter__()
+        bar = tqdm(
+            total=self.cfg.max_steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc=f"train {self.cfg.model}",
+            dynamic_ncols=True,
+        )
+        tokens_per_step = self.cfg.batch_size * self.cfg.seq_len
+        done, t0 = 0, time.perf_counter()
+        try:
+            for x, y in self._batches():
+                m = self.train_step(x, y)
+                done += 1
+                elapsed = time.perf_counter() - t0
+                m.update(
+                    step=self.step,
+                    lr=lr_at(self.cfg, self.step - 1),
+                    tokens=self.step * tokens_per_step,
+                    tok_per_s=done * tokens_per_step / max(elapsed, 1e-9),
+                )
+                if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps:
+                    m["val_loss"] = self.evaluate()
+                if self.step % self.cfg.log_every == 0 or "val_loss" in m:
+                    self.history.append(m)
+                    if tb is not None:
+                        for k, v in m.items():
+                            tb.add_scalar(k, v, self.step)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{m['loss']:.3f}",
+                    tok_s=f"{m['tok_per_s']:.0f}",
+                    **({"val": f"{m['val_loss']:.3f}"} if "val_loss" in m else {}),
+                )
+                if on_step is not None:
+                    on_step(self.step, m)
+                last = self.step == self.cfg.max_steps
+                if self.step % self.cfg.ckpt_every == 0 or last or (stop_after is not None and done >= stop_after):
+                    self.save_checkpoint()
+                    self._write_log()
+                if stop_after is not None and done >= stop_after:
+                    return self.model
+        finally:
+            bar.close()
+            for t in reversed(entered):
+                t.__exit__(None, None, None)
+            if tb is not None:
+                tb.close()
+        self.model.eval()
+        self.model.save_pretrained(
+            self.out / "final", metadata={"train_config": json.dumps(dataclasses.asdict(self.cfg))}
+        )
+        self._write_log()
+        return self.model
+
+    def _write_log(self) -> None:
+        """Rewrite ``log.csv`` from the history (atomic, so a resumed run's log has no duplicate rows)."""
+        if not self.history:
+            return
+        keys = sorted({k for row in self.history for k in row}, key=lambda k: (k != "step", k))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_text(self.out / "log.csv", buf.getvalue())
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
