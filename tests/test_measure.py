@@ -1,0 +1,61 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recruit import measure
+from recruit.models import GPT, gpt_config
+from recruit.records import Record, environment, read_records, write_records
+from recruit.errors import RecruitError
+
+
+@pytest.mark.parametrize("over", [{}, {"mlp": "swiglu", "n_head": 4, "n_kv_head": 2, "d_model": 32}])
+@pytest.mark.parametrize("T, ctx", [(16, 0), (1, 9), (5, 7)])
+def test_flop_counter_equals_analytic_count(over, T, ctx):
+    m = GPT(gpt_config("gpt-nano", **over)).eval()
+    cache = m.new_cache()
+    if ctx:
+        m(torch.zeros(2, ctx, dtype=torch.long), cache=cache)
+    x = torch.zeros(2, T, dtype=torch.long)
+    counted = measure.count_flops(lambda: m(x, cache=cache if ctx else None))
+    assert counted == measure.gpt_forward_flops(m.config, T, batch=2, context=ctx)
+
+
+def test_uniform_model_scores_log2_vocab(tokens):
+    class Uniform(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(*x.shape, 288)
+
+    r = measure.nll(Uniform(), tokens, seq_len=32, max_windows=5)
+    assert r.targets == 5 * 32
+    assert r.bits_per_target == pytest.approx(math.log2(288))
+
+
+def test_only_byte_targets_count():
+    toks = np.array([300 - 12, 1, 2, 287, 3, 4, 5, 287, 6], dtype=np.uint16)
+
+    class Uniform(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(*x.shape, 288)
+
+    assert measure.nll(Uniform(), toks, seq_len=8).targets == 6
+    assert measure.nll(Uniform(), toks, seq_len=8, n_bytes=None).targets == 8
+
+
+def test_timing_and_memory_are_sane():
+    t = measure.time_fn(lambda: sum(range(1000)), warmup=1, repeats=5)
+    assert t.repeats == 5 and 0 < t.p10 <= t.median <= t.p90
+    peak = measure.peak_memory(lambda: torch.ones(64, 1024, 1024).sum())  # 256 MiB
+    if peak is not None:
+        assert peak > 200 * 2**20
+
+
+def test_records_round_trip(tmp_path):
+    recs = [Record("baseline", "model=x,lang=de", "bpb", 1.5, "bits/byte", environment())]
+    path = write_records(tmp_path / "r.jsonl", recs)
+    back = read_records(path)
+    assert back == recs and back[0].env["torch"] == torch.__version__
+    path.write_text(path.read_text() + "{broken\n")
+    with pytest.raises(RecruitError, match="r.jsonl:2"):
+        read_records(path)

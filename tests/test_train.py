@@ -1,0 +1,106 @@
+import csv
+
+import pytest
+import torch
+
+from recruit.errors import RecruitError
+from recruit.train import TrainConfig, Trainer, lr_at, make_config
+
+
+def nano(tmp_path, **kw):
+    over = {"out_dir": str(tmp_path / "run"), "max_steps": 12, "ckpt_every": 4, "eval_every": 6, "log_every": 1}
+    return make_config("gpt-nano", overrides={**over, **kw})
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_held_out_loss_falls(tmp_path, tokens):
+    cfg = nano(tmp_path, max_steps=40, eval_every=20, lr=1e-2)
+    tr = Trainer(cfg, tokens, tokens[:2000], progress=False)
+    before = tr.evaluate()
+    tr.fit()
+    assert tr.history[-1]["val_loss"] < before - 0.5
+    assert (tmp_path / "run/final/model.safetensors").exists()
+    rows = list(csv.DictReader(open(tmp_path / "run/log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 41))
+
+
+def test_resume_is_exact(tmp_path, tokens):
+    """Stopping after a checkpoint and resuming ends on the same weights as an uninterrupted run (dropout on)."""
+    straight = Trainer(nano(tmp_path / "a", **{"model.dropout": 0.1}), tokens, tokens[:2000], progress=False)
+    straight.fit()
+    first = Trainer(nano(tmp_path / "b", **{"model.dropout": 0.1}), tokens, tokens[:2000], progress=False)
+    first.fit(stop_after=5)  # checkpoints at step 4 and at the stop (5)
+    resumed = Trainer(nano(tmp_path / "b", **{"model.dropout": 0.1}), tokens, tokens[:2000], progress=False)
+    resumed.fit()
+    assert resumed.step == 12
+    a, b = weights(straight.model), weights(resumed.model)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    rows = list(csv.DictReader(open(tmp_path / "b/run/log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+
+
+def test_resume_refuses_a_different_config(tmp_path, tokens):
+    Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
+    with pytest.raises(RecruitError, match="different config"):
+        Trainer(nano(tmp_path, lr=0.5), tokens, tokens[:2000], progress=False).fit()
+
+
+def test_truncated_training_checkpoint_is_a_clear_error(tmp_path, tokens):
+    Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
+    ckpt = tmp_path / "run/ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(RecruitError, match="corrupt or truncated"):
+        Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit()
+
+
+def test_extra_loss_terms_are_added_and_logged(tmp_path, tokens):
+    class L2:
+        name = "l2"
+        entered = exited = 0
+
+        def __enter__(self):
+            L2.entered += 1
+
+        def __exit__(self, *exc):
+            L2.exited += 1
+
+        def __call__(self, model, x, y, logits):
+            return 1e-3 * sum((p**2).sum() for p in model.parameters())
+
+    tr = Trainer(nano(tmp_path, max_steps=3), tokens, tokens[:2000], extra_losses=[L2()], progress=False)
+    tr.fit()
+    assert "l2" in tr.history[-1] and tr.history[-1]["l2"] > 0
+    assert L2.entered == L2.exited == 1
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    lrs = [lr_at(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False)) and lrs[-1] >= 0.1
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"lrr": "1"}, "valid keys"),
+        ({"lr": "fast"}, "must be a number"),
+        ({"max_steps": "1.5"}, "must be an int"),
+        ({"precision": "fp8"}, "must be one of"),
+        ({"model.n_layerz": "2"}, "valid keys"),
+        ({"model.d_model": "33"}, "divisible"),
+        ({"model": "gpt-huge"}, "model must be one of"),
+    ],
+)
+def test_bad_config_values_are_clear_errors(over, match):
+    with pytest.raises(RecruitError, match=match):
+        make_config("gpt-nano", overrides=over)
+
+
+def test_seq_len_longer_than_context_is_refused(tmp_path, tokens):
+    with pytest.raises(RecruitError, match="longer than the model's context"):
+        Trainer(nano(tmp_path, seq_len=100), tokens, tokens[:2000], progress=False)
