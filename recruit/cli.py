@@ -140,6 +140,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         corpus=args.corpus, device=args.device, quick=args.quick, max_bytes=args.max_bytes, progress=not args.quiet
     )
     records, html_path = run_report(args.out, opts, include=args.include)
+    if args.markdown:
+        from recruit.io import atomic_write_text
+        from recruit.report.terminal import format_markdown
+
+        atomic_write_text(args.markdown, format_markdown(records, "recruit report " + " ".join(args.argv)))
     print(format_records(records))
     print(f"{len(records)} records in {Path(args.out) / 'results.jsonl'}; page: {html_path}")
     return 0
@@ -212,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--out", default="report", help="output directory (default: report)")
             p.add_argument("--include", nargs="*", default=[], help="more record files to add to the page")
+            p.add_argument("--markdown", help="also write the records as Markdown tables to this file")
         p.add_argument("--corpus", default="debian")
         p.add_argument("--device", default="auto")
         p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
@@ -232,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
+    args.argv = list(argv if argv is not None else sys.argv[1:])[1:]
     if not hasattr(args, "fn"):
         parser.print_help() if args.command != "data" else parser.parse_args(["data", "--help"])
         return 2

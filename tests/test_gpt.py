@@ -149,7 +149,9 @@ def test_sampling_respects_top_k_and_seed():
         m.generate(prompt[:, :0], 3)
 
 
-@pytest.mark.parametrize("bad", [dict(d_model=30, n_head=4), dict(n_head=3, n_kv_head=2), dict(mlp="relu"), dict(dropout=1.5)])
+@pytest.mark.parametrize(
+    "bad", [dict(d_model=30, n_head=4), dict(n_head=3, n_kv_head=2), dict(mlp="relu"), dict(dropout=1.5)]
+)
 def test_invalid_configs_name_the_problem(bad):
     with pytest.raises(RecruitError):
         build_model("gpt-nano", bad)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from recruit import measure
+from recruit.errors import RecruitError
 from recruit.models import GPT, gpt_config
 from recruit.records import Record, environment, read_records, write_records
-from recruit.errors import RecruitError
 
 
 @pytest.mark.parametrize("over", [{}, {"mlp": "swiglu", "n_head": 4, "n_kv_head": 2, "d_model": 32}])

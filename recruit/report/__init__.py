@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from recruit.benchmarks import BenchOptions, all_benches
+from recruit.errors import RecruitError
 from recruit.io import atomic_write_text
 from recruit.records import Record, environment, read_records, write_records
 from recruit.report.html import page
@@ -63,9 +64,16 @@ def run_report(
 
 
 def _ensure_corpus(opts: BenchOptions) -> None:
-    from recruit.data.corpus import prepare_corpus
+    """Build the default Debian corpus when it is missing; any other corpus must have been prepared."""
+    from recruit.data.corpus import Corpus, prepare_corpus
 
-    prepare_corpus(name=opts.corpus, progress=opts.progress)
+    try:
+        Corpus.load(opts.corpus)
+    except RecruitError:
+        if opts.corpus != "debian":
+            raise
+        log.info("preparing the default corpus (first run)")
+        prepare_corpus(name="debian", progress=opts.progress)
 
 
 def _summary(records: list[Record], timings: dict[str, float]) -> str:

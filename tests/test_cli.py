@@ -1,0 +1,179 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recruit.cli import build_parser, main
+
+SUBCOMMANDS = [
+    ["data"],
+    ["data", "prepare"],
+    ["data", "info"],
+    ["train"],
+    ["eval"],
+    ["generate"],
+    ["bench"],
+    ["report"],
+]
+TEXT = {
+    "a.txt": "Der schnelle braune Fuchs springt über den faulen Hund. " * 40,
+    "b.txt": "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich. " * 40,
+    "c.md": "Falsches Üben von Xylophonmusik quält jeden größeren Zwerg. " * 40,
+    "d.txt": "Fix, Schwyz! quäkt Jürgen blöd vom Paß. " * 60,
+}
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: recruit" in capsys.readouterr().out
+
+
+def test_parser_lists_all_commands():
+    text = build_parser().format_help()
+    for name in ("data", "train", "eval", "generate", "bench", "report"):
+        assert name in text
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+    d = tmp_path / "text"
+    d.mkdir()
+    for name, body in TEXT.items():
+        (d / name).write_text(body, encoding="utf-8")
+    assert main(["data", "prepare", "--text", str(d), "--lang", "de", "--name", "mini", "-q"]) == 0
+    return "mini"
+
+
+def run_cli(*args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "recruit", *args], capture_output=True, text=True, env=env, **kw)
+
+
+def test_missing_corpus_is_one_line_error(tmp_path):
+    r = run_cli("train", "--preset", "gpt-nano", "--corpus", "nothing-here", "--out_dir", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: no corpus") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("bad", ["empty", "binary"])
+def test_bad_text_is_one_line_error(tmp_path, bad):
+    f = tmp_path / "in.txt"
+    f.write_bytes(b"" if bad == "empty" else b"\x00\x01\x02\xff" * 100)
+    r = run_cli("data", "prepare", "--text", str(f), "--name", "bad", "-q")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_unknown_config_key_is_one_line_error(text_corpus, tmp_path):
+    r = run_cli("train", "--preset", "gpt-nano", "--corpus", text_corpus, "--lrate", "1")
+    assert r.returncode == 2 and "valid keys" in r.stderr and "Traceback" not in r.stderr
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": "gpt-nano", "batch_size": "many"}))
+    r = run_cli("train", "--config", str(cfg), "--corpus", text_corpus)
+    assert r.returncode == 2 and "must be an int" in r.stderr
+
+
+def test_sigkill_then_resume_ends_on_same_weights(text_corpus, tmp_path):
+    args = [
+        "train",
+        "--preset",
+        "gpt-nano",
+        "--corpus",
+        text_corpus,
+        "--max_steps",
+        "60",
+        "--ckpt_every",
+        "3",
+        "--eval_every",
+        "30",
+        "--threads",
+        "1",
+        "-q",
+    ]
+    ok = run_cli(*args, "--out_dir", str(tmp_path / "straight"), timeout=300)
+    assert ok.returncode == 0, ok.stderr
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recruit", *args, "--out_dir", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (out / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    again = run_cli(*args, "--out_dir", str(out), timeout=300)
+    assert again.returncode == 0, again.stderr
+
+    a = load_file(str(tmp_path / "straight/final/model.safetensors"))
+    b = load_file(str(out / "final/model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_train_eval_generate_bench_report(text_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            ["train", "--preset", "gpt-nano", "--corpus", text_corpus, "--out_dir", str(out), "-q", "--max_steps", "30"]
+        )
+        == 0
+    )
+    model = str(out / "final")
+    assert main(["eval", model, "--corpus", text_corpus, "--max-bytes", "2000"]) == 0
+    assert "de" in capsys.readouterr().out
+    assert main(["generate", model, "--prompt", "Der", "--max-new-tokens", "10", "--lang", "de"]) == 0
+    assert capsys.readouterr().out.startswith("Der")
+    assert main(["generate", model, "--prompt", ""]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "baseline",
+                "--model",
+                model,
+                "--corpus",
+                text_corpus,
+                "--out",
+                str(tmp_path / "res"),
+                "--quick",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    recs = [json.loads(line) for line in (tmp_path / "res/baseline.jsonl").read_text().splitlines()]
+    metrics = {r["metric"] for r in recs}
+    assert {"bpb", "params", "flops_per_token", "prefill_ms", "decode_ms_per_token", "kv_bytes_per_token"} <= metrics
+    assert all(set(r) == {"bench", "case", "metric", "value", "unit", "env"} for r in recs)
+
+
+def test_report_on_shipped_checkpoint(text_corpus, tmp_path, capsys):
+    pytest.importorskip("recruit.checkpoints")
+    from recruit import checkpoints
+
+    if not checkpoints.shipped():
+        pytest.skip("no shipped checkpoint in this tree")
+    out = tmp_path / "rep"
+    assert main(["report", "--corpus", text_corpus, "--out", str(out), "--quick", "-q"]) == 0
+    html = (out / "index.html").read_text()
+    assert "<img" in html and "bits per byte" in html
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["metric"] == "bpb" for line in lines)
+    assert "bpb" in capsys.readouterr().out
+    assert not list(Path(out).glob(".*.tmp"))
