@@ -88,6 +88,15 @@ class Record:
                 raise ValueError(f"Record.{name} must be a non-empty string")
         self.value = float(self.value)
 
+    @property
+    def params(self) -> dict[str, str]:
+        """The ``case`` string ``k=v,k=v`` as a dict (parts without ``=`` map to themselves)."""
+        out = {}
+        for part in self.case.split(","):
+            k, _, v = part.partition("=")
+            out[k] = v if _ else k
+        return out
+
     def to_json(self) -> str:
         """The record as one JSON line (no trailing newline)."""
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)

@@ -5,9 +5,11 @@ Every technique's numbers are read against these. Run with ``recruit bench basel
 
 from __future__ import annotations
 
+import csv
 import html
 import logging
 import math
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -34,11 +36,26 @@ def _load(opts: BenchOptions) -> tuple[GPT, str, torch.device]:
 
 def _quality(model, corpus, opts: BenchOptions, device, seq: int, add) -> None:
     max_bytes = min(opts.max_bytes, 4096) if opts.quick else opts.max_bytes
-    res = measure.corpus_bits_per_byte(model, corpus, "test", seq_len=seq, max_bytes=max_bytes, device=device)
-    for lang, (bpb, n) in res.items():
-        add(f"split=test,lang={lang}", "bpb", bpb, "bits/byte")
-        add(f"split=test,lang={lang}", "ppl", 2.0**bpb, "per byte")
-        add(f"split=test,lang={lang}", "bytes_scored", n, "bytes")
+    for group in ("lang", "kind"):
+        res = measure.corpus_bits_per_byte(
+            model, corpus, "test", seq_len=seq, max_bytes=max_bytes, group=group, device=device
+        )
+        for key, (bpb, n) in res.items():
+            add(f"split=test,{group}={key}", "bpb", bpb, "bits/byte")
+            add(f"split=test,{group}={key}", "ppl", 2.0**bpb, "per byte")
+            add(f"split=test,{group}={key}", "bytes_scored", n, "bytes")
+
+
+def _training(path, add) -> None:
+    """The training curve of a checkpoint that ships its ``train_log.csv`` (written by ``recruit train``)."""
+    log_file = Path(path) / "train_log.csv"
+    if not log_file.is_file():
+        return
+    with open(log_file, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val_loss"):
+                case = f"step={row['step']},tokens={row['tokens']}"
+                add(case, "train_val_bpb", float(row["val_loss"]) / math.log(2), "bits/token")
 
 
 def _flops(model, opts: BenchOptions, device, seq: int, add) -> None:
@@ -91,6 +108,7 @@ def run(opts: BenchOptions) -> list[Record]:
         recs.append(Record(BENCH, f"model={name}" + (f",{case}" if case else ""), metric, value, unit, env))
 
     corpus = Corpus.load(opts.corpus)
+    _training(opts.model or checkpoints.path(), add)
     seq = min(256, model.config.max_seq_len)
     bar = tqdm(desc="baseline", total=4, disable=not opts.progress, leave=False)
     _quality(model, corpus, opts, device, seq, add)
@@ -104,27 +122,42 @@ def run(opts: BenchOptions) -> list[Record]:
 
 
 def section(records: list[Record]) -> str:
-    """HTML for the report: bits per byte per language and the cost table."""
-    from recruit.report.html import bar_chart, table
+    """HTML for the report: bits per byte per language and kind, the training curve, and the cost table."""
+    from recruit.report.html import bar_chart, line_chart, table
 
     rs = [r for r in records if r.bench == BENCH]
     if not rs:
         return ""
-    bpb = sorted((r.case.split("lang=")[-1], r.value) for r in rs if r.metric == "bpb")
     parts = [
         "<p>The dense baseline (<code>recruit.models.gpt</code>) that every technique is measured against: "
-        "held-out bits per byte on the test split of the corpus, per language, and its cost.</p>"
+        "held-out bits per byte on the test split of the corpus (byte targets only), and its cost.</p>"
     ]
-    if bpb:
-        parts.append(bar_chart([k for k, _ in bpb], [v for _, v in bpb], "bits per byte (test split)", "bits/byte"))
-        mean = sum(v for _, v in bpb) / len(bpb)
-        parts.append(f"<p>Mean over languages: {mean:.3f} bits/byte (perplexity per byte {math.pow(2, mean):.2f}).</p>")
-    cost = [r for r in rs if r.metric not in ("bpb", "ppl", "bytes_scored")]
-    parts.append(
-        table(
-            ["case", "metric", "value", "unit"], [[html.escape(r.case), r.metric, _fmt(r.value), r.unit] for r in cost]
+    for group, title in (("lang", "language"), ("kind", "kind of text")):
+        pts = sorted((r.params[group], r.value) for r in rs if r.metric == "bpb" and group in r.params)
+        if pts:
+            parts.append(bar_chart([k for k, _ in pts], [v for _, v in pts], f"bits per byte by {title}", "bits/byte"))
+    langs = [r.value for r in rs if r.metric == "bpb" and "lang" in r.params]
+    if langs:
+        mean = sum(langs) / len(langs)
+        parts.append(f"<p>Mean over languages: {mean:.3f} bits/byte (perplexity per byte {2**mean:.2f}).</p>")
+    curve = sorted((int(r.params["tokens"]), r.value) for r in rs if r.metric == "train_val_bpb")
+    if curve:
+        xs, ys = zip(*curve, strict=True)
+        parts.append(
+            line_chart(
+                {"held-out": (xs, ys)},
+                "training curve of the shipped checkpoint",
+                "tokens seen",
+                "bits/token (val split)",
+            )
         )
-    )
+    dec = sorted((int(r.params["context"]), r.value) for r in rs if r.metric == "decode_ms_per_token")
+    if dec:
+        xs, ys = zip(*dec, strict=True)
+        parts.append(line_chart({"KV cache": (xs, ys)}, "decode latency", "context (tokens)", "ms per token"))
+    cost = [r for r in rs if r.metric not in ("bpb", "ppl", "bytes_scored", "train_val_bpb")]
+    rows = [[html.escape(r.case), r.metric, _fmt(r.value), r.unit] for r in cost]
+    parts.append(table(["case", "metric", "value", "unit"], rows))
     return "\n".join(parts)
 
 

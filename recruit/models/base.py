@@ -67,7 +67,7 @@ class RecruitModel(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k not in self._tied()}
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        meta = {"model_type": self.model_type, **{k: str(v) for k, v in (metadata or {}).items()}}
+        meta = {"format": "pt", "model_type": self.model_type, **{k: str(v) for k, v in (metadata or {}).items()}}
         atomic_save_with(path / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata=meta))
         atomic_write_json(path / CONFIG_NAME, {"model_type": self.model_type, **dataclasses.asdict(self.config)})
 

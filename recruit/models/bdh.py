@@ -1,0 +1,285 @@
+"""BDH-GPU, the "Dragon Hatchling" (Kosowski et al., arXiv 2509.26507): sparse positive neurons, Hebbian state.
+
+One set of weights is shared by all layers. Each layer lifts the d-dim stream ``v`` to n = h·N positive
+neurons ``x = ReLU(v·D_x)``, attends linearly with Q = K = RoPE(x) and V = v (strictly causal, no softmax,
+no scaling), lifts the normalised result to ``y = ReLU(a·D_y)``, gates it by ``x`` and decodes it back with
+``E``. Parameter names and layouts follow the paper's reference code (Appendix E).
+
+The same model has a recurrent form: per layer a synaptic state ``S`` (B, h, N, d) that is read
+(``a_t = RoPE_t(x_t)·S``) before the Hebbian write (``S += RoPE_t(x_t)ᵀ ⊗ v_t``). Because the parallel
+scores are strictly below the diagonal this reproduces the parallel logits exactly (up to float rounding),
+at a per-token cost and memory independent of the position. :meth:`BDH.prefill` consumes prompts in chunks
+(parallel inside a chunk, state across chunks); state math always runs in fp32, since the unscaled scores
+overflow fp16.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recruit.errors import RecruitError
+from recruit.models.base import RecruitModel, register_model
+
+
+@dataclass
+class BDHConfig:
+    """Hyperparameters of :class:`BDH` (defaults are the paper's, except the vocabulary of our tokenizer)."""
+
+    vocab_size: int = 288  # byte tokenizer: 256 bytes + 32 specials (the paper: 256)
+    n_layer: int = 6  # layers; they all share one set of weights
+    d_model: int = 256  # width d of the residual stream v
+    n_head: int = 4  # heads h
+    n_neurons: int = 0  # neurons N per head; 0 means 128 * d_model / n_head (8192 at the defaults)
+    dropout: float = 0.1  # on the gated neurons x ⊙ y
+    rope_theta: float = 2.0**16  # RoPE base over the N neurons
+    max_seq_len: int = 4096  # longest sequence of the parallel form; the recurrent form has no limit
+
+    def __post_init__(self) -> None:
+        if self.n_neurons == 0 and self.n_head > 0:
+            if (128 * self.d_model) % self.n_head:
+                raise ValueError(f"128*d_model ({128 * self.d_model}) must be divisible by n_head ({self.n_head})")
+            self.n_neurons = 128 * self.d_model // self.n_head
+        for name in ("vocab_size", "n_layer", "d_model", "n_head", "n_neurons", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.n_neurons % 2:
+            raise ValueError(f"n_neurons must be even (RoPE rotates neuron pairs), got {self.n_neurons}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_theta <= 1.0:
+            raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
+
+
+BDH_PRESETS: dict[str, dict] = {
+    "bdh-nano": dict(n_layer=2, d_model=32, n_head=2, n_neurons=64, max_seq_len=256),  # tests, 30,720 params
+    "bdh-tiny": dict(n_layer=4, d_model=64, n_head=4, n_neurons=1024, max_seq_len=1024),  # 823,296 ≈ gpt-tiny
+    "bdh-ref": dict(),  # the paper's model: 25,313,280 params (25,296,896 with its vocabulary of 256)
+}
+"""Preset name -> fields that differ from :class:`BDHConfig`'s defaults (derived fields stay derived)."""
+
+
+def bdh_config(preset: str, **overrides) -> BDHConfig:
+    """A preset config with fields replaced by ``overrides``."""
+    if preset not in BDH_PRESETS:
+        raise RecruitError(f"unknown BDH preset {preset!r}; presets: {', '.join(BDH_PRESETS)}")
+    return BDHConfig(**{**BDH_PRESETS[preset], **overrides})
+
+
+def rope_tables(positions: torch.Tensor, n: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cos and sin of the reference code's RoPE angles, each (T, n) fp32.
+
+    Frequencies come in pairs, ``f_i = theta^(-2*floor(i/2)/n) / 2π`` cycles per token, and the angle is
+    ``((t·f_i) mod 1)·2π``, all in fp32 as in the reference (so angles lose precision past ~10^5 tokens).
+    """
+    i = torch.arange(n, device=positions.device, dtype=torch.float32)  # (n,)
+    freqs = 1.0 / theta ** (torch.floor(i / 2) * 2 / n) / (2 * math.pi)  # (n,)
+    ang = (positions.to(torch.float32)[:, None] * freqs) % 1 * (2 * math.pi)  # (T, n)
+    return ang.cos(), ang.sin()
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (2k, 2k+1) of ``x`` (..., T, n) by the angles of ``cos``/``sin`` (T, n)."""
+    pairs = x.unflatten(-1, (-1, 2))  # (..., T, n/2, 2)
+    rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (..., T, n): (-x[1::2], x[::2])
+    return (x * cos).to(x.dtype) + (rot * sin).to(x.dtype)  # products in fp32 as in the reference
+
+
+def _ln(x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:])  # no affine parameters
+
+
+def _causal_attention(x: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``(RoPE(x)·RoPE(x)ᵀ).tril(-1) · v`` for x (B, h, T, N), v (B, T, d) -> (B, h, T, d).
+
+    Runs in the autocast dtype, except fp16, whose range the unscaled scores overflow: that runs in fp32.
+    """
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.float16:
+        with torch.autocast(dev, enabled=False):
+            return _causal_attention(x.float(), v.float(), cos, sin)
+    xr = rope(x, cos, sin)  # (B, h, T, N)
+    scores = (xr @ xr.mT).tril(-1)  # (B, h, T, T)
+    return scores @ v.unsqueeze(1)  # (B, h, T, d): V is the stream, shared by the heads
+
+
+def _stateful_attention(
+    x: torch.Tensor, v: torch.Tensor, S: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """Attention of a chunk x (B, h, C, N), v (B, C, d) after the tokens summed in ``S`` (B, h, N, d), in fp32.
+
+    Reads the state before writing the chunk into it (Hebbian: ``S += RoPE(x)ᵀ ⊗ v``); returns (B, h, C, d).
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        xr, vf = rope(x.float(), cos, sin), v.float().unsqueeze(1)  # (B, h, C, N), (B, 1, C, d)
+        a = (xr @ xr.mT).tril(-1) @ vf + xr @ S  # inside the chunk + the earlier chunks: (B, h, C, d)
+        S.add_(xr.mT @ vf)  # (B, h, N, C) @ (B, 1, C, d) -> (B, h, N, d)
+    return a
+
+
+Attend = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""Attention of a layer: (x (B, h, T, N), v (B, T, d)) -> (B, h, T, d)."""
+
+
+@dataclass
+class BDHState:
+    """The recurrent form's memory: one synaptic matrix per layer and the number of tokens seen.
+
+    Attributes:
+        synapses: ``n_layer`` fp32 tensors (B, h, N, d), i.e. n×d per layer and sequence.
+        pos: Absolute position of the next token.
+    """
+
+    synapses: list[torch.Tensor]
+    pos: int = 0
+
+    def nbytes(self) -> int:
+        """Bytes held by the state; constant in the context length."""
+        return sum(s.numel() * s.element_size() for s in self.synapses)
+
+
+@register_model
+class BDH(RecruitModel):
+    """BDH-GPU language model with a parallel (training) and a recurrent (inference) form.
+
+    Example:
+        >>> model = BDH(bdh_config("bdh-nano")).eval()
+        >>> model(torch.zeros(1, 8, dtype=torch.long)).shape
+        torch.Size([1, 8, 288])
+    """
+
+    model_type = "recruit-bdh"
+    config_class = BDHConfig
+
+    def __init__(self, config: BDHConfig) -> None:
+        super().__init__(config)
+        h, d, n, V = config.n_head, config.d_model, config.n_neurons, config.vocab_size
+        self.encoder = nn.Parameter(torch.empty(h, d, n).normal_(std=0.02))  # D_x (h, d, N)
+        self.encoder_v = nn.Parameter(torch.empty(h, d, n).normal_(std=0.02))  # D_y (h, d, N)
+        self.decoder = nn.Parameter(torch.empty(h * n, d).normal_(std=0.02))  # E (h*N, d)
+        self.embed = nn.Embedding(V, d)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.lm_head = nn.Parameter(torch.empty(d, V).normal_(std=0.02))  # untied (d, V)
+        self.drop = nn.Dropout(config.dropout)
+
+    def _layer(self, v: torch.Tensor, attend: Attend, stats: list | None = None) -> torch.Tensor:
+        """One (shared-weight) layer: stream v (B, T, d) -> (B, T, d); ``attend(x, v)`` gives (B, h, T, d)."""
+        B, T, _ = v.shape
+        x = F.relu(v.unsqueeze(1) @ self.encoder)  # (B, h, T, N)
+        a = _ln(attend(x, v))  # (B, h, T, d)
+        y = F.relu(a.to(v.dtype) @ self.encoder_v)  # (B, h, T, N)
+        xy = self.drop(x * y)  # (B, h, T, N)
+        if stats is not None:
+            stats.append({k: (t != 0).float().mean().item() for k, t in (("x", x), ("y", y), ("xy", x * y))})
+        out = xy.transpose(1, 2).reshape(B, T, -1) @ self.decoder  # (B, T, h*N) @ (h*N, d) -> (B, T, d)
+        return _ln(v + _ln(out))
+
+    def forward(
+        self, idx: torch.Tensor, return_hidden: bool = False, stats: list | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Next-token logits of the parallel form.
+
+        Args:
+            idx: (B, T) token ids, T <= ``max_seq_len``.
+            return_hidden: Also return the stream after the embedding norm and after each layer.
+            stats: If given, one dict per layer is appended with the fraction of non-zero x, y and x⊙y.
+
+        Returns:
+            logits (B, T, V); with ``return_hidden`` also a list of ``n_layer + 1`` tensors (B, T, d).
+        """
+        cfg = self.config
+        T = idx.shape[1]
+        if T > cfg.max_seq_len:
+            raise RecruitError(f"sequence of {T} tokens exceeds max_seq_len={cfg.max_seq_len}; use prefill/step")
+        cos, sin = rope_tables(torch.arange(T, device=idx.device), cfg.n_neurons, cfg.rope_theta)  # (T, N) each
+        v = _ln(self.embed(idx))  # (B, T, d)
+        hidden = [v]
+        for _ in range(cfg.n_layer):
+            v = self._layer(v, partial(_causal_attention, cos=cos, sin=sin), stats)
+            hidden.append(v)
+        logits = v @ self.lm_head  # (B, T, V)
+        return (logits, hidden) if return_hidden else logits
+
+    @torch.no_grad()
+    def forward_with_stats(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[float]]]:
+        """Logits (B, T, V) and, per layer, the fraction of non-zero neurons: keys ``x``, ``y``, ``xy``."""
+        per_layer: list[dict[str, float]] = []
+        logits = self(idx, stats=per_layer)
+        return logits, {k: [s[k] for s in per_layer] for k in ("x", "y", "xy")}
+
+    # ---- recurrent form ------------------------------------------------------------------------------
+    def new_state(self, batch: int = 1) -> BDHState:
+        """An empty synaptic state (all zeros, fp32) for ``batch`` sequences."""
+        cfg, dev = self.config, self.lm_head.device
+        shape = (batch, cfg.n_head, cfg.n_neurons, cfg.d_model)  # (B, h, N, d)
+        return BDHState([torch.zeros(shape, device=dev, dtype=torch.float32) for _ in range(cfg.n_layer)])
+
+    @torch.no_grad()
+    def _chunk(self, idx: torch.Tensor, state: BDHState) -> torch.Tensor:
+        """Consume tokens idx (B, C) after ``state.pos`` tokens, update ``state``; the last logits (B, V)."""
+        cfg, C = self.config, idx.shape[1]
+        if state.synapses[0].shape[0] != idx.shape[0]:
+            raise RecruitError(f"state holds {state.synapses[0].shape[0]} sequences, got a batch of {idx.shape[0]}")
+        pos = torch.arange(state.pos, state.pos + C, device=idx.device)  # (C,)
+        cos, sin = rope_tables(pos, cfg.n_neurons, cfg.rope_theta)  # (C, N) each
+        v = _ln(self.embed(idx))  # (B, C, d)
+        for S in state.synapses:
+            v = self._layer(v, partial(_stateful_attention, S=S, cos=cos, sin=sin))
+        state.pos += C
+        return v[:, -1] @ self.lm_head  # (B, V)
+
+    def step(self, idx_t: torch.Tensor, state: BDHState) -> torch.Tensor:
+        """Feed one token per sequence, idx_t (B,); returns its next-token logits (B, V), updating ``state``."""
+        return self._chunk(idx_t[:, None], state)
+
+    def prefill(self, idx: torch.Tensor, state: BDHState, chunk: int = 256) -> torch.Tensor:
+        """Feed a prompt idx (B, T) in chunks of ``chunk`` tokens; returns the last token's logits (B, V).
+
+        Work per chunk is bounded and memory does not grow with the prompt's length.
+        """
+        if idx.shape[1] == 0 or chunk <= 0:
+            raise RecruitError(f"prefill needs a non-empty prompt and chunk > 0, got T={idx.shape[1]}, chunk={chunk}")
+        for s in range(0, idx.shape[1], chunk):
+            logits = self._chunk(idx[:, s : s + chunk], state)
+        return logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        chunk: int = 256,
+    ) -> torch.Tensor:
+        """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens in the recurrent form; returns (B, T + new).
+
+        ``greedy`` takes the arg-max; otherwise samples from ``softmax(logits / temperature)``, restricted
+        to the ``top_k`` most likely tokens when given. The cost per new token is independent of position.
+        """
+        if temperature <= 0 and not greedy:
+            raise RecruitError(f"temperature must be > 0 (or use greedy), got {temperature}")
+        state = self.new_state(idx.shape[0])
+        logits = self.prefill(idx, state, chunk)  # (B, V)
+        out = [idx]
+        for i in range(max_new_tokens):
+            if greedy:
+                nxt = logits.argmax(-1)  # (B,)
+            else:
+                logits = logits.float() / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]  # (B,)
+            out.append(nxt[:, None])
+            if i + 1 < max_new_tokens:
+                logits = self.step(nxt, state)
+        return torch.cat(out, dim=1)

@@ -1,0 +1,121 @@
+import logging
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from recruit.models.base import load_model
+from recruit.models.gpt import GPT, gpt_config
+from recruit.models.hf_auto import RecruitGPTConfig, RecruitGPTForCausalLM, from_hf, register_auto_classes, to_hf
+from recruit.models.kv_cache import KVCache
+
+
+@pytest.fixture(params=[True, False], ids=["tied", "untied"])
+def saved(request, tmp_path):
+    gpt = GPT(gpt_config("gpt-nano", tie_embeddings=request.param, n_kv_head=1)).eval()
+    gpt.save_pretrained(tmp_path)
+    register_auto_classes()
+    register_auto_classes()  # idempotent
+    return gpt, tmp_path
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def _load(path):
+    """Load through the Auto class; HF must log no warning (transformers' logger does not propagate to caplog)."""
+    handler, hf_logger = _Records(), logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    finally:
+        hf_logger.removeHandler(handler)
+    assert not handler.records, [r.getMessage() for r in handler.records]
+    assert not caught, [str(w.message) for w in caught]
+    return model
+
+
+def test_auto_config_reads_checkpoint(saved):
+    gpt, path = saved
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    assert isinstance(cfg, RecruitGPTConfig)
+    assert cfg.to_gpt_config() == gpt.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (32, 2, 2)
+    assert cfg.num_key_value_heads == 1 and cfg.tie_embeddings == gpt.config.tie_embeddings
+
+
+def test_logits_and_loss_match_gpt(saved):
+    gpt, path = saved
+    model = _load(path)
+    assert isinstance(model, RecruitGPTForCausalLM) and model.name_or_path == str(path)
+    assert (model.lm_head.weight is model.tok_emb.weight) == gpt.config.tie_embeddings
+    ids = torch.randint(0, gpt.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        ref = gpt(ids)
+        out = model(input_ids=ids, labels=ids, output_hidden_states=True)
+    torch.testing.assert_close(out.logits, ref)
+    assert len(out.hidden_states) == gpt.config.n_layer + 1
+    expected = F.cross_entropy(ref[:, :-1].reshape(-1, ref.shape[-1]), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_matches_gpt_greedy(saved, use_cache):
+    gpt, path = saved
+    model = _load(path)
+    ids = torch.randint(0, gpt.config.vocab_size, (2, 7))
+    out = model.generate(ids, do_sample=False, max_new_tokens=5, use_cache=use_cache)
+    assert torch.equal(out, gpt.generate(ids, max_new_tokens=5, greedy=True))
+
+
+def test_recruit_kv_cache_in_forward(saved):
+    gpt, path = saved
+    model = _load(path)
+    ids = torch.randint(0, gpt.config.vocab_size, (1, 10))
+    cache = KVCache(gpt.config.n_layer)
+    with torch.no_grad():
+        model(input_ids=ids[:, :6], past_key_values=cache)
+        step = model(input_ids=ids[:, 6:], past_key_values=cache).logits
+    torch.testing.assert_close(step, gpt(ids)[:, 6:])
+
+
+def test_padding_is_rejected(saved):
+    _, path = saved
+    model = _load(path)
+    with pytest.raises(ValueError, match="padding"):
+        model(input_ids=torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1]]))
+
+
+def test_conversions_round_trip(tmp_path):
+    gpt = GPT(gpt_config("gpt-nano", mlp="swiglu", norm="rmsnorm", bias=True)).eval()
+    ids = torch.randint(0, gpt.config.vocab_size, (1, 9))
+    model = to_hf(gpt)
+    back = from_hf(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, gpt(ids))
+        torch.testing.assert_close(back(ids), gpt(ids))
+    model.save_pretrained(tmp_path / "hf")  # HF's own save loads back through the Auto classes
+    register_auto_classes()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, gpt(ids))
+    gpt.save_pretrained(tmp_path / "recruit")
+    assert isinstance(load_model(tmp_path / "recruit"), GPT)  # the recruit loader is unaffected
+
+
+def test_fresh_model_init_matches_gpt_scheme():
+    model = RecruitGPTForCausalLM(RecruitGPTConfig.from_gpt_config(gpt_config("gpt-medium", n_layer=8)))
+    std = model.blocks[0].attn.o_proj.weight.std().item()
+    assert abs(std - 0.02 / 4) < 1e-3  # 0.02 / sqrt(2 * n_layer)
+    assert abs(model.blocks[0].attn.q_proj.weight.std().item() - 0.02) < 2e-3
+    assert torch.equal(model.norm_f.weight, torch.ones_like(model.norm_f.weight))
