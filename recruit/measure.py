@@ -7,7 +7,9 @@ figure becomes a :class:`recruit.records.Record`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
+import hashlib
 import math
 import statistics
 import time
@@ -90,12 +92,24 @@ def corpus_bits_per_byte(
     seq_len: int = 256,
     max_bytes: int | None = 65536,
     group: str = "lang",
+    lang: str | None = None,
     **kw,
 ) -> dict[str, tuple[float, int]]:
     """Bits per byte of a byte-level model per language (or kind) on a corpus split.
 
-    The documents of each group are concatenated in corpus order (tags included, so the model sees
+    The documents of each group are taken in a fixed pseudo-random order (by a hash of their id, so a sample
+    is not all from one man-page section), concatenated with their tags (the model sees
     ``<lang:de> <kind:manual>`` before each document) and cut to ``max_bytes`` tokens.
+
+    Args:
+        model: Maps (B, T) ids to logits.
+        corpus: A :class:`recruit.data.corpus.Corpus`.
+        split: ``train``, ``val`` or ``test``.
+        seq_len: Window length.
+        max_bytes: Tokens scored per group (``None``: all).
+        group: ``lang`` or ``kind``.
+        lang: Only documents of this language (e.g. ``en`` to compare kinds within one language).
+        **kw: Passed to :func:`nll` (``device``, ``batch_size``).
 
     Returns:
         ``{group value: (bits per byte, bytes scored)}``.
@@ -105,7 +119,10 @@ def corpus_bits_per_byte(
     toks = corpus.tokens(split)
     by: dict[str, list[np.ndarray]] = {}
     sizes: dict[str, int] = {}
-    for doc in corpus.docs(split):
+    docs = sorted(corpus.docs(split), key=lambda d: hashlib.sha1(d.id.encode()).hexdigest())
+    for doc in docs:
+        if lang is not None and doc.lang != lang:
+            continue
         key = getattr(doc, group)
         if max_bytes is not None and sizes.get(key, 0) >= max_bytes + 1:
             continue
@@ -216,6 +233,13 @@ def _rss_bytes(field: str) -> int | None:
     return None
 
 
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> int | None:
     """Peak memory that running ``fn`` adds, in bytes.
 
@@ -231,6 +255,7 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> in
         fn()
         sync(device)
         return torch.cuda.max_memory_allocated(device) - before
+    _malloc_trim()  # hand freed heap pages back to the OS so that reused memory shows up in the peak
     before = _rss_bytes("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as f:

@@ -36,14 +36,15 @@ def _load(opts: BenchOptions) -> tuple[GPT, str, torch.device]:
 
 def _quality(model, corpus, opts: BenchOptions, device, seq: int, add) -> None:
     max_bytes = min(opts.max_bytes, 4096) if opts.quick else opts.max_bytes
-    for group in ("lang", "kind"):
+    for group, prefix, lang in (("lang", "", None), ("kind", "lang=en,", "en")):  # kinds compared within English
         res = measure.corpus_bits_per_byte(
-            model, corpus, "test", seq_len=seq, max_bytes=max_bytes, group=group, device=device
+            model, corpus, "test", seq_len=seq, max_bytes=max_bytes, group=group, lang=lang, device=device
         )
         for key, (bpb, n) in res.items():
-            add(f"split=test,{group}={key}", "bpb", bpb, "bits/byte")
-            add(f"split=test,{group}={key}", "ppl", 2.0**bpb, "per byte")
-            add(f"split=test,{group}={key}", "bytes_scored", n, "bytes")
+            case = f"split=test,{prefix}{group}={key}"
+            add(case, "bpb", bpb, "bits/byte")
+            add(case, "ppl", 2.0**bpb, "per byte")
+            add(case, "bytes_scored", n, "bytes")
 
 
 def _training(path, add) -> None:
@@ -132,11 +133,15 @@ def section(records: list[Record]) -> str:
         "<p>The dense baseline (<code>recruit.models.gpt</code>) that every technique is measured against: "
         "held-out bits per byte on the test split of the corpus (byte targets only), and its cost.</p>"
     ]
-    for group, title in (("lang", "language"), ("kind", "kind of text")):
-        pts = sorted((r.params[group], r.value) for r in rs if r.metric == "bpb" and group in r.params)
+    for group, title in (("lang", "language"), ("kind", "kind of English text")):
+        pts = sorted(
+            (r.params[group], r.value)
+            for r in rs
+            if r.metric == "bpb" and group in r.params and (group == "kind" or "kind" not in r.params)
+        )
         if pts:
             parts.append(bar_chart([k for k, _ in pts], [v for _, v in pts], f"bits per byte by {title}", "bits/byte"))
-    langs = [r.value for r in rs if r.metric == "bpb" and "lang" in r.params]
+    langs = [r.value for r in rs if r.metric == "bpb" and "lang" in r.params and "kind" not in r.params]
     if langs:
         mean = sum(langs) / len(langs)
         parts.append(f"<p>Mean over languages: {mean:.3f} bits/byte (perplexity per byte {2**mean:.2f}).</p>")
