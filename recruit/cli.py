@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--seed", type=int, default=0)
 
+    from recruit.cli_bdh import add_bdh_parser
+
+    add_bdh_parser(subs)
+
     for name, fn in (("bench", cmd_bench), ("report", cmd_report)):
         p = _sub(subs, name, fn)
         if name == "bench":
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = extra
     args.argv = list(argv if argv is not None else sys.argv[1:])[1:]
     if not hasattr(args, "fn"):
-        parser.print_help() if args.command != "data" else parser.parse_args(["data", "--help"])
+        parser.parse_args([args.command, "--help"]) if args.command else parser.print_help()
         return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

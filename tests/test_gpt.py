@@ -163,3 +163,16 @@ def test_kv_cache_bytes_are_counted():
     m(torch.zeros(2, 10, dtype=torch.long), cache=cache)
     c = m.config
     assert cache.nbytes() == 2 * c.n_layer * 2 * c.n_kv_head * 10 * c.head_dim * 4
+
+
+def test_cache_growth_truncate_and_keep_stay_consistent():
+    m = GPT(gpt_config("gpt-nano")).eval()
+    x = torch.randint(0, 288, (1, 40))
+    cache = m.new_cache()
+    out = [m(x[:, t : t + 1], cache=cache) for t in range(30)]  # many doublings of the buffers
+    assert cache.seq_len() == 30 and cache.layers[0].positions.tolist() == list(range(30))
+    cache.truncate(20)
+    assert cache.seq_len() == 20 and cache.seen_tokens == 20
+    again = m(x[:, 20:21], cache=cache)
+    torch.testing.assert_close(again, out[20])
+    torch.testing.assert_close(m(x[:, 21:22], cache=cache), out[21])

@@ -1,0 +1,222 @@
+import argparse
+import json
+
+import pytest
+import torch
+
+from recruit import benchmarks
+from recruit.benchmarks import BenchOptions
+from recruit.benchmarks.bdh import BDHBenchConfig, run, section
+from recruit.cli_bdh import add_bdh_parser, bdh_train_config
+from recruit.data.corpus import _write
+from recruit.data.sources import Document
+from recruit.data.tokenizer import ByteTokenizer
+from recruit.errors import RecruitError
+from recruit.models import BDH, GPT, bdh_config, gpt_config, load_model
+
+TEXTS = {
+    "en": "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire. ",
+    "de": "Über die Brücke gehen fünf müde Müller, grüßen früh und kühlen ihre Füße im Fluss. ",
+    "fr": "Le renard brun rapide saute par-dessus le chien paresseux près de la forêt. ",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a busy machine: one thread avoids OpenMP oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    """A real corpus on disk in three languages, every language in every split."""
+    docs = [
+        Document(f"{lang}:{i}", f"[{lang} {i}] " + body * (8 + i), lang, "text", "test")
+        for lang, body in TEXTS.items()
+        for i in range(6)
+    ]
+    out = tmp_path_factory.mktemp("corpus") / "three"
+    _write(out, docs, {"format": 1, "name": "three", "tokenizer": "byte-288", "params": {}, "packages": {}}, False)
+    return out
+
+
+def nano(**kw) -> BDH:
+    torch.manual_seed(0)
+    return BDH(bdh_config("bdh-nano", dropout=0.0, **kw)).eval()
+
+
+# ---- the benchmark --------------------------------------------------------------------------------
+TINY = BDHBenchConfig(
+    bdh_preset="bdh-nano",
+    gpt_preset="gpt-nano",
+    contexts=(64, 512),
+    warmup=1,
+    repeats=3,
+    seq_len=48,
+    density_windows=2,
+    probe_distances=(8, 300),
+    probes=2,
+    bpb_max_bytes=600,
+)
+
+
+def test_bench_is_registered_and_measures_what_it_says(corpus_dir):
+    assert benchmarks.get("bdh").in_report is False
+    recs = run(BenchOptions(corpus=str(corpus_dir), progress=False), TINY)
+    by = {(r.case, r.metric): r.value for r in recs}
+    for model, mode in (("bdh-nano", "recurrent"), ("gpt-nano", "kv_cache")):
+        for c in TINY.contexts:
+            case = f"model={model},init=random,mode={mode},context={c},fill=random"
+            assert by[(case, "decode_ms_per_token")] > 0
+            assert (case, "latency_ratio_vs_64") in by
+    state = [
+        by[(f"model=bdh-nano,init=random,mode=recurrent,context={c},fill=random", "state_bytes")] for c in (64, 512)
+    ]
+    kv = [by[(f"model=gpt-nano,init=random,mode=kv_cache,context={c},fill=random", "kv_bytes")] for c in (64, 512)]
+    assert state[0] == state[1] == 2 * 2 * 64 * 32 * 4  # L·h·N·d fp32, constant
+    assert kv == [c * 2 * 2 * 2 * 16 * 4 for c in (64, 512)]  # tokens · K,V · L · Hkv · hd · fp32
+    dens = [r for r in recs if r.metric.startswith("density_")]
+    assert len(dens) == 3 * 3 and all(0 <= r.value <= 1 and "init=random" in r.case for r in dens)
+    diffs = [r.value for r in recs if r.metric == "recurrent_max_abs_diff"]
+    assert len(diffs) == 2 and max(diffs) <= 1e-4
+    assert not any(r.metric in ("bpb", "probe_exact") for r in recs)  # no checkpoint: no quality figures
+    page = section(recs)
+    assert page.count("<img") == 3 and "recurrent_max_abs_diff" in page
+
+
+def test_bench_with_a_checkpoint_scores_quality_and_recall(corpus_dir, tmp_path):
+    nano().save_pretrained(tmp_path / "bdh")
+    recs = run(BenchOptions(model=str(tmp_path / "bdh"), corpus=str(corpus_dir), progress=False), TINY)
+    bpb = {r.params["lang"]: r.value for r in recs if r.metric == "bpb"}
+    assert sorted(bpb) == ["de", "en", "fr"] and all(7 < v < 10 for v in bpb.values())  # untrained: ~log2(288)
+    probes = [r for r in recs if r.metric == "probe_char_acc"]
+    assert sorted(int(r.params["distance"]) for r in probes) == [8, 300] and all(0 <= r.value <= 1 for r in probes)
+    assert all("init=checkpoint" in r.case for r in recs if r.metric.startswith("density"))
+    GPT(gpt_config("gpt-nano")).save_pretrained(tmp_path / "gpt")
+    with pytest.raises(RecruitError, match="holds a recruit-gpt model, not BDH"):
+        run(BenchOptions(model=str(tmp_path / "gpt"), corpus=str(corpus_dir), progress=False), TINY)
+
+
+# ---- the CLI --------------------------------------------------------------------------------------
+def parse(*argv):
+    parser = argparse.ArgumentParser(prog="recruit")
+    add_bdh_parser(parser.add_subparsers(dest="command"))
+    args, extra = parser.parse_known_args(["bdh", *argv])
+    args.overrides = extra
+    return args
+
+
+@pytest.mark.parametrize("action", [[], ["train"], ["generate"], ["inspect"]], ids=str)
+def test_every_action_has_help(action, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse(*action, "--help")
+    assert e.value.code == 0 and "usage: recruit bdh" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    nano().save_pretrained(d / "bdh")
+    GPT(gpt_config("gpt-nano")).save_pretrained(d / "gpt")
+    (d / "bad.txt").write_bytes(b"caf\xe9 au lait")  # Latin-1, not UTF-8
+    (d / "empty.txt").write_bytes(b"")
+    return d
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["gpt", "--prompt", "hello"], "holds a recruit-gpt model, not BDH"),
+        (["bdh", "--prompt", ""], "the prompt is empty"),
+        (["bdh", "--prompt-file", "empty.txt"], "the prompt is empty"),
+        (["bdh", "--prompt-file", "bad.txt"], r"not valid UTF-8 \(byte 0xe9 at offset 3\)"),
+        (["bdh", "--prompt", "caf\udce9"], "not valid UTF-8"),
+        (["bdh", "--prompt-file", "missing.txt"], "cannot read the prompt file"),
+        (["bdh", "--prompt", "hi", "--max-new-tokens", "0"], "must be positive"),
+        (["nowhere", "--prompt", "hi"], "no checkpoint directory"),
+    ],
+)
+def test_generate_rejects_bad_input(checkpoints, argv, message):
+    first, *rest = argv
+    rest = [str(checkpoints / a) if a.endswith(".txt") else a for a in rest]
+    args = parse("generate", str(checkpoints / first), *rest)
+    with pytest.raises(RecruitError, match=message):
+        args.fn(args)
+
+
+def test_generate_continues_the_prompt_greedily(checkpoints, capsys):
+    args = parse("generate", str(checkpoints / "bdh"), "--prompt", "Hello", "--greedy", "--max-new-tokens", "5")
+    assert args.fn(args) == 0
+    out = capsys.readouterr().out
+    model = load_model(checkpoints / "bdh")
+    tok = ByteTokenizer()
+    ids = torch.tensor([[tok.lang_id("en"), tok.kind_id("manual"), *b"Hello"]])
+    assert out == tok.decode(model.generate(ids, 5, greedy=True)[0, 2:].tolist()) + "\n"
+
+
+def test_inspect_prints_and_writes_records(checkpoints, corpus_dir, tmp_path, capsys):
+    args = parse(
+        "inspect",
+        str(checkpoints / "bdh"),
+        "--corpus",
+        str(corpus_dir),
+        "--out",
+        str(tmp_path),
+        "-q",
+        "--seq-len",
+        "32",
+        "--max-windows",
+        "2",
+        "--chunks",
+        "4",
+        "--top",
+        "2",
+    )
+    assert args.fn(args) == 0
+    out = capsys.readouterr().out
+    assert "language neurons" in out and "neuron graph" in out and "records written" in out
+    recs = [json.loads(line) for line in (tmp_path / "bdh_inspect.jsonl").read_text().splitlines()]
+    metrics = {r["metric"] for r in recs}
+    assert {"density_x", "density_y", "lang_neuron_effect", "graph_out_max", "graph_in_ccdf_slope"} <= metrics
+    assert sum(r["metric"] == "lang_neuron_effect" for r in recs) == 3 * 2
+    with pytest.raises(RecruitError, match="not BDH"):
+        bad = parse("inspect", str(checkpoints / "gpt"), "--corpus", str(corpus_dir))
+        bad.fn(bad)
+
+
+def test_train_config_and_a_two_step_run(corpus_dir, tmp_path):
+    cfg = bdh_train_config("bdh-tiny", None, {})
+    assert (cfg.model, cfg.lr, cfg.out_dir) == ("bdh-tiny", 1e-3, "runs/bdh-tiny")
+    with pytest.raises(RecruitError, match="not a BDH preset"):
+        bdh_train_config("bdh-tiny", None, {"model": "gpt-tiny"})
+    with pytest.raises(RecruitError, match="unknown BDH preset"):
+        bdh_train_config("bdh-huge", None, {})
+    out = tmp_path / "run"
+    args = parse(
+        "train",
+        "--preset",
+        "bdh-nano",
+        "-q",
+        "--corpus",
+        str(corpus_dir),
+        "--out_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "2",
+        "--seq_len",
+        "32",
+        "--eval_every",
+        "2",
+        "--eval_windows",
+        "1",
+        "--model.n_layer",
+        "1",
+    )
+    assert args.fn(args) == 0
+    model = load_model(out / "final")
+    assert isinstance(model, BDH) and model.config.n_layer == 1
