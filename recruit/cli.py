@@ -48,13 +48,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     eval_windows, ckpt_every, log_every, seed, device, precision, threads.
     """
     from recruit.config import load_config_file, parse_overrides
-    from recruit.data.corpus import Corpus
-    from recruit.train import Trainer, make_config
+    from recruit.train import make_config
 
     file_data = load_config_file(args.config) if args.config else None
     cfg = make_config(args.preset or (None if file_data else "gpt-tiny"), file_data, parse_overrides(args.overrides))
+    return fit_and_report(cfg, quiet=args.quiet)
+
+
+def fit_and_report(cfg, quiet: bool = False) -> int:
+    """Train ``cfg`` (a :class:`recruit.train.TrainConfig`) on its corpus and print where the model went."""
+    from recruit.data.corpus import Corpus
+    from recruit.train import Trainer
+
     corpus = Corpus.load(cfg.corpus)
-    trainer = Trainer(cfg, corpus.tokens("train"), corpus.tokens("val"), progress=not args.quiet)
+    trainer = Trainer(cfg, corpus.tokens("train"), corpus.tokens("val"), progress=not quiet)
     trainer.fit()
     last = next((h for h in reversed(trainer.history) if "val_loss" in h), None)
     if last is not None:

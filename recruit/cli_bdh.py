@@ -69,21 +69,13 @@ def cmd_bdh_train(args: argparse.Namespace) -> int:
     decay 0.1, out_dir runs/PRESET) or a training preset; then override any field with --FIELD VALUE as in
     'recruit train', model config fields with --model.FIELD VALUE (e.g. --model.n_layer 2).
     """
+    from recruit.cli import fit_and_report
     from recruit.config import load_config_file, parse_overrides
-    from recruit.data.corpus import Corpus
-    from recruit.train import Trainer
 
     file_data = load_config_file(args.config) if args.config else None
     preset = args.preset or (None if file_data else "bdh-tiny")
     cfg = bdh_train_config(preset, file_data, parse_overrides(args.overrides))
-    corpus = Corpus.load(cfg.corpus)
-    trainer = Trainer(cfg, corpus.tokens("train"), corpus.tokens("val"), progress=not args.quiet)
-    trainer.fit()
-    last = next((h for h in reversed(trainer.history) if "val_loss" in h), None)
-    if last is not None:
-        print(f"step {trainer.step}: held-out loss {last['val_loss']:.4f} nats/token")
-    print(f"model saved to {Path(cfg.out_dir) / 'final'}")
-    return 0
+    return fit_and_report(cfg, quiet=args.quiet)
 
 
 def cmd_bdh_generate(args: argparse.Namespace) -> int:

@@ -14,15 +14,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP oversubscription stalls on a busy machine (100x on 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def nano(**overrides) -> BDH:
     return BDH(bdh_config("bdh-nano", **{"dropout": 0.0, **overrides})).eval()
 

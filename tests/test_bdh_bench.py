@@ -8,39 +8,9 @@ from recruit import benchmarks
 from recruit.benchmarks import BenchOptions
 from recruit.benchmarks.bdh import BDHBenchConfig, run, section
 from recruit.cli_bdh import add_bdh_parser, bdh_train_config
-from recruit.data.corpus import _write
-from recruit.data.sources import Document
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.errors import RecruitError
 from recruit.models import BDH, GPT, bdh_config, gpt_config, load_model
-
-TEXTS = {
-    "en": "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire. ",
-    "de": "Über die Brücke gehen fünf müde Müller, grüßen früh und kühlen ihre Füße im Fluss. ",
-    "fr": "Le renard brun rapide saute par-dessus le chien paresseux près de la forêt. ",
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a busy machine: one thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    """A real corpus on disk in three languages, every language in every split."""
-    docs = [
-        Document(f"{lang}:{i}", f"[{lang} {i}] " + body * (8 + i), lang, "text", "test")
-        for lang, body in TEXTS.items()
-        for i in range(6)
-    ]
-    out = tmp_path_factory.mktemp("corpus") / "three"
-    _write(out, docs, {"format": 1, "name": "three", "tokenizer": "byte-288", "params": {}, "packages": {}}, False)
-    return out
 
 
 def nano(**kw) -> BDH:

@@ -1,19 +1,10 @@
 import dataclasses
 
 import pytest
-import torch
 
 from recruit.benchmarks import BenchOptions
 from recruit.benchmarks.bdh_compare import QUICK, run
 from recruit.data.corpus import prepare_corpus
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_equal_budget_comparison_records(tmp_path):

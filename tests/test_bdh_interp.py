@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TEXTS
 
-from recruit.data.corpus import Corpus, _write
 from recruit.data.probes import _utf8_cut, make_probe, probe_accuracy
-from recruit.data.sources import Document
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.interp import (
     activation_density,
@@ -19,41 +18,6 @@ from recruit.interp import (
 )
 from recruit.models import BDH, bdh_config
 from recruit.models.bdh import rope, rope_tables
-
-TEXTS = {
-    "en": "The quick brown fox jumps over the lazy dog while the cat sleeps near the warm fire. ",
-    "de": "Über die Brücke gehen fünf müde Müller, grüßen früh und kühlen ihre Füße im Fluss. ",
-    "fr": "Le renard brun rapide saute par-dessus le chien paresseux près de la forêt. ",
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a busy machine: one thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    """A real corpus on disk in three languages, every language in every split."""
-    docs = [
-        Document(f"{lang}:{i}", f"[{lang} {i}] " + body * (8 + i), lang, "text", "test")
-        for lang, body in TEXTS.items()
-        for i in range(6)
-    ]
-    out = tmp_path_factory.mktemp("corpus") / "three"
-    _write(out, docs, {"format": 1, "name": "three", "tokenizer": "byte-288", "params": {}, "packages": {}}, False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def corpus(corpus_dir):
-    c = Corpus.load(corpus_dir)
-    assert all(c.languages(s) == ["de", "en", "fr"] for s in ("train", "val", "test"))
-    return c
 
 
 def nano(**kw) -> BDH:

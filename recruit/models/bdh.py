@@ -26,6 +26,7 @@ from torch import nn
 
 from recruit.errors import RecruitError
 from recruit.models.base import RecruitModel, register_model
+from recruit.models.sampling import check_sampling, next_token
 
 
 @dataclass
@@ -265,20 +266,12 @@ class BDH(RecruitModel):
         ``greedy`` takes the arg-max; otherwise samples from ``softmax(logits / temperature)``, restricted
         to the ``top_k`` most likely tokens when given. The cost per new token is independent of position.
         """
-        if temperature <= 0 and not greedy:
-            raise RecruitError(f"temperature must be > 0 (or use greedy), got {temperature}")
+        check_sampling(temperature, greedy)
         state = self.new_state(idx.shape[0])
         logits = self.prefill(idx, state, chunk)  # (B, V)
         out = [idx]
         for i in range(max_new_tokens):
-            if greedy:
-                nxt = logits.argmax(-1)  # (B,)
-            else:
-                logits = logits.float() / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]  # (B,)
+            nxt = next_token(logits, temperature, top_k, greedy, generator)[:, 0]  # (B,)
             out.append(nxt[:, None])
             if i + 1 < max_new_tokens:
                 logits = self.step(nxt, state)

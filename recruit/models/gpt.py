@@ -18,6 +18,7 @@ from torch import nn
 from recruit.errors import RecruitError
 from recruit.models.base import RecruitModel, register_model
 from recruit.models.kv_cache import KVCache
+from recruit.models.sampling import check_sampling, next_token
 
 
 @dataclass
@@ -268,8 +269,7 @@ class GPT(RecruitModel):
         """
         if idx.shape[1] == 0:
             raise RecruitError("generate needs a non-empty prompt")
-        if temperature <= 0 and not greedy:
-            raise RecruitError(f"temperature must be > 0 (or use greedy), got {temperature}")
+        check_sampling(temperature, greedy)
         if idx.shape[1] + max_new_tokens > self.config.max_seq_len:
             raise RecruitError(
                 f"prompt ({idx.shape[1]}) + new tokens ({max_new_tokens}) exceed the context of "
@@ -279,14 +279,7 @@ class GPT(RecruitModel):
         logits = self(idx, cache=cache)[:, -1]  # (B, V)
         out = [idx]
         for i in range(max_new_tokens):
-            if greedy:
-                nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits.float() / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (B, 1)
+            nxt = next_token(logits, temperature, top_k, greedy, generator)  # (B, 1)
             out.append(nxt)
             if i + 1 < max_new_tokens:
                 logits = self(nxt, cache=cache)[:, -1]
