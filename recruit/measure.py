@@ -176,7 +176,10 @@ def gpt_forward_flops(cfg, seq_len: int, batch: int = 1, context: int = 0) -> in
     d, hd, T, S = cfg.d_model, cfg.head_dim, seq_len, context + seq_len
     proj = 2 * T * d * (cfg.n_head * hd + 2 * cfg.n_kv_head * hd) + 2 * T * cfg.n_head * hd * d
     attn = 2 * 2 * T * S * cfg.n_head * hd  # scores and weighted values
-    mlp = 2 * T * d * cfg.d_ff * (3 if cfg.mlp == "swiglu" else 2)
+    if cfg.mlp == "fff":  # hard routing: (depth + 1) nodes per tree, each one row in and one column out
+        mlp = 2 * T * d * (cfg.fff_depth + 1) * cfg.fff_trees * 2
+    else:
+        mlp = 0 if cfg.mlp == "none" else 2 * T * d * cfg.d_ff * (3 if cfg.mlp == "swiglu" else 2)
     head = 2 * T * d * cfg.vocab_size
     return batch * (cfg.n_layer * (proj + attn + mlp) + head)
 

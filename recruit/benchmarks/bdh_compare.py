@@ -12,15 +12,12 @@ the GPT preset, 1e-3 for BDH (the paper's recipe).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import torch
-
-from recruit import measure
 from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks.equal_budget import Arm, ratio_records, score_arm, train_arm, train_flops_per_token
 from recruit.records import Record, environment
-from recruit.train import Trainer, make_config, resolve_device
+from recruit.train import resolve_device
 
 BENCH = "bdh-compare"
 
@@ -55,36 +52,6 @@ QUICK = CompareConfig(
 )
 
 
-def train_flops_per_token(model: torch.nn.Module, seq_len: int, device: torch.device) -> float:
-    """Training FLOPs per token: 3 × the forward FLOPs counted by torch's counter (backward ≈ 2 × forward)."""
-    x = torch.randint(0, 256, (1, seq_len), device=device)
-    return 3 * measure.count_flops(lambda: model(x)) / seq_len
-
-
-def _train(corpus, name: str, preset: str, lr: float, steps: int, cfg: CompareConfig, opts: BenchOptions) -> Trainer:
-    tcfg = make_config(
-        None,
-        overrides={
-            "model": preset,
-            "model.dropout": 0.0,
-            "out_dir": f"{cfg.out_dir}/{name}",
-            "seq_len": cfg.seq_len,
-            "batch_size": cfg.batch_size,
-            "max_steps": steps,
-            "lr": lr,
-            "warmup_steps": max(1, steps // 20),
-            "eval_every": steps,
-            "ckpt_every": max(1, steps // 10),
-            "log_every": max(1, steps // 50),
-            "device": opts.device,
-        },
-    )
-    trainer = Trainer(tcfg, corpus.tokens("train"), corpus.tokens("val"), progress=opts.progress)
-    trainer.fit()
-    trainer.model.eval()
-    return trainer
-
-
 def run(opts: BenchOptions, cfg: CompareConfig | None = None) -> list[Record]:
     """Train the three runs (resuming any that exist) and measure them on the test split."""
     from recruit.data.corpus import Corpus
@@ -93,52 +60,27 @@ def run(opts: BenchOptions, cfg: CompareConfig | None = None) -> list[Record]:
     corpus = Corpus.load(opts.corpus)
     device = resolve_device(opts.device)
     env = environment(device)
-    recs: list[Record] = []
     steps = cfg.tokens // (cfg.seq_len * cfg.batch_size)
-    runs = {"bdh": _train(corpus, "bdh", cfg.bdh, cfg.bdh_lr, steps, cfg, opts)}
-    runs["gpt"] = _train(corpus, "gpt", cfg.gpt, cfg.gpt_lr, steps, cfg, opts)
+    bdh_arm, gpt_arm = Arm("bdh", cfg.bdh, cfg.bdh_lr), Arm("gpt", cfg.gpt, cfg.gpt_lr)
+    runs = {k: train_arm(corpus, a, steps, cfg.seq_len, cfg.batch_size, cfg.out_dir, opts)
+            for k, a in (("bdh", bdh_arm), ("gpt", gpt_arm))}  # fmt: skip
     fpt = {k: train_flops_per_token(t.model, cfg.seq_len, device) for k, t in runs.items()}
     eq_steps = max(1, round(steps * fpt["bdh"] / fpt["gpt"]))
-    runs["gpt_eqflops"] = _train(corpus, "gpt-eqflops", cfg.gpt, cfg.gpt_lr, eq_steps, cfg, opts)
+    eq_arm = Arm("gpt-eqflops", cfg.gpt, cfg.gpt_lr)
+    runs["gpt_eqflops"] = train_arm(corpus, eq_arm, eq_steps, cfg.seq_len, cfg.batch_size, cfg.out_dir, opts)
     fpt["gpt_eqflops"] = fpt["gpt"]
+    recs: list[Record] = []
     bpb: dict[str, dict[str, float]] = {}
     for key, t in runs.items():
         preset = cfg.bdh if key == "bdh" else cfg.gpt
-        tokens = t.step * cfg.seq_len * cfg.batch_size
         budget = "equal-flops" if key == "gpt_eqflops" else "equal-tokens"
-        base = f"model={preset},budget={budget},train_tokens={tokens}"
-        last = t.history[-1] if t.history else {}
-        recs.append(Record(BENCH, base, "params", measure.count_params(t.model), "", env))
-        recs.append(Record(BENCH, base, "train_flops", fpt[key] * tokens, "FLOP", env))
-        if "tok_per_s" in last:
-            recs.append(Record(BENCH, base, "train_tok_per_s", last["tok_per_s"], "tok/s", env))
-        with torch.no_grad():
-            res = measure.corpus_bits_per_byte(
-                t.model, corpus, "test", seq_len=cfg.seq_len, max_bytes=cfg.eval_bytes, device=device
-            )
-        bpb[key] = {lang: v for lang, (v, _) in res.items()}
-        for lang, v in bpb[key].items():
-            recs.append(Record(BENCH, f"{base},split=test,lang={lang}", "bpb", v, "bits/byte", env))
-        recs.append(Record(BENCH, f"{base},split=test,lang=mean", "bpb", _mean(bpb[key]), "bits/byte", env))
+        r, bpb[key] = score_arm(
+            BENCH, f"model={preset},budget={budget}", t, corpus, cfg.eval_bytes, device, env, fpt[key]
+        )
+        recs += r
     for ref, budget in (("gpt", "equal-tokens"), ("gpt_eqflops", "equal-flops")):
-        for lang in [*sorted(bpb["bdh"]), "mean"]:
-            b = _mean(bpb["bdh"]) if lang == "mean" else bpb["bdh"][lang]
-            g = _mean(bpb[ref]) if lang == "mean" else bpb[ref].get(lang, math.nan)
-            recs.append(
-                Record(
-                    BENCH,
-                    f"{cfg.bdh}_vs_{cfg.gpt},budget={budget},split=test,lang={lang}",
-                    "bpb_ratio",
-                    b / g,
-                    "x",
-                    env,
-                )
-            )
+        recs += ratio_records(BENCH, f"{cfg.bdh}_vs_{cfg.gpt},budget={budget}", bpb["bdh"], bpb[ref], env)
     return recs
-
-
-def _mean(d: dict[str, float]) -> float:
-    return sum(d.values()) / len(d)
 
 
 def section(records: list[Record]) -> str:

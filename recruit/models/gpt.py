@@ -30,8 +30,11 @@ class GPTConfig:
     n_head: int = 4  # query heads
     n_kv_head: int = 0  # key/value heads (grouped-query attention); 0 means n_head
     d_model: int = 256  # residual width
-    d_ff: int = 0  # MLP hidden width; 0 means 4*d_model (gelu) or 8/3*d_model rounded up to 64 (swiglu)
-    mlp: Literal["gelu", "swiglu"] = "gelu"
+    d_ff: int = 0  # MLP hidden width; 0 means 8/3*d_model rounded up to 64 (swiglu), else 4*d_model
+    mlp: Literal["gelu", "swiglu", "fff", "none"] = "gelu"  # fff: a Fast Feedforward tree; none: no MLP at all
+    fff_depth: int = 0  # FFF tree depth; 0 means the depth whose 2^(D+1)-1 nodes come closest below d_ff
+    fff_trees: int = 1  # FFF parallel trees K
+    fff_mode: Literal["hard", "soft"] = "hard"  # FFF training: masked hard routing or soft mixture
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     max_seq_len: int = 512  # longest sequence (prompt + generated) the model accepts
     rope_theta: float = 10000.0
@@ -43,7 +46,7 @@ class GPTConfig:
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
         if self.d_ff == 0:
-            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
+            self.d_ff = 64 * math.ceil(8 * self.d_model / 3 / 64) if self.mlp == "swiglu" else 4 * self.d_model
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "d_ff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -53,8 +56,12 @@ class GPTConfig:
             raise ValueError(f"head size d_model/n_head = {self.d_model // self.n_head} must be even for RoPE")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if self.mlp not in ("gelu", "swiglu"):
-            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.mlp not in ("gelu", "swiglu", "fff", "none"):
+            raise ValueError(f"mlp must be 'gelu', 'swiglu', 'fff' or 'none', got {self.mlp!r}")
+        if self.fff_depth == 0 and self.mlp == "fff":
+            self.fff_depth = max(0, (self.d_ff + 1).bit_length() - 2)  # 512 -> 8 (511 nodes)
+        if self.fff_depth < 0 or self.fff_trees < 1 or self.fff_mode not in ("hard", "soft"):
+            raise ValueError("need fff_depth >= 0, fff_trees >= 1 and fff_mode 'hard' or 'soft'")
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -165,13 +172,26 @@ class MLP(nn.Module):
         return self.fc_out(h)
 
 
+def make_mlp(cfg: GPTConfig) -> nn.Module:
+    """The feed-forward module of a block: dense :class:`MLP`, a Fast Feedforward tree, or none (zeros)."""
+    if cfg.mlp == "fff":
+        from recruit.fff.fff import FastFeedForward  # imported here: recruit.fff builds on this module
+
+        return FastFeedForward(cfg.d_model, cfg.d_model, cfg.fff_depth, cfg.fff_trees, cfg.fff_mode)
+    if cfg.mlp == "none":
+        from recruit.fff.convert import ZeroFF
+
+        return ZeroFF()
+    return MLP(cfg)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
 
     def __init__(self, cfg: GPTConfig, layer_idx: int) -> None:
         super().__init__()
         self.norm1, self.attn = make_norm(cfg), Attention(cfg, layer_idx)
-        self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.norm2, self.mlp = make_norm(cfg), make_mlp(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

@@ -1,0 +1,99 @@
+"""FFF's quality at equal budget: the baseline with (a) its dense MLP, (b) an FFF of the same width, (c) no MLP.
+
+``recruit bench fff-quality --out DIR`` trains the three arms of ``gpt-tiny`` on the same batches for the same
+number of tokens with the same trainer, then scores held-out bits per byte per language. Published replications
+found FFF close to "no FF" on some tasks, so (c) is the honest floor to read (b) against. The records also give
+the fraction of FF neurons an FFF token uses ((depth + 1) · trees of the width).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks.equal_budget import Arm, ratio_records, score_arm, train_arm, train_flops_per_token
+from recruit.models import build_model
+from recruit.records import Record, environment
+from recruit.train import resolve_device
+
+BENCH = "fff-quality"
+
+
+@dataclass
+class QualityConfig:
+    """Sizes of the comparison."""
+
+    tokens: int = 2**20  # training tokens per arm
+    seq_len: int = 256
+    batch_size: int = 16
+    preset: str = "gpt-tiny"
+    lr: float = 3e-3
+    fff_trees: int = 1
+    out_dir: str = "runs/fff-quality"
+    eval_bytes: int = 32768
+
+    def __post_init__(self) -> None:
+        if self.tokens < self.seq_len * self.batch_size:
+            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
+
+
+QUICK = QualityConfig(tokens=4 * 32 * 4, seq_len=32, batch_size=4, preset="gpt-nano", out_dir="runs/fff-quality-quick",
+                      eval_bytes=2048)  # fmt: skip
+
+
+def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
+    """Train dense / FFF / no-FF arms (resuming any that exist) and score them on the test split."""
+    from recruit.data.corpus import Corpus
+
+    cfg = cfg or (QUICK if opts.quick else QualityConfig())
+    corpus = Corpus.load(opts.corpus)
+    device = resolve_device(opts.device)
+    env = environment(device)
+    steps = cfg.tokens // (cfg.seq_len * cfg.batch_size)
+    arms = [
+        Arm("dense", cfg.preset, cfg.lr),
+        Arm("fff", cfg.preset, cfg.lr, {"mlp": "fff", "fff_trees": cfg.fff_trees}),
+        Arm("none", cfg.preset, cfg.lr, {"mlp": "none"}),
+    ]
+    recs: list[Record] = []
+    bpb: dict[str, dict[str, float]] = {}
+    for arm in arms:
+        t = train_arm(corpus, arm, steps, cfg.seq_len, cfg.batch_size, cfg.out_dir, opts)
+        case = f"model={cfg.preset},ff={arm.name}"
+        r, bpb[arm.name] = score_arm(
+            BENCH, case, t, corpus, cfg.eval_bytes, device, env, train_flops_per_token(t.model, cfg.seq_len, device)
+        )
+        recs += r
+    mc = build_model(cfg.preset, {"mlp": "fff", "fff_trees": cfg.fff_trees}).config
+    width = cfg.fff_trees * (2 ** (mc.fff_depth + 1) - 1)
+    used = (mc.fff_depth + 1) * cfg.fff_trees
+    case = f"model={cfg.preset},ff=fff,depth={mc.fff_depth},trees={cfg.fff_trees},width={width}"
+    recs.append(Record(BENCH, case, "neurons_per_token", used, "", env))
+    recs.append(Record(BENCH, case, "density", used / width, "fraction", env))
+    recs.append(Record(BENCH, f"model={cfg.preset},ff=dense,width={mc.d_ff}", "density", 1.0, "fraction", env))
+    for arm in ("fff", "none"):
+        recs += ratio_records(BENCH, f"model={cfg.preset},ff={arm}_vs_dense", bpb[arm], bpb["dense"], env)
+    return recs
+
+
+def section(records: list[Record]) -> str:
+    """Bits per byte of the three arms (mean over languages) and the full table."""
+    from recruit.report.html import bar_chart, table
+
+    rs = [r for r in records if r.bench == BENCH]
+    if not rs:
+        return ""
+    means = [(r.params["ff"], r.value) for r in rs if r.metric == "bpb" and r.params.get("lang") == "mean"]
+    parts = [
+        "<p>The baseline trained three ways on the same batches and token budget "
+        "(<code>recruit bench fff-quality</code>): dense MLP, an FFF tree of the same width, and no MLP.</p>"
+    ]
+    if means:
+        parts.append(
+            bar_chart([k for k, _ in means], [v for _, v in means], "held-out bits per byte (mean)", "bits/byte")
+        )
+    parts.append(table(["case", "metric", "value", "unit"], [[r.case, r.metric, f"{r.value:.4g}", r.unit] for r in rs]))
+    return "\n".join(parts)
+
+
+register(Bench(BENCH, run, section, summary="FFF vs dense vs no MLP at equal tokens (three-way quality table)"))

@@ -1,0 +1,194 @@
+"""Model surgery and distillation for FFF: put FFF layers (or nothing) where a GPT's dense MLPs were.
+
+- :func:`replace_mlps` swaps every dense :class:`~recruit.models.gpt.MLP` for a freshly initialised
+  :class:`~recruit.fff.fff.FastFeedForward` (train from scratch);
+- :func:`drop_mlps` swaps every MLP for :class:`ZeroFF` (the "no FF" arm of the quality comparison);
+- :func:`from_dense` distils one trained dense MLP into an FFF on recorded inputs
+  (:func:`record_mlp_inputs`), and reports the error before and after.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recruit.errors import RecruitError
+from recruit.fff.fff import FastFeedForward
+from recruit.models.gpt import GPT, MLP
+
+log = logging.getLogger(__name__)
+
+
+class ZeroFF(nn.Module):
+    """A feed-forward block that contributes nothing: (..., d) -> zeros (..., d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Zeros shaped and typed like ``x``."""
+        return torch.zeros_like(x)
+
+
+def _replace(module: nn.Module, make: Callable[[MLP], nn.Module]) -> int:
+    """Replace every :class:`MLP` below ``module`` by ``make(mlp)``, recursively; returns how many."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, MLP):
+            setattr(module, name, make(child))
+            count += 1
+        else:
+            count += _replace(child, make)
+    return count
+
+
+def _like(new: nn.Module, old: nn.Module) -> nn.Module:
+    p = next(old.parameters())
+    return new.to(device=p.device, dtype=p.dtype)
+
+
+def replace_mlps(
+    model: GPT, depth: int, n_trees: int = 1, mode: Literal["hard", "soft"] = "hard", hardening: float = 0.0
+) -> GPT:
+    """Swap every dense MLP of ``model`` for a new ``FastFeedForward(d_model, d_model, depth, ...)``.
+
+    Args:
+        model: A GPT (any module holding :class:`MLP` children works); changed in place.
+        depth: Tree depth D (2^(D+1) - 1 nodes per tree).
+        n_trees: K parallel trees.
+        mode: Training forward of the FFFs, ``hard`` or ``soft``.
+        hardening: Weight of each FFF's entropy hardening loss (soft mode; see ``HardeningLoss``).
+
+    Returns:
+        ``model``, with FFFs on the device and dtype of the MLPs they replace.
+    """
+
+    def make(mlp: MLP) -> nn.Module:
+        d_in, d_out = mlp.fc_in.in_features, mlp.fc_out.out_features
+        return _like(FastFeedForward(d_in, d_out, depth, n_trees, mode, hardening), mlp)
+
+    n = _replace(model, make)
+    if n == 0:
+        raise RecruitError("replace_mlps found no dense MLP to replace (already converted?)")
+    log.info("replaced %d MLPs by FFFs of depth %d x %d trees", n, depth, n_trees)
+    return model
+
+
+def drop_mlps(model: GPT) -> GPT:
+    """Swap every dense MLP of ``model`` for :class:`ZeroFF`; returns ``model`` (changed in place)."""
+    if _replace(model, lambda m: ZeroFF()) == 0:
+        raise RecruitError("drop_mlps found no dense MLP to drop")
+    return model
+
+
+@torch.no_grad()
+def record_mlp_inputs(model: GPT, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """Inputs that block ``layer``'s MLP receives when ``model`` reads ``tokens`` (B, T); returns (B·T, d).
+
+    A forward pre-hook on ``model.blocks[layer].mlp`` records them; it is removed in ``finally``.
+    """
+    if not 0 <= layer < len(model.blocks):
+        raise RecruitError(f"layer must be in 0..{len(model.blocks) - 1}, got {layer}")
+    seen: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach().reshape(-1, args[0].shape[-1]))  # (B·T, d)
+
+    handle = model.blocks[layer].mlp.register_forward_pre_hook(hook)
+    try:
+        model(tokens)
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+@dataclass
+class DistillReport:
+    """Quality of an FFF distilled from a dense MLP, measured on held-out recorded inputs."""
+
+    initial_mse: float  # MSE to the dense outputs before training (random FFF, output RMS matched)
+    final_mse: float  # ... after training
+    initial_rel_error: float  # ‖fff - dense‖ / ‖dense‖ before training
+    final_rel_error: float  # ... after training
+    dense_mse_to_zero: float  # MSE of predicting zeros: the "no FF" reference level
+    steps: int
+    n_train: int  # recorded inputs trained on
+    n_eval: int  # held-out recorded inputs measured on
+
+
+@torch.no_grad()
+def _errors(fff: FastFeedForward, x: torch.Tensor, target: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """(MSE, relative error) of ``fff``'s hard forward against ``target`` on ``x`` (N, d)."""
+    sq = 0.0
+    for i in range(0, len(x), chunk):
+        sq += F.mse_loss(fff.forward_masked(x[i : i + chunk]), target[i : i + chunk], reduction="sum").item()
+    return sq / target.numel(), math.sqrt(sq / max(target.pow(2).sum().item(), 1e-30))
+
+
+def from_dense(
+    mlp: nn.Module,
+    depth: int,
+    n_trees: int = 1,
+    *,
+    inputs: torch.Tensor,
+    steps: int = 2000,
+    lr: float = 3e-3,
+    batch: int = 256,
+    holdout: float = 0.1,
+    seed: int = 0,
+) -> tuple[FastFeedForward, DistillReport]:
+    """Distil a trained dense MLP into an FFF layer-wise: hard-mode FFF, Adam on the MSE to the MLP's outputs.
+
+    Args:
+        mlp: The dense feed-forward module, (..., d_in) -> (..., d_out); it is not changed.
+        depth: Tree depth D of the FFF.
+        n_trees: K parallel trees.
+        inputs: (N, d_in) recorded inputs of the MLP (see :func:`record_mlp_inputs`).
+        steps: Adam steps.
+        lr: Adam learning rate.
+        batch: Inputs per step, sampled with replacement from the training part.
+        holdout: Fraction of ``inputs`` (the last ones) kept out of training to measure the report on.
+        seed: Seeds the FFF's initialisation and the batch sampling.
+
+    Returns:
+        The trained FFF (in eval mode, on the inputs' device, fp32) and its :class:`DistillReport`.
+    """
+    if inputs.dim() != 2 or len(inputs) < 2:
+        raise RecruitError("from_dense needs recorded inputs of shape (N >= 2, d); see record_mlp_inputs")
+    if steps < 0 or lr <= 0 or batch <= 0 or not 0 <= holdout < 1:
+        raise RecruitError(
+            f"need steps >= 0, lr > 0, batch > 0 and 0 <= holdout < 1; got {steps}, {lr}, {batch}, {holdout}"
+        )
+    x = inputs.detach().float()
+    dt = next(mlp.parameters(), x).dtype
+    with torch.no_grad():
+        target = torch.cat([mlp(x[i : i + 4096].to(dt)).float() for i in range(0, len(x), 4096)])  # (N, d_out)
+    n_eval = min(len(x) - 1, max(1, round(holdout * len(x)))) if holdout > 0 else 0
+    x_tr, y_tr = x[: len(x) - n_eval], target[: len(x) - n_eval]
+    x_ev, y_ev = (x[len(x) - n_eval :], target[len(x) - n_eval :]) if n_eval else (x_tr, y_tr)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fff = FastFeedForward(x.shape[1], target.shape[1], depth, n_trees, mode="hard").to(x.device)
+    with torch.no_grad():  # match the dense output scale (a trained MLP's can be far below the FFF init's)
+        rms = fff.forward_masked(x_tr[:4096]).pow(2).mean().sqrt()
+        fff.w_out.mul_(y_tr[:4096].pow(2).mean().sqrt() / rms.clamp_min(1e-12))
+    mse0, rel0 = _errors(fff, x_ev, y_ev)
+    opt = torch.optim.Adam(fff.parameters(), lr=lr)
+    fff.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(x_tr), (batch,), generator=gen).to(x.device)  # (batch,)
+        loss = F.mse_loss(fff.forward_masked(x_tr[idx]), y_tr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(1, steps // 10) == 0:
+            log.info("from_dense step %d/%d: train mse %.4g", step + 1, steps, loss.item())
+    fff.eval()
+    mse1, rel1 = _errors(fff, x_ev, y_ev)
+    report = DistillReport(mse0, mse1, rel0, rel1, y_ev.pow(2).mean().item(), steps, len(x_tr), len(x_ev))
+    return fff, report
