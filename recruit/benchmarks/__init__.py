@@ -74,7 +74,7 @@ def all_benches() -> dict[str, Bench]:
 
 
 def _load_all() -> None:
-    from recruit.benchmarks import baseline, bdh, bdh_compare, fff_quality  # noqa: F401  (register themselves)
+    from recruit.benchmarks import baseline, bdh, bdh_compare, fff_quality, fff_speed  # noqa: F401  (register themselves)
 
 
 def out_file(out: str | Path, name: str) -> Path:

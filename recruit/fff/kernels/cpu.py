@@ -1,0 +1,144 @@
+"""The fused CPU FFF inference kernel: C++ (``fff_cpu.cpp``) compiled at first use by torch's extension loader.
+
+The C++ source includes no torch header (the first build takes seconds, not a minute): it exports plain C
+functions over raw pointers, called through :mod:`ctypes` (which releases the GIL); this module checks the
+arguments and owns the tensors. OpenMP in the library resolves to the ``libgomp`` torch has loaded, so
+``torch.set_num_threads`` sets its thread count too.
+
+The build goes to ``$RECRUIT_CACHE/extensions/<name>`` when ``RECRUIT_CACHE`` is set, else to torch's extension
+directory (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``); the directory name carries a hash of the
+source, the flags and the torch and Python versions, so a changed source or a new torch never loads a stale
+build. The flags are portable (``-O3``, no ``-march=native``): on x86-64 the hot loops are compiled for several
+ISA levels and picked at run time, so one cached build is safe on every machine that shares the cache. When
+the build fails (no compiler, say), one warning is logged and :func:`fff_cpu` falls back to
+:func:`~recruit.fff.kernels.reference.fff_gather`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from recruit.fff.kernels.reference import check_shapes, fff_gather
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("fff_cpu.cpp")
+"""The C++ source of the kernel, shipped beside this module."""
+_CFLAGS = ["-O3", "-ffp-contract=fast", "-std=c++17", "-Wno-psabi"]
+_OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no -fopenmp; the loop runs serially
+_ENTRY = {torch.float32: "fff_forward_f32", torch.float64: "fff_forward_f64", torch.bfloat16: "fff_forward_bf16"}
+_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5  # x, w_in, b_in, w_out_t, out; B, D_in, D_out, depth, K
+
+
+def build_directory() -> Path:
+    """Where compiled extensions are cached: ``$RECRUIT_CACHE/extensions`` or torch's extension directory."""
+    if os.environ.get("RECRUIT_CACHE"):
+        return Path(os.environ["RECRUIT_CACHE"]).expanduser() / "extensions"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or default).expanduser()
+
+
+def _build_name() -> str:
+    """A module name unique to this source, these flags and this torch / Python build."""
+    key = [SOURCE.read_text(), *_CFLAGS, *_OPENMP, torch.__version__, sys.version, sys.platform, platform.machine()]
+    return "recruit_fff_cpu_" + hashlib.sha1("\n".join(key).encode()).hexdigest()[:12]
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    """Compile (first use only) and load the library; None, with one warning, when that fails."""
+    try:
+        from torch.utils import cpp_extension
+
+        name = _build_name()
+        directory = build_directory() / name
+        directory.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        path = cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=_CFLAGS + _OPENMP,
+            extra_ldflags=_OPENMP,
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=False,
+        )
+        library = ctypes.CDLL(str(path))
+        for entry in _ENTRY.values():
+            getattr(library, entry).argtypes = _ARGTYPES
+            getattr(library, entry).restype = None
+        logger.info("FFF CPU kernel %s ready in %.1f s (%s)", name, time.perf_counter() - start, directory)
+        return library
+    except Exception as err:  # noqa: BLE001 (any build failure means: use the fallback)
+        logger.warning("FFF CPU kernel unavailable, using the pure-torch gather fallback: %s", err)
+        return None
+
+
+def cpu_kernel_available() -> bool:
+    """Whether the fused C++ kernel is built and loaded (builds it on the first call)."""
+    return _load() is not None
+
+
+def fff_cpu(
+    x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out_t: torch.Tensor, depth: int, n_trees: int
+) -> torch.Tensor:
+    """Hard FFF inference on the CPU by the fused C++ kernel (or by :func:`fff_gather` when it is unavailable).
+
+    float32, float64 and bfloat16 run natively (bfloat16 accumulates in float32); float16 is computed in
+    float32 and returned as float16. Non-contiguous inputs are made contiguous (a copy: pass a contiguous
+    ``w_out_t`` on hot paths).
+
+    Args:
+        x: Token features, (B, D_in).
+        w_in: Node input weights, (K·M, D_in) with M = 2^(depth+1) − 1 nodes per tree in heap order.
+        b_in: Node biases, (K·M,).
+        w_out_t: Node output weights, transposed: (K·M, D_out).
+        depth: Tree depth ≥ 0 (M = 2^(depth+1) − 1 nodes per tree).
+        n_trees: K, the number of parallel trees whose outputs are summed.
+
+    Returns:
+        The FFF output, (B, D_out), in the dtype of ``x``.
+    """
+    library = _load()
+    entry = _ENTRY.get(x.dtype) if library is not None else None
+    rows = n_trees * ((1 << (depth + 1)) - 1) if depth >= 0 else -1
+    fast = (  # every check the C code relies on, cheaply (this path costs a few µs per call at batch 1)
+        entry is not None
+        and x.is_cpu
+        and x.dim() == 2
+        and w_in.shape == (rows, x.shape[1])
+        and b_in.shape == (rows,)
+        and w_out_t.dim() == 2
+        and w_out_t.shape[0] == rows
+        and w_in.dtype == b_in.dtype == w_out_t.dtype == x.dtype
+        and w_in.is_cpu
+        and b_in.is_cpu
+        and w_out_t.is_cpu
+        and n_trees >= 1
+    )
+    if not fast:
+        check_shapes(x, w_in, b_in, w_out_t, depth, n_trees)  # raises on invalid arguments
+        if library is None or not x.is_cpu:
+            return fff_gather(x, w_in, b_in, w_out_t, depth, n_trees)
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"fff_cpu needs a floating-point x, got {x.dtype}")
+        return fff_cpu(x.float(), w_in.float(), b_in.float(), w_out_t.float(), depth, n_trees).to(x.dtype)
+    if not (x.is_contiguous() and w_in.is_contiguous() and b_in.is_contiguous() and w_out_t.is_contiguous()):
+        x, w_in, b_in, w_out_t = (t.contiguous() for t in (x, w_in, b_in, w_out_t))
+    (n, d_in), d_out = x.shape, w_out_t.shape[1]
+    bf16 = x.dtype == torch.bfloat16
+    out = torch.empty(n, d_out, dtype=torch.float32 if bf16 else x.dtype)  # (B, D_out)
+    if n and d_out:
+        ptrs = x.data_ptr(), w_in.data_ptr(), b_in.data_ptr(), w_out_t.data_ptr(), out.data_ptr()
+        getattr(library, entry)(*ptrs, n, d_in, d_out, depth, n_trees)
+    return out.to(torch.bfloat16) if bf16 else out

@@ -1,0 +1,193 @@
+"""The fused FFF inference kernel in Triton: every level of every tree in one launch.
+
+One program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. It first walks the trees
+for its tokens, writing the visited rows and their GELU values to a small scratch buffer, then accumulates
+its output slice from the visited ``w_out_t`` rows in ``BLOCK_O`` chunks (registers would hold the path
+replicated across a warp's lanes, and spill). A routing step evaluates ``SPEC``
+levels at once: all 2^SPEC − 1 nodes of the subtree below each token's current node (gather their ``w_in``
+rows in ``BLOCK_D`` chunks, dot with the token, add the biases), then walks the subtree in registers. SPEC = 1
+reads only the path; larger SPEC cuts the chain of dependent loads (latency, what limits small batches) by
+SPEC for (2^SPEC − 1) / SPEC times the routing reads. Rows are contiguous along the feature dimension, so
+each token's chunk of a row is one coalesced segment. All arithmetic is float32 whatever the storage dtype
+(float32, float16, bfloat16); the output has the dtype of ``x``.
+
+Small batches split the output columns over several programs so that the GPU fills up (each recomputes the
+routing, whose rows come from L2); large batches give each program all columns so that routing runs once.
+
+This module imports ``triton`` at import time: import it lazily (``recruit.fff.kernels.fff_infer`` does).
+Triton's interpreter runs it on CPU tensors when ``TRITON_INTERPRET=1`` is set before ``triton`` is first
+imported in the process (the tests do so in a subprocess).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SMALL_BATCH = 64  # up to this many tokens the default launch favours latency over bandwidth
+_PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM of an H100)
+
+
+@triton.jit
+def _fff_kernel(
+    x_ptr,  # (B, D_in)
+    w_in_ptr,  # (K·M, D_in)
+    b_in_ptr,  # (K·M,)
+    w_out_ptr,  # (K·M, D_out), w_out_t
+    out_ptr,  # (B, D_out)
+    path_row_ptr,  # (splits, B, K·LEVELS) int32 scratch: the visited global rows
+    path_gelu_ptr,  # (splits, B, K·LEVELS) float32 scratch: GELU of their pre-activations
+    B,
+    D_IN,
+    D_OUT,
+    N_NODES,  # M = 2^(depth+1) − 1
+    COLS_PER_PROGRAM,  # a multiple of BLOCK_O
+    N_TREES: tl.constexpr,
+    LEVELS: tl.constexpr,  # depth + 1
+    SPEC: tl.constexpr,  # levels per routing step
+    SUB: tl.constexpr,  # next power of two ≥ 2^SPEC − 1
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    UNROLL: tl.constexpr,  # unroll factor of the loops over feature chunks and over the path
+):
+    tok = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
+    tok_mask = tok < B
+    tok64 = tok.to(tl.int64)
+    path = (tl.program_id(1) * B + tok64) * (N_TREES * LEVELS)  # (BLOCK_B,) this program's path scratch rows
+    # Lane j of a routing step is the subtree node with local heap index j, at relative depth r(j); below
+    # node n it is node n·2^r + j of the tree (children of n: 2n+1, 2n+2; grandchildren: 4n+3 .. 4n+6).
+    lane = tl.arange(0, SUB)  # (SUB,)
+    lane_depth = tl.zeros((SUB,), dtype=tl.int64)
+    for t in tl.static_range(1, SPEC):
+        lane_depth += (lane + 1 >= (1 << t)).to(tl.int64)
+    lane_scale = (1 << lane_depth).to(tl.int64)  # 2^r(j)
+    lane_real = lane < (1 << SPEC) - 1
+
+    # Routing: walk every tree for this block of tokens, SPEC levels per step.
+    for k in range(N_TREES):
+        node = tl.zeros((BLOCK_B,), dtype=tl.int64)  # heap index within tree k of this step's root
+        for first in range(0, LEVELS, SPEC):  # the step's first level
+            rows = k * N_NODES + node[:, None] * lane_scale[None, :] + lane[None, :]  # (BLOCK_B, SUB)
+            live = tok_mask[:, None] & (lane_real & (first + lane_depth < LEVELS))[None, :]  # (BLOCK_B, SUB)
+            acc = tl.zeros((BLOCK_B, SUB, BLOCK_D), dtype=tl.float32)
+            for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):  # unrolled: more loads in flight
+                d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+                d_ok = (d < D_IN)[None, None, :]  # (1, 1, BLOCK_D)
+                x_off = tok64[:, None, None] * D_IN + d[None, None, :]  # (BLOCK_B, 1, BLOCK_D)
+                xv = tl.load(x_ptr + x_off, mask=tok_mask[:, None, None] & d_ok, other=0.0)
+                w_off = rows[:, :, None] * D_IN + d[None, None, :]  # (BLOCK_B, SUB, BLOCK_D)
+                wv = tl.load(w_in_ptr + w_off, mask=live[:, :, None] & d_ok, other=0.0)
+                acc += xv.to(tl.float32) * wv.to(tl.float32)
+            bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
+            logits = tl.sum(acc, axis=2) + bias  # (BLOCK_B, SUB)
+            j = tl.zeros((BLOCK_B,), dtype=tl.int64)  # local heap index of the node at this level
+            for r in tl.static_range(SPEC):
+                pick = lane[None, :] == j[:, None]  # (BLOCK_B, SUB)
+                a = tl.sum(tl.where(pick, logits, 0.0), axis=1)  # (BLOCK_B,)
+                row = tl.sum(tl.where(pick, rows, 0), axis=1)  # (BLOCK_B,)
+                g = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
+                keep = tok_mask & (first + r < LEVELS)
+                tl.store(path_row_ptr + path + k * LEVELS + first + r, row.to(tl.int32), mask=keep)
+                tl.store(path_gelu_ptr + path + k * LEVELS + first + r, g, mask=keep)
+                j = 2 * j + 1 + (a > 0).to(tl.int64)
+            node = node * (1 << SPEC) + j  # the node SPEC levels down
+
+    tl.debug_barrier()  # the path scratch, written by some threads, is read by others below
+
+    # Output: this program's column slice, BLOCK_O columns at a time, summed over the visited rows.
+    col_start = tl.program_id(1) * COLS_PER_PROGRAM
+    col_end = tl.minimum(col_start + COLS_PER_PROGRAM, D_OUT)
+    for o0 in range(col_start, col_end, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
+        mask = tok_mask[:, None] & (o < col_end)[None, :]  # (BLOCK_B, BLOCK_O)
+        acc = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
+        for j in tl.range(0, N_TREES * LEVELS, loop_unroll_factor=UNROLL):
+            row = tl.load(path_row_ptr + path + j, mask=tok_mask, other=0).to(tl.int64)  # (BLOCK_B,)
+            g = tl.load(path_gelu_ptr + path + j, mask=tok_mask, other=0.0)  # (BLOCK_B,)
+            wv = tl.load(w_out_ptr + row[:, None] * D_OUT + o[None, :], mask=mask, other=0.0)
+            acc += g[:, None] * wv.to(tl.float32)
+        tl.store(out_ptr + tok64[:, None] * D_OUT + o[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _pow2(n: int, hi: int) -> int:
+    """The next power of two ≥ n, at least 16 and at most hi."""
+    return max(16, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def fff_triton(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor,
+    w_out_t: torch.Tensor,
+    depth: int,
+    n_trees: int,
+    *,
+    spec: int | None = None,
+    block_b: int | None = None,
+    block_d: int | None = None,
+    block_o: int | None = None,
+    num_warps: int | None = None,
+    unroll: int | None = None,
+) -> torch.Tensor:
+    """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
+
+    The launch parameters default to two regimes (not yet tuned on hardware): up to ``SMALL_BATCH`` tokens
+    the walk is latency-bound (``spec`` 4, one token per program, the output columns split over programs),
+    beyond it bandwidth-bound (``spec`` 1, 16 tokens per program).
+
+    Args:
+        x: Token features, (B, D_in), float32 / float16 / bfloat16.
+        w_in: Node input weights, (K·M, D_in) with M = 2^(depth+1) − 1 nodes per tree in heap order.
+        b_in: Node biases, (K·M,).
+        w_out_t: Node output weights, transposed, (K·M, D_out).
+        depth: Tree depth ≥ 0.
+        n_trees: K ≥ 1, the number of trees whose outputs are summed.
+        spec: Levels per routing step, 1 to 4 (see the module docstring).
+        block_b: Tokens per program (a power of two).
+        block_d: Input features per chunk (a power of two ≥ 16).
+        block_o: Output columns per chunk (a power of two ≥ 16).
+        num_warps: Warps per program.
+        unroll: Unroll factor of the loops over feature chunks and over the path (loads in flight).
+
+    Returns:
+        (B, D_out) in the dtype of ``x``.
+    """
+    assert depth >= 0 and n_trees >= 1, f"need depth >= 0 and n_trees >= 1, got {depth}, {n_trees}"
+    m = 2 ** (depth + 1) - 1
+    n, d_in = x.shape
+    d_out = w_out_t.shape[1]
+    assert w_in.shape == (n_trees * m, d_in), f"w_in must be ({n_trees * m}, {d_in}), got {tuple(w_in.shape)}"
+    assert b_in.shape == (n_trees * m,), f"b_in must be ({n_trees * m},), got {tuple(b_in.shape)}"
+    assert w_out_t.shape == (n_trees * m, d_out), f"w_out_t must be ({n_trees * m}, D_out), got {tuple(w_out_t.shape)}"
+    assert x.dtype in (torch.float32, torch.float16, torch.bfloat16), f"unsupported dtype {x.dtype}"
+    assert all(t.dtype == x.dtype and t.device == x.device for t in (w_in, b_in, w_out_t)), "mixed dtypes/devices"
+    x, w_in, b_in, w_out_t = (t.detach().contiguous() for t in (x, w_in, b_in, w_out_t))
+    out = torch.empty(n, d_out, dtype=x.dtype, device=x.device)  # (B, D_out)
+    if n == 0 or d_out == 0:
+        return out
+
+    small = n <= SMALL_BATCH
+    spec = spec or (4 if small else 1)
+    assert 1 <= spec <= 4, f"spec must be in 1..4, got {spec}"
+    sub = triton.next_power_of_2(2**spec - 1)
+    block_b = block_b or (1 if small else 16)
+    wide = 2 if x.element_size() == 2 else 1  # 16-bit storage: twice the elements in the same registers
+    block_d = block_d or _pow2(d_in, (4096 * wide) // (block_b * sub) if small else 128 * wide)
+    block_o = block_o or _pow2(d_out, 256 * wide)
+    num_warps = num_warps or (8 if small else 4)
+    unroll = unroll or (4 if small else 2)
+    token_programs = triton.cdiv(n, block_b)
+    col_blocks = triton.cdiv(d_out, block_o)
+    splits = max(1, min(col_blocks, _PROGRAMS // token_programs))  # output-column programs per token block
+    cols_per_program = triton.cdiv(col_blocks, splits) * block_o
+    grid = (token_programs, triton.cdiv(d_out, cols_per_program))
+    path_rows = torch.empty(grid[1], n, n_trees * (depth + 1), dtype=torch.int32, device=x.device)
+    path_gelu = torch.empty(grid[1], n, n_trees * (depth + 1), dtype=torch.float32, device=x.device)
+    _fff_kernel[grid](
+        x, w_in, b_in, w_out_t, out, path_rows, path_gelu, n, d_in, d_out, m, cols_per_program,
+        N_TREES=n_trees, LEVELS=depth + 1, SPEC=spec, SUB=sub,
+        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll, num_warps=num_warps,
+    )  # fmt: skip
+    return out

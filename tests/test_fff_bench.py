@@ -1,0 +1,18 @@
+import pytest
+
+from recruit.benchmarks import BenchOptions, get
+from recruit.benchmarks.fff_speed import QUICK_CASES, run, section
+
+
+def test_fff_speed_bench_records_are_consistent():
+    recs = run(BenchOptions(device="cpu", quick=True, progress=False), QUICK_CASES)
+    assert get("fff").run is run
+    for case in QUICK_CASES:
+        sel = [r for r in recs if r.params.get("B") == str(case.batch)]
+        lat = {r.params["impl"]: r.value for r in sel if r.metric == "latency_ms"}
+        assert set(lat) == {"dense", "cpp", "gather"} and all(v > 0 for v in lat.values())
+        speed = {r.params["impl"]: r.value for r in sel if r.metric == "speedup"}
+        assert speed["cpp"] == pytest.approx(lat["dense"] / lat["cpp"])
+        ratio = [r.value for r in sel if r.metric == "flops_ratio"][0]
+        assert ratio == pytest.approx((case.depth + 1) / 2 ** (case.depth + 1))
+    assert "speed-up" in section(recs)

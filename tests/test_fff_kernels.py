@@ -1,0 +1,220 @@
+"""The fused FFF kernels (C++ on the CPU, Triton under its interpreter and on CUDA) against the per-token oracle."""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import recruit.fff.kernels as kernels
+from recruit.fff.kernels import cpu as cpu_kernel
+from recruit.fff.kernels import fff_cpu, fff_gather, fff_infer, fff_reference, fff_route, n_nodes
+
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.float16: dict(rtol=4e-3, atol=4e-3),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),  # both sides rounded to bf16: up to one ulp (2^-7) apart
+}
+MARGIN = 1e-4  # |pre-activation| above float32 rounding of the dot products here: every kernel routes alike
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def make_case(seed, depth, n_trees, batch, d_in, d_out, dtype):
+    """Random FFF inputs in `dtype` whose float64 routing has no pre-activation within MARGIN of 0."""
+    for attempt in range(20):
+        g = torch.Generator().manual_seed(seed * 1000 + attempt)
+        rows = n_trees * n_nodes(depth)
+        x = torch.randn(batch, d_in, generator=g).to(dtype)
+        w_in = (torch.randn(rows, d_in, generator=g) / d_in**0.5).to(dtype)
+        b_in = (0.1 * torch.randn(rows, generator=g)).to(dtype)
+        w_out_t = (torch.randn(rows, d_out, generator=g) / (depth + 1) ** 0.5).to(dtype)
+        _, logits = fff_route(x, w_in, b_in, depth, n_trees)
+        if batch == 0 or logits.abs().min() > MARGIN:
+            return x, w_in, b_in, w_out_t
+    raise AssertionError("no well-separated case in 20 attempts")
+
+
+def check(fn, case, depth, n_trees, **kw):
+    x = case[0]
+    out = fn(*case, depth, n_trees, **kw)
+    assert out.shape == (x.shape[0], case[3].shape[1]) and out.dtype == x.dtype
+    torch.testing.assert_close(out.cpu(), fff_reference(*(t.cpu() for t in case), depth, n_trees), **TOL[x.dtype])
+
+
+@pytest.fixture(scope="module")
+def cpu_built():
+    """Build (or load from the cache) the C++ kernel once per session; report how long it took."""
+    start = time.perf_counter()
+    if not kernels.cpu_kernel_available():
+        pytest.skip("the C++ FFF kernel could not be built here (see the warning)")
+    logging.getLogger(__name__).warning("FFF C++ kernel ready in %.1f s", time.perf_counter() - start)
+
+
+# ---- the references and the gather fallback ----------------------------------------------------------
+CRAFTED_LOGITS = [[[1.0, 0.0, 3.0], [-0.5, 2.0, 1.25]], [[2.0, 0.25, 8.0], [-1.0, 4.0, 2.5]]]  # (B, K, levels)
+CRAFTED_ROWS = [[[0, 2, 5], [7, 8, 11]], [[0, 2, 6], [7, 8, 11]]]  # a == 0 goes left: 2 -> 5
+
+
+def crafted(dtype):
+    """Depth 2, two trees, x = (s, 0): node n's pre-activation is s·w[n] + b[n]; w_out_t = I shows the path."""
+    w = torch.tensor([1.0, 0.5, 0.25, 0.75, 1.5, 3.0, 4.0, -0.5, 2.0, 1.0, 1.0, 1.25, 1.0, 1.0])
+    b = torch.zeros(14)
+    b[2] = -0.25  # token 1: 0.25 - 0.25 == 0 exactly
+    w_in = torch.stack([w, torch.full((14,), 3.0)], 1)  # (14, 2), column 1 meets x[:, 1] == 0
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    return tuple(t.to(dtype) for t in (x, w_in, b, torch.eye(14)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_crafted_routing(dtype, cpu_built):
+    case = crafted(dtype)
+    rows, logits = fff_route(*case[:3], 2, 2)
+    assert rows.tolist() == CRAFTED_ROWS and logits.tolist() == CRAFTED_LOGITS
+    gelus = F.gelu(torch.tensor(CRAFTED_LOGITS, dtype=torch.float64)).flatten(1)  # (B, K·levels)
+    expected = torch.zeros(2, 14, dtype=torch.float64).scatter_add_(1, torch.tensor(CRAFTED_ROWS).flatten(1), gelus)
+    for fn in (fff_reference, fff_gather, fff_cpu, fff_infer):
+        torch.testing.assert_close(fn(*case, 2, 2).double(), expected, **TOL[dtype], msg=fn.__name__)
+
+
+@pytest.mark.parametrize("depth", range(15))
+def test_every_depth(depth, cpu_built):
+    case = make_case(depth, depth, 2, 3, 12, 7, torch.float32)
+    check(fff_cpu, case, depth, 2)
+    check(fff_gather, case, depth, 2)
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 2**16),
+    depth=st.integers(0, 14),
+    n_trees=st.integers(1, 3),
+    batch=st.sampled_from([1, 3, 17]),
+    d_in=st.integers(1, 48),
+    d_out=st.integers(1, 48),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
+def test_cpu_and_gather_equal_reference(cpu_built, seed, depth, n_trees, batch, d_in, d_out, dtype):
+    case = make_case(seed, depth, n_trees, batch, d_in, d_out, dtype)
+    check(fff_cpu, case, depth, n_trees)
+    check(fff_gather, case, depth, n_trees)
+
+
+def test_cpu_wide_rows_threads_noncontiguous_fp16_empty(cpu_built):
+    torch.set_num_threads(2)  # the OpenMP loop over tokens (conftest restores the count)
+    for dtype in (torch.float64, torch.bfloat16):  # rows of several SIMD chunks, with tails
+        check(fff_cpu, make_case(3, 6, 2, 17, 300, 257, dtype), 6, 2)
+    case = make_case(1, 6, 2, 17, 300, 257, torch.float32)
+    check(fff_cpu, case, 6, 2)
+    x, w_in, b_in, w_out_t = case
+    strided = (x.t().contiguous().t(), w_in, b_in, w_out_t.t().contiguous().t())  # (B, D) views, column-major
+    assert not strided[0].is_contiguous() and not strided[3].is_contiguous()
+    check(fff_cpu, strided, 6, 2)
+    check(fff_cpu, tuple(t.half() for t in case), 6, 2)
+    empty = fff_cpu(x[:0], w_in, b_in, w_out_t, 6, 2)
+    assert empty.shape == (0, 257) and fff_gather(x[:0], w_in, b_in, w_out_t, 6, 2).shape == (0, 257)
+
+
+def test_shape_errors():
+    x, w_in, b_in, w_out_t = make_case(0, 2, 1, 3, 4, 5, torch.float32)
+    with pytest.raises(ValueError, match="w_in"):
+        fff_cpu(x, w_in, b_in, w_out_t, 3, 1)  # depth 3 needs 15 rows
+    with pytest.raises(ValueError, match="dtype"):
+        fff_gather(x, w_in.double(), b_in, w_out_t, 2, 1)
+
+
+def test_build_failure_warns_and_falls_back(tmp_path, monkeypatch, caplog):
+    bad = tmp_path / "broken.cpp"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(cpu_kernel, "SOURCE", bad)
+    monkeypatch.setenv("RECRUIT_CACHE", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger=cpu_kernel.__name__):
+        assert cpu_kernel._load.__wrapped__() is None
+    assert len(caplog.records) == 1 and "fallback" in caplog.text
+    monkeypatch.setattr(cpu_kernel, "_load", lambda: None)
+    check(fff_cpu, make_case(2, 3, 2, 3, 8, 6, torch.float32), 3, 2)  # served by fff_gather
+
+
+def test_package_imports_and_infers_without_triton(cpu_built):
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from recruit.fff.kernels import fff_infer, fff_gather, triton_available\n"
+        "assert not triton_available()\n"
+        "x, w, b, o = torch.randn(3, 4), torch.randn(7, 4), torch.randn(7), torch.randn(7, 5)\n"
+        "torch.testing.assert_close(fff_infer(x, w, b, o, 2, 1), fff_gather(x, w, b, o, 2, 1))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---- Triton ----------------------------------------------------------------------------------------
+TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small blocks: several masked chunks)
+    (0, 1, 1, 5, 3, {}),  # small-batch defaults: spec 4 on a single level
+    (14, 1, 3, 8, 5, {}),  # 15 levels in routing steps of 4, 4, 4, 3
+    (5, 3, 3, 20, 9, dict(spec=3, block_d=16)),  # 6 levels = 3 + 3, two feature chunks
+    (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
+    (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
+    (2, 1, 65, 4, 3, {}),  # large-batch defaults: spec 1, 16 tokens per program
+]
+TRITON_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+INTERPRET = """
+import sys, torch
+from recruit.fff.kernels.triton_fff import fff_triton
+jobs = torch.load(sys.argv[1])
+torch.save([fff_triton(*args, depth, n_trees, **blocks) for args, depth, n_trees, blocks in jobs], sys.argv[2])
+"""
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory):
+    """Triton's outputs for every interpreter case, computed in a subprocess with TRITON_INTERPRET=1.
+
+    The interpreter must be on before ``triton`` is first imported (``triton.language``'s own functions are
+    decorated then), which another test may already have done in this process; a subprocess also keeps the
+    variable from leaking. Returns {(name, dtype): (inputs, depth, n_trees, output)}.
+    """
+    pytest.importorskip("triton")
+    jobs = {}
+    for dtype in TRITON_DTYPES:
+        for depth, n_trees, batch, d_in, d_out, blocks in TRITON_CASES:
+            case = make_case(depth + batch, depth, n_trees, batch, d_in, d_out, dtype)
+            jobs[(f"{depth}-{n_trees}-{batch}", dtype)] = (case, depth, n_trees, blocks)
+        jobs[("crafted", dtype)] = (crafted(dtype), 2, 2, {})
+        jobs[("empty", dtype)] = (tuple(t[:0] if i == 0 else t for i, t in enumerate(crafted(dtype))), 2, 2, {})
+    folder = tmp_path_factory.mktemp("triton")
+    torch.save(list(jobs.values()), folder / "jobs.pt")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERPRET, str(folder / "jobs.pt"), str(folder / "out.pt")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = torch.load(folder / "out.pt")
+    return {key: (*job[:3], out) for (key, job), out in zip(jobs.items(), outputs, strict=True)}
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("name", [f"{c[0]}-{c[1]}-{c[2]}" for c in TRITON_CASES] + ["crafted", "empty"])
+def test_triton_interpreted_equals_reference(interpreted, dtype, name):
+    case, depth, n_trees, out = interpreted[(name, dtype)]
+    assert out.shape == (case[0].shape[0], case[3].shape[1]) and out.dtype == dtype
+    torch.testing.assert_close(out, fff_reference(*case, depth, n_trees), **TOL[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("depth,n_trees,batch,d_in,d_out", [(0, 1, 1, 7, 5), (11, 1, 1, 256, 256), (8, 2, 333, 96, 9)])
+def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out):
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import fff_triton
+
+    case = tuple(t.cuda() for t in make_case(depth, depth, n_trees, batch, d_in, d_out, dtype))
+    check(fff_triton, case, depth, n_trees)
+    check(fff_infer, case, depth, n_trees)
