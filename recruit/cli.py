@@ -215,8 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     from recruit.cli_bdh import add_bdh_parser
+    from recruit.cli_fff import add_fff_parser
 
     add_bdh_parser(subs)
+    add_fff_parser(subs)
 
     for name, fn in (("bench", cmd_bench), ("report", cmd_report)):
         p = _sub(subs, name, fn)
@@ -253,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "fn"):
         parser.parse_args([args.command, "--help"]) if args.command else parser.print_help()
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    quiet = getattr(args, "quiet", False)
+    level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.cache_dir:
         os.environ["RECRUIT_CACHE"] = str(Path(args.cache_dir).expanduser().resolve())
     try:

@@ -177,3 +177,17 @@ def test_report_on_shipped_checkpoint(text_corpus, tmp_path, capsys):
     assert any(json.loads(line)["metric"] == "bpb" for line in lines)
     assert "bpb" in capsys.readouterr().out
     assert not list(Path(out).glob(".*.tmp"))
+
+
+def test_fff_convert_cli(text_corpus, tmp_path, capsys):
+    from recruit.models import GPT, gpt_config, load_model
+
+    GPT(gpt_config("gpt-nano")).save_pretrained(tmp_path / "dense")
+    args = ["fff", "convert", str(tmp_path / "dense"), "--out", str(tmp_path / "fff"), "--corpus", text_corpus,
+            "--depth", "3", "--steps", "5", "--windows", "2", "--max-bytes", "500", "-q"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "layer 1: relative error" in out and "fff bpb" in out
+    m = load_model(tmp_path / "fff")
+    assert m.config.mlp == "fff" and m.config.fff_depth == 3
+    assert main(["fff", "convert", str(tmp_path / "fff"), "--out", str(tmp_path / "x"), "--corpus", text_corpus]) == 2
