@@ -46,7 +46,16 @@ def format_markdown(records: list[Record], command: str = "recruit report") -> s
         env = records[0].env
         lines += ["Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items()), ""]
     for bench in dict.fromkeys(r.bench for r in records):
-        lines += [f"## {bench}", "", "| case | metric | value | unit |", "|---|---|---:|---|"]
+        env = next(r.env for r in records if r.bench == bench)
+        where = ", ".join(f"{k} `{env[k]}`" for k in ("device_name", "torch", "threads", "commit") if k in env)
+        lines += [
+            f"## {bench}",
+            "",
+            f"Measured with {where}.",
+            "",
+            "| case | metric | value | unit |",
+            "|---|---|---:|---|",
+        ]
         lines += [f"| {r.case} | {r.metric} | {_fmt(r.value)} | {r.unit} |" for r in records if r.bench == bench]
         lines.append("")
     return "\n".join(lines)
