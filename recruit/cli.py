@@ -173,6 +173,17 @@ def _sub(subs, name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.A
     return p
 
 
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """The tagging and sampling options shared by every ``generate`` command."""
+    p.add_argument("--lang", default="en", help="language tag of the prompt")
+    p.add_argument("--kind", default="manual", choices=["prose", "code", "manual", "text"])
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -206,13 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "generate", cmd_generate)
     p.add_argument("model", nargs="?", help="checkpoint directory (default: the shipped gpt-tiny)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--lang", default="en")
-    p.add_argument("--kind", default="manual", choices=["prose", "code", "manual", "text"])
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    add_generation_args(p)
 
     from recruit.cli_bdh import add_bdh_parser
     from recruit.cli_fff import add_fff_parser

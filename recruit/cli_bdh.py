@@ -174,7 +174,7 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
 
 def add_bdh_parser(subs) -> argparse.ArgumentParser:
     """Add ``bdh`` with its actions ``train``, ``generate`` and ``inspect`` to the subparsers ``subs``."""
-    from recruit.cli import _sub
+    from recruit.cli import _sub, add_generation_args
 
     bdh = subs.add_parser(
         "bdh",
@@ -192,13 +192,7 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
-    p.add_argument("--lang", default="en")
-    p.add_argument("--kind", default="manual", choices=["prose", "code", "manual", "text"])
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    add_generation_args(p)
     p.add_argument("--chunk", type=int, default=256, help="prompt tokens fed to the state at once")
     p.add_argument("--device", default="cpu")
 
