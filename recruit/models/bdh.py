@@ -26,7 +26,7 @@ from torch import nn
 
 from recruit.errors import RecruitError
 from recruit.models.base import RecruitModel, register_model
-from recruit.models.sampling import check_sampling, next_token
+from recruit.models.sampling import check_sampling, decode_loop
 
 
 @dataclass
@@ -269,10 +269,5 @@ class BDH(RecruitModel):
         check_sampling(temperature, greedy)
         state = self.new_state(idx.shape[0])
         logits = self.prefill(idx, state, chunk)  # (B, V)
-        out = [idx]
-        for i in range(max_new_tokens):
-            nxt = next_token(logits, temperature, top_k, greedy, generator)[:, 0]  # (B,)
-            out.append(nxt[:, None])
-            if i + 1 < max_new_tokens:
-                logits = self.step(nxt, state)
-        return torch.cat(out, dim=1)
+        step = lambda nxt: self.step(nxt[:, 0], state)  # noqa: E731  (B, 1) -> (B, V)
+        return decode_loop(idx, logits, step, max_new_tokens, temperature, top_k, greedy, generator)

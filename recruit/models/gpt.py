@@ -18,7 +18,7 @@ from torch import nn
 from recruit.errors import RecruitError
 from recruit.models.base import RecruitModel, register_model
 from recruit.models.kv_cache import KVCache
-from recruit.models.sampling import check_sampling, next_token
+from recruit.models.sampling import check_sampling, decode_loop
 
 
 @dataclass
@@ -89,23 +89,27 @@ def gpt_config(preset: str, **overrides) -> GPTConfig:
     return GPTConfig(**{**GPT_PRESETS[preset], **overrides})
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate pairs (i, i + hd/2) of ``x`` by angle ``position * theta^(-2i/hd)`` (Llama's convention).
+def rope_tables(positions: torch.Tensor, hd: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines of RoPE angles ``position * theta^(-2i/hd)``: two (T, hd/2) fp32 tensors.
 
-    Args:
-        x: (B, H, T, hd).
-        positions: (T,) absolute positions, int64.
-        theta: RoPE base.
-
-    Returns:
-        (B, H, T, hd), same dtype as ``x``.
+    :class:`GPT` computes them once per forward and shares them by every layer's queries and keys.
     """
-    hd = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # (hd/2,)
+    inv_freq = theta ** (-torch.arange(0, hd, 2, device=positions.device, dtype=torch.float32) / hd)  # (hd/2,)
     ang = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, hd/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + hd/2) of ``x`` (B, H, T, hd) by the angles of :func:`rope_tables` (Llama's convention)."""
+    hd = x.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]  # (B, H, T, hd/2) each
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE of ``x`` (B, H, T, hd) at ``positions`` (T,) with base ``theta``; returns (B, H, T, hd)."""
+    return apply_rope(x, *rope_tables(positions, x.shape[-1], theta))
 
 
 def make_norm(cfg: GPTConfig) -> nn.Module:
@@ -126,14 +130,24 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Attend from ``x`` (B, T, d) at ``positions`` (T,) to itself and to the cached tokens."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None = None,
+        rope_cs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Attend from ``x`` (B, T, d) at ``positions`` (T,) to itself and to the cached tokens.
+
+        ``rope_cs`` are the :func:`rope_tables` of ``positions`` (computed here when not given).
+        """
         B, T, _ = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
         q = self.q_proj(x).view(B, T, cfg.n_head, hd).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, cfg.n_kv_head, hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, cfg.n_kv_head, hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+        cos, sin = rope_cs if rope_cs is not None else rope_tables(positions, hd, cfg.rope_theta)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, causal = None, True
         if cache is not None:
             k, v, k_pos = cache.update(self.layer_idx, k, v, positions)  # (B, Hkv, S, hd), (S,)
@@ -194,9 +208,15 @@ class Block(nn.Module):
         self.norm2, self.mlp = make_norm(cfg), make_mlp(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None = None,
+        rope_cs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """(B, T, d) -> (B, T, d)."""
-        x = x + self.drop(self.attn(self.norm1(x), positions, cache))
+        x = x + self.drop(self.attn(self.norm1(x), positions, cache, rope_cs))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -262,10 +282,11 @@ class GPT(RecruitModel):
                 f"sequence of {start + T} tokens is longer than the model's context of {self.config.max_seq_len}"
             )
         positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        rope_cs = rope_tables(positions, self.config.head_dim, self.config.rope_theta)  # shared by all layers
         x = self.drop(self.tok_emb(idx))  # (B, T, d)
         hidden = [x]
         for block in self.blocks:
-            x = block(x, positions, cache)
+            x = block(x, positions, cache, rope_cs)
             hidden.append(x)
         if cache is not None:
             cache.advance(T)
@@ -297,10 +318,5 @@ class GPT(RecruitModel):
             )
         cache = self.new_cache()
         logits = self(idx, cache=cache)[:, -1]  # (B, V)
-        out = [idx]
-        for i in range(max_new_tokens):
-            nxt = next_token(logits, temperature, top_k, greedy, generator)  # (B, 1)
-            out.append(nxt)
-            if i + 1 < max_new_tokens:
-                logits = self(nxt, cache=cache)[:, -1]
-        return torch.cat(out, dim=1)
+        step = lambda nxt: self(nxt, cache=cache)[:, -1]  # noqa: E731  (B, 1) -> (B, V)
+        return decode_loop(idx, logits, step, max_new_tokens, temperature, top_k, greedy, generator)

@@ -1,6 +1,8 @@
-"""Choosing the next token from logits: shared by every model's ``generate``."""
+"""Choosing the next tokens from logits: the decoding loop shared by every model's ``generate``."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -32,3 +34,34 @@ def next_token(
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (B, 1)
+
+
+def decode_loop(
+    idx: torch.Tensor,
+    logits: torch.Tensor,
+    step: Callable[[torch.Tensor], torch.Tensor],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Append ``max_new_tokens`` tokens to ``idx`` (B, T); returns (B, T + new).
+
+    Args:
+        idx: The prompt.
+        logits: (B, V) next-token logits after the prompt (the model's prefill).
+        step: Feeds one chosen token (B, 1) to the model's cache or state and returns the next (B, V) logits.
+        max_new_tokens: Tokens to add.
+        temperature: Sampling temperature.
+        top_k: Sample among the ``top_k`` most likely tokens.
+        greedy: Take the arg-max instead of sampling.
+        generator: Random generator for sampling.
+    """
+    out = [idx]
+    for i in range(max_new_tokens):
+        nxt = next_token(logits, temperature, top_k, greedy, generator)  # (B, 1)
+        out.append(nxt)
+        if i + 1 < max_new_tokens:
+            logits = step(nxt)
+    return torch.cat(out, dim=1)
