@@ -74,7 +74,14 @@ def all_benches() -> dict[str, Bench]:
 
 
 def _load_all() -> None:
-    from recruit.benchmarks import baseline, bdh, bdh_compare, fff_quality, fff_speed  # noqa: F401  (register themselves)
+    from recruit.benchmarks import (  # noqa: F401  (they register themselves)
+        baseline,
+        bdh,
+        bdh_compare,
+        bdh_speed,
+        fff_quality,
+        fff_speed,
+    )
 
 
 def out_file(out: str | Path, name: str) -> Path:

@@ -18,23 +18,87 @@ _BULLET = re.compile(r"^([-*+•]|\d+[.)]|#\.|\(\d+\))\s+(?=\S)")
 _FIELD = re.compile(r"^:([^:`]+):(?:\s+|$)")
 _OPTION = re.compile(r"^:[\w -]+:(?:\s|$)")
 _DIRECTIVE = re.compile(r"([\w:.+-]+?)::(?:\s+(.*))?$")
-_CODE = {"code-block", "sourcecode", "code", "testcode", "testsetup", "testcleanup", "testoutput", "doctest",
-         "productionlist", "parsed-literal"}
-_DROP = {"index", "module", "currentmodule", "sectionauthor", "moduleauthor", "codeauthor", "toctree", "include",
-         "literalinclude", "tabularcolumns", "contents", "image", "figure", "highlight", "highlightlang", "raw",
-         "limited-api-list", "miscnews", "default-role", "role", "program", "meta", "csv-table"}
+_CODE = {
+    "code-block",
+    "sourcecode",
+    "code",
+    "testcode",
+    "testsetup",
+    "testcleanup",
+    "testoutput",
+    "doctest",
+    "productionlist",
+    "parsed-literal",
+}
+_DROP = {
+    "index",
+    "module",
+    "currentmodule",
+    "sectionauthor",
+    "moduleauthor",
+    "codeauthor",
+    "toctree",
+    "include",
+    "literalinclude",
+    "tabularcolumns",
+    "contents",
+    "image",
+    "figure",
+    "highlight",
+    "highlightlang",
+    "raw",
+    "limited-api-list",
+    "miscnews",
+    "default-role",
+    "role",
+    "program",
+    "meta",
+    "csv-table",
+}
 _TITLED = {"topic", "sidebar", "rubric", "admonition", "centered", "table"}
-_LABELS = {"note": "Note", "warning": "Warning", "important": "Important", "caution": "Caution", "tip": "Tip",
-           "hint": "Hint", "attention": "Attention", "danger": "Danger", "error": "Error", "seealso": "See also",
-           "impl-detail": "CPython implementation detail", "availability": "Availability",
-           "versionadded": "New in version {}", "versionchanged": "Changed in version {}",
-           "deprecated": "Deprecated since version {}",
-           "deprecated-removed": "Deprecated since version {}, will be removed in version {}"}
-_OBJECTS = {"function": "", "method": "", "data": "", "attribute": "", "class": "class ", "exception": "exception ",
-            "decorator": "@", "decoratormethod": "@", "classmethod": "classmethod ", "staticmethod": "static ",
-            "abstractmethod": "abstractmethod ", "coroutinefunction": "coroutine ", "coroutinemethod": "coroutine ",
-            "awaitablefunction": "awaitable ", "awaitablemethod": "awaitable ", "cmdoption": "", "option": "",
-            "envvar": "", "opcode": "", "pdbcommand": "", "describe": "", "object": "", "monitoring-event": ""}
+_LABELS = {
+    "note": "Note",
+    "warning": "Warning",
+    "important": "Important",
+    "caution": "Caution",
+    "tip": "Tip",
+    "hint": "Hint",
+    "attention": "Attention",
+    "danger": "Danger",
+    "error": "Error",
+    "seealso": "See also",
+    "impl-detail": "CPython implementation detail",
+    "availability": "Availability",
+    "versionadded": "New in version {}",
+    "versionchanged": "Changed in version {}",
+    "deprecated": "Deprecated since version {}",
+    "deprecated-removed": "Deprecated since version {}, will be removed in version {}",
+}
+_OBJECTS = {
+    "function": "",
+    "method": "",
+    "data": "",
+    "attribute": "",
+    "class": "class ",
+    "exception": "exception ",
+    "decorator": "@",
+    "decoratormethod": "@",
+    "classmethod": "classmethod ",
+    "staticmethod": "static ",
+    "abstractmethod": "abstractmethod ",
+    "coroutinefunction": "coroutine ",
+    "coroutinemethod": "coroutine ",
+    "awaitablefunction": "awaitable ",
+    "awaitablemethod": "awaitable ",
+    "cmdoption": "",
+    "option": "",
+    "envvar": "",
+    "opcode": "",
+    "pdbcommand": "",
+    "describe": "",
+    "object": "",
+    "monitoring-event": "",
+}
 _ROLE = re.compile(r":(?:[a-zA-Z][\w+-]*:)?([a-zA-Z][\w+-]*):`((?:[^`\\]|\\.)+)`", re.S)
 _INLINE = [  # (pattern, replacement) applied in order to prose once literals and roles are protected
     (re.compile(r"`([^`<]*?)\s*<([^`>]*)>`__?", re.S), lambda m: m.group(1) or m.group(2)),
@@ -120,7 +184,7 @@ def _blocks(lines: list[str], out: list[tuple[str, str]]) -> None:
         elif (m := _BULLET.match(line) or _FIELD.match(line)) and not _ADORN.match(line):
             block, i = _take(lines, i + 1)
             sub: list[tuple[str, str]] = []
-            _blocks([line[m.end():], *_dedent(block)], sub)
+            _blocks([line[m.end() :], *_dedent(block)], sub)
             marker = m.group(1) + ":" if m.re is _FIELD else m.group(1)
             if sub and sub[0][0] == "prose":
                 sub[0] = ("prose", f"{marker} {sub[0][1]}")

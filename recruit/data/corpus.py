@@ -99,10 +99,17 @@ class DocInfo:
     n_bytes: int
 
 
-def prepare_corpus(name: str = "debian", cache_dir: str | os.PathLike | None = None,
-                   text: str | os.PathLike | None = None, lang: str = "xx", packages: Sequence[str] | None = None,
-                   max_docs_per_source: int | None = None, progress: bool = True, force: bool = False,
-                   debian_root: str | os.PathLike | None = None) -> Path:
+def prepare_corpus(
+    name: str = "debian",
+    cache_dir: str | os.PathLike | None = None,
+    text: str | os.PathLike | None = None,
+    lang: str = "xx",
+    packages: Sequence[str] | None = None,
+    max_docs_per_source: int | None = None,
+    progress: bool = True,
+    force: bool = False,
+    debian_root: str | os.PathLike | None = None,
+) -> Path:
     """Build the corpus ``<cache>/corpus/<name>/`` (or return it if it is already complete and built the same way).
 
     Args:
@@ -130,8 +137,13 @@ def prepare_corpus(name: str = "debian", cache_dir: str | os.PathLike | None = N
     packages = list(PACKAGES if packages is None and text is None else packages or [])
     text_path = Path(text).expanduser().resolve() if text is not None else None
     root = Path(debian_root).expanduser().resolve() if debian_root else None
-    params = {"packages": packages, "text": str(text_path) if text_path else None, "lang": lang if text else None,
-              "max_docs_per_source": max_docs_per_source, "debian_root": str(root) if root else None}
+    params = {
+        "packages": packages,
+        "text": str(text_path) if text_path else None,
+        "lang": lang if text else None,
+        "max_docs_per_source": max_docs_per_source,
+        "debian_root": str(root) if root else None,
+    }
     if out.exists() and not force:
         try:
             if Corpus.load(out).manifest.get("params") == params:
@@ -149,9 +161,15 @@ def prepare_corpus(name: str = "debian", cache_dir: str | os.PathLike | None = N
         docs += found
     if not docs:
         raise RecruitError(f"no documents for corpus {name!r}: give packages or --text PATH")
-    manifest = {"format": _FORMAT, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "tokenizer": TOKENIZER, "dtype": "uint16", "params": params,
-                "packages": {t.name: t.version for t in trees}}
+    manifest = {
+        "format": _FORMAT,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tokenizer": TOKENIZER,
+        "dtype": "uint16",
+        "params": params,
+        "packages": {t.name: t.version for t in trees},
+    }
     _write(out, sorted(docs, key=lambda d: d.id), manifest, progress)
     log.info("built corpus %s in %.1f s", out, time.perf_counter() - start)
     return out
@@ -170,8 +188,11 @@ def _write(out: Path, docs: list[Document], manifest: dict[str, Any], progress: 
             infos, parts, offset = [], [], 0
             for d in tqdm(chosen, desc=split, unit="doc", leave=False, disable=not (progress and sys.stderr.isatty())):
                 body = np.frombuffer(d.text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-                parts += [np.array([tok.lang_id(d.lang), tok.kind_id(d.kind)], np.uint16), body,
-                          np.array([tok.eos_id], np.uint16)]
+                parts += [
+                    np.array([tok.lang_id(d.lang), tok.kind_id(d.kind)], np.uint16),
+                    body,
+                    np.array([tok.eos_id], np.uint16),
+                ]
                 infos.append(DocInfo(d.id, offset, len(body) + 3, d.lang, d.kind, d.source, len(body)))
                 offset += len(body) + 3
             with atomic_open(tmp / f"{split}.bin", "wb") as f:
@@ -200,8 +221,12 @@ def _stats(infos: Sequence[DocInfo]) -> dict[str, Any]:
         cell = langs.setdefault(i.lang, {}).setdefault(i.kind, {"docs": 0, "bytes": 0})
         cell["docs"] += 1
         cell["bytes"] += i.n_bytes
-    return {"docs": len(infos), "tokens": sum(i.length for i in infos), "bytes": sum(i.n_bytes for i in infos),
-            "langs": langs}
+    return {
+        "docs": len(infos),
+        "tokens": sum(i.length for i in infos),
+        "bytes": sum(i.n_bytes for i in infos),
+        "langs": langs,
+    }
 
 
 def format_bytes(n: float) -> str:
@@ -254,8 +279,10 @@ class Corpus:
         bad = f"corrupt corpus at {path}: delete it and run 'recruit data prepare'"
         try:
             manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-            docs = {s: [DocInfo(**json.loads(x)) for x in (path / f"{s}.docs.jsonl").read_text("utf-8").splitlines()]
-                    for s in SPLITS}
+            docs = {
+                s: [DocInfo(**json.loads(x)) for x in (path / f"{s}.docs.jsonl").read_text("utf-8").splitlines()]
+                for s in SPLITS
+            }
             sizes = {s: (path / f"{s}.bin").stat().st_size for s in SPLITS}
         except (OSError, ValueError, TypeError) as e:
             raise RecruitError(f"{bad} ({type(e).__name__}: {e})") from None
@@ -285,7 +312,7 @@ class Corpus:
 
     def text(self, split: str, doc: DocInfo) -> str:
         """The text of one document of ``split`` (decoded from its token ids)."""
-        return ByteTokenizer().decode(self.tokens(split)[doc.offset + 2:doc.offset + doc.length - 1])
+        return ByteTokenizer().decode(self.tokens(split)[doc.offset + 2 : doc.offset + doc.length - 1])
 
     def languages(self, split: str) -> list[str]:
         """Sorted language tags present in ``split``."""
@@ -296,5 +323,7 @@ class Corpus:
         m = self.manifest
         packages = ", ".join(f"{k} {v}" for k, v in sorted(m.get("packages", {}).items())) or "none"
         text = m.get("params", {}).get("text")
-        return (f"corpus {m.get('name')} at {self.path} (tokenizer {m['tokenizer']}, built {m.get('created')})\n"
-                f"packages: {packages}" + (f"\ntext: {text}" if text else "") + "\n" + format_sizes(m))
+        return (
+            f"corpus {m.get('name')} at {self.path} (tokenizer {m['tokenizer']}, built {m.get('created')})\n"
+            f"packages: {packages}" + (f"\ntext: {text}" if text else "") + "\n" + format_sizes(m)
+        )

@@ -10,20 +10,42 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_NAMES = ("bu em en aq dq lq rq oq cq Fo Fc fo fc co rg tm at rs ha ti hy mi pl eq mu di +- de >= <= != -> <- "
-          "ua da ra la sl bv ba or ga aa is if pd sd fm dg dd ps sc ct Po Ye Eu eu ss oe OE ae AE /o /O 12 14 34 "
-          "S1 S2 S3 lB rB lC rC sq ci es <> ho cs AN no ap ~~ *= ** pc").split()
+_NAMES = (
+    "bu em en aq dq lq rq oq cq Fo Fc fo fc co rg tm at rs ha ti hy mi pl eq mu di +- de >= <= != -> <- "
+    "ua da ra la sl bv ba or ga aa is if pd sd fm dg dd ps sc ct Po Ye Eu eu ss oe OE ae AE /o /O 12 14 34 "
+    "S1 S2 S3 lB rB lC rC sq ci es <> ho cs AN no ap ~~ *= ** pc"
+).split()
 _CHARS = "•—–'\"“”‘’«»‹›©®™@\\^~--+=×÷±°≥≤≠→←↑↓⟩⟨/|||`´∫∞∂″′†‡¶§¢£¥€€ßœŒæÆøØ½¼¾¹²³[]{}□○∅↔˛♣∧¬≈≈≅*·"
 GLYPHS: dict[str, str] = dict(zip(_NAMES, _CHARS, strict=True))
 """Named roff glyphs (``\\(xx`` and ``\\[xx]``) to characters; Greek ``*a`` and accented ``:a`` are added below."""
 GLYPHS.update({"*" + a: b for a, b in zip("abgdezyhiklmncoprstufxqw", "αβγδεζηθικλμνξοπρστυφχψω", strict=True)})
 GLYPHS.update({"*" + a: b for a, b in zip("ABGDEZYHIKLMNCOPRSTUFXQW", "ΑΒΓΔΕΖΗΘΙΚΛΜΝΞΟΠΡΣΤΥΦΧΨΩ", strict=True)})
-_ACCENTS = {":": "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", ",": "\u0327", "o": "\u030a",
-            "v": "\u030c"}
+_ACCENTS = {
+    ":": "\u0308",
+    "'": "\u0301",
+    "`": "\u0300",
+    "^": "\u0302",
+    "~": "\u0303",
+    ",": "\u0327",
+    "o": "\u030a",
+    "v": "\u030c",
+}
 _STRINGS = {"R": "®", "Tm": "™", "lq": "“", "rq": "”", "aq": "'"}
-_SIMPLE = {"-": "-", "e": "\\", "\\": "\\", " ": " ", "~": " ", "0": " ", "t": "\t", "'": "´", "`": "`", ".": ".",
-           "\x01": " "}
-_ESC = re.compile(r"""\\(?:
+_SIMPLE = {
+    "-": "-",
+    "e": "\\",
+    "\\": "\\",
+    " ": " ",
+    "~": " ",
+    "0": " ",
+    "t": "\t",
+    "'": "´",
+    "`": "`",
+    ".": ".",
+    "\x01": " ",
+}
+_ESC = re.compile(
+    r"""\\(?:
     ["\#].*                                           # comment to end of line
   | \((?P<g2>..) | \[(?P<gl>[^\]]*)\]                 # glyphs
   | \*(?:\((?P<s2>..)|\[(?P<sl>[^\]\s]*)[^\]]*\]|(?P<s1>.))  # defined strings
@@ -34,12 +56,59 @@ _ESC = re.compile(r"""\\(?:
   | [hvwoLlDZXbxRSACYB]'[^']*'                        # delimited motions, widths, overstrikes, ...
   | [kgV$](?:\(..|\[[^\]]*\]|.)                       # marks, formats, environment, macro arguments
   | (?P<ch>.)                                         # anything else: the character itself or nothing
-)""", re.X)
-_MDOC_DROP = {"Ar", "Cm", "Em", "Sy", "Li", "Pa", "Va", "Dv", "Er", "Ev", "Fa", "Fn", "Ft", "Fd", "Ic", "In", "Ad",
-              "An", "Lb", "Tn", "Ux", "Sx", "Vt", "Ms", "No", "Pf", "Mt", "Lk", "Ta", "Ot", "Xo", "Xc", "St", "Aq",
-              "Sm"}
-_MDOC_WRAP = {"Op": "[]", "Oo": "[", "Dq": "“”", "Do": "“", "Qq": '""', "Sq": "‘’", "Ql": "‘’", "Pq": "()", "Po": "(",
-              "Bq": "[]", "Brq": "{}"}
+)""",
+    re.X,
+)
+_MDOC_DROP = {
+    "Ar",
+    "Cm",
+    "Em",
+    "Sy",
+    "Li",
+    "Pa",
+    "Va",
+    "Dv",
+    "Er",
+    "Ev",
+    "Fa",
+    "Fn",
+    "Ft",
+    "Fd",
+    "Ic",
+    "In",
+    "Ad",
+    "An",
+    "Lb",
+    "Tn",
+    "Ux",
+    "Sx",
+    "Vt",
+    "Ms",
+    "No",
+    "Pf",
+    "Mt",
+    "Lk",
+    "Ta",
+    "Ot",
+    "Xo",
+    "Xc",
+    "St",
+    "Aq",
+    "Sm",
+}
+_MDOC_WRAP = {
+    "Op": "[]",
+    "Oo": "[",
+    "Dq": "“”",
+    "Do": "“",
+    "Qq": '""',
+    "Sq": "‘’",
+    "Ql": "‘’",
+    "Pq": "()",
+    "Po": "(",
+    "Bq": "[]",
+    "Brq": "{}",
+}
 _MDOC_CLOSE = {"Oc": "]", "Dc": "”", "Pc": ")"}
 _MDOC = _MDOC_DROP | _MDOC_WRAP.keys() | _MDOC_CLOSE.keys() | {"Fl", "Xr", "Nm", "Ns", "Nd"}
 
@@ -80,8 +149,10 @@ def _escapes(text: str, strings: dict[str, str]) -> str:
 def _args(text: str) -> list[str]:
     """Split a request's arguments, honouring ``"quoted strings"`` (with ``""`` for a quote)."""
     text = text.replace("\\ ", "\\\x01")
-    return [m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
-            for m in re.finditer(r'"((?:[^"]|"")*)"?|(\S+)', text)]
+    return [
+        m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
+        for m in re.finditer(r'"((?:[^"]|"")*)"?|(\S+)', text)
+    ]
 
 
 class _Roff:
@@ -132,7 +203,7 @@ class _Roff:
         if self.tbl:
             return self.table(raw)
         if m:
-            return self.request(m.group(1), raw[m.start(2):])
+            return self.request(m.group(1), raw[m.start(2) :])
         if not raw.strip():
             return self.para() if self.fill else self.lines.append("")
         if self.fill and raw[0].isspace():

@@ -29,8 +29,14 @@ from recruit.errors import RecruitError
 
 log = logging.getLogger(__name__)
 
-MAN_LANGUAGES = {"manpages": "en", "manpages-de": "de", "manpages-fr": "fr", "manpages-pl": "pl",
-                 "manpages-ru": "ru", "manpages-es": "es"}
+MAN_LANGUAGES = {
+    "manpages": "en",
+    "manpages-de": "de",
+    "manpages-fr": "fr",
+    "manpages-pl": "pl",
+    "manpages-ru": "ru",
+    "manpages-es": "es",
+}
 """Man-page packages and the language of their pages."""
 PACKAGES: tuple[str, ...] = ("python3.11-doc", *MAN_LANGUAGES)
 """The default Debian packages of the corpus."""
@@ -91,8 +97,10 @@ def check_package_name(name: str) -> None:
 
 
 def _missing(name: str, why: str) -> RecruitError:
-    return RecruitError(f"missing Debian package {name} ({why}): run 'sudo apt-get update && sudo apt-get install "
-                        f"{name}' (or pass --text DIR to use your own text)")
+    return RecruitError(
+        f"missing Debian package {name} ({why}): run 'sudo apt-get update && sudo apt-get install "
+        f"{name}' (or pass --text DIR to use your own text)"
+    )
 
 
 def _run(cmd: Sequence[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -195,8 +203,7 @@ def _bar(items: list, desc: str, progress: bool) -> Iterator:
     return iter(tqdm(items, desc=desc, unit="file", disable=not (progress and sys.stderr.isatty()), leave=False))
 
 
-def python_doc_documents(tree: PackageTree, max_docs: int | None = None, progress: bool = False
-                         ) -> Iterator[Document]:
+def python_doc_documents(tree: PackageTree, max_docs: int | None = None, progress: bool = False) -> Iterator[Document]:
     """The Python documentation: per ``.rst`` file one ``prose`` and one ``code`` document (English).
 
     Args:
@@ -210,7 +217,7 @@ def python_doc_documents(tree: PackageTree, max_docs: int | None = None, progres
     base, count = f"usr/share/doc/{tree.name.removesuffix('-doc')}/html/_sources/", 0
     for rel, path in _bar(_sample(tree.find(re.escape(base) + r".+\.rst\.txt"), max_docs), tree.name, progress):
         segments = rst_to_text(path.read_text(encoding="utf-8", errors="replace"))
-        name = rel[len(base):].removesuffix(".txt")
+        name = rel[len(base) :].removesuffix(".txt")
         for kind in ("prose", "code"):
             text = "\n\n".join(t for k, t in segments if k == kind).strip()
             if text and (max_docs is None or count < max_docs):
@@ -218,8 +225,9 @@ def python_doc_documents(tree: PackageTree, max_docs: int | None = None, progres
                 yield Document(f"python-doc:{name}:{kind}", text, "en", kind, tree.name)
 
 
-def man_documents(tree: PackageTree, lang: str, max_docs: int | None = None, progress: bool = False
-                  ) -> Iterator[Document]:
+def man_documents(
+    tree: PackageTree, lang: str, max_docs: int | None = None, progress: bool = False
+) -> Iterator[Document]:
     """Man pages of one language, one ``manual`` document per page (``.so`` aliases and symlinks skipped).
 
     Args:
@@ -234,7 +242,7 @@ def man_documents(tree: PackageTree, lang: str, max_docs: int | None = None, pro
     """
     base = "usr/share/man/" + ("" if lang == "en" else f"{lang}/")
     for rel, path in _bar(_sample(tree.find(re.escape(base) + r"man[^/]+/[^/]+"), max_docs), tree.name, progress):
-        text, page = roff_to_text(read_man_page(path)), re.sub(r"\.(gz|xz)$", "", rel[len(base):])
+        text, page = roff_to_text(read_man_page(path)), re.sub(r"\.(gz|xz)$", "", rel[len(base) :])
         if text:
             yield Document(f"{tree.name}:{page}", text, lang, "manual", tree.name)
 

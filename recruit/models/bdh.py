@@ -41,6 +41,7 @@ class BDHConfig:
     dropout: float = 0.1  # on the gated neurons x ⊙ y
     rope_theta: float = 2.0**16  # RoPE base over the N neurons
     max_seq_len: int = 4096  # longest sequence of the parallel form; the recurrent form has no limit
+    impl: str = "fast"  # parallel form: "fast" (per-head GEMMs, symmetric backward) or "reference" (Appendix E)
 
     def __post_init__(self) -> None:
         if self.n_neurons == 0 and self.n_head > 0:
@@ -56,6 +57,8 @@ class BDHConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 1.0:
             raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
+        if self.impl not in ("fast", "reference"):
+            raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
 
 
 BDH_PRESETS: dict[str, dict] = {
@@ -117,11 +120,59 @@ def _stateful_attention(
 
     Reads the state before writing the chunk into it (Hebbian: ``S += RoPE(x)ᵀ ⊗ v``); returns (B, h, C, d).
     """
+    (B, h, C, N), d = x.shape, S.shape[-1]
     with torch.autocast(x.device.type, enabled=False):
         xr, vf = rope(x.float(), cos, sin), v.float().unsqueeze(1)  # (B, h, C, N), (B, 1, C, d)
-        a = (xr @ xr.mT).tril(-1) @ vf + xr @ S  # inside the chunk + the earlier chunks: (B, h, C, d)
-        S.add_(xr.mT @ vf)  # (B, h, N, C) @ (B, 1, C, d) -> (B, h, N, d)
+        a = xr @ S  # the earlier chunks: (B, h, C, d)
+        if C > 1:
+            a = a + (xr @ xr.mT).tril(-1) @ vf  # inside the chunk
+        # S += xr^T·v in place, one kernel: (B·h, N, C) @ (B·h, C, d) -> (B·h, N, d)
+        S.view(B * h, N, d).baddbmm_(xr.reshape(B * h, C, N).mT, vf.expand(B, h, C, d).reshape(B * h, C, d))
     return a
+
+
+def _turn(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Turn interleaved pairs (2k, 2k+1) of x (..., T, N) by angles with cos ``c`` and sin ``s`` (T, N/2).
+
+    The same rotation as :func:`rope` (whose tables repeat each pair's angle), in fp32, rounded once to x's
+    dtype; ``_turn(x, c, -s)`` is the inverse (transposed) rotation.
+    """
+    p = x.unflatten(-1, (-1, 2)).float()  # (..., T, N/2, 2)
+    x0, x1 = p[..., 0], p[..., 1]
+    return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2).to(x.dtype)
+
+
+class _CausalLinearAttention(torch.autograd.Function):
+    """One head's ``tril(RoPE(x)·RoPE(x)ᵀ, −1)·v`` with a hand-written backward; x (B, T, N), v (B, T, d).
+
+    It keeps the (B, T, T) scores and the pre-rotation ``x`` (which the layer keeps anyway) instead of the
+    rotated copy, and uses that the scores are a Gram matrix: with ``G = tril(g·vᵀ, −1)`` the gradient of
+    the rotated neurons is ``(G + Gᵀ)·RoPE(x)``, one (T×T)·(T×N) product where autograd spends two.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, v: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):  # runs in x's dtype, which the caller picks
+            xr = _turn(x, c, s)  # (B, T, N)
+            scores = (xr @ xr.mT).tril_(-1)  # (B, T, T)
+            ctx.save_for_backward(x, v, c, s, scores)
+            return scores @ v  # (B, T, d)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, v, c, s, scores = ctx.saved_tensors
+        g = g.to(v.dtype)  # (B, T, d)
+        gram = (g @ v.mT).tril_(-1)  # dL/dscores, (B, T, T)
+        dv = scores.mT @ g  # (B, T, d)
+        dxr = (gram + gram.mT) @ _turn(x, c, s)  # (B, T, N)
+        return _turn(dxr, c, -s), dv, None, None
+
+
+def _head_attention(x: torch.Tensor, v: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """:class:`_CausalLinearAttention` in x's dtype, except fp16, which runs in fp32 (see _causal_attention)."""
+    if x.dtype == torch.float16:
+        x = x.float()
+    return _CausalLinearAttention.apply(x, v.to(x.dtype), c, s)
 
 
 Attend = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -181,6 +232,23 @@ class BDH(RecruitModel):
         out = xy.transpose(1, 2).reshape(B, T, -1) @ self.decoder  # (B, T, h*N) @ (h*N, d) -> (B, T, d)
         return _ln(v + _ln(out))
 
+    def _layer_fast(self, v: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """:meth:`_layer` with causal attention, head by head: v (B, T, d) -> (B, T, d); c, s (T, N/2).
+
+        Each head's neurons stay a contiguous (B, T, N) block, so every projection is one plain GEMM over
+        the B·T tokens (the reference broadcasts (B, h) batches, copying the weights B times, and
+        transposes the neurons before decoding), and attention is :class:`_CausalLinearAttention`.
+        Dropout draws its mask per head, a different draw from :meth:`_layer`'s of the same distribution.
+        """
+        N, out = self.config.n_neurons, None
+        for j in range(self.config.n_head):
+            x = F.relu(v @ self.encoder[j])  # (B, T, N)
+            a = _ln(_head_attention(x, v, c, s))  # (B, T, d)
+            y = F.relu(a.to(v.dtype) @ self.encoder_v[j])  # (B, T, N)
+            o = self.drop(x * y) @ self.decoder[j * N : (j + 1) * N]  # (B, T, N) @ (N, d) -> (B, T, d)
+            out = o if out is None else out + o
+        return _ln(v + _ln(out))
+
     def forward(
         self, idx: torch.Tensor, return_hidden: bool = False, stats: list | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
@@ -189,7 +257,8 @@ class BDH(RecruitModel):
         Args:
             idx: (B, T) token ids, T <= ``max_seq_len``.
             return_hidden: Also return the stream after the embedding norm and after each layer.
-            stats: If given, one dict per layer is appended with the fraction of non-zero x, y and x⊙y.
+            stats: If given, one dict per layer is appended with the fraction of non-zero x, y and x⊙y
+                (this runs the reference form).
 
         Returns:
             logits (B, T, V); with ``return_hidden`` also a list of ``n_layer + 1`` tensors (B, T, d).
@@ -201,8 +270,13 @@ class BDH(RecruitModel):
         cos, sin = rope_tables(torch.arange(T, device=idx.device), cfg.n_neurons, cfg.rope_theta)  # (T, N) each
         v = _ln(self.embed(idx))  # (B, T, d)
         hidden = [v]
+        fast = cfg.impl == "fast" and stats is None
+        c, s = cos[:, ::2].contiguous(), sin[:, ::2].contiguous()  # (T, N/2): one angle per neuron pair
         for _ in range(cfg.n_layer):
-            v = self._layer(v, partial(_causal_attention, cos=cos, sin=sin), stats)
+            if fast:
+                v = self._layer_fast(v, c, s)
+            else:
+                v = self._layer(v, partial(_causal_attention, cos=cos, sin=sin), stats)
             hidden.append(v)
         logits = v @ self.lm_head  # (B, T, V)
         return (logits, hidden) if return_hidden else logits
@@ -224,16 +298,57 @@ class BDH(RecruitModel):
     @torch.no_grad()
     def _chunk(self, idx: torch.Tensor, state: BDHState) -> torch.Tensor:
         """Consume tokens idx (B, C) after ``state.pos`` tokens, update ``state``; the last logits (B, V)."""
-        cfg, C = self.config, idx.shape[1]
         if state.synapses[0].shape[0] != idx.shape[0]:
             raise RecruitError(f"state holds {state.synapses[0].shape[0]} sequences, got a batch of {idx.shape[0]}")
-        pos = torch.arange(state.pos, state.pos + C, device=idx.device)  # (C,)
-        cos, sin = rope_tables(pos, cfg.n_neurons, cfg.rope_theta)  # (C, N) each
+        logits = self._chunk_at(idx, torch.arange(state.pos, state.pos + idx.shape[1], device=idx.device), state)
+        state.pos += idx.shape[1]
+        return logits
+
+    @torch.no_grad()
+    def _chunk_at(self, idx: torch.Tensor, positions: torch.Tensor, state: BDHState) -> torch.Tensor:
+        """Tokens idx (B, C) at ``positions`` (C,) into the synapses (``state.pos`` untouched); logits (B, V)."""
+        cfg = self.config
+        cos, sin = rope_tables(positions, cfg.n_neurons, cfg.rope_theta)  # (C, N) each
         v = _ln(self.embed(idx))  # (B, C, d)
         for S in state.synapses:
             v = self._layer(v, partial(_stateful_attention, S=S, cos=cos, sin=sin))
-        state.pos += C
         return v[:, -1] @ self.lm_head  # (B, V)
+
+    @torch.no_grad()
+    def cuda_graph_step(self, state: BDHState) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A :meth:`step` for ``state`` (on a CUDA device) that replays one captured CUDA graph per token.
+
+        A step launches a few dozen small kernels, whose launch cost exceeds their work at batch 1; the
+        graph launches them at once. The returned ``step(idx_t)`` takes (B,) token ids and returns (B, V)
+        logits, updating ``state`` exactly as :meth:`step` does (it is only valid for this state object).
+        """
+        dev = state.synapses[0].device
+        if dev.type != "cuda":
+            raise RecruitError(f"CUDA graphs need a state on a CUDA device, not {dev}")
+        B = state.synapses[0].shape[0]
+        tok = torch.zeros(B, 1, dtype=torch.long, device=dev)  # static inputs of the graph
+        pos = torch.zeros(1, dtype=torch.long, device=dev)
+        saved = [S.clone() for S in state.synapses]  # warm-up runs write into the synapses
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # allocator and library handles settle before capture
+                self._chunk_at(tok, pos, state)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self._chunk_at(tok, pos, state)  # (B, V), static output
+        for S, S0 in zip(state.synapses, saved, strict=True):
+            S.copy_(S0)
+
+        def step(idx_t: torch.Tensor) -> torch.Tensor:
+            tok.copy_(idx_t.view(B, 1))
+            pos.fill_(state.pos)
+            graph.replay()
+            state.pos += 1
+            return logits.clone()
+
+        return step
 
     def step(self, idx_t: torch.Tensor, state: BDHState) -> torch.Tensor:
         """Feed one token per sequence, idx_t (B,); returns its next-token logits (B, V), updating ``state``."""
@@ -260,14 +375,22 @@ class BDH(RecruitModel):
         greedy: bool = False,
         generator: torch.Generator | None = None,
         chunk: int = 256,
+        cuda_graph: bool | None = None,
     ) -> torch.Tensor:
         """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens in the recurrent form; returns (B, T + new).
 
         ``greedy`` takes the arg-max; otherwise samples from ``softmax(logits / temperature)``, restricted
         to the ``top_k`` most likely tokens when given. The cost per new token is independent of position.
+        ``cuda_graph`` replays each step from a CUDA graph (:meth:`cuda_graph_step`); default: on CUDA.
         """
         check_sampling(temperature, greedy)
         state = self.new_state(idx.shape[0])
         logits = self.prefill(idx, state, chunk)  # (B, V)
-        step = lambda nxt: self.step(nxt[:, 0], state)  # noqa: E731  (B, 1) -> (B, V)
+        if cuda_graph is None:
+            cuda_graph = idx.is_cuda and max_new_tokens > 1
+        if cuda_graph:
+            graphed = self.cuda_graph_step(state)
+            step = lambda nxt: graphed(nxt[:, 0])  # noqa: E731
+        else:
+            step = lambda nxt: self.step(nxt[:, 0], state)  # noqa: E731  (B, 1) -> (B, V)
         return decode_loop(idx, logits, step, max_new_tokens, temperature, top_k, greedy, generator)

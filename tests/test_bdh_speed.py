@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from recruit.benchmarks import BenchOptions, get
+from recruit.benchmarks.bdh_speed import QUICK, run, section
+from recruit.models import BDH, bdh_config
+
+
+def test_speed_bench_records_are_consistent():
+    recs = run(BenchOptions(device="cpu", quick=True, progress=False), QUICK)
+    assert get("bdh-speed").run is run
+    tps = {r.params["impl"]: r.value for r in recs if r.metric == "train_tokens_per_s"}
+    assert set(tps) == {"reference", "fast"} and all(v > 0 for v in tps.values())
+    (speedup,) = [r.value for r in recs if r.metric == "train_speedup"]
+    assert speedup == pytest.approx(tps["fast"] / tps["reference"])
+    for c in QUICK.contexts:
+        ms = {(r.params["method"], r.params["impl"]): r.value for r in recs
+              if r.metric == "ms_per_token" and r.params["context"] == str(c)}  # fmt: skip
+        assert set(ms) == {("rerun_prefix", "reference"), ("rerun_prefix", "fast"), ("recurrent", "eager")}
+        (gen,) = [r.value for r in recs if r.metric == "generate_speedup" and r.params["context"] == str(c)]
+        best = min(ms["rerun_prefix", "reference"], ms["rerun_prefix", "fast"])
+        assert gen == pytest.approx(best / ms["recurrent", "eager"])
+    states = {r.value for r in recs if r.metric == "state_bytes"}
+    assert len(states) == 1  # the same state size at every context
+    assert "Generation" in section(recs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_equals_eager_step():
+    torch.manual_seed(0)
+    model = BDH(bdh_config("bdh-nano", dropout=0.0, n_neurons=256)).cuda().eval()
+    x = torch.randint(0, 288, (2, 24), device="cuda")
+    eager, graphed_state = model.new_state(2), model.new_state(2)
+    model.prefill(x[:, :10], eager)
+    model.prefill(x[:, :10], graphed_state)
+    graphed = model.cuda_graph_step(graphed_state)
+    for t in range(10, 24):
+        torch.testing.assert_close(graphed(x[:, t]), model.step(x[:, t], eager), rtol=1e-5, atol=1e-5)
+    assert graphed_state.pos == eager.pos == 24
+    for a, b in zip(graphed_state.synapses, eager.synapses, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    out = model.generate(x[:, :10], 5, greedy=True)  # CUDA graph by default on CUDA
+    torch.testing.assert_close(out, model.generate(x[:, :10], 5, greedy=True, cuda_graph=False))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_form_equals_reference_on_cuda_in_bf16():
+    torch.manual_seed(1)
+    fast = BDH(bdh_config("bdh-nano", dropout=0.0, n_neurons=512)).cuda()
+    ref = BDH(bdh_config("bdh-nano", dropout=0.0, n_neurons=512, impl="reference")).cuda()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randint(0, 288, (4, 64), device="cuda")
+    exact = ref(x).float()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out_f, out_r = fast(x).float(), ref(x).float()
+    assert (out_f - exact).abs().max() <= 2 * (out_r - exact).abs().max() + 1e-3
