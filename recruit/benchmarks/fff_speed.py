@@ -12,6 +12,8 @@ On the CPU the fused kernel is the C++ one (``recruit.fff.kernels.cpu``); on CUD
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,46 +56,126 @@ def _weights(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Gener
     return w1, b1, w2
 
 
-def measure_case(case: SpeedCase, device: torch.device, dtype: torch.dtype, repeats: int, gather: bool) -> dict:
-    """Median milliseconds of dense, fused FFF and (optionally) gather FFF on one case."""
+def _n_inputs(batch: int) -> int:
+    """Distinct input batches cycled through by successive calls (so no call finds its path in cache)."""
+    return max(2, min(64, 4096 // batch))
+
+
+def _peer(case: SpeedCase, dtype: torch.dtype, device):
+    """The ``fastfeedforward`` package's FFF (Belcak & Wattenhofer) with as many neurons, or None without it.
+
+    Its tree of depth D has 2^D − 1 routing nodes and 2^D single-neuron leaves: 2^(D+1) − 1 neurons, the
+    same count as our depth-D tree, of which a token uses D + 1 (D routers and one leaf).
+    """
+    try:
+        from fastfeedforward import FFF
+    except ImportError:
+        return None
+    return FFF(case.hidden, 1, case.hidden, case.depth).to(device, dtype).eval()
+
+
+def _launches(small: bool) -> list[dict[str, int]]:
+    """Launch configurations of the Triton kernel tried on CUDA (the fastest is reported as ``triton-tuned``)."""
+    if small:
+        return [{}] + [dict(spec=sp, num_warps=w, block_o=o) for sp, w in ((1, 4), (2, 8), (3, 8), (4, 8), (4, 16),
+                                                                           (2, 16)) for o in (256, 1024)]  # fmt: skip
+    out: list[dict[str, int]] = [{}]
+    for spec in (1, 2):
+        sub = 1 if spec == 1 else 4
+        for b in (4, 8, 16, 32):  # register tiles of at most 4096 (routing) and 8192 (output) fp32 values
+            tile = dict(block_b=b, block_d=min(512, 4096 // (b * sub)), block_o=max(64, min(512, 8192 // b)))
+            out += [dict(spec=spec, num_warps=w, **tile) for w in (4, 8)]
+    return out
+
+
+def measure_case(
+    case: SpeedCase, device: torch.device, dtype: torch.dtype, repeats: int, gather: bool, tune: bool = False
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per call of dense, fused FFF and peers on one case, by timing method.
+
+    Returns ``{"wall": {impl: ms}, "cuda_graph": {impl: ms}}`` (the second on CUDA only): wall-clock time of
+    single synchronised calls as a user sees them, and GPU time per call inside a CUDA graph. Successive
+    calls cycle through :func:`_n_inputs` distinct random batches.
+    """
     g = torch.Generator().manual_seed(case.hidden * 1000 + case.depth)
     w1, b1, w2 = _weights(case.hidden, case.depth, dtype, device, g)
     nodes = 2 ** (case.depth + 1) - 1
     w_in, b_in, w_out_t = w1[:nodes].contiguous(), b1[:nodes].contiguous(), w2[:, :nodes].t().contiguous()
-    x = torch.randn(case.batch, case.hidden, generator=g).to(device, dtype)  # distinct input per token
-    out = {}
+    n = _n_inputs(case.batch)
+    xs = [torch.randn(case.batch, case.hidden, generator=g).to(device, dtype) for _ in range(n)]
+    fns: dict[str, Callable[[int], torch.Tensor]] = {
+        "dense": lambda i: F.linear(F.gelu(F.linear(xs[i % n], w1, b1)), w2),
+        "fff": lambda i: fff_infer(xs[i % n], w_in, b_in, w_out_t, case.depth, 1),
+    }
+    if gather:
+        fns["gather"] = lambda i: fff_gather(xs[i % n], w_in, b_in, w_out_t, case.depth, 1)
+    peer = _peer(case, dtype, device) if case.batch <= 128 or case.hidden <= 768 else None
+    if peer is not None:
+        fns["fastfeedforward"] = lambda i: peer.eval_forward(xs[i % n])
+    out: dict[str, dict[str, float]] = {"wall": {}}
     with torch.no_grad():
-        fns = {"dense": lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2),
-               "fff": lambda: fff_infer(x, w_in, b_in, w_out_t, case.depth, 1)}  # fmt: skip
-        if gather:
-            fns["gather"] = lambda: fff_gather(x, w_in, b_in, w_out_t, case.depth, 1)
         budget = 0.2 if case.batch <= 128 else 1.0
         for name, fn in fns.items():
-            out[name] = measure.time_fn(fn, device, warmup=3, repeats=repeats, min_time=budget).median * 1e3
+            slow = name in ("fastfeedforward", "gather") and case.batch > 128
+
+            calls = itertools.count()
+
+            def call(fn=fn, calls=calls) -> None:
+                fn(next(calls))
+
+            timing = measure.time_fn(call, device, warmup=1 if slow else 3, repeats=2 if slow else repeats,
+                                     min_time=0 if slow else budget)  # fmt: skip
+            out["wall"][name] = timing.median * 1e3
+        if device.type == "cuda":
+            graph = out["cuda_graph"] = {}
+            calls = min(n, 16)
+            for name in ("dense", "fff"):
+                graph[name] = measure.time_cuda_graph(fns[name], device, calls=calls).median * 1e3
+            if tune:
+                from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton
+
+                for launch in _launches(case.batch <= SMALL_BATCH):
+                    label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
+
+                    def tuned(i: int, launch=launch) -> torch.Tensor:
+                        return fff_triton(xs[i % n], w_in, b_in, w_out_t, case.depth, 1, **launch)
+
+                    graph[f"triton:{label}"] = measure.time_cuda_graph(tuned, device, calls=calls).median * 1e3
     return out
 
 
 def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[Record]:
-    """Time every case on ``opts.device`` (CPU: fp32; CUDA: bf16)."""
+    """Time every case on ``opts.device`` (CPU: fp32; CUDA: bf16, with a sweep of Triton launch configs)."""
     device = resolve_device(opts.device)
     env = environment(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if cases is None:
         cases = QUICK_CASES if opts.quick else (GPU_CASES if device.type == "cuda" else CPU_CASES)
     recs: list[Record] = []
+    fused = "cpp" if device.type == "cpu" else "triton"
     for case in tqdm(cases, desc="fff speed", disable=not opts.progress):
         gather = case.batch <= 4096 and case.hidden <= 768 or case.batch <= 128
-        ms = measure_case(case, device, dtype, repeats=3 if opts.quick else 7, gather=gather)
-        name = "cpp" if device.type == "cpu" else "triton"
+        ms = measure_case(case, device, dtype, repeats=3 if opts.quick else 7, gather=gather,
+                          tune=device.type == "cuda" and not opts.quick)  # fmt: skip
         c = (f"hidden={case.hidden},depth={case.depth},width={2 ** (case.depth + 1) - 1},"
              f"dense_width={2 ** (case.depth + 1)},B={case.batch},dtype={str(dtype).split('.')[-1]}")  # fmt: skip
-        recs.append(Record(BENCH, f"{c},impl=dense", "latency_ms", ms["dense"], "ms", env))
-        recs.append(Record(BENCH, f"{c},impl={name}", "latency_ms", ms["fff"], "ms", env))
-        recs.append(Record(BENCH, f"{c},impl={name}", "speedup", ms["dense"] / ms["fff"], "x", env))
-        if "gather" in ms:
-            recs.append(Record(BENCH, f"{c},impl=gather", "latency_ms", ms["gather"], "ms", env))
-            recs.append(Record(BENCH, f"{c},impl=gather", "speedup", ms["dense"] / ms["gather"], "x", env))
         recs.append(Record(BENCH, c, "flops_ratio", (case.depth + 1) / 2 ** (case.depth + 1), "x", env))
+        for timing, per_impl in ms.items():
+            dense = per_impl["dense"]
+            recs.append(Record(BENCH, f"{c},timing={timing},impl=dense", "latency_ms", dense, "ms", env))
+            tuned = {k: v for k, v in per_impl.items() if k.startswith("triton:")}
+            for name, value in per_impl.items():
+                if name == "dense":
+                    continue
+                impl = fused if name == "fff" else name.replace("triton:", "triton,launch=")
+                recs.append(Record(BENCH, f"{c},timing={timing},impl={impl}", "latency_ms", value, "ms", env))
+                if not name.startswith("triton:"):
+                    recs.append(Record(BENCH, f"{c},timing={timing},impl={impl}", "speedup", dense / value, "x", env))
+            if tuned:
+                best = min(tuned, key=tuned.get)
+                case = f"{c},timing={timing},impl=triton-tuned,launch={best.split(':', 1)[1]}"
+                recs.append(Record(BENCH, case, "latency_ms", tuned[best], "ms", env))
+                recs.append(Record(BENCH, case, "speedup", dense / tuned[best], "x", env))
     return recs
 
 

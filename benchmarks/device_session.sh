@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One GPU session in one call: install, the GPU benchmarks of BDH and FFF, the `gpu`-marked tests.
+#
+#   OUT=DIR bash benchmarks/device_session.sh          # on the GPU machine (the device tool sets OUT)
+#   DEVICE=cpu QUICK=1 OUT=/tmp/dry bash benchmarks/device_session.sh   # dry run of the script here
+#
+# Records land in $OUT/bdh-speed.jsonl and $OUT/fff.jsonl (copy them to results/ and rebuild docs/results.md);
+# logs in $OUT/session.log. Each step has its own time limit so that one slow step cannot eat the others.
+set -u
+OUT=${OUT:?set OUT to the output folder}
+DEVICE=${DEVICE:-cuda}
+QUICK=${QUICK:+--quick}
+mkdir -p "$OUT"
+LOG="$OUT/session.log"
+export PYTHONUNBUFFERED=1
+py=python3
+{
+  date -u
+  if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
+    $py -m pip install --no-deps -q -e . || exit 1
+    if ls .whl/*.whl >/dev/null 2>&1; then $py -m pip install --no-deps -q .whl/*.whl; fi
+  fi
+  $py -c "import torch, recruit; print('torch', torch.__version__, 'recruit', recruit.__version__)"
+} >>"$LOG" 2>&1
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  echo "step $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
+}
+
+step bdh-speed 300 recruit bench bdh-speed -q --device "$DEVICE" --out "$OUT" $QUICK
+step fff 170 recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
+if [ "$DEVICE" = cuda ]; then
+  step gpu-tests 100 $py -m pytest -m gpu -q -p no:cacheprovider tests/test_fff_kernels.py tests/test_bdh_speed.py
+fi
+tail -n 25 "$LOG"
