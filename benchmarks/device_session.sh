@@ -18,7 +18,7 @@ py=python3
   date -u
   if [ "$DEVICE" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
-    $py -m pip install --no-deps -q -e . || exit 1
+    $py -m pip install --no-deps --no-build-isolation -q -e . || exit 1
     if ls .whl/*.whl >/dev/null 2>&1; then $py -m pip install --no-deps -q .whl/*.whl; fi
   fi
   $py -c "import torch, recruit; print('torch', torch.__version__, 'recruit', recruit.__version__)"
@@ -33,9 +33,22 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "step $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
-step bdh-speed 300 recruit bench bdh-speed -q --device "$DEVICE" --out "$OUT" $QUICK
-step fff 170 recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
+step fff "${FFF_LIMIT:-200}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
 if [ "$DEVICE" = cuda ]; then
   step gpu-tests 100 $py -m pytest -m gpu -q -p no:cacheprovider tests/test_fff_kernels.py tests/test_bdh_speed.py
 fi
+# bdh-speed, with the fast form also compiled in max-autotune mode (BDH_MODES='' leaves that out)
+step bdh-speed "${BDH_LIMIT:-$((470 - SECONDS))}" $py -c "
+import os, sys
+from recruit.benchmarks import BenchOptions
+from recruit.benchmarks.bdh_speed import CPU, QUICK, SpeedConfig, run
+from recruit.records import write_records
+from dataclasses import replace
+cuda = '$DEVICE' == 'cuda'
+cfg = QUICK if '$QUICK' else (SpeedConfig() if cuda else CPU)
+modes = tuple(m for m in os.environ.get('BDH_MODES', 'max-autotune-no-cudagraphs').split(',') if m and cuda)
+recs = run(BenchOptions(device='$DEVICE', progress=False), replace(cfg, extra_modes=modes))
+write_records('$OUT/bdh-speed.jsonl', recs)
+print(len(recs), 'records')
+"
 tail -n 25 "$LOG"

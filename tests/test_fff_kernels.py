@@ -160,7 +160,10 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (5, 3, 3, 20, 9, dict(spec=3, block_d=16)),  # 6 levels = 3 + 3, two feature chunks
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
-    (2, 1, 65, 4, 3, {}),  # large-batch defaults: spec 1, 16 tokens per program
+    (2, 1, 65, 4, 3, {}),  # large-batch defaults: spec 1, 4 tokens per program
+    (5, 2, 70, 24, 10, dict(top=3)),  # the top 3 levels of both trees routed by GEMM, then 3 gathered
+    (4, 1, 6, 16, 7, dict(top=5, spec=2)),  # every level routed by GEMM: the kernel only looks up
+    (3, 3, 2, 11, 5, dict(top=1, spec=3, block_d=16)),  # one dense level, three trees, masked chunks
 ]
 TRITON_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 INTERPRET = """
@@ -218,3 +221,16 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
     case = tuple(t.cuda() for t in make_case(depth, depth, n_trees, batch, d_in, d_out, dtype))
     check(fff_triton, case, depth, n_trees)
     check(fff_infer, case, depth, n_trees)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("top", [2, 6, 12])
+def test_triton_cuda_dense_top_levels_equal_reference(dtype, top):
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import fff_triton
+
+    case = tuple(t.cuda() for t in make_case(top, 11, 2, 257, 256, 192, dtype))
+    check(fff_triton, case, 11, 2, top=top)
+    check(fff_triton, tuple(t[:3] if i == 0 else t for i, t in enumerate(case)), 11, 2, top=top)

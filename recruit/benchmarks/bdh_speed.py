@@ -50,6 +50,7 @@ class SpeedConfig:
     warmup: int = 3  # untimed training steps (compilation happens here)
     steps: int = 10  # timed training steps
     compile: bool = True  # also time both forms under torch.compile
+    extra_modes: tuple[str, ...] = ()  # further torch.compile modes to time the fast form in (e.g. max-autotune)
     contexts: tuple[int, ...] = (1024, 8192)  # generation contexts
     gen_repeats: int = 10  # timed decode steps per context and method
 
@@ -78,12 +79,18 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool, device: torch.device) -> dict[str, float]:
-    """Median seconds per optimiser step, peak memory and compile time of one (impl, compiled) variant."""
+def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool | str, device: torch.device) -> dict[str, float]:
+    """Median seconds per optimiser step, peak memory and compile time of one (impl, compiled) variant.
+
+    ``compiled`` is False (eager), True (``torch.compile`` default mode) or the name of a compile mode.
+    """
     torch.manual_seed(0)
     model = BDH(bdh_config(cfg.preset, impl=impl, max_seq_len=max(cfg.seq_len, 1))).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=device.type == "cuda")
-    fwd = torch.compile(model) if compiled else model
+    if isinstance(compiled, str):
+        fwd = torch.compile(model, mode=compiled)
+    else:
+        fwd = torch.compile(model) if compiled else model
     g = torch.Generator().manual_seed(1)
     V = model.config.vocab_size
     idx = torch.randint(0, V, (cfg.batch, cfg.seq_len + 1), generator=g).to(device)
@@ -112,8 +119,15 @@ def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool, device: torch.de
 
 
 def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> None:
-    variants = [(impl, c) for c in ([False, True] if cfg.compile else [False]) for impl in ("reference", "fast")]
-    res: dict[tuple[str, bool], dict[str, float]] = {}
+    variants: list[tuple[str, bool | str]] = [
+        (impl, c) for c in ([False, True] if cfg.compile else [False]) for impl in ("reference", "fast")
+    ]
+    variants += [("fast", mode) for mode in cfg.extra_modes]
+    res: dict[tuple[str, bool | str], dict[str, float]] = {}
+
+    def tag(compiled: bool | str) -> str:
+        return f"1,mode={compiled}" if isinstance(compiled, str) else str(int(compiled))
+
     tokens = cfg.batch * cfg.seq_len
     prec = "bf16-autocast" if device.type == "cuda" else "fp32"
     base = f"model={cfg.preset},B={cfg.batch},T={cfg.seq_len},precision={prec}"
@@ -125,11 +139,11 @@ def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> No
             if not compiled:
                 raise
             log.warning("torch.compile of the %s form failed: %s", impl, e)
-            add(f"{base},impl={impl},compiled=1", "failed", 1.0, "")
+            add(f"{base},impl={impl},compiled={tag(compiled)}", "failed", 1.0, "")
             _free(device)
             continue
         res[impl, compiled] = r
-        case = f"{base},impl={impl},compiled={int(compiled)}"
+        case = f"{base},impl={impl},compiled={tag(compiled)}"
         add(case, "train_tokens_per_s", tokens / r["step_s"], "tokens/s")
         add(case, "train_step_ms", r["step_s"] * 1e3, "ms")
         add(case, "peak_memory_bytes", r["peak_bytes"], "bytes")
@@ -141,7 +155,7 @@ def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> No
         return
     best_ref = min(refs, key=lambda k: res[k]["step_s"])
     for k in fasts:
-        case = f"{base},impl=fast,compiled={int(k[1])},vs=reference,vs_compiled={int(best_ref[1])}"
+        case = f"{base},impl=fast,compiled={tag(k[1])},vs=reference,vs_compiled={tag(best_ref[1])}"
         add(case, "train_speedup", res[best_ref]["step_s"] / res[k]["step_s"], "x")
         add(case, "peak_memory_ratio", res[k]["peak_bytes"] / max(res[best_ref]["peak_bytes"], 1.0), "x")
 

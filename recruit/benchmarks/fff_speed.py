@@ -75,17 +75,17 @@ def _peer(case: SpeedCase, dtype: torch.dtype, device):
 
 
 def _launches(small: bool) -> list[dict[str, int]]:
-    """Launch configurations of the Triton kernel tried on CUDA (the fastest is reported as ``triton-tuned``)."""
+    """Launch configurations of the Triton kernel tried on CUDA (the fastest is reported as ``triton-tuned``).
+
+    The first is the default; the others vary the levels routed densely (``top``) and the tiles.
+    """
     if small:
-        return [{}] + [dict(spec=sp, num_warps=w, block_o=o) for sp, w in ((1, 4), (2, 8), (3, 8), (4, 8), (4, 16),
-                                                                           (2, 16)) for o in (256, 1024)]  # fmt: skip
-    out: list[dict[str, int]] = [{}]
-    for spec in (1, 2):
-        sub = 1 if spec == 1 else 4
-        for b in (4, 8, 16, 32):  # register tiles of at most 4096 (routing) and 8192 (output) fp32 values
-            tile = dict(block_b=b, block_d=min(512, 4096 // (b * sub)), block_o=max(64, min(512, 8192 // b)))
-            out += [dict(spec=spec, num_warps=w, **tile) for w in (4, 8)]
-    return out
+        return [{}, dict(spec=1), dict(spec=3)] + [dict(top=t) for t in (4, 6, 8, 10)] + [dict(spec=3, top=8)]
+    return (
+        [{}, dict(block_b=8), dict(block_b=16, block_d=256)]
+        + [dict(top=t) for t in (4, 6, 8, 10, 12)]
+        + [dict(top=t, block_b=b, block_d=256) for t in (8, 10) for b in (8, 16)]
+    )
 
 
 def measure_case(

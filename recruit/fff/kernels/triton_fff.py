@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 SMALL_BATCH = 64  # up to this many tokens the default launch favours latency over bandwidth
+TOP_LEVELS = 0  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``)
 _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM of an H100)
 
 
@@ -36,8 +37,10 @@ def _fff_kernel(
     b_in_ptr,  # (K·M,)
     w_out_ptr,  # (K·M, D_out), w_out_t
     out_ptr,  # (B, D_out)
-    path_row_ptr,  # (splits, B, K·LEVELS) int32 scratch: the visited global rows
-    path_gelu_ptr,  # (splits, B, K·LEVELS) float32 scratch: GELU of their pre-activations
+    path_row_ptr,  # (splits, B, K·(LEVELS − TOP)) int32 scratch: the visited global rows below the top
+    path_gelu_ptr,  # (splits, B, K·(LEVELS − TOP)) float32 scratch: GELU of their pre-activations
+    top_logit_ptr,  # (B, K·(2^TOP − 1)) pre-activations of every top node (a GEMM's output); unused if TOP = 0
+    top_act_ptr,  # (B, K·(2^TOP − 1)) zeros in; the GELU of each visited top node out (the rest stay 0)
     B,
     D_IN,
     D_OUT,
@@ -45,6 +48,7 @@ def _fff_kernel(
     COLS_PER_PROGRAM,  # a multiple of BLOCK_O
     N_TREES: tl.constexpr,
     LEVELS: tl.constexpr,  # depth + 1
+    TOP: tl.constexpr,  # levels routed from the precomputed top pre-activations (0 ≤ TOP ≤ LEVELS)
     SPEC: tl.constexpr,  # levels per routing step
     SUB: tl.constexpr,  # next power of two ≥ 2^SPEC − 1
     BLOCK_B: tl.constexpr,
@@ -55,7 +59,9 @@ def _fff_kernel(
     tok = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
     tok_mask = tok < B
     tok64 = tok.to(tl.int64)
-    path = (tl.program_id(1) * B + tok64) * (N_TREES * LEVELS)  # (BLOCK_B,) this program's path scratch rows
+    PATH: tl.constexpr = LEVELS - TOP  # levels walked by gathering rows, per tree
+    M_TOP: tl.constexpr = (1 << TOP) - 1  # top nodes per tree
+    path = (tl.program_id(1) * B + tok64) * (N_TREES * PATH)  # (BLOCK_B,) this program's path scratch rows
     # Lane j of a routing step is the subtree node with local heap index j, at relative depth r(j); below
     # node n it is node n·2^r + j of the tree (children of n: 2n+1, 2n+2; grandchildren: 4n+3 .. 4n+6).
     lane = tl.arange(0, SUB)  # (SUB,)
@@ -68,7 +74,13 @@ def _fff_kernel(
     # Routing: walk every tree for this block of tokens, SPEC levels per step.
     for k in range(N_TREES):
         node = tl.zeros((BLOCK_B,), dtype=tl.int64)  # heap index within tree k of this step's root
-        for first in range(0, LEVELS, SPEC):  # the step's first level
+        for _ in tl.static_range(TOP):  # the top levels: look the pre-activations up, record the GELU
+            top = tok64 * (N_TREES * M_TOP) + k * M_TOP + node  # (BLOCK_B,)
+            a = tl.load(top_logit_ptr + top, mask=tok_mask, other=0.0).to(tl.float32)
+            g = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
+            tl.store(top_act_ptr + top, g.to(top_act_ptr.dtype.element_ty), mask=tok_mask)
+            node = 2 * node + 1 + (a > 0).to(tl.int64)
+        for first in range(TOP, LEVELS, SPEC):  # the step's first level
             rows = k * N_NODES + node[:, None] * lane_scale[None, :] + lane[None, :]  # (BLOCK_B, SUB)
             live = tok_mask[:, None] & (lane_real & (first + lane_depth < LEVELS))[None, :]  # (BLOCK_B, SUB)
             acc = tl.zeros((BLOCK_B, SUB, BLOCK_D), dtype=tl.float32)
@@ -89,8 +101,9 @@ def _fff_kernel(
                 row = tl.sum(tl.where(pick, rows, 0), axis=1)  # (BLOCK_B,)
                 g = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
                 keep = tok_mask & (first + r < LEVELS)
-                tl.store(path_row_ptr + path + k * LEVELS + first + r, row.to(tl.int32), mask=keep)
-                tl.store(path_gelu_ptr + path + k * LEVELS + first + r, g, mask=keep)
+                slot = path + k * PATH + first - TOP + r  # (BLOCK_B,)
+                tl.store(path_row_ptr + slot, row.to(tl.int32), mask=keep)
+                tl.store(path_gelu_ptr + slot, g, mask=keep)
                 j = 2 * j + 1 + (a > 0).to(tl.int64)
             node = node * (1 << SPEC) + j  # the node SPEC levels down
 
@@ -103,7 +116,7 @@ def _fff_kernel(
         o = o0 + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
         mask = tok_mask[:, None] & (o < col_end)[None, :]  # (BLOCK_B, BLOCK_O)
         acc = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
-        for j in tl.range(0, N_TREES * LEVELS, loop_unroll_factor=UNROLL):
+        for j in tl.range(0, N_TREES * PATH, loop_unroll_factor=UNROLL):
             row = tl.load(path_row_ptr + path + j, mask=tok_mask, other=0).to(tl.int64)  # (BLOCK_B,)
             g = tl.load(path_gelu_ptr + path + j, mask=tok_mask, other=0.0)  # (BLOCK_B,)
             wv = tl.load(w_out_ptr + row[:, None] * D_OUT + o[None, :], mask=mask, other=0.0)
@@ -130,12 +143,21 @@ def fff_triton(
     block_o: int | None = None,
     num_warps: int | None = None,
     unroll: int | None = None,
+    top: int | None = None,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
-    The launch parameters default to two regimes (not yet tuned on hardware): up to ``SMALL_BATCH`` tokens
-    the walk is latency-bound (``spec`` 4, one token per program, the output columns split over programs),
-    beyond it bandwidth-bound (``spec`` 1, 16 tokens per program).
+    The launch parameters default to two regimes, picked from a sweep on an H200 (``recruit bench fff``
+    records every configuration it tries): up to ``SMALL_BATCH`` tokens the walk is latency-bound (``spec``
+    2, one token per program, 8 warps, the output columns split over programs), beyond it bandwidth-bound
+    (``spec`` 1, 4 tokens per program, 8 warps).
+
+    ``top`` > 0 routes the first ``top`` levels densely: one GEMM computes the pre-activations of all
+    2^top − 1 top nodes of every tree for every token, the kernel walks those levels by table look-up
+    (writing the GELU of the visited nodes into an otherwise-zero matrix), gathers rows only below them,
+    and a second GEMM adds the top nodes' output. The top nodes are shared by all tokens, so for large
+    batches this trades a little arithmetic (2^top − 1 instead of ``top`` neurons per token) for far
+    fewer dependent gathers. The result is the same function (routing decisions come from the same signs).
 
     Args:
         x: Token features, (B, D_in), float32 / float16 / bfloat16.
@@ -150,6 +172,7 @@ def fff_triton(
         block_o: Output columns per chunk (a power of two ≥ 16).
         num_warps: Warps per program.
         unroll: Unroll factor of the loops over feature chunks and over the path (loads in flight).
+        top: Levels routed densely, 0 to depth + 1 (default: ``TOP_LEVELS`` for large batches, 0 for small).
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -169,25 +192,37 @@ def fff_triton(
         return out
 
     small = n <= SMALL_BATCH
-    spec = spec or (4 if small else 1)
+    spec = spec or (2 if small else 1)
     assert 1 <= spec <= 4, f"spec must be in 1..4, got {spec}"
+    top = min(TOP_LEVELS if not small else 0, depth + 1) if top is None else top
+    assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
     sub = triton.next_power_of_2(2**spec - 1)
-    block_b = block_b or (1 if small else 16)
+    block_b = block_b or (1 if small else 4)
     wide = 2 if x.element_size() == 2 else 1  # 16-bit storage: twice the elements in the same registers
-    block_d = block_d or _pow2(d_in, (4096 * wide) // (block_b * sub) if small else 128 * wide)
-    block_o = block_o or _pow2(d_out, 256 * wide)
-    num_warps = num_warps or (8 if small else 4)
+    block_d = block_d or _pow2(d_in, (4096 * wide) // (block_b * sub) if small else 256 * wide)
+    block_o = block_o or _pow2(d_out, (512 if small else 256) * wide)
+    num_warps = num_warps or 8
     unroll = unroll or (4 if small else 2)
     token_programs = triton.cdiv(n, block_b)
     col_blocks = triton.cdiv(d_out, block_o)
     splits = max(1, min(col_blocks, _PROGRAMS // token_programs))  # output-column programs per token block
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
     grid = (token_programs, triton.cdiv(d_out, cols_per_program))
-    path_rows = torch.empty(grid[1], n, n_trees * (depth + 1), dtype=torch.int32, device=x.device)
-    path_gelu = torch.empty(grid[1], n, n_trees * (depth + 1), dtype=torch.float32, device=x.device)
+    path_rows = torch.empty(grid[1], n, n_trees * (depth + 1 - top), dtype=torch.int32, device=x.device)
+    path_gelu = torch.empty(grid[1], n, n_trees * (depth + 1 - top), dtype=torch.float32, device=x.device)
+    top_logits = top_act = out  # placeholders, never read with top = 0
+    if top:
+        m_top = 2**top - 1
+        w_top = w_in.view(n_trees, m, d_in)[:, :m_top].reshape(n_trees * m_top, d_in)  # (K·m_top, D_in)
+        b_top = b_in.view(n_trees, m)[:, :m_top].reshape(n_trees * m_top)
+        top_logits = torch.addmm(b_top, x, w_top.t())  # (B, K·m_top); signs as exact as the kernel's dots
+        top_act = torch.zeros(n, n_trees * m_top, dtype=x.dtype, device=x.device)
     _fff_kernel[grid](
-        x, w_in, b_in, w_out_t, out, path_rows, path_gelu, n, d_in, d_out, m, cols_per_program,
-        N_TREES=n_trees, LEVELS=depth + 1, SPEC=spec, SUB=sub,
+        x, w_in, b_in, w_out_t, out, path_rows, path_gelu, top_logits, top_act, n, d_in, d_out, m,
+        cols_per_program, N_TREES=n_trees, LEVELS=depth + 1, TOP=top, SPEC=spec, SUB=sub,
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll, num_warps=num_warps,
     )  # fmt: skip
+    if top:
+        w_out_top = w_out_t.view(n_trees, m, d_out)[:, :m_top].reshape(n_trees * m_top, d_out)
+        out.addmm_(top_act, w_out_top)  # the visited top nodes' share; the others have GELU 0 here
     return out
