@@ -1,7 +1,9 @@
-"""``recruit fff convert``: distil a trained GPT's dense MLPs into FFF trees, with quality before and after.
+"""``recruit fff train|bench|convert``: Fast Feedforward trees in the baseline decoder.
 
-Training an FFF model from scratch is ``recruit train --model.mlp fff``; its speed and quality benchmarks are
-``recruit bench fff`` and ``recruit bench fff-quality``.
+``train`` trains the baseline GPT with FFF trees in place of its MLPs (the same as ``recruit train
+--model.mlp fff``); ``bench`` runs the speed benchmark (``recruit bench fff``) or, with ``--quality``, the
+equal-budget dense / FFF / no-MLP comparison (``recruit bench fff-quality``); ``convert`` distils a trained
+GPT's dense MLPs into FFF trees, with quality before and after.
 """
 
 from __future__ import annotations
@@ -13,6 +15,36 @@ from pathlib import Path
 import torch
 
 from recruit.errors import RecruitError
+
+
+def cmd_fff_train(args: argparse.Namespace) -> int:
+    """Train the baseline GPT with FFF trees instead of MLPs (resumes from OUT_DIR/ckpt.pt when present).
+
+    --preset is a training preset (default gpt-tiny; out_dir runs/PRESET-fff); FFF fields are model fields:
+    --model.fff_depth D (default 8), --model.fff_trees K, --model.fff_mode hard|soft. Any other field as in
+    'recruit train' (--FIELD VALUE, --model.FIELD VALUE).
+    """
+    from recruit.cli import fit_and_report
+    from recruit.config import load_config_file, parse_overrides
+    from recruit.train import make_config
+
+    file_data = load_config_file(args.config) if args.config else None
+    preset = args.preset or (None if file_data else "gpt-tiny")
+    base = {"model.mlp": "fff", **({"out_dir": f"runs/{preset}-fff"} if preset else {})}
+    cfg = make_config(preset, file_data, {**base, **parse_overrides(args.overrides)})
+    return fit_and_report(cfg, quiet=args.quiet)
+
+
+def cmd_fff_bench(args: argparse.Namespace) -> int:
+    """FFF benchmarks: inference speed against torch's dense FF, or (--quality) dense vs FFF vs no MLP.
+
+    Writes OUT/fff.jsonl or OUT/fff-quality.jsonl, like 'recruit bench fff' and 'recruit bench fff-quality'.
+    """
+    from recruit.cli import cmd_bench
+
+    args.name = "fff-quality" if args.quality else "fff"
+    args.list, args.model = False, None
+    return cmd_bench(args)
 
 
 def cmd_fff_convert(args: argparse.Namespace) -> int:
@@ -58,12 +90,25 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
 
 
 def add_fff_parser(subs) -> None:
-    """Add ``fff`` with its action ``convert`` to the subparsers ``subs``."""
+    """Add ``fff`` with its actions ``train``, ``bench`` and ``convert`` to the subparsers ``subs``."""
     from recruit.cli import _sub
 
-    fff = subs.add_parser("fff", help="Fast Feedforward: convert a dense GPT's MLPs into FFF trees",
+    fff = subs.add_parser("fff", help="Fast Feedforward: train, benchmark, convert a dense GPT's MLPs",
                           description=(__doc__ or "").strip())  # fmt: skip
     fsubs = fff.add_subparsers(dest="fff_command", metavar="ACTION")
+    p = _sub(fsubs, "train", cmd_fff_train)
+    p.add_argument("--preset", help="training preset (gpt-nano, gpt-tiny, gpt-small; default gpt-tiny)")
+    p.add_argument("--config", help="JSON or TOML file of training config fields")
+    p.set_defaults(accepts_overrides=True)
+
+    p = _sub(fsubs, "bench", cmd_fff_bench)
+    p.add_argument("--quality", action="store_true", help="dense vs FFF vs no MLP at equal budget (trains)")
+    p.add_argument("--out", default="results", help="output directory (default: results)")
+    p.add_argument("--corpus", default="debian")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
+    p.add_argument("--max-bytes", type=int, default=32768, help="held-out bytes scored per language")
+
     p = _sub(fsubs, "convert", cmd_fff_convert)
     p.add_argument("model", nargs="?", help="GPT checkpoint directory (default: the shipped gpt-tiny)")
     p.add_argument("--out", required=True, help="where to save the converted model")

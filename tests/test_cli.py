@@ -191,3 +191,19 @@ def test_fff_convert_cli(text_corpus, tmp_path, capsys):
     m = load_model(tmp_path / "fff")
     assert m.config.mlp == "fff" and m.config.fff_depth == 3
     assert main(["fff", "convert", str(tmp_path / "fff"), "--out", str(tmp_path / "x"), "--corpus", text_corpus]) == 2
+
+
+def test_fff_train_and_bench_cli(text_corpus, tmp_path, capsys):
+    from recruit.models import load_model
+
+    run = tmp_path / "run"
+    args = ["fff", "train", "--preset", "gpt-nano", "--corpus", text_corpus, "--out_dir", str(run),
+            "--max_steps", "2", "--model.fff_depth", "2", "-q"]  # fmt: skip
+    assert main(args) == 0
+    m = load_model(run / "final")
+    assert m.config.mlp == "fff" and m.config.fff_depth == 2
+    assert main(["fff", "bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "res"), "-q"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "res/fff.jsonl").read_text().splitlines()]
+    assert {r["metric"] for r in recs} >= {"latency_ms", "speedup"}
+    assert main(["fff", "train", "--preset", "gpt-nano", "--model.fff_mode", "both", "--corpus", text_corpus]) == 2
+    assert "fff_mode" in capsys.readouterr().err

@@ -39,8 +39,8 @@ def _fff_kernel(
     out_ptr,  # (B, D_out)
     path_row_ptr,  # (splits, B, K·(LEVELS − TOP)) int32 scratch: the visited global rows below the top
     path_gelu_ptr,  # (splits, B, K·(LEVELS − TOP)) float32 scratch: GELU of their pre-activations
-    top_logit_ptr,  # (B, K·(2^TOP − 1)) pre-activations of every top node (a GEMM's output); unused if TOP = 0
-    top_act_ptr,  # (B, K·(2^TOP − 1)) zeros in; the GELU of each visited top node out (the rest stay 0)
+    top_logit_ptr,  # (B, K·TOP_W) pre-activations of every top node (a GEMM's output); unused if TOP = 0
+    top_act_ptr,  # (B, K·TOP_W) zeros in; the GELU of each visited top node out (the rest stay 0)
     B,
     D_IN,
     D_OUT,
@@ -49,6 +49,7 @@ def _fff_kernel(
     N_TREES: tl.constexpr,
     LEVELS: tl.constexpr,  # depth + 1
     TOP: tl.constexpr,  # levels routed from the precomputed top pre-activations (0 ≤ TOP ≤ LEVELS)
+    TOP_W: tl.constexpr,  # columns per tree in the top tables: 2^TOP (aligned) or 2^TOP − 1 when TOP = LEVELS
     SPEC: tl.constexpr,  # levels per routing step
     SUB: tl.constexpr,  # next power of two ≥ 2^SPEC − 1
     BLOCK_B: tl.constexpr,
@@ -60,7 +61,6 @@ def _fff_kernel(
     tok_mask = tok < B
     tok64 = tok.to(tl.int64)
     PATH: tl.constexpr = LEVELS - TOP  # levels walked by gathering rows, per tree
-    M_TOP: tl.constexpr = (1 << TOP) - 1  # top nodes per tree
     path = (tl.program_id(1) * B + tok64) * (N_TREES * PATH)  # (BLOCK_B,) this program's path scratch rows
     # Lane j of a routing step is the subtree node with local heap index j, at relative depth r(j); below
     # node n it is node n·2^r + j of the tree (children of n: 2n+1, 2n+2; grandchildren: 4n+3 .. 4n+6).
@@ -75,7 +75,7 @@ def _fff_kernel(
     for k in range(N_TREES):
         node = tl.zeros((BLOCK_B,), dtype=tl.int64)  # heap index within tree k of this step's root
         for _ in tl.static_range(TOP):  # the top levels: look the pre-activations up, record the GELU
-            top = tok64 * (N_TREES * M_TOP) + k * M_TOP + node  # (BLOCK_B,)
+            top = tok64 * (N_TREES * TOP_W) + k * TOP_W + node  # (BLOCK_B,)
             a = tl.load(top_logit_ptr + top, mask=tok_mask, other=0.0).to(tl.float32)
             g = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
             tl.store(top_act_ptr + top, g.to(top_act_ptr.dtype.element_ty), mask=tok_mask)
@@ -158,6 +158,9 @@ def fff_triton(
     and a second GEMM adds the top nodes' output. The top nodes are shared by all tokens, so for large
     batches this trades a little arithmetic (2^top − 1 instead of ``top`` neurons per token) for far
     fewer dependent gathers. The result is the same function (routing decisions come from the same signs).
+    It is off by default: on an H200 every ``top`` > 0 measured slower than the plain walk (hidden 4096,
+    depth 13: 0.23–2.4 ms against 0.185 ms at 4096 tokens), in a first version whose odd GEMM widths
+    (2^top − 1) hit cuBLAS's slow path; the tables are aligned to 2^top columns since, not yet re-measured.
 
     Args:
         x: Token features, (B, D_in), float32 / float16 / bfloat16.
@@ -211,18 +214,20 @@ def fff_triton(
     path_rows = torch.empty(grid[1], n, n_trees * (depth + 1 - top), dtype=torch.int32, device=x.device)
     path_gelu = torch.empty(grid[1], n, n_trees * (depth + 1 - top), dtype=torch.float32, device=x.device)
     top_logits = top_act = out  # placeholders, never read with top = 0
+    # The top tables hold 2^top columns per tree: the 2^top − 1 top nodes and the first node below them,
+    # whose activation stays 0; an odd GEMM width would send cuBLAS down a slow path.
+    top_w = 2**top if top <= depth else m
     if top:
-        m_top = 2**top - 1
-        w_top = w_in.view(n_trees, m, d_in)[:, :m_top].reshape(n_trees * m_top, d_in)  # (K·m_top, D_in)
-        b_top = b_in.view(n_trees, m)[:, :m_top].reshape(n_trees * m_top)
-        top_logits = torch.addmm(b_top, x, w_top.t())  # (B, K·m_top); signs as exact as the kernel's dots
-        top_act = torch.zeros(n, n_trees * m_top, dtype=x.dtype, device=x.device)
+        w_top = w_in.view(n_trees, m, d_in)[:, :top_w].reshape(n_trees * top_w, d_in)  # (K·top_w, D_in)
+        b_top = b_in.view(n_trees, m)[:, :top_w].reshape(n_trees * top_w)
+        top_logits = torch.addmm(b_top, x, w_top.t())  # (B, K·top_w); signs as exact as the kernel's dots
+        top_act = torch.zeros(n, n_trees * top_w, dtype=x.dtype, device=x.device)
     _fff_kernel[grid](
         x, w_in, b_in, w_out_t, out, path_rows, path_gelu, top_logits, top_act, n, d_in, d_out, m,
-        cols_per_program, N_TREES=n_trees, LEVELS=depth + 1, TOP=top, SPEC=spec, SUB=sub,
+        cols_per_program, N_TREES=n_trees, LEVELS=depth + 1, TOP=top, TOP_W=top_w, SPEC=spec, SUB=sub,
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll, num_warps=num_warps,
     )  # fmt: skip
     if top:
-        w_out_top = w_out_t.view(n_trees, m, d_out)[:, :m_top].reshape(n_trees * m_top, d_out)
+        w_out_top = w_out_t.view(n_trees, m, d_out)[:, :top_w].reshape(n_trees * top_w, d_out)
         out.addmm_(top_act, w_out_top)  # the visited top nodes' share; the others have GELU 0 here
     return out
