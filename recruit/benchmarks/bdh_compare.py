@@ -1,13 +1,15 @@
 """BDH against the dense baseline of equal size: same corpus, same trainer, same token budget.
 
-``recruit bench bdh-compare --out DIR`` trains ``bdh-tiny`` and ``gpt-tiny`` (823k vs 824k parameters) on the
-same batches for the same number of tokens, then a second GPT run with as many training FLOPs as the BDH run
-used (the equal-compute view: BDH does several times the work per token). Held-out bits per byte per language
-and the ratios BDH ÷ GPT are records; so are each run's training FLOPs and measured throughput.
+``recruit bench bdh-compare --out DIR`` trains, at each of two sizes, a BDH and a GPT of (nearly) equal
+parameter count (``bdh-mini``/``gpt-mini``, 215k; ``bdh-tiny``/``gpt-tiny``, 823k) on the same batches for the
+same number of tokens, then a second GPT run with as many training FLOPs as the BDH run used (the
+equal-compute view: BDH does several times the work per token). Held-out bits per byte per language and the
+ratios BDH ÷ GPT are records; so are each run's training FLOPs and measured throughput (tokens per second,
+the equal-wall-clock view).
 
 Runs live under ``runs/bdh-compare/`` and resume like any training run, so an interrupted benchmark continues.
 Both models train without dropout (the budget is far below one epoch) with their own learning rates: 3e-3 for
-the GPT preset, 1e-3 for BDH (the paper's recipe).
+the GPT presets, 1e-3 for BDH (the paper's recipe).
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ BENCH = "bdh-compare"
 class CompareConfig:
     """Sizes of the comparison."""
 
-    tokens: int = 2**19  # training tokens per equal-token run
+    tokens: int = 2**20  # training tokens per equal-token run
     seq_len: int = 256
     batch_size: int = 8
-    gpt: str = "gpt-tiny"
-    bdh: str = "bdh-tiny"
+    sizes: tuple[tuple[str, str], ...] = (("bdh-mini", "gpt-mini"), ("bdh-tiny", "gpt-tiny"))  # (BDH, GPT) presets
     gpt_lr: float = 3e-3
     bdh_lr: float = 1e-3
     out_dir: str = "runs/bdh-compare"
@@ -39,47 +40,56 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
             raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
+        if not self.sizes:
+            raise ValueError("sizes must name at least one (BDH, GPT) preset pair")
 
 
 QUICK = CompareConfig(
     tokens=4 * 32 * 4,
     seq_len=32,
     batch_size=4,
-    gpt="gpt-nano",
-    bdh="bdh-nano",
+    sizes=(("bdh-nano", "gpt-nano"),),
     out_dir="runs/bdh-compare-quick",
     eval_bytes=2048,
 )
 
 
 def run(opts: BenchOptions, cfg: CompareConfig | None = None) -> list[Record]:
-    """Train the three runs (resuming any that exist) and measure them on the test split."""
+    """Train the three runs of every size (resuming any that exist) and measure them on the test split."""
     from recruit.data.corpus import Corpus
 
     cfg = cfg or (QUICK if opts.quick else CompareConfig())
     corpus = Corpus.load(opts.corpus)
     device = resolve_device(opts.device)
     env = environment(device)
+    recs: list[Record] = []
+    for bdh, gpt in cfg.sizes:
+        recs += _compare(bdh, gpt, cfg, corpus, device, env, opts)
+    return recs
+
+
+def _compare(bdh: str, gpt: str, cfg: CompareConfig, corpus, device, env: dict, opts: BenchOptions) -> list[Record]:
+    """BDH ``bdh`` vs GPT ``gpt`` at equal tokens, plus the GPT at BDH's training FLOPs."""
     steps = cfg.tokens // (cfg.seq_len * cfg.batch_size)
-    bdh_arm, gpt_arm = Arm("bdh", cfg.bdh, cfg.bdh_lr), Arm("gpt", cfg.gpt, cfg.gpt_lr)
-    runs = {k: train_arm(corpus, a, steps, cfg.seq_len, cfg.batch_size, cfg.out_dir, opts)
-            for k, a in (("bdh", bdh_arm), ("gpt", gpt_arm))}  # fmt: skip
+    out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
+    runs = {k: train_arm(corpus, a, steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
+            for k, a in (("bdh", Arm(bdh, bdh, cfg.bdh_lr)), ("gpt", Arm(gpt, gpt, cfg.gpt_lr)))}  # fmt: skip
     fpt = {k: train_flops_per_token(t.model, cfg.seq_len, device) for k, t in runs.items()}
     eq_steps = max(1, round(steps * fpt["bdh"] / fpt["gpt"]))
-    eq_arm = Arm("gpt-eqflops", cfg.gpt, cfg.gpt_lr)
-    runs["gpt_eqflops"] = train_arm(corpus, eq_arm, eq_steps, cfg.seq_len, cfg.batch_size, cfg.out_dir, opts)
+    eq_arm = Arm(f"{gpt}-eqflops", gpt, cfg.gpt_lr)
+    runs["gpt_eqflops"] = train_arm(corpus, eq_arm, eq_steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
     fpt["gpt_eqflops"] = fpt["gpt"]
     recs: list[Record] = []
     bpb: dict[str, dict[str, float]] = {}
     for key, t in runs.items():
-        preset = cfg.bdh if key == "bdh" else cfg.gpt
+        preset = bdh if key == "bdh" else gpt
         budget = "equal-flops" if key == "gpt_eqflops" else "equal-tokens"
-        r, bpb[key] = score_arm(
-            BENCH, f"model={preset},budget={budget}", t, corpus, cfg.eval_bytes, device, env, fpt[key]
-        )
+        r, bpb[key] = score_arm(BENCH, f"model={preset},budget={budget}", t, corpus, cfg.eval_bytes, device, env,
+                                fpt[key])  # fmt: skip
         recs += r
     for ref, budget in (("gpt", "equal-tokens"), ("gpt_eqflops", "equal-flops")):
-        recs += ratio_records(BENCH, f"{cfg.bdh}_vs_{cfg.gpt},budget={budget}", bpb["bdh"], bpb[ref], env)
+        case = f"{bdh}_vs_{gpt},budget={budget},bdh_train_tokens={cfg.tokens}"
+        recs += ratio_records(BENCH, case, bpb["bdh"], bpb[ref], env)
     return recs
 
 
@@ -91,6 +101,7 @@ def section(records: list[Record]) -> str:
     if not rs:
         return ""
     ratios = [r for r in rs if r.metric == "bpb_ratio" and r.params.get("lang") == "mean"]
+    labels = [f"{r.case.split(',')[0]} {r.params['budget']}" for r in ratios]
     parts = [
         "<p>BDH and the dense GPT of equal parameter count, trained by the same trainer on the same batches "
         "(<code>recruit bench bdh-compare</code>). A ratio below 1 means BDH compresses held-out text better."
@@ -99,7 +110,7 @@ def section(records: list[Record]) -> str:
     if ratios:
         parts.append(
             bar_chart(
-                [r.params["budget"] for r in ratios],
+                labels,
                 [r.value for r in ratios],
                 "BDH ÷ GPT bits per byte (mean over languages)",
                 "ratio",

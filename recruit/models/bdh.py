@@ -63,6 +63,7 @@ class BDHConfig:
 
 BDH_PRESETS: dict[str, dict] = {
     "bdh-nano": dict(n_layer=2, d_model=32, n_head=2, n_neurons=64, max_seq_len=256),  # tests, 30,720 params
+    "bdh-mini": dict(n_layer=4, d_model=32, n_head=4, n_neurons=512, max_seq_len=1024),  # 215,040 ≈ gpt-mini
     "bdh-tiny": dict(n_layer=4, d_model=64, n_head=4, n_neurons=1024, max_seq_len=1024),  # 823,296 ≈ gpt-tiny
     "bdh-ref": dict(),  # the paper's model: 25,313,280 params (25,296,896 with its vocabulary of 256)
 }

@@ -75,6 +75,7 @@ class GPTConfig:
 
 GPT_PRESETS: dict[str, dict] = {
     "gpt-nano": dict(n_layer=2, n_head=2, d_model=32, max_seq_len=64),  # tests
+    "gpt-mini": dict(n_layer=4, n_head=4, d_model=64, max_seq_len=256),  # 216k params, = bdh-mini
     "gpt-tiny": dict(n_layer=4, n_head=4, d_model=128, max_seq_len=256),  # shipped default, 0.8M params
     "gpt-small": dict(n_layer=6, n_head=4, d_model=256, max_seq_len=512),  # 4.8M params
     "gpt-medium": dict(n_layer=8, n_head=8, d_model=512, max_seq_len=1024),  # 25M params, GPU
