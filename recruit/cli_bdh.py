@@ -111,18 +111,23 @@ def cmd_bdh_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bdh_inspect(args: argparse.Namespace) -> int:
-    """Look inside a BDH checkpoint: activation density per layer, language neurons, neuron-graph degrees.
+    """Look inside a BDH checkpoint: density per layer, language neurons, neuron-graph degrees, a concept test.
 
     Density is measured on held-out windows of --split; language neurons compare each language's text with
     all others' (Mann-Whitney U, rank-biserial effect > 0: more active for that language); the graph is
     G = E·D_x per head, an edge where G exceeds mean + Z·std (or the --graph-top-k largest of each row).
+    The concept test is the paper's currency-synapse experiment across languages: neurons (x) and synapses
+    (last layer's state) most selective for sentences naming currencies vs units of measure, picked on
+    English/German/French and judged on Polish/Russian/Spanish (recruit.interp.concepts).
     With --out DIR the figures are written as records to DIR/bdh_inspect.jsonl.
     """
+    import numpy as np
     from tqdm.auto import tqdm
 
     from recruit.benchmarks.bdh import load_bdh
     from recruit.data.corpus import Corpus
     from recruit.interp import activation_density, language_neurons, neuron_graph_degrees
+    from recruit.interp.concepts import cross_language_concept
     from recruit.records import Record, environment, write_records
     from recruit.train import resolve_device
 
@@ -135,12 +140,15 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
     def add(case: str, metric: str, value: float, unit: str = "") -> None:
         recs.append(Record("bdh", f"{name},{case}", metric, value, unit, env))
 
-    bar = tqdm(total=3, desc="inspect", disable=args.quiet, leave=False)
+    bar = tqdm(total=4, desc="inspect", disable=args.quiet, leave=False)
     dens = activation_density(model, corpus.tokens(args.split), seq, args.max_windows)
     bar.update()
     langs = language_neurons(model, corpus, args.split, which=args.which, top=args.top, chunks=args.chunks)
     bar.update()
     graph = neuron_graph_degrees(model, top_k=args.graph_top_k, z=args.graph_z)
+    bar.update()
+    select, heldout = ("en", "de", "fr"), ("pl", "ru", "es")
+    concept = {w: cross_language_concept(model, select, heldout, which=w, top=args.top) for w in ("x", "synapse")}
     bar.update()
     bar.close()
     print(f"{'layer':>5}  {'x':>8}  {'y':>8}  {'x*y':>8}   (fraction non-zero, {args.split} split, T={seq})")
@@ -166,6 +174,19 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
         )
     for k, v in summary.items():
         add(f"graph={rule}", f"graph_{k}", v)
+    for d, deg in (("out", graph.out_degree), ("in", graph.in_degree)):  # the CCDF, for the report's plot
+        for k in np.unique(np.geomspace(1, max(int(deg.max()), 1), 24).astype(int)):
+            add(f"graph={rule},direction={d},degree={k}", "graph_ccdf", float((deg >= k).mean()), "fraction")
+    print(f"\ncurrency concept (sentences with currencies vs units of measure), picked on {'/'.join(select)}, "
+          f"judged on {'/'.join(heldout)}: feature  effect(picked) p  effect(held-out) p")  # fmt: skip
+    for which, feats in concept.items():
+        print(f"{which:>8}  " + "  ".join(f"{f.feature} {f.effect_select:+.2f} {f.p_select:.1e} "
+                                       f"{f.effect_heldout:+.2f} {f.p_heldout:.1e}" for f in feats))  # fmt: skip
+        for rank, f in enumerate(feats, 1):
+            case = f"concept=currency,which={which},rank={rank},feature={f.feature},select={'+'.join(select)}"
+            add(case, "concept_effect_select", f.effect_select)
+            add(case, "concept_effect_heldout", f.effect_heldout)
+            add(case, "concept_p_heldout", f.p_heldout)
     if args.out:
         path = write_records(Path(args.out) / "bdh_inspect.jsonl", recs)
         print(f"{len(recs)} records written to {path}")

@@ -147,10 +147,13 @@ def test_inspect_prints_and_writes_records(checkpoints, corpus_dir, tmp_path, ca
     )
     assert args.fn(args) == 0
     out = capsys.readouterr().out
-    assert "language neurons" in out and "neuron graph" in out and "records written" in out
+    assert "language neurons" in out and "neuron graph" in out and "currency concept" in out
     recs = [json.loads(line) for line in (tmp_path / "bdh_inspect.jsonl").read_text().splitlines()]
     metrics = {r["metric"] for r in recs}
     assert {"density_x", "density_y", "lang_neuron_effect", "graph_out_max", "graph_in_ccdf_slope"} <= metrics
+    assert sum(r["metric"] == "concept_effect_heldout" for r in recs) == 2 * 2  # neurons and synapses, top 2
+    ccdf = [r["value"] for r in recs if r["metric"] == "graph_ccdf" and "direction=out" in r["case"]]
+    assert ccdf[0] <= 1 and ccdf == sorted(ccdf, reverse=True)  # a CCDF falls with the degree
     assert sum(r["metric"] == "lang_neuron_effect" for r in recs) == 3 * 2
     with pytest.raises(RecruitError, match="not BDH"):
         bad = parse("inspect", str(checkpoints / "gpt"), "--corpus", str(corpus_dir))

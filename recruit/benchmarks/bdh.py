@@ -256,7 +256,22 @@ def section(records: list[Record]) -> str:
         labels = [f"L{r.params['layer']} {r.metric[-1]}" for r in dens]
         title = f"non-zero fraction per layer ({html.escape(dens[0].params.get('init', ''))} init)"
         parts.append(bar_chart(labels, [r.value for r in dens], title, "fraction non-zero"))
-    shown = {"decode_ms_per_token", "state_bytes", "kv_bytes", "density_x", "density_y"}
+    ccdf: dict[str, list[tuple[int, float]]] = {}
+    for r in rs:
+        if r.metric == "graph_ccdf":
+            ccdf.setdefault(f"{r.params['direction']}-degree", []).append((int(r.params["degree"]), r.value))
+    if ccdf:
+        curves = {k: tuple(map(list, zip(*sorted(v), strict=True))) for k, v in ccdf.items()}
+        parts.append(line_chart(curves, "neuron graph G = E·D_x: degree CCDF", "degree k", "fraction with degree ≥ k",
+                                logx=True, logy=True))  # fmt: skip
+    concept = [r for r in rs if r.metric.startswith("concept_")]
+    if concept:
+        parts.append(
+            "<p>Currency concept across languages (<code>recruit bdh inspect</code>): features picked on some "
+            "languages by the rank-biserial effect of sentences naming currencies vs units of measure, and "
+            "judged again on the other languages.</p>"
+        )
+    shown = {"decode_ms_per_token", "state_bytes", "kv_bytes", "density_x", "density_y", "graph_ccdf"}
     rows = [[html.escape(r.case), r.metric, f"{r.value:.4g}", r.unit] for r in rs if r.metric not in shown]
     parts.append(table(["case", "metric", "value", "unit"], rows))
     return "\n".join(parts)
