@@ -295,6 +295,23 @@ class Trainer:
         self.model.train()
         return total / count
 
+    @torch.no_grad()
+    def held_out_stats(self) -> dict[str, float]:
+        """The model's own held-out figures, logged at each evaluation (e.g. BDH's activation density).
+
+        A model opts in with a method ``held_out_stats(idx) -> dict[str, float]`` taking token ids (B, T);
+        it gets the first batch of the fixed validation windows.
+        """
+        fn = getattr(self.model, "held_out_stats", None)
+        if fn is None:
+            return {}
+        self.model.eval()
+        try:
+            with self._autocast():
+                return {k: float(v) for k, v in fn(self.val[: self.cfg.batch_size, :-1].to(self.device)).items()}
+        finally:
+            self.model.train()
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
@@ -362,6 +379,7 @@ class Trainer:
                 )
                 if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps:
                     m["val_loss"] = self.evaluate()
+                    m.update(self.held_out_stats())
                 if self.step % self.cfg.log_every == 0 or "val_loss" in m:
                     self.history.append(m)
                     if tb is not None:

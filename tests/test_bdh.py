@@ -279,3 +279,6 @@ def test_trainer_lowers_the_loss(tmp_path, tokens):
     assert isinstance(model, BDH)
     assert tr.history[-1]["val_loss"] < before - 0.5
     assert isinstance(load_model(tmp_path / "run/final"), BDH)
+    dens = {k: tr.history[-1][k] for k in ("density_x", "density_y", "density_xy")}  # logged at each evaluation
+    assert all(0 < v <= 1 for v in dens.values()) and dens["density_xy"] <= min(dens["density_x"], dens["density_y"])
+    assert "density_x" in (tmp_path / "run/log.csv").read_text().splitlines()[0]

@@ -149,6 +149,24 @@ def _bdh_model(opts: BenchOptions, cfg: BDHBenchConfig, device: torch.device) ->
     return model, f"model={cfg.bdh_preset},init=random"
 
 
+def _density_over_training(checkpoint: Path, name: str, add) -> None:
+    """Density records from the training log beside a checkpoint (``RUN/final`` -> ``RUN/log.csv``), if any.
+
+    The trainer logs BDH's mean non-zero fractions on the first validation batch at every evaluation.
+    """
+    import csv
+
+    log_file = (checkpoint.parent if checkpoint.name == "final" else checkpoint) / "log.csv"
+    if not log_file.is_file():
+        return
+    with open(log_file, newline="") as f:
+        for row in csv.DictReader(f):
+            for k in ("x", "y", "xy"):
+                if row.get(f"density_{k}"):
+                    add(f"{name},split=val,step={row['step']},tokens={row.get('tokens', '')}", f"train_density_{k}",
+                        float(row[f"density_{k}"]), "fraction")  # fmt: skip
+
+
 def _density(model: BDH, name: str, corpus, cfg: BDHBenchConfig, add) -> None:
     seq = min(cfg.seq_len, model.config.max_seq_len)
     dens = activation_density(model, corpus.tokens("test"), seq, cfg.density_windows)
@@ -216,6 +234,7 @@ def run(opts: BenchOptions, cfg: BDHBenchConfig | None = None) -> list[Record]:
     ]
     if opts.model:
         steps.append(("quality", lambda: _quality(model, name, corpus, opts, cfg, device, add)))
+        _density_over_training(Path(opts.model), name, add)
     for label, fn in tqdm(steps, desc="bdh", disable=not opts.progress, leave=False):
         log.info("bdh bench: %s", label)
         fn()
@@ -256,6 +275,14 @@ def section(records: list[Record]) -> str:
         labels = [f"L{r.params['layer']} {r.metric[-1]}" for r in dens]
         title = f"non-zero fraction per layer ({html.escape(dens[0].params.get('init', ''))} init)"
         parts.append(bar_chart(labels, [r.value for r in dens], title, "fraction non-zero"))
+    over: dict[str, list[tuple[int, float]]] = {}
+    for r in rs:
+        if r.metric.startswith("train_density_"):
+            over.setdefault(r.metric.removeprefix("train_"), []).append((int(r.params["step"]), r.value))
+    if over:
+        curves = {k: tuple(map(list, zip(*sorted(v), strict=True))) for k, v in over.items()}
+        parts.append(line_chart(curves, "activation density during training (validation batch, mean over layers)",
+                                "training step", "fraction non-zero"))  # fmt: skip
     ccdf: dict[str, list[tuple[int, float]]] = {}
     for r in rs:
         if r.metric == "graph_ccdf":
@@ -271,7 +298,8 @@ def section(records: list[Record]) -> str:
             "languages by the rank-biserial effect of sentences naming currencies vs units of measure, and "
             "judged again on the other languages.</p>"
         )
-    shown = {"decode_ms_per_token", "state_bytes", "kv_bytes", "density_x", "density_y", "graph_ccdf"}
+    shown = {"decode_ms_per_token", "state_bytes", "kv_bytes", "density_x", "density_y", "graph_ccdf",
+             "train_density_x", "train_density_y", "train_density_xy"}  # fmt: skip
     rows = [[html.escape(r.case), r.metric, f"{r.value:.4g}", r.unit] for r in rs if r.metric not in shown]
     parts.append(table(["case", "metric", "value", "unit"], rows))
     return "\n".join(parts)

@@ -289,6 +289,12 @@ class BDH(RecruitModel):
         logits = self(idx, stats=per_layer)
         return logits, {k: [s[k] for s in per_layer] for k in ("x", "y", "xy")}
 
+    @torch.no_grad()
+    def held_out_stats(self, idx: torch.Tensor) -> dict[str, float]:
+        """Fraction of non-zero x, y and x⊙y on ``idx`` (B, T), averaged over layers; the trainer logs them."""
+        _, per_layer = self.forward_with_stats(idx)
+        return {f"density_{k}": sum(v) / len(v) for k, v in per_layer.items()}
+
     # ---- recurrent form ------------------------------------------------------------------------------
     def new_state(self, batch: int = 1) -> BDHState:
         """An empty synaptic state (all zeros, fp32) for ``batch`` sequences."""
