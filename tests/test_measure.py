@@ -59,3 +59,16 @@ def test_records_round_trip(tmp_path):
     path.write_text(path.read_text() + "{broken\n")
     with pytest.raises(RecruitError, match="r.jsonl:2"):
         read_records(path)
+
+
+def test_markdown_gives_each_device_its_own_table():
+    from recruit.records import Record
+    from recruit.report.terminal import format_markdown
+
+    cpu, gpu = {"device_name": "x86_64", "torch": "2"}, {"device_name": "NVIDIA H200", "torch": "2"}
+    recs = [Record("fff", "B=1", "speedup", 99.0, "x", cpu), Record("fff", "B=1", "speedup", 7.0, "x", gpu),
+            Record("bdh", "c", "m", 1.0, "", cpu)]  # fmt: skip
+    md = format_markdown(recs, command="recruit report")
+    assert "## fff (x86_64)" in md and "## fff (NVIDIA H200)" in md and "## bdh\n" in md
+    gpu_part = md.split("## fff (NVIDIA H200)")[1].split("##")[0]
+    assert "| 7 |" in gpu_part and "| 99 |" not in gpu_part

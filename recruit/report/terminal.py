@@ -45,17 +45,20 @@ def format_markdown(records: list[Record], command: str = "recruit report") -> s
     if records:
         env = records[0].env
         lines += ["Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items()), ""]
-    for bench in dict.fromkeys(r.bench for r in records):
-        env = next(r.env for r in records if r.bench == bench)
+    groups = dict.fromkeys((r.bench, r.env.get("device_name", "")) for r in records)  # one table per device
+    for bench, device in groups:
+        rows = [r for r in records if r.bench == bench and r.env.get("device_name", "") == device]
+        env = rows[0].env
         where = ", ".join(f"{k} `{env[k]}`" for k in ("device_name", "torch", "threads", "commit") if k in env)
+        several = sum(b == bench for b, _ in groups) > 1
         lines += [
-            f"## {bench}",
+            f"## {bench}" + (f" ({device})" if several else ""),
             "",
             f"Measured with {where}.",
             "",
             "| case | metric | value | unit |",
             "|---|---|---:|---|",
         ]
-        lines += [f"| {r.case} | {r.metric} | {_fmt(r.value)} | {r.unit} |" for r in records if r.bench == bench]
+        lines += [f"| {r.case} | {r.metric} | {_fmt(r.value)} | {r.unit} |" for r in rows]
         lines.append("")
     return "\n".join(lines)
