@@ -56,3 +56,20 @@ def test_fast_form_equals_reference_on_cuda_in_bf16():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out_f, out_r = fast(x).float(), ref(x).float()
     assert (out_f - exact).abs().max() <= 2 * (out_r - exact).abs().max() + 1e-3
+
+
+def test_a_failing_compiler_is_recorded_not_fatal(monkeypatch):
+    import dataclasses
+
+    from recruit.benchmarks import bdh_speed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    recs = []
+    cfg = dataclasses.replace(QUICK, compile=True)
+    bdh_speed._training(cfg, torch.device("cpu"), lambda *a: recs.append(a), progress=False)
+    failed = [case for case, metric, *_ in recs if metric == "failed"]
+    assert len(failed) == 2 and all("compiled=1" in c for c in failed)
+    assert sum(metric == "train_speedup" for _, metric, *_ in recs) == 1  # eager fast vs eager reference
