@@ -124,7 +124,7 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from recruit.benchmarks.bdh import load_bdh
+    from recruit.benchmarks.bdh import density_over_training, load_bdh
     from recruit.data.corpus import Corpus
     from recruit.interp import activation_density, language_neurons, neuron_graph_degrees
     from recruit.interp.concepts import cross_language_concept
@@ -174,6 +174,7 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
         )
     for k, v in summary.items():
         add(f"graph={rule}", f"graph_{k}", v)
+    density_over_training(Path(args.checkpoint), add)
     for d, deg in (("out", graph.out_degree), ("in", graph.in_degree)):  # the CCDF, for the report's plot
         for k in np.unique(np.geomspace(1, max(int(deg.max()), 1), 24).astype(int)):
             add(f"graph={rule},direction={d},degree={k}", "graph_ccdf", float((deg >= k).mean()), "fraction")

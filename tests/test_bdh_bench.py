@@ -196,17 +196,15 @@ def test_train_config_and_a_two_step_run(corpus_dir, tmp_path):
 
 
 def test_density_over_training_comes_from_the_run_log(tmp_path):
-    from recruit.benchmarks.bdh import _density_over_training
+    from recruit.benchmarks.bdh import density_over_training
 
     (tmp_path / "final").mkdir()
     (tmp_path / "log.csv").write_text(
         "step,loss,tokens,density_x,density_xy,density_y\n5,3.0,160,,,\n10,2.5,320,0.4,0.1,0.3\n20,2.0,640,0.3,0.05,0.2\n"
     )
     got = []
-    _density_over_training(
-        tmp_path / "final", "model=m", lambda case, metric, value, unit: got.append((case, metric, value))
-    )
-    assert ("model=m,split=val,step=10,tokens=320", "train_density_x", 0.4) in got
+    density_over_training(tmp_path / "final", lambda case, metric, value, unit: got.append((case, metric, value)))
+    assert ("split=val,step=10,tokens=320", "train_density_x", 0.4) in got
     assert len(got) == 6  # two evaluations x three densities; the row without an evaluation is skipped
-    _density_over_training(tmp_path / "elsewhere", "model=m", lambda *a: got.append(a))  # no log: nothing
+    density_over_training(tmp_path / "elsewhere", lambda *a: got.append(a))  # no log: nothing
     assert len(got) == 6

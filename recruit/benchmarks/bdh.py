@@ -149,10 +149,11 @@ def _bdh_model(opts: BenchOptions, cfg: BDHBenchConfig, device: torch.device) ->
     return model, f"model={cfg.bdh_preset},init=random"
 
 
-def _density_over_training(checkpoint: Path, name: str, add) -> None:
+def density_over_training(checkpoint: Path, add) -> None:
     """Density records from the training log beside a checkpoint (``RUN/final`` -> ``RUN/log.csv``), if any.
 
-    The trainer logs BDH's mean non-zero fractions on the first validation batch at every evaluation.
+    The trainer logs BDH's mean non-zero fractions on the first validation batch at every evaluation; each
+    becomes ``add(case, metric, value, unit)`` with case ``split=val,step=S,tokens=N``.
     """
     import csv
 
@@ -163,7 +164,7 @@ def _density_over_training(checkpoint: Path, name: str, add) -> None:
         for row in csv.DictReader(f):
             for k in ("x", "y", "xy"):
                 if row.get(f"density_{k}"):
-                    add(f"{name},split=val,step={row['step']},tokens={row.get('tokens', '')}", f"train_density_{k}",
+                    add(f"split=val,step={row['step']},tokens={row.get('tokens', '')}", f"train_density_{k}",
                         float(row[f"density_{k}"]), "fraction")  # fmt: skip
 
 
@@ -234,7 +235,6 @@ def run(opts: BenchOptions, cfg: BDHBenchConfig | None = None) -> list[Record]:
     ]
     if opts.model:
         steps.append(("quality", lambda: _quality(model, name, corpus, opts, cfg, device, add)))
-        _density_over_training(Path(opts.model), name, add)
     for label, fn in tqdm(steps, desc="bdh", disable=not opts.progress, leave=False):
         log.info("bdh bench: %s", label)
         fn()
