@@ -169,7 +169,7 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
     for d in ("out", "in"):
         print(
             f"{d:>5}-degree  max {summary[f'{d}_max']:.0f}  median {summary[f'{d}_median']:.0f}  "
-            f"mean {summary[f'{d}_mean']:.2f}  max/median {summary[f'{d}_max_over_median']:.2f}  "
+            f"mean {summary[f'{d}_mean']:.2f}  max/mean {summary[f'{d}_max_over_mean']:.1f}  "
             f"log-log CCDF slope {summary[f'{d}_ccdf_slope']:.2f}"
         )
     for k, v in summary.items():

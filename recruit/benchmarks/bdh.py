@@ -132,6 +132,12 @@ def _latency(cfg: BDHBenchConfig, device: torch.device, add) -> None:
         add(case, f"latency_ratio_vs_{_k(ref)}", ms / (statistics.median(times[model, ref]) * 1e3), "x")
 
 
+def _short(model: str) -> str:
+    """A checkpoint path's run name for a legend: ``runs/x/final`` -> ``x``."""
+    parts = [p for p in model.split("/") if p and p != "final"]
+    return parts[-1] if parts else model
+
+
 def load_bdh(path: str | Path, device: str | torch.device = "cpu") -> BDH:
     """Load a BDH checkpoint in eval mode; another model type is a :class:`RecruitError` naming it."""
     model_type, _ = read_config(path)
@@ -270,15 +276,19 @@ def section(records: list[Record]) -> str:
     if mem:
         parts.append(line_chart(mem, "state / KV cache size", "context (tokens)", "bytes", logx=True, logy=True))
     dens = [r for r in rs if r.metric in ("density_x", "density_y") and r.params.get("layer", "mean") != "mean"]
+    first = (dens[0].params.get("model"), "init" in dens[0].params) if dens else None
+    dens = [r for r in dens if (r.params.get("model"), "init" in r.params) == first]  # one run's bars
     if dens:
         dens.sort(key=lambda r: (int(r.params["layer"]), r.metric))
         labels = [f"L{r.params['layer']} {r.metric[-1]}" for r in dens]
         title = f"non-zero fraction per layer ({html.escape(dens[0].params.get('init', ''))} init)"
         parts.append(bar_chart(labels, [r.value for r in dens], title, "fraction non-zero"))
-    over: dict[str, list[tuple[int, float]]] = {}
+    over: dict[str, list[tuple[int, float]]] = {}  # a curve needs several evaluations: single points are dropped
     for r in rs:
         if r.metric.startswith("train_density_"):
-            over.setdefault(r.metric.removeprefix("train_"), []).append((int(r.params["step"]), r.value))
+            label = f"{_short(r.params.get('model', ''))} {r.metric.removeprefix('train_')}"
+            over.setdefault(label, []).append((int(r.params["step"]), r.value))
+    over = {k: v for k, v in over.items() if len(v) > 1}
     if over:
         curves = {k: tuple(map(list, zip(*sorted(v), strict=True))) for k, v in over.items()}
         parts.append(line_chart(curves, "activation density during training (validation batch, mean over layers)",
@@ -286,7 +296,8 @@ def section(records: list[Record]) -> str:
     ccdf: dict[str, list[tuple[int, float]]] = {}
     for r in rs:
         if r.metric == "graph_ccdf":
-            ccdf.setdefault(f"{r.params['direction']}-degree", []).append((int(r.params["degree"]), r.value))
+            label = f"{_short(r.params.get('model', ''))} {r.params['direction']}-degree"
+            ccdf.setdefault(label, []).append((int(r.params["degree"]), r.value))
     if ccdf:
         curves = {k: tuple(map(list, zip(*sorted(v), strict=True))) for k, v in ccdf.items()}
         parts.append(line_chart(curves, "neuron graph G = E·D_x: degree CCDF", "degree k", "fraction with degree ≥ k",

@@ -101,7 +101,8 @@ def section(records: list[Record]) -> str:
     if not rs:
         return ""
     ratios = [r for r in rs if r.metric == "bpb_ratio" and r.params.get("lang") == "mean"]
-    labels = [f"{r.case.split(',')[0]} {r.params['budget']}" for r in ratios]
+    labels = [f"{r.case.split('_vs_')[0].removeprefix('bdh-')} {r.params['budget'].removeprefix('equal-')}"
+              for r in ratios]  # fmt: skip
     parts = [
         "<p>BDH and the dense GPT of equal parameter count, trained by the same trainer on the same batches "
         "(<code>recruit bench bdh-compare</code>). A ratio below 1 means BDH compresses held-out text better."

@@ -40,7 +40,7 @@ class GraphDegrees:
         return int(self.out_degree.sum())
 
     def summary(self) -> dict[str, float]:
-        """``{out,in}_{max,median,mean,max_over_median,ccdf_slope}`` and ``edges``.
+        """``{out,in}_{max,median,mean,max_over_mean,ccdf_slope}`` and ``edges``.
 
         ``ccdf_slope`` is the least-squares slope of log10 P(D ≥ k) against log10 k over the positive
         degrees: a power law with exponent α gives about 1 − α; a binomial graph falls much more steeply.
@@ -52,7 +52,7 @@ class GraphDegrees:
                 f"{name}_max": float(deg.max()),
                 f"{name}_median": med,
                 f"{name}_mean": float(deg.mean()),
-                f"{name}_max_over_median": float(deg.max() / med) if med > 0 else math.nan,
+                f"{name}_max_over_mean": float(deg.max() / deg.mean()) if deg.mean() > 0 else 0.0,  # hubs
                 f"{name}_ccdf_slope": _ccdf_slope(deg),
             }
         return out
