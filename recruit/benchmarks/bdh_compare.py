@@ -103,8 +103,8 @@ def section(records: list[Record]) -> str:
     if not rs:
         return ""
     ratios = [r for r in rs if r.metric == "bpb_ratio" and r.params.get("lang") == "mean"]
-    labels = [f"{r.case.split('_vs_')[0].removeprefix('bdh-')} {r.params['budget'].removeprefix('equal-')}"
-              + (f" lr {r.params['bdh_lr']}" if "bdh_lr" in r.params else "") for r in ratios]  # fmt: skip
+    labels = [f"{r.case.split('_vs_')[0].removeprefix('bdh-')}\n{r.params['budget'].removeprefix('equal-')}"
+              + (f"\nlr {r.params['bdh_lr']}" if "bdh_lr" in r.params else "") for r in ratios]  # fmt: skip
     parts = [
         "<p>BDH and the dense GPT of equal parameter count, trained by the same trainer on the same batches "
         "(<code>recruit bench bdh-compare</code>). A ratio below 1 means BDH compresses held-out text better."
