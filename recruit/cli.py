@@ -202,10 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(dsubs, "info", cmd_data_info)
     p.add_argument("--name", default="debian", help="corpus name or directory")
 
-    p = _sub(subs, "train", cmd_train)
-    p.add_argument("--preset", help="training preset: gpt-nano, gpt-tiny, gpt-small")
-    p.add_argument("--config", help="JSON or TOML file of training config fields")
-    p.set_defaults(accepts_overrides=True)
+    add_train_args(_sub(subs, "train", cmd_train), "training preset: gpt-nano, gpt-tiny, gpt-small")
 
     p = _sub(subs, "eval", cmd_eval)
     p.add_argument("model", nargs="?", help="checkpoint directory (default: the shipped gpt-tiny)")
@@ -236,11 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default="report", help="output directory (default: report)")
             p.add_argument("--include", nargs="*", default=[], help="more record files to add to the page")
             p.add_argument("--markdown", help="also write the records as Markdown tables to this file")
-        p.add_argument("--corpus", default="debian")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
-        p.add_argument("--max-bytes", type=int, default=32768, help="held-out bytes scored per language")
+        add_measure_args(p)
     return parser
+
+
+def add_train_args(p: argparse.ArgumentParser, preset_help: str) -> None:
+    """The options of every training command: --preset, --config, and --FIELD VALUE overrides."""
+    p.add_argument("--preset", help=preset_help)
+    p.add_argument("--config", help="JSON or TOML file of training config fields")
+    p.set_defaults(accepts_overrides=True)
+
+
+def add_measure_args(p: argparse.ArgumentParser) -> None:
+    """The options every measuring command shares: corpus, device, quick mode, held-out bytes."""
+    p.add_argument("--corpus", default="debian")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
+    p.add_argument("--max-bytes", type=int, default=32768, help="held-out bytes scored per language")
 
 
 def _version() -> str:

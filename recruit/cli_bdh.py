@@ -196,7 +196,7 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
 
 def add_bdh_parser(subs) -> argparse.ArgumentParser:
     """Add ``bdh`` with its actions ``train``, ``generate`` and ``inspect`` to the subparsers ``subs``."""
-    from recruit.cli import _sub, add_generation_args
+    from recruit.cli import _sub, add_generation_args, add_train_args
 
     bdh = subs.add_parser(
         "bdh",
@@ -204,10 +204,10 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
         description="Train a BDH (Dragon Hatchling) model, generate with its recurrent form, look inside it.",
     )
     bsubs = bdh.add_subparsers(dest="bdh_command", metavar="ACTION")
-    p = _sub(bsubs, "train", cmd_bdh_train)
-    p.add_argument("--preset", help="BDH model preset (bdh-nano, bdh-tiny, bdh-ref) or training preset")
-    p.add_argument("--config", help="JSON or TOML file of training config fields")
-    p.set_defaults(accepts_overrides=True)
+    add_train_args(
+        _sub(bsubs, "train", cmd_bdh_train),
+        "BDH model preset (bdh-nano, bdh-mini, bdh-tiny, bdh-ref) or training preset",
+    )
 
     p = _sub(bsubs, "generate", cmd_bdh_generate)
     p.add_argument("checkpoint", help="BDH checkpoint directory (e.g. runs/bdh-tiny/final)")

@@ -91,23 +91,19 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
 
 def add_fff_parser(subs) -> None:
     """Add ``fff`` with its actions ``train``, ``bench`` and ``convert`` to the subparsers ``subs``."""
-    from recruit.cli import _sub
+    from recruit.cli import _sub, add_measure_args, add_train_args
 
     fff = subs.add_parser("fff", help="Fast Feedforward: train, benchmark, convert a dense GPT's MLPs",
                           description=(__doc__ or "").strip())  # fmt: skip
     fsubs = fff.add_subparsers(dest="fff_command", metavar="ACTION")
-    p = _sub(fsubs, "train", cmd_fff_train)
-    p.add_argument("--preset", help="training preset (gpt-nano, gpt-tiny, gpt-small; default gpt-tiny)")
-    p.add_argument("--config", help="JSON or TOML file of training config fields")
-    p.set_defaults(accepts_overrides=True)
+    add_train_args(
+        _sub(fsubs, "train", cmd_fff_train), "training preset (gpt-nano, gpt-tiny, gpt-small; default gpt-tiny)"
+    )
 
     p = _sub(fsubs, "bench", cmd_fff_bench)
     p.add_argument("--quality", action="store_true", help="dense vs FFF vs no MLP at equal budget (trains)")
     p.add_argument("--out", default="results", help="output directory (default: results)")
-    p.add_argument("--corpus", default="debian")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
-    p.add_argument("--max-bytes", type=int, default=32768, help="held-out bytes scored per language")
+    add_measure_args(p)
 
     p = _sub(fsubs, "convert", cmd_fff_convert)
     p.add_argument("model", nargs="?", help="GPT checkpoint directory (default: the shipped gpt-tiny)")
