@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from recruit.data.stream import eval_windows
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.errors import RecruitError
 from recruit.interp.stats import mann_whitney
-from recruit.models.bdh import BDH, rope, rope_tables
+from recruit.models.bdh import BDH
 
 WHICH = ("x", "y", "xy")
 
@@ -59,20 +58,14 @@ def activation_density(
 
 @torch.no_grad()
 def layer_activations(model: BDH, idx: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(layer, x, y)`` of the parallel form for ids (B, T); x and y are (B, h, T, N).
+    """Yield ``(layer, x, y)`` of the parallel form for ids (B, T); x and y are (B, h, T, N), before dropout.
 
-    Recomputed from the model's own per-layer streams (``return_hidden``) with the formulas of DESIGN.md:
-    ``x = ReLU(v·D_x)``, ``y = ReLU(LN((RoPE(x)·RoPE(x)ᵀ).tril(−1)·v)·D_y)``. Call in eval mode.
+    They are the model's own activations, observed during one forward pass (all layers are held at once).
+    Call in eval mode.
     """
-    cfg = model.config
-    _, hidden = model(idx, return_hidden=True)  # n_layer + 1 tensors (B, T, d)
-    cos, sin = rope_tables(torch.arange(idx.shape[1], device=idx.device), cfg.n_neurons, cfg.rope_theta)  # (T, N)
-    for layer, v in enumerate(hidden[:-1]):
-        x = F.relu(v.unsqueeze(1) @ model.encoder)  # (B, h, T, N)
-        xr = rope(x, cos, sin)  # (B, h, T, N)
-        a = (xr @ xr.mT).tril(-1) @ v.unsqueeze(1)  # (B, h, T, d)
-        y = F.relu(F.layer_norm(a, a.shape[-1:]) @ model.encoder_v)  # (B, h, T, N)
-        yield layer, x, y
+    acts: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    model(idx, observe=lambda i, x, y: acts.append((i, x, y)))
+    yield from acts
 
 
 @torch.no_grad()
@@ -89,15 +82,15 @@ def sentence_features(model: BDH, batch: torch.Tensor, which: str = "x", layer: 
         raise RecruitError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
     if layer is not None and not 0 <= layer < model.config.n_layer:
         raise RecruitError(f"layer must be in [0, {model.config.n_layer}), got {layer}")
-    acc = None
+    acc: list[torch.Tensor] = []
+
+    def collect(i: int, x: torch.Tensor, y: torch.Tensor) -> None:  # one layer at a time, nothing kept
+        if layer is None or i == layer:
+            acc.append({"x": x, "y": y, "xy": x * y}[which].mean(2))  # (B, h, N)
+
     with _evaluating(model):
-        for i, x, y in layer_activations(model, batch.to(model.lm_head.device)):
-            if layer is not None and i != layer:
-                continue
-            act = {"x": x, "y": y, "xy": x * y}[which].mean(2)  # (B, h, N)
-            acc = act if acc is None else acc + act
-    used = 1 if layer is not None else model.config.n_layer
-    return (acc.flatten(1) / used).cpu().double().numpy()  # (B, h*N), head-major
+        model(batch.to(model.lm_head.device), observe=collect)
+    return (sum(acc).flatten(1) / len(acc)).cpu().double().numpy()  # (B, h*N), head-major
 
 
 def _texts_features(model: BDH, texts: Sequence[str], which: str, layer: int | None, prefix: Sequence[int]):

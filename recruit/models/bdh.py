@@ -178,6 +178,8 @@ def _head_attention(x: torch.Tensor, v: torch.Tensor, c: torch.Tensor, s: torch.
 
 Attend = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """Attention of a layer: (x (B, h, T, N), v (B, T, d)) -> (B, h, T, d)."""
+Observe = Callable[[torch.Tensor, torch.Tensor], None]
+"""A look at a layer's neurons: (x, y), each (B, h, T, N), before dropout."""
 
 
 @dataclass
@@ -221,15 +223,18 @@ class BDH(RecruitModel):
         self.lm_head = nn.Parameter(torch.empty(d, V).normal_(std=0.02))  # untied (d, V)
         self.drop = nn.Dropout(config.dropout)
 
-    def _layer(self, v: torch.Tensor, attend: Attend, stats: list | None = None) -> torch.Tensor:
-        """One (shared-weight) layer: stream v (B, T, d) -> (B, T, d); ``attend(x, v)`` gives (B, h, T, d)."""
+    def _layer(self, v: torch.Tensor, attend: Attend, observe: Observe | None = None) -> torch.Tensor:
+        """One (shared-weight) layer: stream v (B, T, d) -> (B, T, d); ``attend(x, v)`` gives (B, h, T, d).
+
+        ``observe(x, y)``, when given, sees the layer's neurons x and y (B, h, T, N) before dropout.
+        """
         B, T, _ = v.shape
         x = F.relu(v.unsqueeze(1) @ self.encoder)  # (B, h, T, N)
         a = _ln(attend(x, v))  # (B, h, T, d)
         y = F.relu(a.to(v.dtype) @ self.encoder_v)  # (B, h, T, N)
         xy = self.drop(x * y)  # (B, h, T, N)
-        if stats is not None:
-            stats.append({k: (t != 0).float().mean().item() for k, t in (("x", x), ("y", y), ("xy", x * y))})
+        if observe is not None:
+            observe(x, y)
         out = xy.transpose(1, 2).reshape(B, T, -1) @ self.decoder  # (B, T, h*N) @ (h*N, d) -> (B, T, d)
         return _ln(v + _ln(out))
 
@@ -251,15 +256,18 @@ class BDH(RecruitModel):
         return _ln(v + _ln(out))
 
     def forward(
-        self, idx: torch.Tensor, return_hidden: bool = False, stats: list | None = None
+        self,
+        idx: torch.Tensor,
+        return_hidden: bool = False,
+        observe: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Next-token logits of the parallel form.
 
         Args:
             idx: (B, T) token ids, T <= ``max_seq_len``.
             return_hidden: Also return the stream after the embedding norm and after each layer.
-            stats: If given, one dict per layer is appended with the fraction of non-zero x, y and x⊙y
-                (this runs the reference form).
+            observe: If given, called as ``observe(layer, x, y)`` with each layer's neurons x and y
+                (B, h, T, N) before dropout (this runs the reference form, which keeps all heads together).
 
         Returns:
             logits (B, T, V); with ``return_hidden`` also a list of ``n_layer + 1`` tensors (B, T, d).
@@ -271,13 +279,15 @@ class BDH(RecruitModel):
         cos, sin = rope_tables(torch.arange(T, device=idx.device), cfg.n_neurons, cfg.rope_theta)  # (T, N) each
         v = _ln(self.embed(idx))  # (B, T, d)
         hidden = [v]
-        fast = cfg.impl == "fast" and stats is None
-        c, s = cos[:, ::2].contiguous(), sin[:, ::2].contiguous()  # (T, N/2): one angle per neuron pair
-        for _ in range(cfg.n_layer):
+        fast = cfg.impl == "fast" and observe is None
+        if fast:
+            c, s = cos[:, ::2].contiguous(), sin[:, ::2].contiguous()  # (T, N/2): one angle per neuron pair
+        for i in range(cfg.n_layer):
             if fast:
                 v = self._layer_fast(v, c, s)
             else:
-                v = self._layer(v, partial(_causal_attention, cos=cos, sin=sin), stats)
+                seen = None if observe is None else partial(observe, i)
+                v = self._layer(v, partial(_causal_attention, cos=cos, sin=sin), seen)
             hidden.append(v)
         logits = v @ self.lm_head  # (B, T, V)
         return (logits, hidden) if return_hidden else logits
@@ -285,9 +295,13 @@ class BDH(RecruitModel):
     @torch.no_grad()
     def forward_with_stats(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[float]]]:
         """Logits (B, T, V) and, per layer, the fraction of non-zero neurons: keys ``x``, ``y``, ``xy``."""
-        per_layer: list[dict[str, float]] = []
-        logits = self(idx, stats=per_layer)
-        return logits, {k: [s[k] for s in per_layer] for k in ("x", "y", "xy")}
+        per_layer: dict[str, list[float]] = {"x": [], "y": [], "xy": []}
+
+        def count(_: int, x: torch.Tensor, y: torch.Tensor) -> None:
+            for k, t in (("x", x), ("y", y), ("xy", x * y)):
+                per_layer[k].append((t != 0).float().mean().item())
+
+        return self(idx, observe=count), per_layer
 
     @torch.no_grad()
     def held_out_stats(self, idx: torch.Tensor) -> dict[str, float]:
