@@ -3,6 +3,7 @@
 #
 #   OUT=DIR bash benchmarks/device_session.sh          # on the GPU machine (the device tool sets OUT)
 #   DEVICE=cpu QUICK=1 OUT=/tmp/dry bash benchmarks/device_session.sh   # dry run of the script here
+#   BDH=0 OUT=DIR bash benchmarks/device_session.sh    # FFF and the GPU tests only (about 2 minutes)
 #
 # Records land in $OUT/bdh-speed.jsonl and $OUT/fff.jsonl (copy them to results/ and rebuild docs/results.md);
 # logs in $OUT/session.log. Each step has its own time limit so that one slow step cannot eat the others.
@@ -35,10 +36,10 @@ step() {  # step NAME LIMIT_S COMMAND...
 
 step fff "${FFF_LIMIT:-200}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
 if [ "$DEVICE" = cuda ]; then
-  step gpu-tests 100 $py -m pytest -m gpu -q -p no:cacheprovider tests/test_fff_kernels.py tests/test_bdh_speed.py
+  step gpu-tests 150 $py -m pytest -m gpu -q -p no:cacheprovider tests/
 fi
 # bdh-speed, with the fast form also compiled in max-autotune mode (BDH_MODES='' leaves that out)
-step bdh-speed "${BDH_LIMIT:-$((470 - SECONDS))}" $py -c "
+[ "${BDH:-1}" = 0 ] || step bdh-speed "${BDH_LIMIT:-$((470 - SECONDS))}" $py -c "
 import os, sys
 from recruit.benchmarks import BenchOptions
 from recruit.benchmarks.bdh_speed import CPU, QUICK, SpeedConfig, run

@@ -15,7 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from torch.utils import flop_counter
 
 from recruit.data.stream import eval_windows
 from recruit.errors import RecruitError
+
+T = TypeVar("T")
 
 LN2 = math.log(2.0)
 
@@ -225,6 +227,26 @@ def time_fn(
     return Timing(statistics.median(times), q[0], q[-1], len(times))
 
 
+def capture_cuda_graph(fn: Callable[[], T], device: str | torch.device, warmup: int = 2) -> tuple[Any, T]:
+    """Capture ``fn()`` in a CUDA graph, after ``warmup`` runs of it on a side stream.
+
+    Compilation, the allocator and library handles settle during the warm-up, as capture requires.
+    Returns the ``torch.cuda.CUDAGraph`` and what ``fn`` returned during capture: static tensors that
+    every ``graph.replay()`` overwrites. ``fn``'s inputs must likewise be static tensors, updated in place.
+    """
+    device = torch.device(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def time_cuda_graph(fn: Callable[[int], Any], device: str | torch.device, calls: int = 16, repeats: int = 5) -> Timing:
     """GPU time per call of ``fn(i)``, i = 0..calls−1, captured back to back in one CUDA graph and replayed.
 
@@ -232,17 +254,12 @@ def time_cuda_graph(fn: Callable[[int], Any], device: str | torch.device, calls:
     single call (which dominates sub-10 µs kernels); ``fn(i)`` should read a distinct input per ``i`` so that
     calls do not find each other's data in cache. Statistics are over ``repeats`` replays of the graph.
     """
-    device = torch.device(device)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm-up: compilation, allocator, library handles
-        for i in range(min(calls, 3)):
-            fn(i)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+
+    def all_calls() -> None:
         for i in range(calls):
             fn(i)
+
+    graph, _ = capture_cuda_graph(all_calls, device, warmup=1)
     graph.replay()
     sync(device)
     times = []

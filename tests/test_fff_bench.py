@@ -20,3 +20,18 @@ def test_fff_speed_bench_records_are_consistent():
         ratio = [r.value for r in sel if r.metric == "flops_ratio"][0]
         assert ratio == pytest.approx((case.depth + 1) / 2 ** (case.depth + 1))
     assert "speed-up" in section(recs)
+
+
+def test_agree_counts_tokens_not_elements():
+    import torch
+
+    from recruit.benchmarks.fff_speed import _agree
+
+    expect = torch.arange(40.0).reshape(10, 4)
+    got = expect.clone()
+    assert _agree(got, expect) == 1.0
+    got[3, 1] += 1.0  # within 5% of the largest |output| (39): still the same function
+    assert _agree(got, expect) == 1.0
+    got[7] = -got[7]  # one token routed elsewhere
+    assert _agree(got, expect) == pytest.approx(0.9)
+    assert _agree(got[:0], expect[:0]) == 1.0

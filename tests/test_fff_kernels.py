@@ -155,15 +155,19 @@ def test_package_imports_and_infers_without_triton(cpu_built):
 
 # ---- Triton ----------------------------------------------------------------------------------------
 TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small blocks: several masked chunks)
-    (0, 1, 1, 5, 3, {}),  # small-batch defaults: spec 4 on a single level
-    (14, 1, 3, 8, 5, {}),  # 15 levels in routing steps of 4, 4, 4, 3
+    (0, 1, 1, 5, 3, {}),  # small-batch defaults on a single level
+    (14, 1, 3, 8, 5, {}),  # 15 levels in routing steps of 2, the last one of a single level
     (5, 3, 3, 20, 9, dict(spec=3, block_d=16)),  # 6 levels = 3 + 3, two feature chunks
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
-    (2, 1, 65, 4, 3, {}),  # large-batch defaults: spec 1, 4 tokens per program
+    (2, 1, 65, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
+    (9, 1, 67, 8, 5, {}),  # large-batch defaults: top 8 levels by GEMM, 2 gathered, 2 tokens per program
+    (6, 2, 66, 9, 5, dict(top=0)),  # the plain walk, 4 tokens per program
+    (6, 1, 70, 9, 9, dict(spec=4)),  # 7 levels = 4 + 3 at a large batch
     (5, 2, 70, 24, 10, dict(top=3)),  # the top 3 levels of both trees routed by GEMM, then 3 gathered
+    (5, 2, 7, 24, 10, dict(top=3, spec=2)),  # the same at a small batch
     (4, 1, 6, 16, 7, dict(top=5, spec=2)),  # every level routed by GEMM: the kernel only looks up
-    (3, 3, 2, 11, 5, dict(top=1, spec=3, block_d=16)),  # one dense level, three trees, masked chunks
+    (3, 3, 2, 11, 37, dict(top=1, spec=3, block_d=16, block_o=16)),  # 3 column tiles
 ]
 TRITON_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 INTERPRET = """

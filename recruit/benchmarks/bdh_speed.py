@@ -7,7 +7,10 @@
    :mod:`recruit.models.bdh` as the oracle) and for the fast form (``impl="fast"``), each eager and under
    ``torch.compile`` (the reference trainer compiles its model). Same weights, same batch, bf16 autocast on
    CUDA, fp32 on the CPU. ``train_speedup`` = fast ÷ the faster of the reference's two variants (so the
-   baseline gets its best), and ``peak_memory_ratio`` is taken against that same variant.
+   baseline gets its best), and ``peak_memory_ratio`` is taken against that same variant. Peak memory on
+   CUDA is the whole allocation peak of a step (weights, optimiser state, batch, activations), the figure
+   the issue quotes for the reference code; on the CPU, where the process's resident set holds much else,
+   it is what one step adds (:func:`recruit.measure.peak_memory`).
 2. **Generation** at contexts 1k and 8k: ms per new token of the recurrent form (state filled to the context,
    eager and replayed from a CUDA graph) against re-running the whole prefix through the parallel form, as
    the reference's ``generate`` does (bf16 autocast on CUDA; the faster of the two parallel forms).

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recruit.errors import RecruitError
+from recruit.measure import capture_cuda_graph
 from recruit.models.base import RecruitModel, register_model
 from recruit.models.sampling import check_sampling, decode_loop
 
@@ -350,15 +351,7 @@ class BDH(RecruitModel):
         tok = torch.zeros(B, 1, dtype=torch.long, device=dev)  # static inputs of the graph
         pos = torch.zeros(1, dtype=torch.long, device=dev)
         saved = [S.clone() for S in state.synapses]  # warm-up runs write into the synapses
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # allocator and library handles settle before capture
-                self._chunk_at(tok, pos, state)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = self._chunk_at(tok, pos, state)  # (B, V), static output
+        graph, logits = capture_cuda_graph(lambda: self._chunk_at(tok, pos, state), dev)  # (B, V) static
         for S, S0 in zip(state.synapses, saved, strict=True):
             S.copy_(S0)
 

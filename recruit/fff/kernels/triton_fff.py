@@ -1,15 +1,17 @@
 """The fused FFF inference kernel in Triton: every level of every tree in one launch.
 
-One program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. It first walks the trees
-for its tokens, writing the visited rows and their GELU values to a small scratch buffer, then accumulates
-its output slice from the visited ``w_out_t`` rows in ``BLOCK_O`` chunks (registers would hold the path
-replicated across a warp's lanes, and spill). A routing step evaluates ``SPEC``
-levels at once: all 2^SPEC − 1 nodes of the subtree below each token's current node (gather their ``w_in``
-rows in ``BLOCK_D`` chunks, dot with the token, add the biases), then walks the subtree in registers. SPEC = 1
-reads only the path; larger SPEC cuts the chain of dependent loads (latency, what limits small batches) by
-SPEC for (2^SPEC − 1) / SPEC times the routing reads. Rows are contiguous along the feature dimension, so
-each token's chunk of a row is one coalesced segment. All arithmetic is float32 whatever the storage dtype
-(float32, float16, bfloat16); the output has the dtype of ``x``.
+One program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. A routing step evaluates
+``SPEC`` levels at once: all 2^SPEC − 1 nodes of the subtree below each token's current node (gather their
+``w_in`` rows in ``BLOCK_D`` chunks, dot with the token, add the biases), then walks the subtree in
+registers. SPEC = 1 reads only the path; larger SPEC cuts the chain of dependent loads (latency, what limits
+small batches) by SPEC for (2^SPEC − 1) / SPEC times the routing reads. Rows are contiguous along the
+feature dimension, so each token's chunk of a row is one coalesced segment. All arithmetic is float32
+whatever the storage dtype (float32, float16, bfloat16); the output has the dtype of ``x``.
+
+The walk writes the visited rows and their GELU values to a small scratch buffer; the program then sums
+its output columns from those ``w_out_t`` rows, ``BLOCK_O`` at a time (registers would hold the path
+replicated across a warp's lanes, and spill; accumulating the output during the walk instead measured
+up to 2x slower on an H200).
 
 Small batches split the output columns over several programs so that the GPU fills up (each recomputes the
 routing, whose rows come from L2); large batches give each program all columns so that routing runs once.
@@ -26,8 +28,13 @@ import triton
 import triton.language as tl
 
 SMALL_BATCH = 64  # up to this many tokens the default launch favours latency over bandwidth
-TOP_LEVELS = 0  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``)
+TOP_LEVELS = 8  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``)
 _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM of an H100)
+
+
+@triton.jit
+def _gelu(a):
+    return 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
 
 
 @triton.jit
@@ -40,7 +47,7 @@ def _fff_kernel(
     path_row_ptr,  # (splits, B, K·(LEVELS − TOP)) int32 scratch: the visited global rows below the top
     path_gelu_ptr,  # (splits, B, K·(LEVELS − TOP)) float32 scratch: GELU of their pre-activations
     top_logit_ptr,  # (B, K·TOP_W) pre-activations of every top node (a GEMM's output); unused if TOP = 0
-    top_act_ptr,  # (B, K·TOP_W) zeros in; the GELU of each visited top node out (the rest stay 0)
+    top_act_ptr,  # (B, K·TOP_W) out: the GELU of each visited top node, 0 for the others
     B,
     D_IN,
     D_OUT,
@@ -50,6 +57,7 @@ def _fff_kernel(
     LEVELS: tl.constexpr,  # depth + 1
     TOP: tl.constexpr,  # levels routed from the precomputed top pre-activations (0 ≤ TOP ≤ LEVELS)
     TOP_W: tl.constexpr,  # columns per tree in the top tables: 2^TOP (aligned) or 2^TOP − 1 when TOP = LEVELS
+    TOP_P: tl.constexpr,  # next power of two ≥ TOP_W
     SPEC: tl.constexpr,  # levels per routing step
     SUB: tl.constexpr,  # next power of two ≥ 2^SPEC − 1
     BLOCK_B: tl.constexpr,
@@ -74,15 +82,23 @@ def _fff_kernel(
     # Routing: walk every tree for this block of tokens, SPEC levels per step.
     for k in range(N_TREES):
         node = tl.zeros((BLOCK_B,), dtype=tl.int64)  # heap index within tree k of this step's root
-        for _ in tl.static_range(TOP):  # the top levels: look the pre-activations up, record the GELU
-            top = tok64 * (N_TREES * TOP_W) + k * TOP_W + node  # (BLOCK_B,)
-            a = tl.load(top_logit_ptr + top, mask=tok_mask, other=0.0).to(tl.float32)
-            g = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
-            tl.store(top_act_ptr + top, g.to(top_act_ptr.dtype.element_ty), mask=tok_mask)
-            node = 2 * node + 1 + (a > 0).to(tl.int64)
+        if TOP > 0:  # the top levels: one row of pre-activations per token, walked in registers
+            col = tl.arange(0, TOP_P)  # (TOP_P,)
+            top = tok64[:, None] * (N_TREES * TOP_W) + k * TOP_W + col[None, :]  # (BLOCK_B, TOP_P)
+            top_mask = tok_mask[:, None] & (col < TOP_W)[None, :]
+            a_top = tl.load(top_logit_ptr + top, mask=top_mask, other=0.0).to(tl.float32)
+            seen = tl.zeros((BLOCK_B, TOP_P), dtype=tl.int32)
+            for _ in tl.static_range(TOP):
+                hit = col[None, :] == node[:, None]  # (BLOCK_B, TOP_P)
+                seen += hit.to(tl.int32)
+                a = tl.sum(tl.where(hit, a_top, 0.0), axis=1)  # (BLOCK_B,)
+                node = 2 * node + 1 + (a > 0).to(tl.int64)
+            g_top = tl.where(seen > 0, _gelu(a_top), 0.0)
+            tl.store(top_act_ptr + top, g_top.to(top_act_ptr.dtype.element_ty), mask=top_mask)
         for first in range(TOP, LEVELS, SPEC):  # the step's first level
             rows = k * N_NODES + node[:, None] * lane_scale[None, :] + lane[None, :]  # (BLOCK_B, SUB)
             live = tok_mask[:, None] & (lane_real & (first + lane_depth < LEVELS))[None, :]  # (BLOCK_B, SUB)
+            bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
             acc = tl.zeros((BLOCK_B, SUB, BLOCK_D), dtype=tl.float32)
             for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):  # unrolled: more loads in flight
                 d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
@@ -92,14 +108,13 @@ def _fff_kernel(
                 w_off = rows[:, :, None] * D_IN + d[None, None, :]  # (BLOCK_B, SUB, BLOCK_D)
                 wv = tl.load(w_in_ptr + w_off, mask=live[:, :, None] & d_ok, other=0.0)
                 acc += xv.to(tl.float32) * wv.to(tl.float32)
-            bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
             logits = tl.sum(acc, axis=2) + bias  # (BLOCK_B, SUB)
             j = tl.zeros((BLOCK_B,), dtype=tl.int64)  # local heap index of the node at this level
             for r in tl.static_range(SPEC):
                 pick = lane[None, :] == j[:, None]  # (BLOCK_B, SUB)
                 a = tl.sum(tl.where(pick, logits, 0.0), axis=1)  # (BLOCK_B,)
                 row = tl.sum(tl.where(pick, rows, 0), axis=1)  # (BLOCK_B,)
-                g = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
+                g = _gelu(a)
                 keep = tok_mask & (first + r < LEVELS)
                 slot = path + k * PATH + first - TOP + r  # (BLOCK_B,)
                 tl.store(path_row_ptr + slot, row.to(tl.int32), mask=keep)
@@ -149,18 +164,18 @@ def fff_triton(
 
     The launch parameters default to two regimes, picked from a sweep on an H200 (``recruit bench fff``
     records every configuration it tries): up to ``SMALL_BATCH`` tokens the walk is latency-bound (``spec``
-    2, one token per program, 8 warps, the output columns split over programs), beyond it bandwidth-bound
-    (``spec`` 1, 4 tokens per program, 8 warps).
+    2, one token per program, the output columns split over programs; 4 warps for rows of at most 1024
+    features, 8 above), beyond it bandwidth-bound (the top ``TOP_LEVELS`` levels routed densely, then
+    ``spec`` 1 with 8 tokens per program, 2 up to 1024 tokens).
 
-    ``top`` > 0 routes the first ``top`` levels densely: one GEMM computes the pre-activations of all
-    2^top − 1 top nodes of every tree for every token, the kernel walks those levels by table look-up
-    (writing the GELU of the visited nodes into an otherwise-zero matrix), gathers rows only below them,
-    and a second GEMM adds the top nodes' output. The top nodes are shared by all tokens, so for large
-    batches this trades a little arithmetic (2^top − 1 instead of ``top`` neurons per token) for far
-    fewer dependent gathers. The result is the same function (routing decisions come from the same signs).
-    It is off by default: on an H200 every ``top`` > 0 measured slower than the plain walk (hidden 4096,
-    depth 13: 0.23–2.4 ms against 0.185 ms at 4096 tokens), in a first version whose odd GEMM widths
-    (2^top − 1) hit cuBLAS's slow path; the tables are aligned to 2^top columns since, not yet re-measured.
+    ``top`` > 0 routes the first ``top`` levels densely: one GEMM computes the pre-activations of the
+    2^top − 1 top nodes of every tree for every token, the kernel loads each token's row of them once and
+    walks those levels in registers (writing the GELU of the visited nodes, 0 elsewhere), gathers rows only
+    below them, and a second GEMM adds the top nodes' output. The top nodes are shared by all tokens, so
+    for large batches this trades a little arithmetic (2^top − 1 instead of ``top`` neurons per token) for
+    fewer gathered rows. The result is the same function (routing decisions come from the same signs, up
+    to pre-activations within float rounding of 0). The tables are 2^top columns wide: an odd GEMM width
+    (2^top − 1) sends cuBLAS down a slow path. ``TOP_LEVELS`` is the default for large batches.
 
     Args:
         x: Token features, (B, D_in), float32 / float16 / bfloat16.
@@ -200,13 +215,13 @@ def fff_triton(
     top = min(TOP_LEVELS if not small else 0, depth + 1) if top is None else top
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
     sub = triton.next_power_of_2(2**spec - 1)
-    block_b = block_b or (1 if small else 4)
+    block_b = block_b or (1 if small else 4 if not top else 2 if n <= 1024 else 8)
     wide = 2 if x.element_size() == 2 else 1  # 16-bit storage: twice the elements in the same registers
     block_d = block_d or _pow2(d_in, (4096 * wide) // (block_b * sub) if small else 256 * wide)
-    block_o = block_o or _pow2(d_out, (512 if small else 256) * wide)
-    num_warps = num_warps or 8
-    unroll = unroll or (4 if small else 2)
+    num_warps = num_warps or (4 if small and d_in <= 1024 else 8)
+    unroll = unroll or 4
     token_programs = triton.cdiv(n, block_b)
+    block_o = block_o or _pow2(d_out, (512 if small else 256) * wide)
     col_blocks = triton.cdiv(d_out, block_o)
     splits = max(1, min(col_blocks, _PROGRAMS // token_programs))  # output-column programs per token block
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
@@ -221,11 +236,12 @@ def fff_triton(
         w_top = w_in.view(n_trees, m, d_in)[:, :top_w].reshape(n_trees * top_w, d_in)  # (K·top_w, D_in)
         b_top = b_in.view(n_trees, m)[:, :top_w].reshape(n_trees * top_w)
         top_logits = torch.addmm(b_top, x, w_top.t())  # (B, K·top_w); signs as exact as the kernel's dots
-        top_act = torch.zeros(n, n_trees * top_w, dtype=x.dtype, device=x.device)
+        top_act = torch.empty(n, n_trees * top_w, dtype=x.dtype, device=x.device)  # every entry written
     _fff_kernel[grid](
         x, w_in, b_in, w_out_t, out, path_rows, path_gelu, top_logits, top_act, n, d_in, d_out, m,
-        cols_per_program, N_TREES=n_trees, LEVELS=depth + 1, TOP=top, TOP_W=top_w, SPEC=spec, SUB=sub,
-        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll, num_warps=num_warps,
+        cols_per_program, N_TREES=n_trees, LEVELS=depth + 1, TOP=top, TOP_W=top_w,
+        TOP_P=triton.next_power_of_2(top_w), SPEC=spec, SUB=sub, BLOCK_B=block_b, BLOCK_D=block_d,
+        BLOCK_O=block_o, UNROLL=unroll, num_warps=num_warps,
     )  # fmt: skip
     if top:
         w_out_top = w_out_t.view(n_trees, m, d_out)[:, :top_w].reshape(n_trees * top_w, d_out)
