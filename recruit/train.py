@@ -188,7 +188,8 @@ class Trainer:
         train_tokens: (N,) token ids to sample training windows from.
         val_tokens: (M,) held-out token ids for periodic evaluation.
         model: The model; built from ``cfg.model``/``cfg.model_args`` when omitted.
-        extra_losses: Loss terms added to the LM loss (logged under their names).
+        extra_losses: Loss terms added to the LM loss (logged under their names), besides those the model
+            asks for itself (``model.loss_terms()``, e.g. the FFF hardening loss in soft mode).
         progress: Show a progress bar.
     """
 
@@ -213,6 +214,8 @@ class Trainer:
         self.stream = TokenStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
         self.val = eval_windows(val_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T + 1)
         self.extra_losses = list(extra_losses or [])
+        named = {t.name for t in self.extra_losses}  # the model's own terms (its regularisers), unless given
+        self.extra_losses += [t for t in getattr(self.model, "loss_terms", list)() if t.name not in named]
         self.progress = progress
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]

@@ -77,6 +77,20 @@ def test_extra_loss_terms_are_added_and_logged(tmp_path, tokens):
     assert L2.entered == L2.exited == 1
 
 
+def test_model_asks_for_its_own_loss_terms(tmp_path, tokens):
+    """A soft-mode FFF GPT with a hardening weight gets the hardening loss without the caller passing it."""
+    soft = {"model.mlp": "fff", "model.fff_depth": 3, "model.fff_mode": "soft"}
+    tr = Trainer(nano(tmp_path, max_steps=2, **soft, **{"model.fff_hardening": 0.5}), tokens, tokens[:2000],
+                 progress=False)  # fmt: skip
+    assert [t.name for t in tr.extra_losses] == ["fff_hardening"]
+    tr.fit()
+    assert tr.history[-1]["fff_hardening"] > 0
+    plain = Trainer(nano(tmp_path / "b", max_steps=1, **soft), tokens, tokens[:2000], progress=False)
+    assert plain.extra_losses == []
+    with pytest.raises((ValueError, RecruitError), match="fff_hardening"):
+        make_config("gpt-nano", overrides={**soft, "model.fff_mode": "hard", "model.fff_hardening": 0.5})
+
+
 def test_schedule_warms_up_then_decays():
     cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     lrs = [lr_at(cfg, s) for s in range(100)]

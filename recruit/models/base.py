@@ -47,6 +47,10 @@ class RecruitModel(nn.Module):
         super().__init__()
         self.config = config
 
+    def loss_terms(self) -> list:
+        """Loss terms (:class:`recruit.train.LossTerm`) that this model asks the trainer to add; none by default."""
+        return []
+
     def num_params(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

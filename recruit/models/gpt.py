@@ -35,6 +35,7 @@ class GPTConfig:
     fff_depth: int = 0  # FFF tree depth; 0 means the depth whose 2^(D+1)-1 nodes come closest below d_ff
     fff_trees: int = 1  # FFF parallel trees K
     fff_mode: Literal["hard", "soft"] = "hard"  # FFF training: masked hard routing or soft mixture
+    fff_hardening: float = 0.0  # soft mode: weight of each FFF's entropy hardening loss (added by the Trainer)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     max_seq_len: int = 512  # longest sequence (prompt + generated) the model accepts
     rope_theta: float = 10000.0
@@ -62,6 +63,8 @@ class GPTConfig:
             self.fff_depth = max(0, (self.d_ff + 1).bit_length() - 2)  # 512 -> 8 (511 nodes)
         if self.fff_depth < 0 or self.fff_trees < 1 or self.fff_mode not in ("hard", "soft"):
             raise ValueError("need fff_depth >= 0, fff_trees >= 1 and fff_mode 'hard' or 'soft'")
+        if self.fff_hardening < 0 or (self.fff_hardening > 0 and self.fff_mode != "soft"):
+            raise ValueError(f"fff_hardening must be >= 0 and needs fff_mode 'soft', got {self.fff_hardening}")
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -192,7 +195,7 @@ def make_mlp(cfg: GPTConfig) -> nn.Module:
     if cfg.mlp == "fff":
         from recruit.fff.fff import FastFeedForward  # imported here: recruit.fff builds on this module
 
-        return FastFeedForward(cfg.d_model, cfg.d_model, cfg.fff_depth, cfg.fff_trees, cfg.fff_mode)
+        return FastFeedForward(cfg.d_model, cfg.d_model, cfg.fff_depth, cfg.fff_trees, cfg.fff_mode, cfg.fff_hardening)
     if cfg.mlp == "none":
         from recruit.fff.convert import ZeroFF
 
@@ -248,6 +251,13 @@ class GPT(RecruitModel):
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith(("o_proj.weight", "fc_out.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def loss_terms(self) -> list:
+        """The FFF hardening loss when any FFF in the model has a hardening weight (soft mode)."""
+        from recruit.fff.fff import FastFeedForward, HardeningLoss
+
+        hard = any(isinstance(m, FastFeedForward) and m.config.hardening > 0 for m in self.modules())
+        return [HardeningLoss()] if hard else []
 
     @staticmethod
     def _init(m: nn.Module) -> None:
