@@ -282,3 +282,38 @@ def test_trainer_lowers_the_loss(tmp_path, tokens):
     dens = {k: tr.history[-1][k] for k in ("density_x", "density_y", "density_xy")}  # logged at each evaluation
     assert all(0 < v <= 1 for v in dens.values()) and dens["density_xy"] <= min(dens["density_x"], dens["density_y"])
     assert "density_x" in (tmp_path / "run/log.csv").read_text().splitlines()[0]
+
+
+def test_activity_penalty_is_the_mean_activity_in_both_forms():
+    idx = torch.randint(0, 288, (2, 12))
+    fast = nano(activity_l1=0.5).train()
+    ref = nano(activity_l1=0.5, impl="reference").train()
+    ref.load_state_dict(fast.state_dict())
+    xs, ys = [], []
+    ref.eval()
+    ref(idx, observe=lambda i, x, y: (xs.append(x.mean()), ys.append(y.mean())))
+    expect = 0.5 * (torch.stack(xs) + torch.stack(ys)).mean()
+    for model in (fast, ref.train()):
+        model(idx)
+        torch.testing.assert_close(model.activity_loss(), expect)
+    with torch.no_grad():
+        fast.eval()(idx)
+    with pytest.raises(RecruitError, match="activity_loss needs"):
+        fast.activity_loss()  # an eval forward collects nothing
+    assert nano().loss_terms() == [] and [t.name for t in fast.loss_terms()] == ["bdh_activity"]
+    with pytest.raises(ValueError, match="activity_l1"):
+        BDHConfig(activity_l1=-1.0)
+
+
+def test_activity_penalty_trains_sparser(tmp_path, tokens):
+    """Same steps and seed, with and without the penalty: the penalised run ends with fewer active neurons."""
+    dens = {}
+    for w in (0.0, 1.0):
+        over = {"model": "bdh-nano", "model.dropout": 0.0, "model.activity_l1": w, "out_dir": str(tmp_path / f"r{w}"),
+                "max_steps": 30, "batch_size": 4, "seq_len": 32, "warmup_steps": 2, "lr": 1e-2, "eval_every": 30,
+                "eval_windows": 4, "ckpt_every": 30, "log_every": 5}  # fmt: skip
+        tr = Trainer(make_config(None, overrides=over), tokens, tokens[:2000], progress=False)
+        tr.fit()
+        dens[w] = tr.history[-1]["density_x"]
+        assert ("bdh_activity" in tr.history[-2]) == (w > 0)
+    assert dens[1.0] < dens[0.0]

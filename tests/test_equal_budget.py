@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from recruit.benchmarks import BenchOptions, bdh_compare, fff_quality
+from recruit.benchmarks import BenchOptions, bdh_compare, bdh_sparsity, fff_quality
 
 
 @pytest.fixture
@@ -39,3 +39,18 @@ def test_fff_quality_three_arms(opts, tmp_path):
     assert metric(recs, "density", ff="fff") == pytest.approx(7 / 127)  # gpt-nano: depth 6, 127 nodes, 7 on a path
     params = {ff: metric(recs, "params", ff=ff) for ff in ("dense", "fff", "none")}
     assert params["none"] < params["dense"] and abs(params["fff"] - params["dense"]) / params["dense"] < 0.05
+
+
+def test_bdh_sparsity_penalised_run_against_the_plain_one(opts, tmp_path):
+    cfg = dataclasses.replace(bdh_sparsity.QUICK, out_dir=str(tmp_path / "runs"), eval_bytes=512, weights=(3.0,))
+    recs = bdh_sparsity.run(opts, cfg)
+    plain = metric(recs, "bpb", activity_l1="0", lang="mean")
+    penalised = metric(recs, "bpb", activity_l1="3", lang="mean")
+    assert plain != penalised  # two models were trained
+    assert metric(recs, "bpb_ratio", activity_l1="3_vs_0", lang="mean") == pytest.approx(penalised / plain)
+    x = [r for r in recs if r.metric == "density" and r.params["neurons"] == "x"]
+    layers = [r for r in x if r.params["activity_l1"] == "0"]
+    assert len(layers) == 2 + 1 and all(0 <= r.value <= 1 for r in layers)  # bdh-nano: 2 layers, and the mean
+    assert "activity_l1" in bdh_sparsity.section(recs)
+    with pytest.raises(ValueError, match="weights"):
+        bdh_sparsity.SparsityConfig(weights=(0.0,))

@@ -43,6 +43,7 @@ class BDHConfig:
     rope_theta: float = 2.0**16  # RoPE base over the N neurons
     max_seq_len: int = 4096  # longest sequence of the parallel form; the recurrent form has no limit
     impl: str = "fast"  # parallel form: "fast" (per-head GEMMs, symmetric backward) or "reference" (Appendix E)
+    activity_l1: float = 0.0  # training: weight of the mean activity of x and y (an L1 sparsity penalty; 0 = off)
 
     def __post_init__(self) -> None:
         if self.n_neurons == 0 and self.n_head > 0:
@@ -60,6 +61,8 @@ class BDHConfig:
             raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
         if self.impl not in ("fast", "reference"):
             raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
+        if self.activity_l1 < 0:
+            raise ValueError(f"activity_l1 must be >= 0, got {self.activity_l1}")
 
 
 BDH_PRESETS: dict[str, dict] = {
@@ -223,6 +226,21 @@ class BDH(RecruitModel):
         nn.init.normal_(self.embed.weight, std=0.02)
         self.lm_head = nn.Parameter(torch.empty(d, V).normal_(std=0.02))  # untied (d, V)
         self.drop = nn.Dropout(config.dropout)
+        self._activity: list[torch.Tensor] | None = None  # filled by a training forward when activity_l1 > 0
+
+    def loss_terms(self) -> list:
+        """:class:`ActivityL1` when the config sets ``activity_l1`` > 0."""
+        return [ActivityL1()] if self.config.activity_l1 > 0 else []
+
+    def activity_loss(self) -> torch.Tensor:
+        """``activity_l1`` × the mean over layers (and heads) of mean(x) + mean(y) in the last training forward.
+
+        x and y are non-negative (ReLU), so their mean is their L1 norm per entry: the penalty pulls
+        activations to exactly 0, the sparsity the paper reports (about 5% non-zero).
+        """
+        if not self._activity:
+            raise RecruitError("activity_loss needs a training forward with activity_l1 > 0 first")
+        return self.config.activity_l1 * torch.stack(self._activity).mean()
 
     def _layer(self, v: torch.Tensor, attend: Attend, observe: Observe | None = None) -> torch.Tensor:
         """One (shared-weight) layer: stream v (B, T, d) -> (B, T, d); ``attend(x, v)`` gives (B, h, T, d).
@@ -234,6 +252,8 @@ class BDH(RecruitModel):
         a = _ln(attend(x, v))  # (B, h, T, d)
         y = F.relu(a.to(v.dtype) @ self.encoder_v)  # (B, h, T, N)
         xy = self.drop(x * y)  # (B, h, T, N)
+        if self._activity is not None:
+            self._activity.append(x.mean() + y.mean())
         if observe is not None:
             observe(x, y)
         out = xy.transpose(1, 2).reshape(B, T, -1) @ self.decoder  # (B, T, h*N) @ (h*N, d) -> (B, T, d)
@@ -253,6 +273,8 @@ class BDH(RecruitModel):
             a = _ln(_head_attention(x, v, c, s))  # (B, T, d)
             y = F.relu(a.to(v.dtype) @ self.encoder_v[j])  # (B, T, N)
             o = self.drop(x * y) @ self.decoder[j * N : (j + 1) * N]  # (B, T, N) @ (N, d) -> (B, T, d)
+            if self._activity is not None:
+                self._activity.append(x.mean() + y.mean())
             out = o if out is None else out + o
         return _ln(v + _ln(out))
 
@@ -279,6 +301,8 @@ class BDH(RecruitModel):
             raise RecruitError(f"sequence of {T} tokens exceeds max_seq_len={cfg.max_seq_len}; use prefill/step")
         cos, sin = rope_tables(torch.arange(T, device=idx.device), cfg.n_neurons, cfg.rope_theta)  # (T, N) each
         v = _ln(self.embed(idx))  # (B, T, d)
+        # the activity penalty's terms, one per layer (reference) or per layer and head (fast): mean x + mean y
+        self._activity = [] if self.training and cfg.activity_l1 > 0 else None
         hidden = [v]
         fast = cfg.impl == "fast" and observe is None
         if fast:
@@ -408,3 +432,14 @@ class BDH(RecruitModel):
         else:
             step = lambda nxt: self.step(nxt[:, 0], state)  # noqa: E731  (B, 1) -> (B, V)
         return decode_loop(idx, logits, step, max_new_tokens, temperature, top_k, greedy, generator)
+
+
+class ActivityL1:
+    """A :class:`recruit.train.LossTerm`: :meth:`BDH.activity_loss` of the last forward (``bdh_activity``)."""
+
+    name = "bdh_activity"
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The weighted activity penalty of the BDH inside ``model`` (it may be compiled or wrapped)."""
+        bdh = next(m for m in model.modules() if isinstance(m, BDH))
+        return bdh.activity_loss()
