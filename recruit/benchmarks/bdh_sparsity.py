@@ -21,10 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from recruit.benchmarks import Bench, BenchOptions, register
-from recruit.benchmarks.equal_budget import Arm, ratio_records, score_arm, train_arm
+from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm
 from recruit.data.stream import eval_windows
-from recruit.records import Record, environment
-from recruit.train import resolve_device
+from recruit.records import Record
 
 BENCH = "bdh-sparsity"
 
@@ -73,13 +72,8 @@ def density(model, corpus, cfg: SparsityConfig, device) -> dict[str, list[float]
 
 def run(opts: BenchOptions, cfg: SparsityConfig | None = None) -> list[Record]:
     """Train (or resume) every run, then record density per layer and test bits per byte."""
-    from recruit.data.corpus import Corpus
-
     cfg = cfg or (QUICK if opts.quick else SparsityConfig())
-    corpus = Corpus.load(opts.corpus)
-    device = resolve_device(opts.device)
-    env = environment(device)
-    steps = cfg.tokens // (cfg.seq_len * cfg.batch_size)
+    corpus, device, env, steps = prepare(opts, cfg)
     out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
     recs: list[Record] = []
     bpb: dict[float, dict[str, float]] = {}

@@ -13,8 +13,8 @@ import torch
 
 from recruit import measure
 from recruit.benchmarks import BenchOptions
-from recruit.records import Record
-from recruit.train import Trainer, make_config
+from recruit.records import Record, environment
+from recruit.train import Trainer, make_config, resolve_device
 
 
 @dataclass
@@ -32,6 +32,17 @@ class Arm:
     preset: str
     lr: float
     model_args: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(opts: BenchOptions, cfg: Any) -> tuple[Any, torch.device, dict, int]:
+    """What every comparison starts from: (corpus, device, environment of its records, steps per arm).
+
+    ``cfg`` has ``tokens``, ``seq_len`` and ``batch_size``; an arm trains tokens ÷ (seq_len × batch_size) steps.
+    """
+    from recruit.data.corpus import Corpus
+
+    device = resolve_device(opts.device)
+    return Corpus.load(opts.corpus), device, environment(device), cfg.tokens // (cfg.seq_len * cfg.batch_size)
 
 
 def train_arm(corpus, arm: Arm, steps: int, seq_len: int, batch_size: int, out_dir: str, opts: BenchOptions) -> Trainer:

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recruit.benchmarks import Bench, BenchOptions, register
-from recruit.benchmarks.equal_budget import Arm, ratio_records, score_arm, train_arm, train_flops_per_token
+from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm, train_flops_per_token
 from recruit.models import build_model
-from recruit.records import Record, environment
-from recruit.train import resolve_device
+from recruit.records import Record
 
 BENCH = "fff-quality"
 
@@ -43,13 +42,8 @@ QUICK = QualityConfig(tokens=4 * 32 * 4, seq_len=32, batch_size=4, preset="gpt-n
 
 def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
     """Train dense / FFF / no-FF arms (resuming any that exist) and score them on the test split."""
-    from recruit.data.corpus import Corpus
-
     cfg = cfg or (QUICK if opts.quick else QualityConfig())
-    corpus = Corpus.load(opts.corpus)
-    device = resolve_device(opts.device)
-    env = environment(device)
-    steps = cfg.tokens // (cfg.seq_len * cfg.batch_size)
+    corpus, device, env, steps = prepare(opts, cfg)
     arms = [
         Arm("dense", cfg.preset, cfg.lr),
         Arm("fff", cfg.preset, cfg.lr, {"mlp": "fff", "fff_trees": cfg.fff_trees}),
