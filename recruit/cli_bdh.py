@@ -67,7 +67,8 @@ def cmd_bdh_train(args: argparse.Namespace) -> int:
 
     --preset is a BDH model preset (bdh-nano, bdh-tiny, bdh-ref; default bdh-tiny, AdamW lr 1e-3, weight
     decay 0.1, out_dir runs/PRESET) or a training preset; then override any field with --FIELD VALUE as in
-    'recruit train', model config fields with --model.FIELD VALUE (e.g. --model.n_layer 2).
+    'recruit train', model config fields with --model.FIELD VALUE (e.g. --model.n_layer 2; --model.activity_l1 W
+    adds an L1 penalty on the neurons' activity, see 'recruit bench bdh-sparsity').
     """
     from recruit.cli import fit_and_report
     from recruit.config import load_config_file, parse_overrides
