@@ -166,7 +166,7 @@ def fff_triton(
     records every configuration it tries): up to ``SMALL_BATCH`` tokens the walk is latency-bound (``spec``
     2, one token per program, the output columns split over programs; 4 warps for rows of at most 1024
     features, 8 above), beyond it bandwidth-bound (the top ``TOP_LEVELS`` levels routed densely, then
-    ``spec`` 1 with 8 tokens per program, 2 up to 1024 tokens).
+    ``spec`` 1 with 8 tokens per program, 2 up to 1024 tokens, 4 when ``top`` = 0).
 
     ``top`` > 0 routes the first ``top`` levels densely: one GEMM computes the pre-activations of the
     2^top − 1 top nodes of every tree for every token, the kernel loads each token's row of them once and
