@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from recruit.benchmarks import BenchOptions, bdh_compare, bdh_sparsity, fff_quality
+from recruit.benchmarks import BenchOptions, bdh_compare, bdh_sparsity, fff_mlm, fff_quality
 
 
 @pytest.fixture
@@ -54,3 +54,27 @@ def test_bdh_sparsity_penalised_run_against_the_plain_one(opts, tmp_path):
     assert "activity_l1" in bdh_sparsity.section(recs)
     with pytest.raises(ValueError, match="weights"):
         bdh_sparsity.SparsityConfig(weights=(0.0,))
+
+
+def test_fff_mlm_three_encoders(opts):
+    pytest.importorskip("transformers")
+    recs = fff_mlm.run(opts, fff_mlm.QUICK)
+    losses = {ff: metric(recs, "mlm_loss", ff=ff) for ff in fff_mlm.ARMS}
+    assert len(set(losses.values())) == 3 and all(0 < v < 10 for v in losses.values())
+    assert metric(recs, "mlm_loss_ratio", ff="fff_vs_dense") == pytest.approx(losses["fff"] / losses["dense"])
+    params = {ff: metric(recs, "params", ff=ff) for ff in fff_mlm.ARMS}
+    assert params["none"] < params["fff"] <= params["dense"]
+    assert metric(recs, "density", ff="fff") == pytest.approx(6 / 63)  # width 64 -> depth 5: 6 of 63 nodes
+    assert "fff-mlm" in fff_mlm.section(recs)
+
+
+def test_mlm_masking_is_bert_like():
+    import torch
+
+    ids = torch.randint(0, 256, (64, 128))
+    inputs, labels = fff_mlm.mask(ids, fff_mlm.MLMConfig(), torch.Generator().manual_seed(0))
+    picked = labels != -100
+    assert 0.13 < picked.float().mean() < 0.17 and (labels[picked] == ids[picked]).all()
+    assert (inputs[~picked] == ids[~picked]).all()
+    masked = (inputs == 256 + 4)[picked].float().mean()  # <mask> is the fifth special
+    assert 0.75 < masked < 0.85

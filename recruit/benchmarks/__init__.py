@@ -80,6 +80,7 @@ def _load_all() -> None:
         bdh_compare,
         bdh_sparsity,
         bdh_speed,
+        fff_mlm,
         fff_quality,
         fff_speed,
     )

@@ -1,0 +1,178 @@
+"""FFF in a masked-language-model encoder: dense FF vs FFF vs no FF at an equal token budget.
+
+``recruit bench fff-mlm --out DIR``. The same small BERT (Hugging Face ``BertForMaskedLM`` built from a config,
+no download) is trained from scratch on the corpus's bytes three times, on the same batches and masks: with
+its dense feed-forward, with an FFF of the same width in every layer
+(:func:`recruit.fff.encoder.replace_encoder_mlps`), and with no feed-forward at all. The records are the
+held-out masked-token loss (nats per masked byte, on the test split with fixed masks) of each arm and
+``mlm_loss_ratio`` against dense: the encoder counterpart of ``fff-quality`` (the decoder comparison).
+
+Masking follows BERT: 15% of the positions are predicted; of those 80% become ``<mask>``, 10% a random
+byte and 10% stay. Training is a plain AdamW loop (warm-up, cosine decay) in this module: the library's
+:class:`~recruit.train.Trainer` trains next-token models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks.equal_budget import prepare
+from recruit.data.stream import TokenStream, eval_windows
+from recruit.data.tokenizer import ByteTokenizer
+from recruit.records import Record
+
+BENCH = "fff-mlm"
+ARMS = ("dense", "fff", "none")
+
+
+@dataclass(frozen=True)
+class MLMConfig:
+    """Encoder size, budget and masking (defaults train each arm in a few minutes on 2 cores)."""
+
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 512  # dense FF width; the FFF gets depth log2(width + 1) - 1 (511 nodes at 512)
+    tokens: int = 2**22  # training tokens per arm
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 1e-3
+    mask_prob: float = 0.15
+    eval_windows: int = 64  # test windows scored
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens < self.seq_len * self.batch_size:
+            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+
+    @property
+    def fff_depth(self) -> int:
+        """The depth whose 2^(D+1) − 1 nodes come closest below the dense width."""
+        return max(0, (self.intermediate + 1).bit_length() - 2)
+
+
+QUICK = MLMConfig(hidden=32, layers=1, heads=2, intermediate=64, tokens=4 * 32 * 4, seq_len=32, batch_size=4,
+                  eval_windows=4)  # fmt: skip
+
+
+class _NoFF(torch.nn.Module):
+    """An ``intermediate`` that contributes nothing: with ``output.dense`` an identity, a layer outputs LN(h)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(h)
+
+
+def build(cfg: MLMConfig, arm: str):
+    """The arm's freshly initialised ``BertForMaskedLM`` (same seed, so dense weights start alike)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from recruit.fff.encoder import encoder_layers, replace_encoder_mlps
+
+    tok = ByteTokenizer()
+    torch.manual_seed(cfg.seed)
+    bert = BertConfig(vocab_size=tok.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+                      num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate,
+                      max_position_embeddings=cfg.seq_len, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                      pad_token_id=tok.pad_id)  # fmt: skip
+    model = BertForMaskedLM(bert)
+    if arm == "fff":
+        replace_encoder_mlps(model, cfg.fff_depth)
+    elif arm == "none":
+        for layer in encoder_layers(model):
+            layer.intermediate, layer.output.dense = _NoFF(), torch.nn.Identity()
+    return model
+
+
+def mask(ids: torch.Tensor, cfg: MLMConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking of ids (B, T): (inputs, labels), labels −100 where nothing is predicted."""
+    tok = ByteTokenizer()
+    pick = torch.rand(ids.shape, generator=g) < cfg.mask_prob  # (B, T)
+    how = torch.rand(ids.shape, generator=g)  # 80% <mask>, 10% random byte, 10% unchanged
+    rand = torch.randint(0, tok.n_bytes, ids.shape, generator=g)
+    inputs = torch.where(pick & (how < 0.8), tok.special_id("<mask>"), ids)
+    inputs = torch.where(pick & (how >= 0.8) & (how < 0.9), rand, inputs)
+    return inputs, torch.where(pick, ids, -100)
+
+
+@torch.no_grad()
+def held_out_loss(model, windows: torch.Tensor, cfg: MLMConfig, device) -> float:
+    """Mean masked-token cross-entropy (nats) on ``windows`` (W, T) with masks fixed by ``cfg.seed``."""
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    total, count = 0.0, 0
+    model.eval()
+    for i in range(0, len(windows), cfg.batch_size):
+        inputs, labels = mask(windows[i : i + cfg.batch_size], cfg, g)
+        logits = model(input_ids=inputs.to(device)).logits  # (B, T, V)
+        keep = labels != -100
+        total += torch.nn.functional.cross_entropy(logits[keep.to(device)], labels[keep].to(device),
+                                                   reduction="sum").item()  # fmt: skip
+        count += int(keep.sum())
+    return total / max(count, 1)
+
+
+def train(model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str) -> None:
+    """AdamW on the MLM loss, linear warm-up over 5% of the steps then cosine decay to 10%."""
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(cfg.seed)
+    warm = max(1, steps // 20)
+    for step in tqdm(range(steps), desc=desc, disable=not progress):
+        frac = (step + 1) / warm if step < warm else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / steps))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, frac)
+        ids, _ = stream.batch(step)  # (B, T): the same windows for every arm
+        inputs, labels = mask(ids, cfg, g)
+        loss = model(input_ids=inputs.to(device), labels=labels.to(device)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
+    """Train the three arms on the same batches and masks, then score each on the test split."""
+    cfg = cfg or (QUICK if opts.quick else MLMConfig())
+    corpus, device, env, steps = prepare(opts, cfg)
+    stream = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed)
+    windows = eval_windows(corpus.tokens("test"), cfg.seq_len, cfg.eval_windows)[:, :-1]  # (W, T)
+    tokens = steps * cfg.seq_len * cfg.batch_size
+    base = f"hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
+    recs: list[Record] = []
+    loss: dict[str, float] = {}
+    for arm in ARMS:
+        model = build(cfg, arm)
+        train(model, stream, steps, cfg, device, opts.progress, f"fff-mlm {arm}")
+        loss[arm] = held_out_loss(model, windows, cfg, device)
+        case = f"{base},ff={arm}"
+        recs.append(Record(BENCH, case, "params", sum(p.numel() for p in model.parameters()), "", env))
+        recs.append(Record(BENCH, f"{case},split=test", "mlm_loss", loss[arm], "nats/masked byte", env))
+    for arm in ("fff", "none"):
+        recs.append(Record(BENCH, f"{base},ff={arm}_vs_dense,split=test", "mlm_loss_ratio", loss[arm] / loss["dense"],
+                           "x", env))  # fmt: skip
+    used = (cfg.fff_depth + 1) / (2 ** (cfg.fff_depth + 1) - 1)
+    recs.append(Record(BENCH, f"{base},ff=fff,depth={cfg.fff_depth}", "density", used, "fraction", env))
+    return recs
+
+
+def section(records: list[Record]) -> str:
+    """The three arms' held-out masked-token loss."""
+    from recruit.report.html import table
+
+    rs = [r for r in records if r.bench == BENCH and r.metric in ("mlm_loss", "mlm_loss_ratio", "density")]
+    if not rs:
+        return ""
+    rows = [[r.case, r.metric, f"{r.value:.4g}", r.unit] for r in rs]
+    return (
+        "<p>A small BERT trained from scratch as a masked language model with its dense feed-forward, an FFF of "
+        "the same width, or none, on the same batches and masks (<code>recruit bench fff-mlm</code>).</p>"
+        + table(["case", "metric", "value", "unit"], rows)
+    )
+
+
+register(Bench(BENCH, run, section, summary="MLM encoder: dense FF vs FFF vs no FF at equal tokens"))
