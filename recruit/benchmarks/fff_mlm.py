@@ -4,8 +4,9 @@
 no download) is trained from scratch on the corpus's bytes three times, on the same batches and masks: with
 its dense feed-forward, with an FFF of the same width in every layer
 (:func:`recruit.fff.encoder.replace_encoder_mlps`), and with no feed-forward at all. The records are the
-held-out masked-token loss (nats per masked byte, on the test split with fixed masks) of each arm and
-``mlm_loss_ratio`` against dense: the encoder counterpart of ``fff-quality`` (the decoder comparison).
+held-out masked-token loss (nats per masked byte, on windows spread over the test split, with fixed masks)
+of each arm and ``mlm_loss_ratio`` against dense: the encoder counterpart of ``fff-quality`` (the decoder
+comparison).
 
 Masking follows BERT: 15% of the positions are predicted; of those 80% become ``<mask>``, 10% a random
 byte and 10% stay. Training is a plain AdamW loop (warm-up, cosine decay) in this module: the library's
@@ -43,7 +44,7 @@ class MLMConfig:
     batch_size: int = 16
     lr: float = 1e-3
     mask_prob: float = 0.15
-    eval_windows: int = 64  # test windows scored
+    eval_windows: int = 512  # test windows scored, spread evenly over the test split (all its languages)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -140,7 +141,8 @@ def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
     cfg = cfg or (QUICK if opts.quick else MLMConfig())
     corpus, device, env, steps = prepare(opts, cfg)
     stream = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed)
-    windows = eval_windows(corpus.tokens("test"), cfg.seq_len, cfg.eval_windows)[:, :-1]  # (W, T)
+    every = eval_windows(corpus.tokens("test"), cfg.seq_len)[:, :-1]  # (all windows, T)
+    windows = every[torch.linspace(0, len(every) - 1, min(cfg.eval_windows, len(every))).long()]  # spread (W, T)
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
     recs: list[Record] = []
