@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recruit.benchmarks import Bench, BenchOptions, register
-from recruit.benchmarks.equal_budget import Arm, ratio_records, score_arm, train_arm, train_flops_per_token
-from recruit.records import Record, environment
-from recruit.train import resolve_device
+from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm, train_flops_per_token
+from recruit.records import Record
 
 BENCH = "bdh-compare"
 
@@ -57,21 +56,18 @@ QUICK = CompareConfig(
 
 def run(opts: BenchOptions, cfg: CompareConfig | None = None) -> list[Record]:
     """Train the three runs of every size (resuming any that exist) and measure them on the test split."""
-    from recruit.data.corpus import Corpus
-
     cfg = cfg or (QUICK if opts.quick else CompareConfig())
-    corpus = Corpus.load(opts.corpus)
-    device = resolve_device(opts.device)
-    env = environment(device)
+    corpus, device, env, steps = prepare(opts, cfg)
     recs: list[Record] = []
     for bdh, gpt in cfg.sizes:
-        recs += _compare(bdh, gpt, cfg, corpus, device, env, opts)
+        recs += _compare(bdh, gpt, cfg, corpus, device, env, steps, opts)
     return recs
 
 
-def _compare(bdh: str, gpt: str, cfg: CompareConfig, corpus, device, env: dict, opts: BenchOptions) -> list[Record]:
-    """BDH ``bdh`` vs GPT ``gpt`` at equal tokens, plus the GPT at BDH's training FLOPs."""
-    steps = cfg.tokens // (cfg.seq_len * cfg.batch_size)
+def _compare(
+    bdh: str, gpt: str, cfg: CompareConfig, corpus, device, env: dict, steps: int, opts: BenchOptions
+) -> list[Record]:
+    """BDH ``bdh`` vs GPT ``gpt`` at equal tokens (``steps`` each), plus the GPT at BDH's training FLOPs."""
     out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
     bdh_arm = Arm(f"{bdh}-lr{cfg.bdh_lr:g}", bdh, cfg.bdh_lr)
     runs = {k: train_arm(corpus, a, steps, cfg.seq_len, cfg.batch_size, out_dir, opts)

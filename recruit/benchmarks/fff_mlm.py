@@ -63,18 +63,11 @@ QUICK = MLMConfig(hidden=32, layers=1, heads=2, intermediate=64, tokens=4 * 32 *
                   eval_windows=4)  # fmt: skip
 
 
-class _NoFF(torch.nn.Module):
-    """An ``intermediate`` that contributes nothing: with ``output.dense`` an identity, a layer outputs LN(h)."""
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(h)
-
-
 def build(cfg: MLMConfig, arm: str):
     """The arm's freshly initialised ``BertForMaskedLM`` (same seed, so dense weights start alike)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from recruit.fff.encoder import encoder_layers, replace_encoder_mlps
+    from recruit.fff.encoder import drop_encoder_mlps, replace_encoder_mlps
 
     tok = ByteTokenizer()
     torch.manual_seed(cfg.seed)
@@ -86,8 +79,7 @@ def build(cfg: MLMConfig, arm: str):
     if arm == "fff":
         replace_encoder_mlps(model, cfg.fff_depth)
     elif arm == "none":
-        for layer in encoder_layers(model):
-            layer.intermediate, layer.output.dense = _NoFF(), torch.nn.Identity()
+        drop_encoder_mlps(model)
     return model
 
 

@@ -8,6 +8,7 @@ unchanged; only submodules are swapped, as Hugging Face's module tree allows.
 
 - :func:`encoder_layers` finds the layers; :func:`dense_feed_forward` is one layer's dense map as a module;
 - :func:`replace_encoder_mlps` puts freshly initialised FFFs in every layer (train from scratch);
+- :func:`drop_encoder_mlps` takes the feed-forward out (the "no FF" arm of a comparison);
 - :func:`distil_encoder` records each layer's feed-forward inputs on the user's token ids, distils each
   dense map into an FFF (:func:`recruit.fff.convert.from_dense`) and swaps it in.
 """
@@ -22,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recruit.errors import RecruitError
-from recruit.fff.convert import DistillReport, from_dense
+from recruit.fff.convert import DistillReport, ZeroFF, from_dense
 from recruit.fff.fff import FastFeedForward
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ def dense_feed_forward(layer: nn.Module) -> nn.Module:
     return nn.Sequential(layer.intermediate, layer.output.dense)
 
 
-def _swap(layer: nn.Module, fff: FastFeedForward) -> None:
+def _swap(layer: nn.Module, ff: nn.Module) -> None:
     p = layer.output.dense.weight
-    layer.intermediate = fff.to(device=p.device, dtype=p.dtype)
+    layer.intermediate = ff.to(device=p.device, dtype=p.dtype)
     layer.output.dense = nn.Identity()
 
 
@@ -76,6 +77,16 @@ def replace_encoder_mlps(
         d_in, d_out = layer.intermediate.dense.in_features, layer.output.dense.out_features
         _swap(layer, FastFeedForward(d_in, d_out, depth, n_trees, mode, hardening))
     log.info("replaced %d encoder feed-forwards by FFFs of depth %d x %d trees", len(layers), depth, n_trees)
+    return model
+
+
+def drop_encoder_mlps(model: nn.Module) -> nn.Module:
+    """Take every encoder layer's dense feed-forward out: each layer then outputs LayerNorm(h) of its input h."""
+    layers = encoder_layers(model)
+    if not layers:
+        raise RecruitError("found no encoder layer with a dense intermediate/output feed-forward to drop")
+    for layer in layers:
+        _swap(layer, ZeroFF())
     return model
 
 

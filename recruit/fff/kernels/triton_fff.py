@@ -46,8 +46,8 @@ def _fff_kernel(
     out_ptr,  # (B, D_out)
     path_row_ptr,  # (splits, B, K·(LEVELS − TOP)) int32 scratch: the visited global rows below the top
     path_gelu_ptr,  # (splits, B, K·(LEVELS − TOP)) float32 scratch: GELU of their pre-activations
-    top_logit_ptr,  # (B, K·TOP_W) pre-activations of every top node (a GEMM's output); unused if TOP = 0
-    top_act_ptr,  # (B, K·TOP_W) out: the GELU of each visited top node, 0 for the others
+    top_logit_ptr,  # (K, B, TOP_W) pre-activations of every top node (GEMM outputs); unused if TOP = 0
+    top_act_ptr,  # (K, B, TOP_W) out: the GELU of each visited top node, 0 for the others
     B,
     D_IN,
     D_OUT,
@@ -84,7 +84,7 @@ def _fff_kernel(
         node = tl.zeros((BLOCK_B,), dtype=tl.int64)  # heap index within tree k of this step's root
         if TOP > 0:  # the top levels: one row of pre-activations per token, walked in registers
             col = tl.arange(0, TOP_P)  # (TOP_P,)
-            top = tok64[:, None] * (N_TREES * TOP_W) + k * TOP_W + col[None, :]  # (BLOCK_B, TOP_P)
+            top = (k * B + tok64[:, None]) * TOP_W + col[None, :]  # (BLOCK_B, TOP_P)
             top_mask = tok_mask[:, None] & (col < TOP_W)[None, :]
             a_top = tl.load(top_logit_ptr + top, mask=top_mask, other=0.0).to(tl.float32)
             seen = tl.zeros((BLOCK_B, TOP_P), dtype=tl.int32)
@@ -98,6 +98,7 @@ def _fff_kernel(
         for first in range(TOP, LEVELS, SPEC):  # the step's first level
             rows = k * N_NODES + node[:, None] * lane_scale[None, :] + lane[None, :]  # (BLOCK_B, SUB)
             live = tok_mask[:, None] & (lane_real & (first + lane_depth < LEVELS))[None, :]  # (BLOCK_B, SUB)
+            # the biases are loaded before the feature loop (after it, triton 3.6's layout pass fails)
             bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
             acc = tl.zeros((BLOCK_B, SUB, BLOCK_D), dtype=tl.float32)
             for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):  # unrolled: more loads in flight
@@ -232,18 +233,20 @@ def fff_triton(
     # The top tables hold 2^top columns per tree: the 2^top − 1 top nodes and the first node below them,
     # whose activation stays 0; an odd GEMM width would send cuBLAS down a slow path.
     top_w = 2**top if top <= depth else m
-    if top:
-        w_top = w_in.view(n_trees, m, d_in)[:, :top_w].reshape(n_trees * top_w, d_in)  # (K·top_w, D_in)
-        b_top = b_in.view(n_trees, m)[:, :top_w].reshape(n_trees * top_w)
-        top_logits = torch.addmm(b_top, x, w_top.t())  # (B, K·top_w); signs as exact as the kernel's dots
-        top_act = torch.empty(n, n_trees * top_w, dtype=x.dtype, device=x.device)  # every entry written
+    if top:  # one GEMM per tree on views of its top rows (no copy of the weights per call)
+        w_top, b_top = w_in.view(n_trees, m, d_in)[:, :top_w], b_in.view(n_trees, m)[:, :top_w]
+        top_logits = torch.empty(n_trees, n, top_w, dtype=x.dtype, device=x.device)  # (K, B, top_w)
+        for k in range(n_trees):  # signs as exact as the kernel's dots
+            torch.addmm(b_top[k], x, w_top[k].t(), out=top_logits[k])
+        top_act = torch.empty_like(top_logits)  # every entry written by the kernel
     _fff_kernel[grid](
         x, w_in, b_in, w_out_t, out, path_rows, path_gelu, top_logits, top_act, n, d_in, d_out, m,
         cols_per_program, N_TREES=n_trees, LEVELS=depth + 1, TOP=top, TOP_W=top_w,
         TOP_P=triton.next_power_of_2(top_w), SPEC=spec, SUB=sub, BLOCK_B=block_b, BLOCK_D=block_d,
         BLOCK_O=block_o, UNROLL=unroll, num_warps=num_warps,
     )  # fmt: skip
-    if top:
-        w_out_top = w_out_t.view(n_trees, m, d_out)[:, :top_w].reshape(n_trees * top_w, d_out)
-        out.addmm_(top_act, w_out_top)  # the visited top nodes' share; the others have GELU 0 here
+    if top:  # the visited top nodes' share; the others have GELU 0 here
+        w_out_top = w_out_t.view(n_trees, m, d_out)[:, :top_w]  # (K, top_w, D_out), a view
+        for k in range(n_trees):
+            out.addmm_(top_act[k], w_out_top[k])
     return out
