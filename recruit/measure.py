@@ -26,6 +26,7 @@ from recruit.data.stream import eval_windows
 from recruit.errors import RecruitError
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 LN2 = math.log(2.0)
 
@@ -202,6 +203,31 @@ class Timing:
     repeats: int
 
 
+def _timed_calls(fn: Callable[[], Any], cuda: bool, device, repeats: int, min_time: float) -> list[float]:
+    """Seconds of each of at least ``repeats`` calls of ``fn()``, until ``min_time`` seconds were timed.
+
+    Nothing but ``fn`` and the synchronisation runs between the clock reads, and little between calls:
+    summing the growing list of times each round would sweep it through the cache between calls (thousands
+    of floats at batch 1), evicting what a sub-10 µs ``fn`` had in cache; resolving the device costs a µs.
+    """
+    times: list[float] = []
+    total = 0.0
+    while len(times) < repeats or total < min_time:
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t0
+        times.append(elapsed)
+        total += elapsed
+    return times
+
+
+def _timing(times: list[float]) -> Timing:
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return Timing(statistics.median(times), q[0], q[-1], len(times))
+
+
 def time_fn(
     fn: Callable[[], Any], device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 10, min_time: float = 0.0
 ) -> Timing:
@@ -217,14 +243,34 @@ def time_fn(
     for _ in range(warmup):
         fn()
     sync(device)
-    times: list[float] = []
-    while len(times) < repeats or sum(times) < min_time:
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return Timing(statistics.median(times), q[0], q[-1], len(times))
+    return _timing(_timed_calls(fn, torch.device(device).type == "cuda", device, repeats, min_time))
+
+
+def time_interleaved(
+    fns: dict[K, Callable[[], Any]],
+    device: str | torch.device = "cpu",
+    rounds: int = 5,
+    warmup: int = 3,
+    repeats: int = 2,
+    min_time: float = 0.0,
+) -> dict[K, Timing]:
+    """Wall time of several functions whose times are compared, timed in alternating blocks.
+
+    Each of ``rounds`` rounds runs every function in turn: ``warmup`` untimed calls (its caches, after the
+    others ran), then at least ``repeats`` timed calls and ``min_time`` seconds. The statistics of each
+    function pool the times of all its rounds. On a shared machine whose speed drifts (other tenants,
+    clocks), every function then sees the same spells of slowness, so the ratios of the medians hold where
+    back-to-back timing would credit one side with a quiet spell.
+    """
+    cuda = torch.device(device).type == "cuda"
+    times: dict[K, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            sync(device)
+            times[k] += _timed_calls(fn, cuda, device, repeats, min_time)
+    return {k: _timing(v) for k, v in times.items()}
 
 
 def capture_cuda_graph(fn: Callable[[], T], device: str | torch.device, warmup: int = 2) -> tuple[Any, T]:

@@ -1,4 +1,5 @@
 import math
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +50,16 @@ def test_timing_and_memory_are_sane():
     peak = measure.peak_memory(lambda: torch.ones(64, 1024, 1024).sum())  # 256 MiB
     if peak is not None:
         assert peak > 200 * 2**20
+
+
+def test_interleaved_timing_alternates_blocks_and_pools_rounds():
+    order: list[str] = []
+    fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    t = measure.time_interleaved(fns, rounds=3, warmup=1, repeats=2)
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert t.keys() == {"a", "b"} and all(v.repeats == 6 and 0 < v.p10 <= v.median <= v.p90 for v in t.values())
+    slow = measure.time_interleaved({"sleep": lambda: time.sleep(0.002), "none": lambda: None}, rounds=2)
+    assert slow["sleep"].median > 10 * slow["none"].median
 
 
 def test_records_round_trip(tmp_path):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import logging
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,19 +116,17 @@ def _latency(cfg: BDHBenchConfig, device: torch.device, add) -> None:
             cache.truncate(c)  # roll back in O(1)
 
         steps["gpt", c] = (gpt_step, "kv_bytes", cache.nbytes())
-    times: dict[tuple[str, int], list[float]] = {k: [] for k in steps}
     for fn, _, _ in steps.values():
         measure.time_fn(fn, device, warmup=cfg.warmup, repeats=1)
-    for _ in range(cfg.repeats):
-        for k, (fn, _, _) in steps.items():
-            times[k].append(measure.time_fn(fn, device, warmup=0, repeats=1).median)
+    fns = {k: fn for k, (fn, _, _) in steps.items()}
+    times = measure.time_interleaved(fns, device, rounds=cfg.repeats, warmup=0, repeats=1)
     ref = cfg.contexts[0]
     for (model, c), (_, metric, nbytes) in steps.items():
         case = f"{names[model]},context={c},fill=random"
-        ms = statistics.median(times[model, c]) * 1e3
+        ms = times[model, c].median * 1e3
         add(case, "decode_ms_per_token", ms, "ms")
         add(case, metric, nbytes, "bytes")
-        add(case, f"latency_ratio_vs_{_k(ref)}", ms / (statistics.median(times[model, ref]) * 1e3), "x")
+        add(case, f"latency_ratio_vs_{_k(ref)}", ms / (times[model, ref].median * 1e3), "x")
 
 
 def _short(model: str) -> str:
