@@ -117,7 +117,9 @@ def test_density_in_unit_interval_and_equal_to_a_manual_count(corpus):
     model = nano()
     toks = corpus.tokens("test")
     dens = activation_density(model, toks, seq_len=40, max_windows=3, batch_size=2)
-    idx = torch.from_numpy(np.asarray(toks[:121], dtype=np.int64)[:120].reshape(3, 40))  # the same 3 windows
+    last = (len(toks) - 1) // 40 - 1  # the windows are spread over the split: the first, the middle, the last
+    starts = [0, last // 2 * 40, last * 40]
+    idx = torch.from_numpy(np.stack([np.asarray(toks[s : s + 40], dtype=np.int64) for s in starts]))  # (3, 40)
     cfg = model.config
     with torch.no_grad():
         _, hidden = model(idx, return_hidden=True)

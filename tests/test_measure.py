@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recruit import measure
+from recruit.data.stream import eval_windows, spread_windows
 from recruit.errors import RecruitError
 from recruit.models import GPT, gpt_config
 from recruit.records import Record, environment, read_records, write_records
@@ -83,3 +84,16 @@ def test_markdown_gives_each_device_its_own_table():
     assert "## fff (x86_64)" in md and "## fff (NVIDIA H200)" in md and "## bdh\n" in md
     gpu_part = md.split("## fff (NVIDIA H200)")[1].split("##")[0]
     assert "| 7 |" in gpu_part and "| 99 |" not in gpu_part
+
+
+def test_spread_windows_sample_the_whole_split_in_order():
+    toks = np.arange(1001) % 256
+    every = eval_windows(toks, 10)  # 100 windows
+    some = spread_windows(toks, 10, 4)
+    assert some.shape == (4, 11) and some.dtype == torch.int64
+    assert torch.equal(some, every[[0, 33, 66, 99]])  # first and last included, evenly spaced
+    assert torch.equal(spread_windows(toks, 10), every) and torch.equal(spread_windows(toks, 10, 500), every)
+    with pytest.raises(RecruitError, match="positive"):
+        spread_windows(toks, 10, 0)
+    with pytest.raises(RecruitError, match="fewer than one window"):
+        spread_windows(toks[:5], 10, 2)

@@ -6,7 +6,8 @@ benchmark trains the same model on the same batches (:func:`~recruit.benchmarks.
 with ``BDHConfig.activity_l1`` = 0 and each weight of ``weights`` (a penalty on mean(x) + mean(y), see
 :meth:`recruit.models.bdh.BDH.activity_loss`), then measures on the test split:
 
-- ``density`` of x, y and x⊙y per layer (fraction of non-zero entries) and their mean over layers;
+- ``density`` of x, y and x⊙y per layer (fraction of non-zero entries) and their mean over layers, on
+  windows spread over the whole split (every language and kind);
 - test bits per byte per language, and ``bpb_ratio`` = penalised ÷ unpenalised.
 
 The unpenalised run is the ``bdh-compare`` run of the same preset, budget and learning rate (same run
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from tqdm.auto import tqdm
 
 from recruit.benchmarks import Bench, BenchOptions, register
 from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm
-from recruit.data.stream import eval_windows
+from recruit.interp.bdh import activation_density
 from recruit.records import Record
 
 BENCH = "bdh-sparsity"
@@ -39,7 +39,7 @@ class SparsityConfig:
     lr: float = 3e-3
     weights: tuple[float, ...] = (0.3, 0.5, 1.0)  # activity_l1 of the penalised runs
     eval_bytes: int = 32768  # test bytes scored per language
-    density_windows: int = 16  # test windows of seq_len tokens on which density is measured
+    density_windows: int = 64  # test windows of seq_len tokens, spread over the split, on which density is measured
     out_dir: str = "runs/bdh-compare"
 
     def __post_init__(self) -> None:
@@ -61,15 +61,6 @@ def arms(cfg: SparsityConfig) -> list[tuple[float, Arm]]:
     ]
 
 
-@torch.no_grad()
-def density(model, corpus, cfg: SparsityConfig, device) -> dict[str, list[float]]:
-    """Per-layer fraction of non-zero x, y and x⊙y on ``density_windows`` test windows."""
-    windows = eval_windows(corpus.tokens("test"), cfg.seq_len, cfg.density_windows)  # (W, T + 1)
-    idx = torch.as_tensor(windows[:, :-1], dtype=torch.long, device=device)
-    _, per_layer = model.eval().forward_with_stats(idx)
-    return per_layer
-
-
 def run(opts: BenchOptions, cfg: SparsityConfig | None = None) -> list[Record]:
     """Train (or resume) every run, then record density per layer and test bits per byte."""
     cfg = cfg or (QUICK if opts.quick else SparsityConfig())
@@ -82,7 +73,8 @@ def run(opts: BenchOptions, cfg: SparsityConfig | None = None) -> list[Record]:
         case = f"model={cfg.preset},activity_l1={w:g},lr={cfg.lr:g}"
         r, bpb[w] = score_arm(BENCH, case, trainer, corpus, cfg.eval_bytes, device, env, 0.0)
         recs += [x for x in r if x.metric != "train_flops"]
-        for kind, values in density(trainer.model, corpus, cfg, device).items():
+        dens = activation_density(trainer.model, corpus.tokens("test"), cfg.seq_len, cfg.density_windows)
+        for kind, values in dens.items():
             for layer, v in enumerate(values):
                 recs.append(Record(BENCH, f"{case},neurons={kind},layer={layer}", "density", v, "fraction", env))
             recs.append(Record(BENCH, f"{case},neurons={kind},layer=mean", "density", sum(values) / len(values),

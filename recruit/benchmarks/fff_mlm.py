@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from recruit.benchmarks import Bench, BenchOptions, register
 from recruit.benchmarks.equal_budget import prepare
-from recruit.data.stream import TokenStream, eval_windows
+from recruit.data.stream import TokenStream, spread_windows
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.records import Record
 
@@ -133,8 +133,7 @@ def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
     cfg = cfg or (QUICK if opts.quick else MLMConfig())
     corpus, device, env, steps = prepare(opts, cfg)
     stream = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed)
-    every = eval_windows(corpus.tokens("test"), cfg.seq_len)[:, :-1]  # (all windows, T)
-    windows = every[torch.linspace(0, len(every) - 1, min(cfg.eval_windows, len(every))).long()]  # spread (W, T)
+    windows = spread_windows(corpus.tokens("test"), cfg.seq_len, cfg.eval_windows)[:, :-1]  # (W, T)
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
     recs: list[Record] = []

@@ -48,3 +48,19 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = Non
         raise RecruitError(f"only {len(tokens)} tokens, fewer than one window of {seq_len + 1}")
     idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (W, T + 1)
     return torch.from_numpy(np.asarray(tokens[: n * seq_len + 1], dtype=np.int64)[idx])
+
+
+def spread_windows(tokens: np.ndarray, seq_len: int, n: int | None = None) -> torch.Tensor:
+    """``n`` of the :func:`eval_windows` of ``tokens``, evenly spaced from the first to the last: (W, T + 1).
+
+    A split is stored document after document, so its first windows come from its first few documents (one
+    language, one kind); spread windows sample the whole split. All windows when ``n`` is None or larger.
+    """
+    total = (len(tokens) - 1) // seq_len
+    if n is None or n >= total:
+        return eval_windows(tokens, seq_len)  # raises when there is no window at all
+    if n <= 0:
+        raise RecruitError(f"need a positive number of windows, got {n}")
+    starts = torch.linspace(0, total - 1, n).long().numpy() * seq_len  # (W,)
+    idx = starts[:, None] + np.arange(seq_len + 1)[None, :]  # (W, T + 1)
+    return torch.from_numpy(np.asarray(tokens)[idx].astype(np.int64))

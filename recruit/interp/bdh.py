@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recruit.data.stream import eval_windows
+from recruit.data.stream import spread_windows
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.errors import RecruitError
 from recruit.interp.stats import mann_whitney
@@ -41,10 +41,13 @@ def activation_density(
 ) -> dict[str, list[float]]:
     """Per-layer fraction of non-zero x, y and x⊙y over windows of held-out ``tokens`` (eval mode).
 
+    The ``max_windows`` windows are spread evenly over ``tokens`` (all of them when None), so that every
+    language and kind of a split is sampled, not only its first documents.
+
     Returns:
         ``{"x": [L floats], "y": [...], "xy": [...]}``, each in [0, 1], averaged over all windows' entries.
     """
-    windows = eval_windows(tokens, seq_len, max_windows)[:, :-1]  # (W, T)
+    windows = spread_windows(tokens, seq_len, max_windows)[:, :-1]  # (W, T)
     dev = model.lm_head.device
     total: dict[str, np.ndarray] = {}
     with _evaluating(model):
