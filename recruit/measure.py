@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils import flop_counter
 
+from recruit.cuda_graphs import capture_cuda_graph
 from recruit.data.stream import eval_windows
 from recruit.errors import RecruitError
 
@@ -271,26 +272,6 @@ def time_interleaved(
             sync(device)
             times[k] += _timed_calls(fn, cuda, device, repeats, min_time)
     return {k: _timing(v) for k, v in times.items()}
-
-
-def capture_cuda_graph(fn: Callable[[], T], device: str | torch.device, warmup: int = 2) -> tuple[Any, T]:
-    """Capture ``fn()`` in a CUDA graph, after ``warmup`` runs of it on a side stream.
-
-    Compilation, the allocator and library handles settle during the warm-up, as capture requires.
-    Returns the ``torch.cuda.CUDAGraph`` and what ``fn`` returned during capture: static tensors that
-    every ``graph.replay()`` overwrites. ``fn``'s inputs must likewise be static tensors, updated in place.
-    """
-    device = torch.device(device)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
 
 
 def time_cuda_graph(fn: Callable[[int], Any], device: str | torch.device, calls: int = 16, repeats: int = 5) -> Timing:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recruit.cuda_graphs import capture_cuda_graph
 from recruit.errors import RecruitError
-from recruit.measure import capture_cuda_graph
 from recruit.models.base import RecruitModel, register_model
 from recruit.models.sampling import check_sampling, decode_loop
 
