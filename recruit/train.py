@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recruit.config import from_dict
+from recruit.data.probes import ProbeMixStream
 from recruit.data.stream import TokenStream, eval_windows
 from recruit.errors import RecruitError
 from recruit.io import atomic_save_with, atomic_write_json, atomic_write_text
@@ -62,6 +63,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    probe_mix: float = 0.0  # fraction of training windows carrying a key-retrieval episode (recruit.data.probes)
 
     def __post_init__(self) -> None:
         if self.model not in PRESETS:
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.threads < 0:
             raise ValueError("warmup_steps, weight_decay, grad_clip and threads must be >= 0")
+        if not 0 <= self.probe_mix <= 1:
+            raise ValueError(f"probe_mix must be in [0, 1], got {self.probe_mix}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
@@ -211,7 +215,10 @@ class Trainer:
         max_len = getattr(self.model.config, "max_seq_len", None)
         if max_len is not None and cfg.seq_len > max_len:
             raise RecruitError(f"seq_len {cfg.seq_len} is longer than the model's context of {max_len}")
-        self.stream = TokenStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
+        if cfg.probe_mix > 0:
+            self.stream = ProbeMixStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.probe_mix)
+        else:
+            self.stream = TokenStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
         self.val = eval_windows(val_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T + 1)
         self.extra_losses = list(extra_losses or [])
         named = {t.name for t in self.extra_losses}  # the model's own terms (its regularisers), unless given

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from conftest import TEXTS
 
-from recruit.data.probes import _utf8_cut, make_probe, probe_accuracy
+from recruit.data.probes import ProbeMixStream, _utf8_cut, make_probe, probe_accuracy
+from recruit.data.stream import TokenStream
 from recruit.data.tokenizer import ByteTokenizer
+from recruit.errors import RecruitError
 from recruit.interp import (
     activation_density,
     concept_neurons,
@@ -44,6 +46,36 @@ def test_probe_layout_is_exact_and_deterministic(corpus):
     assert make_probe(corpus, 300, seed=4)[1] != answer
     assert make_probe(corpus, 50, seed=3)[1] == answer  # same key at another distance
     assert bytes(make_probe(corpus, 0, seed=3)[0][2:]) == head + tail
+
+
+def test_probe_mix_stream_writes_whole_episodes_into_real_text():
+    text = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz" * 40, dtype=np.uint8)
+    plain = TokenStream(text, 80, 16, seed=2)
+    mixed = ProbeMixStream(text, 80, 16, seed=2, mix=0.5)
+    x, y = mixed.batch(7)
+    px, py = plain.batch(7)
+    assert x.shape == px.shape == (16, 80) and torch.equal(x[:, 1:], y[:, :-1])  # targets still shift by one
+    episodes = 0
+    for row, orig in zip(torch.cat([x, y[:, -1:]], 1).tolist(), torch.cat([px, py[:, -1:]], 1).tolist(), strict=True):
+        body = bytes(row)
+        if b"The secret key is " not in body:
+            assert row == orig  # windows without an episode are untouched
+            continue
+        episodes += 1
+        start = body.index(b"The secret key is ")
+        key = body[start + 18 : start + 24]
+        question = body.index(b" The secret key is ", start + 25)
+        assert body[start + 24 : start + 26] == b". " and body[question + 19 : question + 25] == key
+        assert key.isalnum() and key.upper() == key
+        filler = body[start + 26 : question]  # real text, continuing the window's own text after the episode
+        assert bytes(orig)[:start] == body[:start] and bytes(orig)[start : start + len(filler)] == filler
+    assert 2 <= episodes <= 14  # about half of 16
+    assert torch.equal(mixed.batch(7)[0], x) and not torch.equal(mixed.batch(8)[0], x)  # deterministic per step
+    assert all(b"The secret key" in bytes(r) for r in ProbeMixStream(text, 80, 4, mix=1.0).batch(0)[0].tolist())
+    with pytest.raises(RecruitError, match="mix"):
+        ProbeMixStream(text, 80, 4, mix=0.0)
+    with pytest.raises(RecruitError, match="episode needs 51 tokens"):
+        ProbeMixStream(text, 40, 4)
 
 
 def test_utf8_cut_never_splits_a_character():

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from recruit.benchmarks import BenchOptions, bdh_compare, bdh_sparsity, fff_mlm, fff_quality
+from recruit.benchmarks import BenchOptions, bdh_compare, bdh_memory, bdh_sparsity, fff_mlm, fff_quality
 
 
 @pytest.fixture
@@ -54,6 +54,24 @@ def test_bdh_sparsity_penalised_run_against_the_plain_one(opts, tmp_path):
     assert "activity_l1" in bdh_sparsity.section(recs)
     with pytest.raises(ValueError, match="weights"):
         bdh_sparsity.SparsityConfig(weights=(0.0,))
+
+
+def test_bdh_memory_probes_each_model_where_it_can_read(opts, tmp_path):
+    cfg = dataclasses.replace(bdh_memory.QUICK, out_dir=str(tmp_path / "runs"))
+    recs = bdh_memory.run(opts, cfg)
+    probes = {(r.params["model"], int(r.params["distance"])): r for r in recs if r.metric == "probe_char_acc"}
+    # gpt-nano's context is 64 ids: the 4-byte probe fits (53 + 6 answer ids), the 100-byte one does not
+    assert sorted(probes) == [("bdh-nano", 4), ("bdh-nano", 100), ("gpt-nano", 4)]
+    assert probes["bdh-nano", 4].params["training_windows"] == "inside"
+    assert probes["bdh-nano", 100].params["training_windows"] == "beyond"
+    assert probes["bdh-nano", 100].params["mode"] == "recurrent" and probes["gpt-nano", 4].params["mode"] == "kv_cache"
+    assert all(0 <= r.value <= 1 for r in probes.values())
+    assert metric(recs, "bpb", model="bdh-nano", lang="mean") > 0
+    page = bdh_memory.section(recs)
+    assert "training windows" in page and "—" in page  # the GPT cannot answer at 100 bytes
+    assert bdh_memory.prompt_tokens(4, 6) == 2 + 26 + 4 + 19
+    with pytest.raises(ValueError, match="probe_mix"):
+        bdh_memory.MemoryConfig(probe_mix=0.0)
 
 
 def test_fff_mlm_three_encoders(opts):

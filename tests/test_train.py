@@ -108,11 +108,19 @@ def test_schedule_warms_up_then_decays():
         ({"model.n_layerz": "2"}, "valid keys"),
         ({"model.d_model": "33"}, "divisible"),
         ({"model": "gpt-huge"}, "model must be one of"),
+        ({"probe_mix": "1.5"}, "probe_mix"),
     ],
 )
 def test_bad_config_values_are_clear_errors(over, match):
     with pytest.raises(RecruitError, match=match):
         make_config("gpt-nano", overrides=over)
+
+
+def test_probe_mix_trains_on_key_retrieval_episodes(tmp_path, tokens):
+    plain = Trainer(nano(tmp_path, seq_len=64), tokens, tokens[:2000], progress=False)
+    mixed = Trainer(nano(tmp_path, seq_len=64, probe_mix=1.0), tokens, tokens[:2000], progress=False)
+    assert type(plain.stream).__name__ == "TokenStream" and type(mixed.stream).__name__ == "ProbeMixStream"
+    assert all(b"The secret key is " in bytes(row) for row in mixed.stream.batch(0)[0].tolist())
 
 
 def test_seq_len_longer_than_context_is_refused(tmp_path, tokens):

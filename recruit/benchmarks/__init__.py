@@ -78,6 +78,7 @@ def _load_all() -> None:
         baseline,
         bdh,
         bdh_compare,
+        bdh_memory,
         bdh_sparsity,
         bdh_speed,
         fff_mlm,

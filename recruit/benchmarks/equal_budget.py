@@ -26,12 +26,14 @@ class Arm:
         preset: Model preset.
         lr: Peak learning rate.
         model_args: Overrides of the preset's model config (dropout is always 0: budgets are below one epoch).
+        train_args: Overrides of the training config (for example ``probe_mix``).
     """
 
     name: str
     preset: str
     lr: float
     model_args: dict[str, Any] = field(default_factory=dict)
+    train_args: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(opts: BenchOptions, cfg: Any) -> tuple[Any, torch.device, dict, int]:
@@ -51,7 +53,7 @@ def train_arm(corpus, arm: Arm, steps: int, seq_len: int, batch_size: int, out_d
         "model": arm.preset, "model.dropout": 0.0, **{f"model.{k}": v for k, v in arm.model_args.items()},
         "out_dir": f"{out_dir}/{arm.name}", "seq_len": seq_len, "batch_size": batch_size, "max_steps": steps,
         "lr": arm.lr, "warmup_steps": max(1, steps // 20), "eval_every": steps, "ckpt_every": max(1, steps // 10),
-        "log_every": max(1, steps // 50), "device": opts.device,
+        "log_every": max(1, steps // 50), "device": opts.device, **arm.train_args,
     }  # fmt: skip
     trainer = Trainer(
         make_config(None, overrides=overrides), corpus.tokens("train"), corpus.tokens("val"), progress=opts.progress

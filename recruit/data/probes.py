@@ -6,6 +6,11 @@ end-of-sequence ids left out, concatenated in corpus order from a seeded startin
 character boundary and padded with spaces to exactly ``distance`` bytes, so the key lies ``distance`` bytes
 before the question. Everything is deterministic in ``(seed, distance)``; the same seed gives the same key and
 the same start of filler at every distance.
+
+:class:`ProbeMixStream` teaches the task: it puts such an episode (a random key, real training text as the
+filler, the question and the key again) into a fraction of the training windows, so a model can learn to
+carry a key across the filler and is then scored by :func:`probe_accuracy` at distances within and beyond
+its training windows.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from recruit.data.corpus import DocInfo
+from recruit.data.stream import TokenStream
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.errors import RecruitError
 
@@ -155,3 +162,54 @@ def probe_accuracy(
             exact, chars, lengths = exact + ok, chars + frac, lengths + len(prompt)
         out.append(ProbeScore(dist, n, exact / n, chars / n, lengths / n))
     return out
+
+
+class ProbeMixStream(TokenStream):
+    """A :class:`TokenStream` whose windows carry a key-retrieval episode with probability ``mix``.
+
+    An episode is ``The secret key is K. <filler> The secret key is K`` with a random key of ``key_len``
+    characters of :data:`KEY_ALPHABET`; it is written into the window at a random offset, its filler being the
+    window's own (real) text, of a random length from 0 to what the window leaves, and the window's text goes
+    on after it. The window keeps its length, so batches keep their shape; the loss covers the whole window,
+    the key's repetition included. Deterministic in ``(seed, step)`` like the plain stream.
+
+    Args:
+        tokens, seq_len, batch_size, seed: As for :class:`TokenStream`.
+        mix: Fraction of windows (each independently) that carry an episode, in (0, 1].
+        key_len: Characters of each key.
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, mix: float = 0.5, key_len: int = 6
+    ) -> None:
+        super().__init__(tokens, seq_len, batch_size, seed)
+        self.statement_len = len(STATEMENT.format(key="K" * key_len).encode())
+        self.fixed = self.statement_len + len(QUESTION.encode()) + key_len  # episode bytes besides the filler
+        if not 0 < mix <= 1:
+            raise RecruitError(f"probe mix must be in (0, 1], got {mix}")
+        if key_len <= 0 or self.fixed > seq_len + 1:
+            raise RecruitError(f"a key-retrieval episode needs {self.fixed} tokens, a window has {seq_len + 1}")
+        self.mix, self.key_len = mix, key_len
+
+    def episode(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``window`` (T + 1,) with an episode written in: statement, filler, question, key, then more text."""
+        key = "".join(KEY_ALPHABET[i] for i in rng.integers(len(KEY_ALPHABET), size=self.key_len)).encode()
+        room = len(window) - self.fixed  # filler + text before the episode
+        distance = int(rng.integers(room + 1))
+        start = int(rng.integers(room - distance + 1))
+        statement = np.frombuffer(STATEMENT.format(key=key.decode()).encode(), dtype=np.uint8)
+        question = np.frombuffer(QUESTION.encode() + key, dtype=np.uint8)
+        text = window[start:]  # the episode's filler and the text after it come from here, in order
+        out = np.concatenate([window[:start], statement, text[:distance], question, text[distance:]])
+        return out[: len(window)]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of batch ``step``: two (B, T) int64 tensors, some windows carrying an episode."""
+        x, y = super().batch(step)
+        win = torch.cat([x, y[:, -1:]], dim=1).numpy()  # (B, T + 1)
+        rng = np.random.default_rng([self.seed, step, 1])
+        for b in range(len(win)):
+            if rng.random() < self.mix:
+                win[b] = self.episode(win[b], rng)
+        win = torch.from_numpy(win)
+        return win[:, :-1], win[:, 1:]
