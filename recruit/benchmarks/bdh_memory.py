@@ -101,31 +101,41 @@ def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:
 
 
 def section(records: list[Record]) -> str:
-    """Probe accuracy against distance, one column per model."""
+    """Probe accuracy against distance, one table per training setup, one column per model."""
     from recruit.report.html import table
 
     rs = [r for r in records if r.bench == BENCH]
     if not rs:
         return ""
-    acc = {(r.params["model"], int(r.params["distance"]), r.metric): r.value for r in rs if "distance" in r.params}
-    where = {int(r.params["distance"]): r.params["training_windows"] for r in rs if "distance" in r.params}
-    models = sorted({k[0] for k in acc})
-    bpb = {r.params["model"]: r.value for r in rs if r.metric == "bpb" and r.params.get("lang") == "mean"}
-
-    def cell(m: str, d: int) -> str:
-        if (m, d, "probe_exact") not in acc:
-            return "—"
-        return f"{acc[m, d, 'probe_exact']:.2f} / {acc[m, d, 'probe_char_acc']:.2f}"
-
-    rows = [[d, where[d], *(cell(m, d) for m in models)] for d in sorted(where)]
-    rows.append(["test bits/byte", "", *(f"{bpb[m]:.4f}" if m in bpb else "—" for m in models)])
-    return (
+    setups: dict[tuple[str, ...], list[Record]] = {}
+    for r in rs:
+        key = tuple(r.params.get(k, "") for k in ("train_T", "probe_mix", "train_tokens", "lr"))
+        setups.setdefault(key, []).append(r)
+    html = (
         "<p>Key retrieval after training with key-retrieval episodes in a fraction of the windows (<code>recruit "
         "bench bdh-memory</code>): whole keys right / key characters right (chance 1/36 ≈ 0.03) against the filler "
         "bytes between the key and the question. BDH answers in its recurrent form at every distance; the GPT only "
         "where the probe fits its context (—). The last row is each run's test bits per byte on plain text.</p>"
-        + table(["distance (bytes)", "training windows", *models], rows)
     )
+    for (train_t, mix, tokens, lr), group in sorted(setups.items(), key=lambda kv: [int(kv[0][2] or 0), kv[0]]):
+        probes = [r for r in group if "distance" in r.params]
+        acc = {(r.params["model"], int(r.params["distance"]), r.metric): r.value for r in probes}
+        where = {int(r.params["distance"]): r.params["training_windows"] for r in probes}
+        models = sorted({r.params["model"] for r in group})
+        bpb = {r.params["model"]: r.value for r in group if r.metric == "bpb" and r.params.get("lang") == "mean"}
+
+        def cell(m: str, d: int, acc=acc) -> str:
+            if (m, d, "probe_exact") not in acc:
+                return "—"
+            return f"{acc[m, d, 'probe_exact']:.2f} / {acc[m, d, 'probe_char_acc']:.2f}"
+
+        rows = [[d, where[d], *(cell(m, d) for m in models)] for d in sorted(where)]
+        rows.append(["test bits/byte", "", *(f"{bpb[m]:.4f}" if m in bpb else "—" for m in models)])
+        html += (
+            f"<p>Training windows of {train_t} tokens, {tokens} tokens per run, episodes in a fraction {mix} of the "
+            f"windows, peak learning rate {lr}.</p>" + table(["distance (bytes)", "training windows", *models], rows)
+        )
+    return html
 
 
 register(Bench(BENCH, run, section, summary="memory as state: key retrieval within and beyond the training length"))
