@@ -225,7 +225,7 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="debian")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--seq-len", type=int, default=256, help="window length for the density")
-    p.add_argument("--max-windows", type=int, default=16, help="held-out windows for the density")
+    p.add_argument("--max-windows", type=int, default=16, help="density windows, spread over the split")
     p.add_argument("--which", default="x", choices=["x", "y", "xy"], help="activation tested for language neurons")
     p.add_argument("--top", type=int, default=5, help="neurons listed per language")
     p.add_argument("--chunks", type=int, default=16, help="text chunks per language")

@@ -263,6 +263,8 @@ def time_interleaved(
     clocks), every function then sees the same spells of slowness, so the ratios of the medians hold where
     back-to-back timing would credit one side with a quiet spell.
     """
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"need rounds >= 1 and repeats >= 1, got {rounds} and {repeats}")
     cuda = torch.device(device).type == "cuda"
     times: dict[K, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):

@@ -61,6 +61,8 @@ def test_interleaved_timing_alternates_blocks_and_pools_rounds():
     assert t.keys() == {"a", "b"} and all(v.repeats == 6 and 0 < v.p10 <= v.median <= v.p90 for v in t.values())
     slow = measure.time_interleaved({"sleep": lambda: time.sleep(0.002), "none": lambda: None}, rounds=2)
     assert slow["sleep"].median > 10 * slow["none"].median
+    with pytest.raises(ValueError, match="rounds"):
+        measure.time_interleaved(fns, rounds=0)
 
 
 def test_records_round_trip(tmp_path):
