@@ -267,11 +267,10 @@ class Trainer:
             raise RecruitError(
                 f"corrupt or truncated checkpoint {self.ckpt_path} ({type(e).__name__}); delete it to start over"
             ) from None
-        saved = {
-            k: v
-            for k, v in state["config"].items()
-            if k not in ("max_steps", "eval_every", "ckpt_every", "log_every", "device", "threads")
-        }
+        free = ("max_steps", "eval_every", "ckpt_every", "log_every", "device", "threads")  # may change on resume
+        # A field added to TrainConfig after the run was saved had its default then (probe_mix, say)
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+        saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k not in free}
         now = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k in saved}
         if saved != now:
             diff = sorted(k for k in saved if saved[k] != now.get(k))

@@ -47,6 +47,13 @@ def test_resume_refuses_a_different_config(tmp_path, tokens):
     Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
     with pytest.raises(RecruitError, match="different config"):
         Trainer(nano(tmp_path, lr=0.5), tokens, tokens[:2000], progress=False).fit()
+    # a run saved before a config field existed (here beta2) had its default: it resumes with it, not another
+    state = torch.load(tmp_path / "run/ckpt.pt", weights_only=False)
+    del state["config"]["beta2"]
+    torch.save(state, tmp_path / "run/ckpt.pt")
+    with pytest.raises(RecruitError, match=r"\(beta2 differ\)"):
+        Trainer(nano(tmp_path, beta2=0.9), tokens, tokens[:2000], progress=False).fit()
+    assert Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).try_resume()
 
 
 def test_truncated_training_checkpoint_is_a_clear_error(tmp_path, tokens):

@@ -47,7 +47,7 @@ namespace {
 #define FFF_INLINE inline __attribute__((always_inline))
 
 // Explicit SIMD through GCC/Clang vector extensions: 32-byte vectors (one AVX2 register, two SSE registers
-// in the baseline clone), four independent accumulators per loop.
+// in the baseline clone), eight independent accumulators per loop.
 template <typename A>
 struct Simd {
   typedef A V __attribute__((vector_size(32)));
