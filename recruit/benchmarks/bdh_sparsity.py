@@ -1,7 +1,7 @@
 """BDH activation sparsity under an L1 activity penalty: how many neurons fire, at what cost in bits per byte.
 
 ``recruit bench bdh-sparsity --out DIR``. The paper reports about 5% of x and y non-zero after long training
-at 25M parameters; at the sizes and budgets a CPU allows, BDH trains to 30–45% (``recruit bench bdh``). This
+at 25M parameters; at the sizes and budgets a CPU allows, BDH trains to 33–46% (``recruit bench bdh``). This
 benchmark trains the same model on the same batches (:func:`~recruit.benchmarks.equal_budget.train_arm`)
 with ``BDHConfig.activity_l1`` = 0 and each weight of ``weights`` (a penalty on mean(x) + mean(y), see
 :meth:`recruit.models.bdh.BDH.activity_loss`), then measures on the test split:
