@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from recruit.benchmarks import Bench, BenchOptions, register
 from recruit.benchmarks.equal_budget import Arm, prepare, score_arm, train_arm
-from recruit.data.probes import QUESTION, STATEMENT, probe_accuracy
+from recruit.data.probes import probe_accuracy, prompt_tokens
 from recruit.records import Record
 
 BENCH = "bdh-memory"
@@ -62,11 +62,6 @@ class MemoryConfig:
 
 QUICK = MemoryConfig(presets=("bdh-nano", "gpt-nano"), tokens=4 * 64 * 2, seq_len=64, batch_size=2,
                      distances=(4, 100), probes=2, eval_bytes=512, out_dir="runs/bdh-memory-quick")  # fmt: skip
-
-
-def prompt_tokens(distance: int, key_len: int) -> int:
-    """Ids of a probe's prompt at ``distance``: two tags, the statement, the filler and the question."""
-    return 2 + len(STATEMENT.format(key="K" * key_len).encode()) + distance + len(QUESTION.encode())
 
 
 def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from recruit.data.corpus import DocInfo
 from recruit.data.stream import TokenStream
@@ -31,6 +30,17 @@ KEY_ALPHABET = string.ascii_uppercase + string.digits
 """Characters of a key (36 symbols: chance of guessing one character is 1/36)."""
 STATEMENT = "The secret key is {key}. "
 QUESTION = " The secret key is "
+
+
+def episode_tokens(distance: int, key_len: int) -> int:
+    """Ids of an episode without its tags: the statement, ``distance`` bytes of filler, the question, the key."""
+    return len(STATEMENT.format(key="K" * key_len).encode()) + distance + len(QUESTION.encode()) + key_len
+
+
+def prompt_tokens(distance: int, key_len: int) -> int:
+    """Ids of a probe's prompt (:func:`make_probe`): two tags and the episode up to the question."""
+    return 2 + episode_tokens(distance, key_len) - key_len
+
 
 GenerateFn = Callable[[list[int], int], Sequence[int]]
 """``(prompt ids, max new tokens) -> generated ids`` (the continuation only, at most that many)."""
@@ -183,8 +193,7 @@ class ProbeMixStream(TokenStream):
         self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, mix: float = 0.5, key_len: int = 6
     ) -> None:
         super().__init__(tokens, seq_len, batch_size, seed)
-        self.statement_len = len(STATEMENT.format(key="K" * key_len).encode())
-        self.fixed = self.statement_len + len(QUESTION.encode()) + key_len  # episode bytes besides the filler
+        self.fixed = episode_tokens(0, key_len)  # episode ids besides the filler
         if not 0 < mix <= 1:
             raise RecruitError(f"probe mix must be in (0, 1], got {mix}")
         if key_len <= 0 or self.fixed > seq_len + 1:
@@ -203,13 +212,11 @@ class ProbeMixStream(TokenStream):
         out = np.concatenate([window[:start], statement, text[:distance], question, text[distance:]])
         return out[: len(window)]
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets of batch ``step``: two (B, T) int64 tensors, some windows carrying an episode."""
-        x, y = super().batch(step)
-        win = torch.cat([x, y[:, -1:]], dim=1).numpy()  # (B, T + 1)
+    def windows(self, step: int) -> np.ndarray:
+        """The plain stream's windows of batch ``step`` (B, T + 1), some of them carrying an episode."""
+        win = super().windows(step)
         rng = np.random.default_rng([self.seed, step, 1])
         for b in range(len(win)):
             if rng.random() < self.mix:
                 win[b] = self.episode(win[b], rng)
-        win = torch.from_numpy(win)
-        return win[:, :-1], win[:, 1:]
+        return win

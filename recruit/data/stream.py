@@ -27,12 +27,15 @@ class TokenStream:
             raise RecruitError(f"only {len(tokens)} tokens of data, fewer than one sequence of {seq_len + 1}")
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets of batch ``step``: two (B, T) int64 tensors."""
+    def windows(self, step: int) -> np.ndarray:
+        """The windows of batch ``step``: (B, T + 1) int64, a fresh array (subclasses may rewrite it)."""
         rng = np.random.default_rng([self.seed, step])
         starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
-        win = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64) for s in starts])
-        win = torch.from_numpy(win)  # (B, T + 1)
+        return np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64) for s in starts])
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of batch ``step``: two (B, T) int64 tensors."""
+        win = torch.from_numpy(self.windows(step))  # (B, T + 1)
         return win[:, :-1], win[:, 1:]
 
 
