@@ -34,7 +34,7 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "step $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
-step fff "${FFF_LIMIT:-200}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
+step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
 if [ "$DEVICE" = cuda ]; then
   step gpu-tests 150 $py -m pytest -m gpu -q -p no:cacheprovider tests/
 fi

@@ -155,9 +155,13 @@ def test_package_imports_and_infers_without_triton(cpu_built):
 
 # ---- Triton ----------------------------------------------------------------------------------------
 TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small blocks: several masked chunks)
-    (0, 1, 1, 5, 3, {}),  # small-batch defaults on a single level
+    (0, 1, 1, 5, 3, {}),  # small-batch defaults (the token kernel) on a single level
     (14, 1, 3, 8, 5, {}),  # 15 levels in routing steps of 2, the last one of a single level
-    (5, 3, 3, 20, 9, dict(spec=3, block_d=16)),  # 6 levels = 3 + 3, two feature chunks
+    (5, 3, 3, 20, 9, dict(spec=3, block_d=16)),  # 6 levels = 3 + 3, two feature chunks, three trees' paths
+    (6, 1, 2, 9, 9, dict(split=3)),  # 8 programs per token, each a level-3 subtree: 2 steps above, 2 below
+    (5, 1, 3, 20, 17, dict(split=2, spec=1, block_d=16, block_o=16)),  # 2 + 4 levels, masked tails
+    (4, 1, 2, 16, 7, dict(split=1, spec=4)),  # 1 level above the subtrees, 4 below in one step
+    (8, 2, 3, 24, 10, dict(block_b=1)),  # the block kernel at a small batch
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 65, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -214,6 +218,24 @@ def test_triton_interpreted_equals_reference(interpreted, dtype, name):
     torch.testing.assert_close(out, fff_reference(*case, depth, n_trees), **TOL[dtype])
 
 
+@pytest.mark.parametrize(
+    "launch,batch,n_trees,why",
+    [
+        (dict(split=2), 1, 2, "single tree"),  # the programs of one token would write one output per tree
+        (dict(split=2), 65, 1, "token kernel"),  # above SMALL_BATCH tokens
+        (dict(split=2, block_b=1), 1, 1, "token kernel"),
+        (dict(split=4), 1, 1, "split must be in 0..3"),
+    ],
+)
+def test_triton_split_refuses_what_it_cannot_do(launch, batch, n_trees, why):
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import fff_triton
+
+    case = make_case(0, 3, n_trees, batch, 8, 4, torch.float32)
+    with pytest.raises(AssertionError, match=why):
+        fff_triton(*case, 3, n_trees, **launch)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -225,6 +247,18 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
     case = tuple(t.cuda() for t in make_case(depth, depth, n_trees, batch, d_in, d_out, dtype))
     check(fff_triton, case, depth, n_trees)
     check(fff_infer, case, depth, n_trees)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("launch", [dict(split=3), dict(split=6, spec=1), dict(split=7, spec=3), dict(block_b=1)])
+def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import fff_triton
+
+    case = tuple(t.cuda() for t in make_case(13, 13, 1, 5, 512, 384, dtype))
+    check(fff_triton, case, 13, 1, **launch)
 
 
 @pytest.mark.gpu

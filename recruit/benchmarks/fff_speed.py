@@ -76,14 +76,28 @@ def _peer(case: SpeedCase, dtype: torch.dtype, device):
     return FFF(case.hidden, 1, case.hidden, case.depth).to(device, dtype).eval()
 
 
-def _launches(small: bool) -> list[dict[str, int]]:
+def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     """Launch configurations of the Triton kernel tried on CUDA (the fastest is reported as ``triton-tuned``).
 
     The first is the default; the others vary the levels per routing step (``spec``), the levels routed
-    densely (``top``), the tiles, the unrolling and the warps.
+    densely (``top``), the subtrees walked side by side (``split``, small batches), the kernel (``block_b``
+    asks for the block kernel, the small-batch default before the token kernel), the tiles, the unrolling
+    and the warps.
     """
     if small:
-        return [{}, dict(num_warps=4), dict(num_warps=8), dict(spec=1), dict(spec=3), dict(block_o=2048)]
+        splits = [dict(split=s) for s in (3, 5, 6, 7)] + [dict(split=7, spec=1), dict(split=6, spec=1)]
+        return [
+            {},
+            dict(block_b=1),
+            dict(num_warps=4),
+            dict(num_warps=8),
+            dict(num_warps=16),
+            dict(spec=1),
+            dict(spec=3),
+            dict(block_o=256),
+            dict(block_o=1024),
+            *(launch for launch in splits if launch["split"] <= depth),
+        ]
     return (
         [{}, dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]
         + [dict(top=t) for t in (6, 7, 9)]
@@ -152,7 +166,7 @@ def measure_case(
                 from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton
 
                 expect = fns["fff"](0).float()
-                for launch in _launches(case.batch <= SMALL_BATCH):
+                for launch in _launches(case.batch <= SMALL_BATCH, case.depth):
                     label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
 
                     def tuned(i: int, launch=launch) -> torch.Tensor:

@@ -1,12 +1,18 @@
-"""The fused FFF inference kernel in Triton: every level of every tree in one launch.
+"""The fused FFF inference kernels in Triton: every level of every tree in one launch.
 
-One program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. A routing step evaluates
-``SPEC`` levels at once: all 2^SPEC − 1 nodes of the subtree below each token's current node (gather their
-``w_in`` rows in ``BLOCK_D`` chunks, dot with the token, add the biases), then walks the subtree in
-registers. SPEC = 1 reads only the path; larger SPEC cuts the chain of dependent loads (latency, what limits
-small batches) by SPEC for (2^SPEC − 1) / SPEC times the routing reads. Rows are contiguous along the
-feature dimension, so each token's chunk of a row is one coalesced segment. All arithmetic is float32
-whatever the storage dtype (float32, float16, bfloat16); the output has the dtype of ``x``.
+Two kernels. The token kernel (small batches, :func:`_fff_token_kernel`) gives each program one token and
+keeps its path in registers, then gathers all the path's ``w_out_t`` rows at once, so that the output
+costs one round trip to memory instead of one per level; it can also split the walk over subtree
+programs (``split``, see there). The block kernel (:func:`_fff_kernel`, large batches) is described below.
+
+In the block kernel, one program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. A
+routing step evaluates ``SPEC`` levels at once: all 2^SPEC − 1 nodes of the subtree below each token's
+current node (gather their ``w_in`` rows in ``BLOCK_D`` chunks, dot with the token, add the biases), then
+walks the subtree in registers. SPEC = 1 reads only the path; larger SPEC cuts the chain of dependent loads
+(latency, what limits small batches) by SPEC for (2^SPEC − 1) / SPEC times the routing reads. Rows are
+contiguous along the feature dimension, so each token's chunk of a row is one coalesced segment. All
+arithmetic is float32 whatever the storage dtype (float32, float16, bfloat16); the output has the dtype of
+``x``.
 
 The walk writes the visited rows and their GELU values to a small scratch buffer; the program then sums
 its output columns from those ``w_out_t`` rows, ``BLOCK_O`` at a time (registers would hold the path
@@ -15,6 +21,7 @@ up to 2x slower on an H200).
 
 Small batches split the output columns over several programs so that the GPU fills up (each recomputes the
 routing, whose rows come from L2); large batches give each program all columns so that routing runs once.
+Both kernels use the same routing steps, in the same heap layout.
 
 This module imports ``triton`` at import time: import it lazily (``recruit.fff.kernels.fff_infer`` does).
 Triton's interpreter runs it on CPU tensors when ``TRITON_INTERPRET=1`` is set before ``triton`` is first
@@ -30,6 +37,8 @@ import triton.language as tl
 SMALL_BATCH = 64  # up to this many tokens the default launch favours latency over bandwidth
 TOP_LEVELS = 8  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``)
 _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM of an H100)
+TOKEN_PATH = 64  # most path rows (trees × levels) that the token kernel holds in registers
+_TOKEN_TILE = 8192  # elements per (rows × features) or (path × columns) tile of the token kernel
 
 
 @triton.jit
@@ -140,6 +149,111 @@ def _fff_kernel(
         tl.store(out_ptr + tok64[:, None] * D_OUT + o[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _fff_token_kernel(
+    x_ptr,  # (B, D_in)
+    w_in_ptr,  # (K·M, D_in)
+    b_in_ptr,  # (K·M,)
+    w_out_ptr,  # (K·M, D_out), w_out_t
+    out_ptr,  # (B, D_out)
+    D_IN,
+    D_OUT,
+    N_NODES,  # M = 2^(depth+1) − 1
+    N_STEPS,  # routing steps per tree: max(⌈SPLIT / SPEC⌉, ⌈(LEVELS − SPLIT) / SPEC⌉)
+    COLS_PER_PROGRAM,  # a multiple of BLOCK_O
+    N_TREES: tl.constexpr,  # 1 when SPLIT > 0
+    LEVELS: tl.constexpr,  # depth + 1
+    SPLIT: tl.constexpr,  # level of the subtree roots that programs take one each (0: the whole tree)
+    SPEC: tl.constexpr,  # levels per routing step
+    SUB: tl.constexpr,  # next power of two ≥ 2^SPEC − 1
+    TOP_LANES: tl.constexpr,  # SUB when SPLIT > 0 (lanes of the walk above SPLIT), else 0
+    PATH_P: tl.constexpr,  # next power of two ≥ N_TREES · LEVELS: the path, held in registers
+    BLOCK_D: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    UNROLL: tl.constexpr,  # unroll factor of the loop over feature chunks (loads in flight)
+):
+    """One token per program: the path stays in registers, and the output is one gather of all its rows.
+
+    Program (t, p, c) routes token t and sums output columns slice c. With SPLIT = s > 0 it also takes the
+    subtree below level-s node p: each step evaluates SPEC levels of the walk above level s (which every
+    program repeats) and SPEC levels of the walk down p's subtree side by side, so the chain of dependent
+    loads is max(⌈s / SPEC⌉, ⌈(LEVELS − s) / SPEC⌉) steps instead of ⌈LEVELS / SPEC⌉; only the program
+    whose subtree the token enters writes its output (the others computed a walk it does not take).
+    """
+    tok = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1).to(tl.int64)
+    root = (1 << SPLIT) - 1 + part  # heap index of this program's subtree root (0 when SPLIT = 0)
+    lane = tl.arange(0, TOP_LANES + SUB)  # (LANES,) lanes [0, TOP_LANES) walk above SPLIT, the rest below
+    is_top = lane < TOP_LANES
+    local = tl.where(is_top, lane, lane - TOP_LANES)  # heap index within the step's subtree
+    lane_depth = tl.zeros((TOP_LANES + SUB,), dtype=tl.int64)
+    for t in tl.static_range(1, SPEC):
+        lane_depth += (local + 1 >= (1 << t)).to(tl.int64)
+    lane_scale = (1 << lane_depth).to(tl.int64)
+    lane_real = local < (1 << SPEC) - 1
+    limit = tl.where(is_top, SPLIT, LEVELS)  # the walk above SPLIT stops there
+    slot = tl.arange(0, PATH_P)  # (PATH_P,) path slot k·LEVELS + level
+    path_rows = tl.zeros((PATH_P,), dtype=tl.int64)  # global rows of the visited nodes
+    path_g = tl.zeros((PATH_P,), dtype=tl.float32)  # GELU of their pre-activations
+    chosen = root * 0 - 1  # the level-SPLIT node that the walk above SPLIT enters
+    if SPLIT == 0:  # there is no walk above: every program's subtree is the whole tree
+        chosen = root
+
+    for k in range(N_TREES):
+        top = root * 0  # heap index of the step's root node above SPLIT
+        sub = root  # ... and below it
+        for step in range(N_STEPS):
+            first = step * SPEC  # the step's first level above SPLIT; SPLIT + first below it
+            node = tl.where(is_top, top, sub)  # (LANES,)
+            start = tl.where(is_top, first, SPLIT + first)
+            rows = k * N_NODES + node * lane_scale + local  # (LANES,)
+            live = lane_real & (start + lane_depth < limit)
+            bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
+            acc = tl.zeros((TOP_LANES + SUB, BLOCK_D), dtype=tl.float32)
+            for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
+                d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+                d_ok = d < D_IN
+                xv = tl.load(x_ptr + tok * D_IN + d, mask=d_ok, other=0.0)
+                wv = tl.load(w_in_ptr + rows[:, None] * D_IN + d[None, :], mask=live[:, None] & d_ok[None, :],
+                             other=0.0)  # fmt: skip
+                acc += xv[None, :].to(tl.float32) * wv.to(tl.float32)
+            logits = tl.sum(acc, axis=1) + bias  # (LANES,)
+            js = root * 0  # local heap index below SPLIT at this level
+            jt = root * 0  # ... and above it
+            for r in tl.static_range(SPEC):
+                pick = lane == TOP_LANES + js
+                a = tl.sum(tl.where(pick, logits, 0.0), axis=0)
+                at_slot = (slot == k * LEVELS + SPLIT + first + r) & (SPLIT + first + r < LEVELS)
+                path_rows = tl.where(at_slot, tl.sum(tl.where(pick, rows, 0), axis=0), path_rows)
+                path_g = tl.where(at_slot, _gelu(a), path_g)
+                js = 2 * js + 1 + (a > 0).to(tl.int64)
+                if TOP_LANES > 0:
+                    pick = lane == jt
+                    a = tl.sum(tl.where(pick, logits, 0.0), axis=0)
+                    at_slot = (slot == first + r) & (first + r < SPLIT)
+                    path_rows = tl.where(at_slot, tl.sum(tl.where(pick, rows, 0), axis=0), path_rows)
+                    path_g = tl.where(at_slot, _gelu(a), path_g)
+                    child = 2 * (top * (1 << r) + jt) + 1 + (a > 0).to(tl.int64)  # heap index, one level down
+                    chosen = tl.where(first + r == SPLIT - 1, child, chosen)
+                    jt = 2 * jt + 1 + (a > 0).to(tl.int64)
+            top = top * (1 << SPEC) + jt
+            sub = sub * (1 << SPEC) + js
+
+    # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
+    used = slot < N_TREES * LEVELS
+    col_start = tl.program_id(2) * COLS_PER_PROGRAM
+    col_end = tl.minimum(col_start + COLS_PER_PROGRAM, D_OUT)
+    for o0 in range(col_start, col_end, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
+        # only the program whose subtree the token enters writes (compared as a vector: Triton's interpreter
+        # gives `vector & 0-d mask` an integer type that loads refuse)
+        o_ok = (o < col_end) & (chosen + 0 * o == root)
+        wv = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :], mask=used[:, None] & o_ok[None, :],
+                     other=0.0)  # (PATH_P, BLOCK_O)  # fmt: skip
+        acc = tl.sum(path_g[:, None] * wv.to(tl.float32), axis=0)  # (BLOCK_O,)
+        tl.store(out_ptr + tok * D_OUT + o, acc.to(out_ptr.dtype.element_ty), mask=o_ok)
+
+
 def _pow2(n: int, hi: int) -> int:
     """The next power of two ≥ n, at least 16 and at most hi."""
     return max(16, min(hi, triton.next_power_of_2(max(n, 1))))
@@ -160,14 +274,17 @@ def fff_triton(
     num_warps: int | None = None,
     unroll: int | None = None,
     top: int | None = None,
+    split: int | None = None,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
     The launch parameters default to two regimes, picked from a sweep on an H200 (``recruit bench fff``
-    records every configuration it tries): up to ``SMALL_BATCH`` tokens the walk is latency-bound (``spec``
-    2, one token per program, the output columns split over programs; 4 warps for rows of at most 1024
-    features, 8 above), beyond it bandwidth-bound (the top ``TOP_LEVELS`` levels routed densely, then
-    ``spec`` 1 with 8 tokens per program, 2 up to 1024 tokens, 4 when ``top`` = 0).
+    records every configuration it tries). Up to ``SMALL_BATCH`` tokens the walk is latency-bound: the
+    token kernel (one token per program, its path in registers, ``spec`` 2, the output columns split over
+    programs; 4 warps for rows of at most 1024 features, 8 above), as long as the path of all trees fits
+    (K·(depth + 1) ≤ ``TOKEN_PATH``). Beyond that the block kernel, bandwidth-bound (the top ``TOP_LEVELS``
+    levels routed densely, then ``spec`` 1 with 8 tokens per program, 2 up to 1024 tokens, 4 when ``top``
+    = 0). Passing ``block_b`` or ``top`` > 0 asks for the block kernel at any batch size.
 
     ``top`` > 0 routes the first ``top`` levels densely: one GEMM computes the pre-activations of the
     2^top − 1 top nodes of every tree for every token, the kernel loads each token's row of them once and
@@ -192,6 +309,10 @@ def fff_triton(
         num_warps: Warps per program.
         unroll: Unroll factor of the loops over feature chunks and over the path (loads in flight).
         top: Levels routed densely, 0 to depth + 1 (default: ``TOP_LEVELS`` for large batches, 0 for small).
+        split: Token kernel only, single tree only: 2^split programs per token each walk the subtree below
+            one node of level ``split`` (0 to depth) while all of them walk the levels above it, which cuts
+            the chain of dependent loads to max(⌈split / spec⌉, ⌈(depth + 1 − split) / spec⌉) steps at the
+            cost of 2^split times the routing reads (default 0).
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -213,6 +334,11 @@ def fff_triton(
     small = n <= SMALL_BATCH
     spec = spec or (2 if small else 1)
     assert 1 <= spec <= 4, f"spec must be in 1..4, got {spec}"
+    token = small and block_b is None and not top and n_trees * (depth + 1) <= TOKEN_PATH
+    assert token or not split, "split needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
+    if token:
+        return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec, split or 0, block_d, block_o,
+                             num_warps, unroll)  # fmt: skip
     top = min(TOP_LEVELS if not small else 0, depth + 1) if top is None else top
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
     sub = triton.next_power_of_2(2**spec - 1)
@@ -249,4 +375,44 @@ def fff_triton(
         w_out_top = w_out_t.view(n_trees, m, d_out)[:, :top_w]  # (K, top_w, D_out), a view
         for k in range(n_trees):
             out.addmm_(top_act[k], w_out_top[k])
+    return out
+
+
+def _launch_token(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor,
+    w_out_t: torch.Tensor,
+    out: torch.Tensor,
+    depth: int,
+    n_trees: int,
+    spec: int,
+    split: int,
+    block_d: int | None,
+    block_o: int | None,
+    num_warps: int | None,
+    unroll: int | None,
+) -> torch.Tensor:
+    """Launch :func:`_fff_token_kernel` over (tokens, subtrees, column slices); ``out`` is filled and returned."""
+    assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
+    assert split == 0 or n_trees == 1, f"split > 0 needs a single tree, got {n_trees}"
+    n, d_in = x.shape
+    d_out = out.shape[1]
+    levels = depth + 1
+    sub = triton.next_power_of_2(2**spec - 1)
+    lanes = sub * (2 if split else 1)
+    path_p = triton.next_power_of_2(n_trees * levels)
+    block_d = block_d or _pow2(d_in, _TOKEN_TILE // lanes)
+    block_o = block_o or _pow2(d_out, _TOKEN_TILE // path_p)
+    num_warps = num_warps or (4 if d_in <= 1024 else 8)
+    col_blocks = triton.cdiv(d_out, block_o)
+    splits = max(1, min(col_blocks, _PROGRAMS // (n << split)))  # column programs per (token, subtree)
+    cols_per_program = triton.cdiv(col_blocks, splits) * block_o
+    steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
+    grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
+    _fff_token_kernel[grid](
+        x, w_in, b_in, w_out_t, out, d_in, d_out, 2**levels - 1, steps, cols_per_program, N_TREES=n_trees,
+        LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0, PATH_P=path_p,
+        BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, num_warps=num_warps,
+    )  # fmt: skip
     return out
