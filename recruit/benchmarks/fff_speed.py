@@ -85,17 +85,21 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     and the warps.
     """
     if small:
-        splits = [dict(split=s) for s in (3, 5, 6, 7)] + [dict(split=7, spec=1), dict(split=6, spec=1)]
+        splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
         return [
             {},
             dict(block_b=1),
-            dict(num_warps=4),
+            dict(block_b=1, num_warps=4),
+            dict(num_warps=2),
             dict(num_warps=8),
-            dict(num_warps=16),
             dict(spec=1),
             dict(spec=3),
-            dict(block_o=256),
-            dict(block_o=1024),
+            dict(spec=3, block_d=512),
+            dict(block_d=512),
+            dict(block_d=1024),
+            dict(block_o=512),
+            dict(block_o=2048),
+            dict(unroll=2),
             *(launch for launch in splits if launch["split"] <= depth),
         ]
     return (

@@ -38,7 +38,8 @@ SMALL_BATCH = 64  # up to this many tokens the default launch favours latency ov
 TOP_LEVELS = 8  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``)
 _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM of an H100)
 TOKEN_PATH = 64  # most path rows (trees × levels) that the token kernel holds in registers
-_TOKEN_TILE = 8192  # elements per (rows × features) or (path × columns) tile of the token kernel
+_TOKEN_TILE = 8192  # elements per (rows × features) routing tile of the token kernel
+_TOKEN_OUT_TILE = 16384  # elements per (path × columns) output tile of the token kernel
 
 
 @triton.jit
@@ -280,8 +281,8 @@ def fff_triton(
 
     The launch parameters default to two regimes, picked from a sweep on an H200 (``recruit bench fff``
     records every configuration it tries). Up to ``SMALL_BATCH`` tokens the walk is latency-bound: the
-    token kernel (one token per program, its path in registers, ``spec`` 2, the output columns split over
-    programs; 4 warps for rows of at most 1024 features, 8 above), as long as the path of all trees fits
+    token kernel (one token per program, its path in registers, ``spec`` 2, 4 warps, the output columns
+    split over programs in slices of 16384 / path elements), as long as the path of all trees fits
     (K·(depth + 1) ≤ ``TOKEN_PATH``). Beyond that the block kernel, bandwidth-bound (the top ``TOP_LEVELS``
     levels routed densely, then ``spec`` 1 with 8 tokens per program, 2 up to 1024 tokens, 4 when ``top``
     = 0). Passing ``block_b`` or ``top`` > 0 asks for the block kernel at any batch size.
@@ -403,8 +404,8 @@ def _launch_token(
     lanes = sub * (2 if split else 1)
     path_p = triton.next_power_of_2(n_trees * levels)
     block_d = block_d or _pow2(d_in, _TOKEN_TILE // lanes)
-    block_o = block_o or _pow2(d_out, _TOKEN_TILE // path_p)
-    num_warps = num_warps or (4 if d_in <= 1024 else 8)
+    block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // path_p)
+    num_warps = num_warps or 4
     col_blocks = triton.cdiv(d_out, block_o)
     splits = max(1, min(col_blocks, _PROGRAMS // (n << split)))  # column programs per (token, subtree)
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
