@@ -162,6 +162,7 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (5, 1, 3, 20, 17, dict(split=2, spec=1, block_d=16, block_o=16)),  # 2 + 4 levels, masked tails
     (4, 1, 2, 16, 7, dict(split=1, spec=4)),  # 1 level above the subtrees, 4 below in one step
     (8, 2, 3, 24, 10, dict(block_b=1)),  # the block kernel at a small batch
+    (3, 1, 2, 300, 5, dict(block_d=16)),  # 19 feature chunks: the token kernel's loop is not unrolled in full
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 65, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM

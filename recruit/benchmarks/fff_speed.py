@@ -89,17 +89,14 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
         return [
             {},
             dict(block_b=1),
-            dict(block_b=1, num_warps=4),
-            dict(num_warps=2),
             dict(num_warps=8),
             dict(spec=1),
             dict(spec=3),
-            dict(spec=3, block_d=512),
-            dict(block_d=512),
+            dict(spec=3, num_warps=8),
             dict(block_d=1024),
-            dict(block_o=512),
+            dict(block_d=4096),
+            dict(block_d=4096, num_warps=8),
             dict(block_o=2048),
-            dict(unroll=2),
             *(launch for launch in splits if launch["split"] <= depth),
         ]
     return (

@@ -40,6 +40,7 @@ _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM o
 TOKEN_PATH = 64  # most path rows (trees × levels) that the token kernel holds in registers
 _TOKEN_TILE = 8192  # elements per (rows × features) routing tile of the token kernel
 _TOKEN_OUT_TILE = 16384  # elements per (path × columns) output tile of the token kernel
+_UNROLL_ALL = 16  # the token kernel unrolls its loop over feature chunks in full up to this many chunks
 
 
 @triton.jit
@@ -151,6 +152,16 @@ def _fff_kernel(
 
 
 @triton.jit
+def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, d0, D_IN, BLOCK_D: tl.constexpr):
+    """``acc`` (LANES, BLOCK_D) plus token ``tok``'s features [d0, d0 + BLOCK_D) times those of ``rows``."""
+    d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    d_ok = d < D_IN
+    xv = tl.load(x_ptr + tok * D_IN + d, mask=d_ok, other=0.0)
+    wv = tl.load(w_in_ptr + rows[:, None] * D_IN + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
+    return acc + xv[None, :].to(tl.float32) * wv.to(tl.float32)
+
+
+@triton.jit
 def _fff_token_kernel(
     x_ptr,  # (B, D_in)
     w_in_ptr,  # (K·M, D_in)
@@ -172,6 +183,7 @@ def _fff_token_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_O: tl.constexpr,
     UNROLL: tl.constexpr,  # unroll factor of the loop over feature chunks (loads in flight)
+    D_CHUNKS: tl.constexpr,  # ⌈D_in / BLOCK_D⌉ when the loop over them is unrolled in full, else 0
 ):
     """One token per program: the path stays in registers, and the output is one gather of all its rows.
 
@@ -211,13 +223,12 @@ def _fff_token_kernel(
             live = lane_real & (start + lane_depth < limit)
             bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
             acc = tl.zeros((TOP_LANES + SUB, BLOCK_D), dtype=tl.float32)
-            for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
-                d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-                d_ok = d < D_IN
-                xv = tl.load(x_ptr + tok * D_IN + d, mask=d_ok, other=0.0)
-                wv = tl.load(w_in_ptr + rows[:, None] * D_IN + d[None, :], mask=live[:, None] & d_ok[None, :],
-                             other=0.0)  # fmt: skip
-                acc += xv[None, :].to(tl.float32) * wv.to(tl.float32)
+            if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
+                for c in tl.static_range(D_CHUNKS):
+                    acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, c * BLOCK_D, D_IN, BLOCK_D)
+            else:
+                for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
+                    acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, d0, D_IN, BLOCK_D)
             logits = tl.sum(acc, axis=1) + bias  # (LANES,)
             js = root * 0  # local heap index below SPLIT at this level
             jt = root * 0  # ... and above it
@@ -410,10 +421,12 @@ def _launch_token(
     splits = max(1, min(col_blocks, _PROGRAMS // (n << split)))  # column programs per (token, subtree)
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
     steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
+    chunks = triton.cdiv(d_in, block_d)
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
     _fff_token_kernel[grid](
         x, w_in, b_in, w_out_t, out, d_in, d_out, 2**levels - 1, steps, cols_per_program, N_TREES=n_trees,
         LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0, PATH_P=path_p,
-        BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, num_warps=num_warps,
+        BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if chunks <= _UNROLL_ALL else 0,
+        num_warps=num_warps,
     )  # fmt: skip
     return out
