@@ -35,7 +35,9 @@ import triton
 import triton.language as tl
 
 SMALL_BATCH = 64  # up to this many tokens the default launch favours latency over bandwidth
-TOP_LEVELS = 8  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``)
+TOP_LEVELS = 8  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``) ...
+TOP_LEVELS_LARGE = 7  # ... and above LARGE_BATCH tokens, where one level fewer measured 1-4% faster on an H200
+LARGE_BATCH = 1024
 _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM of an H100)
 TOKEN_PATH = 64  # most path rows (trees × levels) that the token kernel holds in registers
 _TOKEN_TILE = 8192  # elements per (rows × features) routing tile of the token kernel
@@ -294,9 +296,10 @@ def fff_triton(
     records every configuration it tries). Up to ``SMALL_BATCH`` tokens the walk is latency-bound: the
     token kernel (one token per program, its path in registers, ``spec`` 2, 4 warps, the output columns
     split over programs in slices of 16384 / path elements), as long as the path of all trees fits
-    (K·(depth + 1) ≤ ``TOKEN_PATH``). Beyond that the block kernel, bandwidth-bound (the top ``TOP_LEVELS``
-    levels routed densely, then ``spec`` 1 with 8 tokens per program, 2 up to 1024 tokens, 4 when ``top``
-    = 0). Passing ``block_b`` or ``top`` > 0 asks for the block kernel at any batch size.
+    (K·(depth + 1) ≤ ``TOKEN_PATH``). Beyond that the block kernel, bandwidth-bound: the top ``TOP_LEVELS``
+    levels (``TOP_LEVELS_LARGE`` above ``LARGE_BATCH`` tokens) routed densely, then ``spec`` 1 with 8
+    tokens per program, 2 up to 1024 tokens, 4 when ``top`` = 0. Passing ``block_b`` or ``top`` > 0 asks
+    for the block kernel at any batch size.
 
     ``top`` > 0 routes the first ``top`` levels densely: one GEMM computes the pre-activations of the
     2^top − 1 top nodes of every tree for every token, the kernel loads each token's row of them once and
@@ -351,7 +354,8 @@ def fff_triton(
     if token:
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec, split or 0, block_d, block_o,
                              num_warps, unroll)  # fmt: skip
-    top = min(TOP_LEVELS if not small else 0, depth + 1) if top is None else top
+    if top is None:
+        top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
     sub = triton.next_power_of_2(2**spec - 1)
     block_b = block_b or (1 if small else 4 if not top else 2 if n <= 1024 else 8)
