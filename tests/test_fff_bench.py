@@ -35,3 +35,19 @@ def test_agree_counts_tokens_not_elements():
     got[7] = -got[7]  # one token routed elsewhere
     assert _agree(got, expect) == pytest.approx(0.9)
     assert _agree(got[:0], expect[:0]) == 1.0
+
+
+def test_cycled_graph_timing_touches_twice_the_l2(monkeypatch):
+    import types
+
+    import torch
+
+    from recruit.benchmarks.fff_speed import SpeedCase, _calls_beyond_l2
+
+    props = types.SimpleNamespace(L2_cache_size=50 * 2**20)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    row_pair = 2 * 4096 * 2  # a w_in and a w_out_t row in bf16
+    calls = _calls_beyond_l2(SpeedCase(4096, 13, 1), torch.device("cuda"), torch.bfloat16)
+    assert (calls - 1) * 14 * row_pair < 2 * props.L2_cache_size <= calls * 14 * row_pair  # the fewest that do
+    assert _calls_beyond_l2(SpeedCase(4096, 13, 4096), torch.device("cuda"), torch.bfloat16) == 16  # at least 16
+    assert _calls_beyond_l2(SpeedCase(64, 0, 1), torch.device("cuda"), torch.bfloat16) == 1024  # at most 1024

@@ -253,7 +253,9 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("launch", [dict(split=3), dict(split=6, spec=1), dict(split=7, spec=3), dict(block_b=1)])
+@pytest.mark.parametrize(
+    "launch", [dict(split=3), dict(split=6, spec=1), dict(split=7, spec=3), dict(block_b=1), dict(prefetch=1)]
+)
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
     pytest.importorskip("triton")
     from recruit.fff.kernels.triton_fff import fff_triton

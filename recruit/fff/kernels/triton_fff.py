@@ -154,6 +154,14 @@ def _fff_kernel(
 
 
 @triton.jit
+def _prefetch_l2(ptrs):
+    """Ask L2 for the 128-byte lines at ``ptrs`` (any shape) without waiting for them: a hint, no result."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@triton.jit
 def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, d0, D_IN, BLOCK_D: tl.constexpr):
     """``acc`` (LANES, BLOCK_D) plus token ``tok``'s features [d0, d0 + BLOCK_D) times those of ``rows``."""
     d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
@@ -186,6 +194,9 @@ def _fff_token_kernel(
     BLOCK_O: tl.constexpr,
     UNROLL: tl.constexpr,  # unroll factor of the loop over feature chunks (loads in flight)
     D_CHUNKS: tl.constexpr,  # ⌈D_in / BLOCK_D⌉ when the loop over them is unrolled in full, else 0
+    PREFETCH: tl.constexpr,  # 1: each step asks L2 for the rows that the next step may read (CUDA only)
+    PF_LINES: tl.constexpr,  # next power of two ≥ the 128-byte lines of a w_in row
+    LINE: tl.constexpr,  # elements per 128-byte line
 ):
     """One token per program: the path stays in registers, and the output is one gather of all its rows.
 
@@ -194,6 +205,9 @@ def _fff_token_kernel(
     program repeats) and SPEC levels of the walk down p's subtree side by side, so the chain of dependent
     loads is max(⌈s / SPEC⌉, ⌈(LEVELS − s) / SPEC⌉) steps instead of ⌈LEVELS / SPEC⌉; only the program
     whose subtree the token enters writes its output (the others computed a walk it does not take).
+
+    With PREFETCH each step also asks L2 for the rows of all 2^SPEC subtrees that the next step may walk
+    (2^SPEC · (2^SPEC − 1) rows, not waited for), so that the next step's loads hit L2 instead of memory.
     """
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1).to(tl.int64)
@@ -211,6 +225,14 @@ def _fff_token_kernel(
     path_rows = tl.zeros((PATH_P,), dtype=tl.int64)  # global rows of the visited nodes
     path_g = tl.zeros((PATH_P,), dtype=tl.float32)  # GELU of their pre-activations
     chosen = root * 0 - 1  # the level-SPLIT node that the walk above SPLIT enters
+    # the next step's candidate rows: subtree lane q % SUB below exit q // SUB of this step's subtree
+    q = tl.arange(0, SUB << SPEC)  # (2^SPEC·SUB,)
+    q_lane = q % SUB
+    q_depth = tl.zeros((SUB << SPEC,), dtype=tl.int64)
+    for t in tl.static_range(1, SPEC):
+        q_depth += (q_lane + 1 >= (1 << t)).to(tl.int64)
+    q_offset = ((1 << SPEC) - 1 + q // SUB) * (1 << q_depth) + q_lane  # below node n: n·2^(SPEC+depth) + offset
+    q_real = q_lane < (1 << SPEC) - 1
     if SPLIT == 0:  # there is no walk above: every program's subtree is the whole tree
         chosen = root
 
@@ -223,6 +245,12 @@ def _fff_token_kernel(
             start = tl.where(is_top, first, SPLIT + first)
             rows = k * N_NODES + node * lane_scale + local  # (LANES,)
             live = lane_real & (start + lane_depth < limit)
+            if PREFETCH:
+                nxt = sub * (1 << (SPEC + q_depth)) + q_offset
+                ok = q_real & (SPLIT + first + SPEC + q_depth < LEVELS)
+                line = tl.arange(0, PF_LINES) * LINE  # (PF_LINES,)
+                line = tl.where(line < D_IN, line, 0)
+                _prefetch_l2(w_in_ptr + tl.where(ok, k * N_NODES + nxt, 0)[:, None] * D_IN + line[None, :])
             bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
             acc = tl.zeros((TOP_LANES + SUB, BLOCK_D), dtype=tl.float32)
             if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
@@ -289,6 +317,7 @@ def fff_triton(
     unroll: int | None = None,
     top: int | None = None,
     split: int | None = None,
+    prefetch: bool | None = None,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
@@ -328,6 +357,9 @@ def fff_triton(
             one node of level ``split`` (0 to depth) while all of them walk the levels above it, which cuts
             the chain of dependent loads to max(⌈split / spec⌉, ⌈(depth + 1 − split) / spec⌉) steps at the
             cost of 2^split times the routing reads (default 0).
+        prefetch: Token kernel only: each routing step asks L2 for the rows that the next step may read
+            (2^spec subtrees' worth), a hint that CUDA tensors take and the interpreter ignores (default off:
+            not yet measured).
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -351,9 +383,10 @@ def fff_triton(
     assert 1 <= spec <= 4, f"spec must be in 1..4, got {spec}"
     token = small and block_b is None and not top and n_trees * (depth + 1) <= TOKEN_PATH
     assert token or not split, "split needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
+    assert token or not prefetch, "prefetch needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
     if token:
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec, split or 0, block_d, block_o,
-                             num_warps, unroll)  # fmt: skip
+                             num_warps, unroll, bool(prefetch))  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -408,6 +441,7 @@ def _launch_token(
     block_o: int | None,
     num_warps: int | None,
     unroll: int | None,
+    prefetch: bool,
 ) -> torch.Tensor:
     """Launch :func:`_fff_token_kernel` over (tokens, subtrees, column slices); ``out`` is filled and returned."""
     assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
@@ -426,11 +460,13 @@ def _launch_token(
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
     steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
     chunks = triton.cdiv(d_in, block_d)
+    line = 128 // x.element_size()
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
     _fff_token_kernel[grid](
         x, w_in, b_in, w_out_t, out, d_in, d_out, 2**levels - 1, steps, cols_per_program, N_TREES=n_trees,
         LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0, PATH_P=path_p,
         BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if chunks <= _UNROLL_ALL else 0,
+        PREFETCH=int(prefetch and x.is_cuda), PF_LINES=triton.next_power_of_2(triton.cdiv(d_in, line)), LINE=line,
         num_warps=num_warps,
     )  # fmt: skip
     return out
