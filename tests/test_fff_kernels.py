@@ -163,6 +163,7 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (4, 1, 2, 16, 7, dict(split=1, spec=4)),  # 1 level above the subtrees, 4 below in one step
     (8, 2, 3, 24, 10, dict(block_b=1)),  # the block kernel at a small batch
     (3, 1, 2, 300, 5, dict(block_d=16)),  # 19 feature chunks: the token kernel's loop is not unrolled in full
+    (5, 1, 2, 12, 6, dict(prefetch=1)),  # the L2 hint, which the interpreter leaves out
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 65, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -226,6 +227,7 @@ def test_triton_interpreted_equals_reference(interpreted, dtype, name):
         (dict(split=2), 65, 1, "token kernel"),  # above SMALL_BATCH tokens
         (dict(split=2, block_b=1), 1, 1, "token kernel"),
         (dict(split=4), 1, 1, "split must be in 0..3"),
+        (dict(prefetch=1), 65, 1, "token kernel"),
     ],
 )
 def test_triton_split_refuses_what_it_cannot_do(launch, batch, n_trees, why):
