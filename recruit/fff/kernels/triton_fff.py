@@ -42,7 +42,8 @@ _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM o
 TOKEN_PATH = 64  # most path rows (trees × levels) that the token kernel holds in registers
 _TOKEN_TILE = 8192  # elements per (rows × features) routing tile of the token kernel
 _TOKEN_OUT_TILE = 16384  # elements per (path × columns) output tile of the token kernel
-_UNROLL_ALL = 16  # the token kernel unrolls its loop over feature chunks in full up to this many chunks
+_UNROLL_ALL = 16  # the token kernel unrolls its loop over feature chunks in full up to this many chunks ...
+_UNROLL_ALL_FEATURES = 16384  # ... of a row of at most this many features (sm_90: 255 registers at 16384)
 
 
 @triton.jit
@@ -460,12 +461,13 @@ def _launch_token(
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
     steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
     chunks = triton.cdiv(d_in, block_d)
+    unroll_all = chunks <= _UNROLL_ALL and d_in <= _UNROLL_ALL_FEATURES
     line = 128 // x.element_size()
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
     _fff_token_kernel[grid](
         x, w_in, b_in, w_out_t, out, d_in, d_out, 2**levels - 1, steps, cols_per_program, N_TREES=n_trees,
         LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0, PATH_P=path_p,
-        BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if chunks <= _UNROLL_ALL else 0,
+        BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
         PREFETCH=int(prefetch and x.is_cuda), PF_LINES=triton.next_power_of_2(triton.cdiv(d_in, line)), LINE=line,
         num_warps=num_warps,
     )  # fmt: skip
