@@ -30,6 +30,8 @@ imported in the process (the tests do so in a subprocess).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -386,8 +388,9 @@ def fff_triton(
     assert token or not split, "split needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
     assert token or not prefetch, "prefetch needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
     if token:
-        return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec, split or 0, block_d, block_o,
-                             num_warps, unroll, bool(prefetch))  # fmt: skip
+        return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
+                             block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
+                             prefetch=prefetch)  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -428,6 +431,62 @@ def fff_triton(
     return out
 
 
+@dataclass(frozen=True)
+class TokenLaunch:
+    """Everything a launch of :func:`_fff_token_kernel` needs besides the tensors (see :func:`token_launch`)."""
+
+    grid: tuple[int, int, int]  # (tokens, subtrees, column programs)
+    ints: dict[str, int]  # the kernel's runtime integer arguments, by name
+    constexprs: dict[str, int]  # its compile-time arguments, by name
+    num_warps: int
+
+
+def token_launch(
+    n: int,
+    d_in: int,
+    d_out: int,
+    depth: int,
+    n_trees: int,
+    element_size: int,
+    *,
+    spec: int = 2,
+    split: int = 0,
+    block_d: int | None = None,
+    block_o: int | None = None,
+    num_warps: int | None = None,
+    unroll: int | None = None,
+    prefetch: bool = False,
+) -> TokenLaunch:
+    """The token kernel's launch for n tokens of d_in features (``element_size`` bytes each) into d_out columns.
+
+    A pure function of the shapes and options, shared by :func:`fff_triton` and by the ahead-of-time resource
+    check (``benchmarks/triton_resources.py``), which compiles exactly what would be launched.
+    """
+    assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
+    assert split == 0 or n_trees == 1, f"split > 0 needs a single tree, got {n_trees}"
+    levels = depth + 1
+    sub = triton.next_power_of_2(2**spec - 1)
+    lanes = sub * (2 if split else 1)
+    path_p = triton.next_power_of_2(n_trees * levels)
+    block_d = block_d or _pow2(d_in, _TOKEN_TILE // lanes)
+    block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // path_p)
+    col_blocks = triton.cdiv(d_out, block_o)
+    splits = max(1, min(col_blocks, _PROGRAMS // (n << split)))  # column programs per (token, subtree)
+    cols_per_program = triton.cdiv(col_blocks, splits) * block_o
+    steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
+    chunks = triton.cdiv(d_in, block_d)
+    unroll_all = chunks <= _UNROLL_ALL and d_in <= _UNROLL_ALL_FEATURES
+    line = 128 // element_size
+    ints = dict(D_IN=d_in, D_OUT=d_out, N_NODES=2**levels - 1, N_STEPS=steps, COLS_PER_PROGRAM=cols_per_program)
+    constexprs = dict(
+        N_TREES=n_trees, LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0,
+        PATH_P=path_p, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
+        PREFETCH=int(prefetch), PF_LINES=triton.next_power_of_2(triton.cdiv(d_in, line)), LINE=line,
+    )  # fmt: skip
+    grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
+    return TokenLaunch(grid, ints, constexprs, num_warps or 4)
+
+
 def _launch_token(
     x: torch.Tensor,
     w_in: torch.Tensor,
@@ -436,39 +495,15 @@ def _launch_token(
     out: torch.Tensor,
     depth: int,
     n_trees: int,
-    spec: int,
-    split: int,
-    block_d: int | None,
-    block_o: int | None,
-    num_warps: int | None,
-    unroll: int | None,
-    prefetch: bool,
+    **options,
 ) -> torch.Tensor:
-    """Launch :func:`_fff_token_kernel` over (tokens, subtrees, column slices); ``out`` is filled and returned."""
-    assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
-    assert split == 0 or n_trees == 1, f"split > 0 needs a single tree, got {n_trees}"
-    n, d_in = x.shape
-    d_out = out.shape[1]
-    levels = depth + 1
-    sub = triton.next_power_of_2(2**spec - 1)
-    lanes = sub * (2 if split else 1)
-    path_p = triton.next_power_of_2(n_trees * levels)
-    block_d = block_d or _pow2(d_in, _TOKEN_TILE // lanes)
-    block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // path_p)
-    num_warps = num_warps or 4
-    col_blocks = triton.cdiv(d_out, block_o)
-    splits = max(1, min(col_blocks, _PROGRAMS // (n << split)))  # column programs per (token, subtree)
-    cols_per_program = triton.cdiv(col_blocks, splits) * block_o
-    steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
-    chunks = triton.cdiv(d_in, block_d)
-    unroll_all = chunks <= _UNROLL_ALL and d_in <= _UNROLL_ALL_FEATURES
-    line = 128 // x.element_size()
-    grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
-    _fff_token_kernel[grid](
-        x, w_in, b_in, w_out_t, out, d_in, d_out, 2**levels - 1, steps, cols_per_program, N_TREES=n_trees,
-        LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0, PATH_P=path_p,
-        BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
-        PREFETCH=int(prefetch and x.is_cuda), PF_LINES=triton.next_power_of_2(triton.cdiv(d_in, line)), LINE=line,
-        num_warps=num_warps,
-    )  # fmt: skip
+    """Launch :func:`_fff_token_kernel` over (tokens, subtrees, column slices); ``out`` is filled and returned.
+
+    ``options`` are :func:`token_launch`'s; ``prefetch`` is dropped off CUDA (the interpreter has no L2).
+    """
+    options["prefetch"] = bool(options.get("prefetch")) and x.is_cuda
+    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, x.element_size(), **options)
+    _fff_token_kernel[launch.grid](
+        x, w_in, b_in, w_out_t, out, **launch.ints, **launch.constexprs, num_warps=launch.num_warps
+    )
     return out

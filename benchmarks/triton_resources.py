@@ -1,0 +1,102 @@
+"""Compile the FFF token kernel for a GPU without one, and report what each launch costs in resources.
+
+    python benchmarks/triton_resources.py                 # the GPU benchmark's small-batch shapes, sm_90
+    python benchmarks/triton_resources.py --arch 80 --spec 3 --block-d 1024
+
+Triton ships ``ptxas`` and ``cuobjdump``, so the kernel compiles to a cubin for any NVIDIA architecture on a
+machine without a GPU. For each shape this prints the registers per thread, the local (spilled) bytes, the
+instruction count, and the global loads, shuffles and barriers in the SASS: what decides a latency-bound
+launch before a GPU is at hand. The launch is exactly :func:`recruit.fff.kernels.triton_fff.token_launch`'s,
+with the integer arguments marked divisible by 16 where they are, as Triton's JIT specialises them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from recruit.fff.kernels.triton_fff import _fff_token_kernel, token_launch
+
+SHAPES = ((768, 11), (4096, 13))  # (hidden, depth) of the GPU benchmark's cases
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one compiled launch uses per thread, and what its SASS holds."""
+
+    registers: int
+    local_bytes: int  # spilled registers
+    instructions: int
+    ops: dict[str, int]  # global loads by width, shuffles, barriers
+
+
+def _tool(name: str) -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype: str = "bf16", **options):
+    """The compiled token kernel (a ``triton.compile`` result) for ``token_launch(batch, hidden, hidden, ...)``."""
+    size = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
+    launch = token_launch(batch, hidden, hidden, depth, 1, size, **options)
+    names = _fff_token_kernel.arg_names
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in launch.constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + dtype
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "i32"
+            if launch.ints[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    constexprs = {(names.index(k),): v for k, v in launch.constexprs.items()}
+    source = ASTSource(fn=_fff_token_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    compile_options = dict(num_warps=launch.num_warps, enable_fp_fusion=True)  # the JIT's default
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=compile_options)
+
+
+def resources(kernel) -> Resources:
+    """Registers, spills and SASS counts of a compiled kernel, read with Triton's own ``cuobjdump``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "kernel.cubin")
+        with open(cubin, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin], capture_output=True, text=True, check=True)
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True)
+    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", usage.stdout)
+    assert m, f"no resource usage in cuobjdump's output: {usage.stdout[-500:]}"
+    ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+)", sass.stdout))
+    instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass.stdout, re.M))
+    return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability × 10 (90: H100/H200)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--batch", type=int, default=1)
+    for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll"):
+        p.add_argument(f"--{name}", type=int)
+    p.add_argument("--prefetch", action="store_true")
+    args = p.parse_args()
+    options = {k: v for k in ("spec", "split", "block_d", "block_o", "num_warps", "unroll") if (v := getattr(args, k))}
+    if args.prefetch:
+        options["prefetch"] = True
+    for hidden, depth in SHAPES:
+        r = resources(compile_token(hidden, depth, args.batch, args.arch, args.dtype, **options))
+        print(f"hidden {hidden} depth {depth} {options or 'defaults'}: {r.registers} registers, "
+              f"{r.local_bytes} local bytes, {r.instructions} instructions, {r.ops}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
