@@ -127,7 +127,18 @@ def _calls_beyond_l2(case: SpeedCase, device: torch.device, dtype: torch.dtype) 
     return max(16, min(1024, -(-2 * l2 // per_call)))
 
 
-def _time_cycled(case, device, dtype, g, w1, b1, w2, w_in, b_in, w_out_t) -> dict[str, float]:
+def _time_cycled(
+    case: SpeedCase,
+    device: torch.device,
+    dtype: torch.dtype,
+    g: torch.Generator,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor,
+    w_out_t: torch.Tensor,
+) -> dict[str, float]:
     """Milliseconds per call in a CUDA graph of :func:`_calls_beyond_l2` calls on as many distinct inputs.
 
     Dense, the default FFF kernel and, up to ``SMALL_BATCH`` tokens, the Triton kernel with ``prefetch``

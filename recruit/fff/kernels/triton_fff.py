@@ -14,9 +14,9 @@ contiguous along the feature dimension, so each token's chunk of a row is one co
 arithmetic is float32 whatever the storage dtype (float32, float16, bfloat16); the output has the dtype of
 ``x``.
 
-The walk writes the visited rows and their GELU values to a small scratch buffer; the program then sums
-its output columns from those ``w_out_t`` rows, ``BLOCK_O`` at a time (registers would hold the path
-replicated across a warp's lanes, and spill; accumulating the output during the walk instead measured
+The block kernel's walk writes the visited rows and their GELU values to a small scratch buffer; the program
+then sums its output columns from those ``w_out_t`` rows, ``BLOCK_O`` at a time (registers would hold the
+path replicated across a warp's lanes, and spill; accumulating the output during the walk instead measured
 up to 2x slower on an H200).
 
 Small batches split the output columns over several programs so that the GPU fills up (each recomputes the
