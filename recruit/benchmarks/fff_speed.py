@@ -50,12 +50,32 @@ GPU_CASES = tuple(SpeedCase(768, 11, b) for b in (1, 128, 4096)) + tuple(
 QUICK_CASES = (SpeedCase(64, 5, 1), SpeedCase(64, 5, 33))
 
 
-def _weights(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Generator):
+@dataclass(frozen=True)
+class _Layers:
+    """One case's dense FF (``w1``, ``b1``, ``w2``, aligned width) and the FFF made of its first width − 1 neurons."""
+
+    w1: torch.Tensor  # (width, hidden)
+    b1: torch.Tensor  # (width,)
+    w2: torch.Tensor  # (hidden, width)
+    w_in: torch.Tensor  # (width − 1, hidden)
+    b_in: torch.Tensor  # (width − 1,)
+    w_out_t: torch.Tensor  # (width − 1, hidden)
+    depth: int
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.gelu(F.linear(x, self.w1, self.b1)), self.w2)
+
+    def fff(self, x: torch.Tensor) -> torch.Tensor:
+        return fff_infer(x, self.w_in, self.b_in, self.w_out_t, self.depth, 1)
+
+
+def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Generator) -> _Layers:
     width = 2 ** (depth + 1)  # dense: aligned width; FFF: width - 1 nodes
     w1 = (torch.randn(width, hidden, generator=g) / hidden**0.5).to(device, dtype)
     b1 = torch.zeros(width, device=device, dtype=dtype)
     w2 = (torch.randn(hidden, width, generator=g) / width**0.5).to(device, dtype)
-    return w1, b1, w2
+    fff = w1[: width - 1].contiguous(), b1[: width - 1].contiguous(), w2[:, : width - 1].t().contiguous()
+    return _Layers(w1, b1, w2, *fff, depth)
 
 
 def _n_inputs(batch: int) -> int:
@@ -128,16 +148,7 @@ def _calls_beyond_l2(case: SpeedCase, device: torch.device, dtype: torch.dtype) 
 
 
 def _time_cycled(
-    case: SpeedCase,
-    device: torch.device,
-    dtype: torch.dtype,
-    g: torch.Generator,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    w_in: torch.Tensor,
-    b_in: torch.Tensor,
-    w_out_t: torch.Tensor,
+    case: SpeedCase, device: torch.device, dtype: torch.dtype, g: torch.Generator, layers: _Layers
 ) -> dict[str, float]:
     """Milliseconds per call in a CUDA graph of :func:`_calls_beyond_l2` calls on as many distinct inputs.
 
@@ -148,12 +159,11 @@ def _time_cycled(
 
     calls = _calls_beyond_l2(case, device, dtype)
     xs = torch.randn(calls, case.batch, case.hidden, generator=g).to(device, dtype)  # (calls, B, hidden)
-    fns: dict[str, Callable[[int], torch.Tensor]] = {
-        "dense": lambda i: F.linear(F.gelu(F.linear(xs[i], w1, b1)), w2),
-        "fff": lambda i: fff_infer(xs[i], w_in, b_in, w_out_t, case.depth, 1),
-    }
+    fns: dict[str, Callable[[int], torch.Tensor]] = {"dense": lambda i: layers.dense(xs[i]),
+                                                     "fff": lambda i: layers.fff(xs[i])}  # fmt: skip
     if case.batch <= SMALL_BATCH:
-        fns["triton:prefetch1"] = lambda i: fff_triton(xs[i], w_in, b_in, w_out_t, case.depth, 1, prefetch=1)
+        fff = layers.w_in, layers.b_in, layers.w_out_t
+        fns["triton:prefetch1"] = lambda i: fff_triton(xs[i], *fff, case.depth, 1, prefetch=1)
     out = {}
     for name, fn in fns.items():
         try:
@@ -178,24 +188,21 @@ def measure_case(
     rows, so that the deep levels come from memory as they would in a model whose other layers evict them.
     """
     g = torch.Generator().manual_seed(case.hidden * 1000 + case.depth)
-    w1, b1, w2 = _weights(case.hidden, case.depth, dtype, device, g)
-    nodes = 2 ** (case.depth + 1) - 1
-    w_in, b_in, w_out_t = w1[:nodes].contiguous(), b1[:nodes].contiguous(), w2[:, :nodes].t().contiguous()
+    layers = _layers(case.hidden, case.depth, dtype, device, g)
+    fff = layers.w_in, layers.b_in, layers.w_out_t
     n = _n_inputs(case.batch)
     xs = [torch.randn(case.batch, case.hidden, generator=g).to(device, dtype) for _ in range(n)]
-    fns: dict[str, Callable[[int], torch.Tensor]] = {
-        "dense": lambda i: F.linear(F.gelu(F.linear(xs[i % n], w1, b1)), w2),
-        "fff": lambda i: fff_infer(xs[i % n], w_in, b_in, w_out_t, case.depth, 1),
-    }
+    fns: dict[str, Callable[[int], torch.Tensor]] = {"dense": lambda i: layers.dense(xs[i % n]),
+                                                     "fff": lambda i: layers.fff(xs[i % n])}  # fmt: skip
     if gather:
-        fns["gather"] = lambda i: fff_gather(xs[i % n], w_in, b_in, w_out_t, case.depth, 1)
+        fns["gather"] = lambda i: fff_gather(xs[i % n], *fff, case.depth, 1)
     peer = _peer(case, dtype, device) if case.batch <= 128 or case.hidden <= 768 else None
     if peer is not None:
         fns["fastfeedforward"] = lambda i: peer.eval_forward(xs[i % n])
     out: dict[str, dict[str, float]] = {"wall": {}}
     with torch.no_grad():
-        calls = itertools.count()
-        cycled = {name: lambda fn=fn: fn(next(calls)) for name, fn in fns.items()}
+        counter = itertools.count()
+        cycled = {name: lambda fn=fn: fn(next(counter)) for name, fn in fns.items()}
         # Dense and FFF in alternating blocks, so a slow spell of a shared machine hits both; the peers are
         # slow at large batches and get a few calls of their own.
         slow = {"fastfeedforward", "gather"} if case.batch > 128 else set()
@@ -212,7 +219,7 @@ def measure_case(
             calls = min(n, 16)
             for name in ("dense", "fff"):
                 graph[name] = measure.time_cuda_graph(fns[name], device, calls=calls).median * 1e3
-            out["cuda_graph_cycled"] = _time_cycled(case, device, dtype, g, w1, b1, w2, w_in, b_in, w_out_t)
+            out["cuda_graph_cycled"] = _time_cycled(case, device, dtype, g, layers)
             if tune:
                 from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton
 
@@ -221,7 +228,7 @@ def measure_case(
                     label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
 
                     def tuned(i: int, launch=launch) -> torch.Tensor:
-                        return fff_triton(xs[i % n], w_in, b_in, w_out_t, case.depth, 1, **launch)
+                        return fff_triton(xs[i % n], *fff, case.depth, 1, **launch)
 
                     try:
                         agree = _agree(tuned(0).float(), expect)
