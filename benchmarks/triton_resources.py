@@ -5,8 +5,10 @@
 
 Triton ships ``ptxas`` and ``cuobjdump``, so the kernel compiles to a cubin for any NVIDIA architecture on a
 machine without a GPU. For each shape this prints the registers per thread, the local (spilled) bytes, the
-instruction count, and the global loads, shuffles and barriers in the SASS: what decides a latency-bound
-launch before a GPU is at hand. The launch is exactly :func:`recruit.fff.kernels.triton_fff.token_launch`'s,
+instruction count, the global loads, shuffles and barriers in the SASS, and the load waves of the routing
+loop (:func:`load_waves`): what decides a latency-bound launch before a GPU is at hand. Run it under the
+Triton the GPU machine has (``pip install --target DIR triton==X`` and ``PYTHONPATH=DIR``): its ``ptxas``
+schedules differently. The launch is exactly :func:`recruit.fff.kernels.triton_fff.token_launch`'s,
 with the integer arguments marked divisible by 16 where they are, as Triton's JIT specialises them.
 """
 
@@ -37,6 +39,7 @@ class Resources:
     local_bytes: int  # spilled registers
     instructions: int
     ops: dict[str, int]  # global loads by width, shuffles, barriers
+    load_waves: int  # of the routing loop (see load_waves)
 
 
 def _tool(name: str) -> str:
@@ -45,8 +48,7 @@ def _tool(name: str) -> str:
 
 def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype: str = "bf16", **options):
     """The compiled token kernel (a ``triton.compile`` result) for ``token_launch(batch, hidden, hidden, ...)``."""
-    size = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
-    launch = token_launch(batch, hidden, hidden, depth, 1, size, **options)
+    launch = token_launch(batch, hidden, hidden, depth, 1, **options)
     names = _fff_token_kernel.arg_names
     signature, attrs = {}, {}
     for i, name in enumerate(names):
@@ -62,7 +64,43 @@ def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype
     constexprs = {(names.index(k),): v for k, v in launch.constexprs.items()}
     source = ASTSource(fn=_fff_token_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     compile_options = dict(num_warps=launch.num_warps, enable_fp_fusion=True)  # the JIT's default
+    if launch.maxnreg:
+        compile_options["maxnreg"] = launch.maxnreg
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=compile_options)
+
+
+def load_waves(sass: str) -> int:
+    """Waves of global loads in one trip of the first loop of ``sass`` (the token kernel's routing steps).
+
+    A step's loads all depend on the last step's node, so they should all be issued before the first of them
+    is used: one round trip to memory per step. Each time an instruction uses a loaded register and a load
+    follows, the loads come in one more wave, and the step costs one more round trip.
+    """
+    code = [(int(a, 16), ins) for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
+    jump = next(((a, int(t, 16)) for a, ins in code if (t := _backward(ins, a))), None)
+    assert jump, "no loop in the SASS"
+    waves, pending, waited = 1, set(), False
+    for a, ins in code:
+        if not jump[1] <= a <= jump[0]:
+            continue
+        op, _, args = re.sub(r"^@!?U?P\w+\s+", "", ins).partition(" ")
+        operands = [t.strip() for t in args.split(",")]
+        if op.startswith("LDG"):
+            waves, waited = waves + waited, False
+            width = re.search(r"\.(128|64)\b", op)  # registers written: 4, 2 or 1
+            first = int(operands[0][1:])
+            pending |= set(range(first, first + (int(width.group(1)) // 32 if width else 1)))
+            continue
+        reads = operands if op.startswith(("ST", "BRA")) else operands[2:] if op.startswith("SHFL") else operands[1:]
+        if any(int(r) in pending for t in reads for r in re.findall(r"\bR(\d+)", t)):
+            waited, pending = True, set()
+    return waves
+
+
+def _backward(ins: str, address: int) -> str | None:
+    """The target of a branch to an earlier address, or None."""
+    m = re.search(r"\bBRA (0x[0-9a-f]+)", ins)
+    return m.group(1) if m and int(m.group(1), 16) < address else None
 
 
 def resources(kernel) -> Resources:
@@ -77,7 +115,7 @@ def resources(kernel) -> Resources:
     assert m, f"no resource usage in cuobjdump's output: {usage.stdout[-500:]}"
     ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+)", sass.stdout))
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass.stdout, re.M))
-    return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())))
+    return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())), load_waves(sass.stdout))
 
 
 def main() -> None:
@@ -85,17 +123,19 @@ def main() -> None:
     p.add_argument("--arch", type=int, default=90, help="compute capability × 10 (90: H100/H200)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--batch", type=int, default=1)
-    for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll"):
+    for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll", "maxnreg"):
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--prefetch", action="store_true")
     args = p.parse_args()
-    options = {k: v for k in ("spec", "split", "block_d", "block_o", "num_warps", "unroll") if (v := getattr(args, k))}
+    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg")
+    options = {k: v for k in keys if (v := getattr(args, k)) is not None}
     if args.prefetch:
         options["prefetch"] = True
     for hidden, depth in SHAPES:
         r = resources(compile_token(hidden, depth, args.batch, args.arch, args.dtype, **options))
         print(f"hidden {hidden} depth {depth} {options or 'defaults'}: {r.registers} registers, "
-              f"{r.local_bytes} local bytes, {r.instructions} instructions, {r.ops}")  # fmt: skip
+              f"{r.local_bytes} local bytes, {r.instructions} instructions, {r.load_waves} load waves, "
+              f"{r.ops}")  # fmt: skip
 
 
 if __name__ == "__main__":

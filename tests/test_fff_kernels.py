@@ -163,7 +163,7 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (4, 1, 2, 16, 7, dict(split=1, spec=4)),  # 1 level above the subtrees, 4 below in one step
     (8, 2, 3, 24, 10, dict(block_b=1)),  # the block kernel at a small batch
     (3, 1, 2, 300, 5, dict(block_d=16)),  # 19 feature chunks: the token kernel's loop is not unrolled in full
-    (5, 1, 2, 12, 6, dict(prefetch=1)),  # the L2 hint, which the interpreter leaves out
+    (5, 1, 2, 12, 6, dict(maxnreg=0)),  # ptxas' own register choice (a compile option the interpreter ignores)
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 65, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -227,10 +227,11 @@ def test_triton_interpreted_equals_reference(interpreted, dtype, name):
         (dict(split=2), 65, 1, "token kernel"),  # above SMALL_BATCH tokens
         (dict(split=2, block_b=1), 1, 1, "token kernel"),
         (dict(split=4), 1, 1, "split must be in 0..3"),
-        (dict(prefetch=1), 65, 1, "token kernel"),
+        (dict(maxnreg=128), 65, 1, "token kernel"),
+        (dict(maxnreg=256), 1, 1, "maxnreg must be in 0..255"),
     ],
 )
-def test_triton_split_refuses_what_it_cannot_do(launch, batch, n_trees, why):
+def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):
     pytest.importorskip("triton")
     from recruit.fff.kernels.triton_fff import fff_triton
 
@@ -256,7 +257,8 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
-    "launch", [dict(split=3), dict(split=6, spec=1), dict(split=7, spec=3), dict(block_b=1), dict(prefetch=1)]
+    "launch",
+    [dict(split=3), dict(split=6, spec=1), dict(split=7, spec=3), dict(block_b=1), dict(maxnreg=0)],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
     pytest.importorskip("triton")
@@ -279,12 +281,7 @@ def test_triton_cuda_dense_top_levels_equal_reference(dtype, top):
     check(fff_triton, tuple(t[:3] if i == 0 else t for i, t in enumerate(case)), 11, 2, top=top)
 
 
-def test_token_kernel_compiles_for_sm90_without_spills():
-    """The default small-batch launches at the GPU benchmark's shapes, compiled ahead of time for an H100/H200.
-
-    No registers spilled, and the row reads vectorised to 128-bit loads (a scalar-load layout once hid here).
-    """
-    pytest.importorskip("triton")
+def _resources_tool():
     import importlib.util
     from pathlib import Path
 
@@ -293,9 +290,39 @@ def test_token_kernel_compiles_for_sm90_without_spills():
     tool = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("triton_resources", tool)  # its dataclass looks itself up there
     spec.loader.exec_module(tool)
+    return tool
+
+
+def _sass(*lines: str) -> str:
+    return "\n".join(f"        /*{16 * i:04x}*/   {line} ;" for i, line in enumerate(lines))
+
+
+def test_load_waves_counts_loads_issued_after_a_wait():
+    pytest.importorskip("triton")
+    tool = _resources_tool()
+    head = ["MOV R1, R2", "IADD3 R3, R3, 0x1, RZ"]  # 0x0000, 0x0010: the loop starts at 0x0010
+    one = ["@P0 LDG.E.128 R8, desc[UR4][R2.64]", "LDG.E.U16 R12, desc[UR4][R4.64]", "FFMA R20, R8, R9, RZ",
+           "FADD R21, R12, R20"]  # fmt: skip
+    assert tool.load_waves(_sass(*head, *one, "@P1 BRA 0x10", "EXIT")) == 1
+    two = ["LDG.E.128 R8, desc[UR4][R2.64]", "FFMA R20, R11, R9, RZ", "LDG.E.128 R8, desc[UR4][R2.64+0x10]",
+           "SHFL.BFLY PT, R8, R20, 0x10, 0x1f", "LDG.E R13, desc[UR4][R2.64]"]  # fmt: skip
+    # R11 is the 4th register of a 128-bit load: a wait; the shuffle writes R8, it does not read it: no wait
+    assert tool.load_waves(_sass(*head, *two, "@P1 BRA 0x10", "EXIT")) == 2
+    assert tool.load_waves(_sass(*two, *head, "@P1 BRA 0x40", "EXIT")) == 1  # loads before the loop: not counted
+
+
+def test_token_kernel_compiles_for_sm90_without_spills():
+    """The default small-batch launches at the GPU benchmark's shapes, compiled ahead of time for an H100/H200.
+
+    No registers spilled, the row reads vectorised to 128-bit loads (a scalar-load layout once hid here), and
+    each routing step's loads issued in one wave (the ptxas of Triton 3.6 once split them in five).
+    """
+    pytest.importorskip("triton")
+    tool = _resources_tool()
     if not os.path.exists(tool._tool("cuobjdump")):
         pytest.skip("this triton build ships no cuobjdump")
     for hidden, depth in tool.SHAPES:
         used = tool.resources(tool.compile_token(hidden, depth))
         assert used.local_bytes == 0, (hidden, depth, used)
+        assert used.load_waves == 1, (hidden, depth, used)
         assert used.ops.get("LDG.E.128", 0) >= 8, (hidden, depth, used)

@@ -101,15 +101,16 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
 
     The first is the default; the others vary the levels per routing step (``spec``), the levels routed
     densely (``top``), the subtrees walked side by side (``split``, small batches), the kernel (``block_b``
-    asks for the block kernel, the small-batch default before the token kernel), the tiles, the unrolling
-    and the warps.
+    asks for the block kernel, the small-batch default before the token kernel), the register ceiling
+    (``maxnreg`` 0: ptxas' own), the tiles, the unrolling and the warps.
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
         return [
             {},
-            dict(prefetch=1),
+            dict(maxnreg=0),
             dict(block_b=1),
+            dict(num_warps=2),
             dict(num_warps=8),
             dict(spec=1),
             dict(spec=3),
@@ -117,6 +118,7 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(block_d=1024),
             dict(block_d=4096),
             dict(block_d=4096, num_warps=8),
+            dict(block_o=512),
             dict(block_o=2048),
             *(launch for launch in splits if launch["split"] <= depth),
         ]
@@ -150,29 +152,14 @@ def _calls_beyond_l2(case: SpeedCase, device: torch.device, dtype: torch.dtype) 
 def _time_cycled(
     case: SpeedCase, device: torch.device, dtype: torch.dtype, g: torch.Generator, layers: _Layers
 ) -> dict[str, float]:
-    """Milliseconds per call in a CUDA graph of :func:`_calls_beyond_l2` calls on as many distinct inputs.
+    """Milliseconds per call of dense and the default FFF, each in a CUDA graph of many distinct inputs.
 
-    Dense, the default FFF kernel and, up to ``SMALL_BATCH`` tokens, the Triton kernel with ``prefetch``
-    (which can only pay off when rows come from memory).
+    As many calls as :func:`_calls_beyond_l2` asks, so that the FFF's rows come from memory, not L2.
     """
-    from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton
-
     calls = _calls_beyond_l2(case, device, dtype)
     xs = torch.randn(calls, case.batch, case.hidden, generator=g).to(device, dtype)  # (calls, B, hidden)
-    fns: dict[str, Callable[[int], torch.Tensor]] = {"dense": lambda i: layers.dense(xs[i]),
-                                                     "fff": lambda i: layers.fff(xs[i])}  # fmt: skip
-    if case.batch <= SMALL_BATCH:
-        fff = layers.w_in, layers.b_in, layers.w_out_t
-        fns["triton:prefetch1"] = lambda i: fff_triton(xs[i], *fff, case.depth, 1, prefetch=1)
-    out = {}
-    for name, fn in fns.items():
-        try:
-            out[name] = measure.time_cuda_graph(fn, device, calls=calls).median * 1e3
-        except Exception as e:  # a launch option that does not compile here is left out, as in the sweep
-            if name in ("dense", "fff"):
-                raise
-            log.warning("fff launch %s failed: %s", name, str(e).splitlines()[0] if str(e) else e)
-    return out
+    fns = {"dense": lambda i: layers.dense(xs[i]), "fff": lambda i: layers.fff(xs[i])}
+    return {name: measure.time_cuda_graph(fn, device, calls=calls).median * 1e3 for name, fn in fns.items()}
 
 
 def measure_case(

@@ -46,6 +46,10 @@ _TOKEN_TILE = 8192  # elements per (rows × features) routing tile of the token 
 _TOKEN_OUT_TILE = 16384  # elements per (path × columns) output tile of the token kernel
 _UNROLL_ALL = 16  # the token kernel unrolls its loop over feature chunks in full up to this many chunks ...
 _UNROLL_ALL_FEATURES = 16384  # ... of a row of at most this many features (sm_90: 255 registers at 16384)
+# The token kernel's register ceiling (ptxas' .maxnreg). Without one, the ptxas of Triton 3.6 kept registers
+# low by issuing a routing step's loads in up to five waves, each waiting for the one before: 11.5 against
+# 6.8 µs per call at hidden 4096, 1 token, on an H200. With a ceiling it issues them all before the first use.
+TOKEN_MAXNREG = 255
 
 
 @triton.jit
@@ -157,14 +161,6 @@ def _fff_kernel(
 
 
 @triton.jit
-def _prefetch_l2(ptrs):
-    """Ask L2 for the 128-byte lines at ``ptrs`` (any shape) without waiting for them: a hint, no result."""
-    tl.inline_asm_elementwise(
-        "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
-    )
-
-
-@triton.jit
 def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, d0, D_IN, BLOCK_D: tl.constexpr):
     """``acc`` (LANES, BLOCK_D) plus token ``tok``'s features [d0, d0 + BLOCK_D) times those of ``rows``."""
     d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
@@ -197,9 +193,6 @@ def _fff_token_kernel(
     BLOCK_O: tl.constexpr,
     UNROLL: tl.constexpr,  # unroll factor of the loop over feature chunks (loads in flight)
     D_CHUNKS: tl.constexpr,  # ⌈D_in / BLOCK_D⌉ when the loop over them is unrolled in full, else 0
-    PREFETCH: tl.constexpr,  # 1: each step asks L2 for the rows that the next step may read (CUDA only)
-    PF_LINES: tl.constexpr,  # next power of two ≥ the 128-byte lines of a w_in row
-    LINE: tl.constexpr,  # elements per 128-byte line
 ):
     """One token per program: the path stays in registers, and the output is one gather of all its rows.
 
@@ -208,9 +201,6 @@ def _fff_token_kernel(
     program repeats) and SPEC levels of the walk down p's subtree side by side, so the chain of dependent
     loads is max(⌈s / SPEC⌉, ⌈(LEVELS − s) / SPEC⌉) steps instead of ⌈LEVELS / SPEC⌉; only the program
     whose subtree the token enters writes its output (the others computed a walk it does not take).
-
-    With PREFETCH each step also asks L2 for the rows of all 2^SPEC subtrees that the next step may walk
-    (2^SPEC · (2^SPEC − 1) rows, not waited for), so that the next step's loads hit L2 instead of memory.
     """
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1).to(tl.int64)
@@ -226,16 +216,8 @@ def _fff_token_kernel(
     limit = tl.where(is_top, SPLIT, LEVELS)  # the walk above SPLIT stops there
     slot = tl.arange(0, PATH_P)  # (PATH_P,) path slot k·LEVELS + level
     path_rows = tl.zeros((PATH_P,), dtype=tl.int64)  # global rows of the visited nodes
-    path_g = tl.zeros((PATH_P,), dtype=tl.float32)  # GELU of their pre-activations
+    path_a = tl.zeros((PATH_P,), dtype=tl.float32)  # their pre-activations (GELU after the walk, off its chain)
     chosen = root * 0 - 1  # the level-SPLIT node that the walk above SPLIT enters
-    # the next step's candidate rows: subtree lane q % SUB below exit q // SUB of this step's subtree
-    q = tl.arange(0, SUB << SPEC)  # (2^SPEC·SUB,)
-    q_lane = q % SUB
-    q_depth = tl.zeros((SUB << SPEC,), dtype=tl.int64)
-    for t in tl.static_range(1, SPEC):
-        q_depth += (q_lane + 1 >= (1 << t)).to(tl.int64)
-    q_offset = ((1 << SPEC) - 1 + q // SUB) * (1 << q_depth) + q_lane  # below node n: n·2^(SPEC+depth) + offset
-    q_real = q_lane < (1 << SPEC) - 1
     if SPLIT == 0:  # there is no walk above: every program's subtree is the whole tree
         chosen = root
 
@@ -248,36 +230,31 @@ def _fff_token_kernel(
             start = tl.where(is_top, first, SPLIT + first)
             rows = k * N_NODES + node * lane_scale + local  # (LANES,)
             live = lane_real & (start + lane_depth < limit)
-            if PREFETCH:
-                nxt = sub * (1 << (SPEC + q_depth)) + q_offset
-                ok = q_real & (SPLIT + first + SPEC + q_depth < LEVELS)
-                line = tl.arange(0, PF_LINES) * LINE  # (PF_LINES,)
-                line = tl.where(line < D_IN, line, 0)
-                _prefetch_l2(w_in_ptr + tl.where(ok, k * N_NODES + nxt, 0)[:, None] * D_IN + line[None, :])
             bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
-            acc = tl.zeros((TOP_LANES + SUB, BLOCK_D), dtype=tl.float32)
+            # the bias starts the sum (column 0), so that ptxas issues its load with the rows' instead of after
+            # them: left for the end, it was fetched once the rows had arrived, a second round trip per step
+            acc = tl.where(tl.arange(0, BLOCK_D)[None, :] == 0, bias[:, None], 0.0)  # (LANES, BLOCK_D)
             if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
                 for c in tl.static_range(D_CHUNKS):
                     acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, c * BLOCK_D, D_IN, BLOCK_D)
             else:
                 for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
                     acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, d0, D_IN, BLOCK_D)
-            logits = tl.sum(acc, axis=1) + bias  # (LANES,)
+            logits = tl.sum(acc, axis=1)  # (LANES,)
             js = root * 0  # local heap index below SPLIT at this level
             jt = root * 0  # ... and above it
             for r in tl.static_range(SPEC):
-                pick = lane == TOP_LANES + js
-                a = tl.sum(tl.where(pick, logits, 0.0), axis=0)
+                # the picked lane's row is node·2^r + its local index: no reduction over the lanes needed
+                a = tl.sum(tl.where(lane == TOP_LANES + js, logits, 0.0), axis=0)
                 at_slot = (slot == k * LEVELS + SPLIT + first + r) & (SPLIT + first + r < LEVELS)
-                path_rows = tl.where(at_slot, tl.sum(tl.where(pick, rows, 0), axis=0), path_rows)
-                path_g = tl.where(at_slot, _gelu(a), path_g)
+                path_rows = tl.where(at_slot, k * N_NODES + sub * (1 << r) + js, path_rows)
+                path_a = tl.where(at_slot, a, path_a)
                 js = 2 * js + 1 + (a > 0).to(tl.int64)
                 if TOP_LANES > 0:
-                    pick = lane == jt
-                    a = tl.sum(tl.where(pick, logits, 0.0), axis=0)
+                    a = tl.sum(tl.where(lane == jt, logits, 0.0), axis=0)
                     at_slot = (slot == first + r) & (first + r < SPLIT)
-                    path_rows = tl.where(at_slot, tl.sum(tl.where(pick, rows, 0), axis=0), path_rows)
-                    path_g = tl.where(at_slot, _gelu(a), path_g)
+                    path_rows = tl.where(at_slot, top * (1 << r) + jt, path_rows)
+                    path_a = tl.where(at_slot, a, path_a)
                     child = 2 * (top * (1 << r) + jt) + 1 + (a > 0).to(tl.int64)  # heap index, one level down
                     chosen = tl.where(first + r == SPLIT - 1, child, chosen)
                     jt = 2 * jt + 1 + (a > 0).to(tl.int64)
@@ -286,6 +263,7 @@ def _fff_token_kernel(
 
     # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
     used = slot < N_TREES * LEVELS
+    path_g = _gelu(path_a)  # (PATH_P,)
     col_start = tl.program_id(2) * COLS_PER_PROGRAM
     col_end = tl.minimum(col_start + COLS_PER_PROGRAM, D_OUT)
     for o0 in range(col_start, col_end, BLOCK_O):
@@ -320,7 +298,7 @@ def fff_triton(
     unroll: int | None = None,
     top: int | None = None,
     split: int | None = None,
-    prefetch: bool | None = None,
+    maxnreg: int | None = None,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
@@ -360,9 +338,8 @@ def fff_triton(
             one node of level ``split`` (0 to depth) while all of them walk the levels above it, which cuts
             the chain of dependent loads to max(⌈split / spec⌉, ⌈(depth + 1 − split) / spec⌉) steps at the
             cost of 2^split times the routing reads (default 0).
-        prefetch: Token kernel only: each routing step asks L2 for the rows that the next step may read
-            (2^spec subtrees' worth), a hint that CUDA tensors take and the interpreter ignores (default off:
-            not yet measured).
+        maxnreg: Token kernel only: the register ceiling handed to ptxas (default ``TOKEN_MAXNREG``; 0 leaves
+            ptxas its own choice, which may issue a step's loads in several waves).
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -385,12 +362,13 @@ def fff_triton(
     spec = spec or (2 if small else 1)
     assert 1 <= spec <= 4, f"spec must be in 1..4, got {spec}"
     token = small and block_b is None and not top and n_trees * (depth + 1) <= TOKEN_PATH
-    assert token or not split, "split needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
-    assert token or not prefetch, "prefetch needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
+    why = "needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
+    assert token or not split, f"split {why}"
+    assert token or maxnreg is None, f"maxnreg {why}"
     if token:
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
-                             prefetch=prefetch)  # fmt: skip
+                             maxnreg=maxnreg)  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -439,6 +417,7 @@ class TokenLaunch:
     ints: dict[str, int]  # the kernel's runtime integer arguments, by name
     constexprs: dict[str, int]  # its compile-time arguments, by name
     num_warps: int
+    maxnreg: int | None  # ptxas' register ceiling per thread (None: its own choice)
 
 
 def token_launch(
@@ -447,7 +426,6 @@ def token_launch(
     d_out: int,
     depth: int,
     n_trees: int,
-    element_size: int,
     *,
     spec: int = 2,
     split: int = 0,
@@ -455,9 +433,9 @@ def token_launch(
     block_o: int | None = None,
     num_warps: int | None = None,
     unroll: int | None = None,
-    prefetch: bool = False,
+    maxnreg: int | None = None,
 ) -> TokenLaunch:
-    """The token kernel's launch for n tokens of d_in features (``element_size`` bytes each) into d_out columns.
+    """The token kernel's launch for n tokens of d_in features into d_out columns.
 
     A pure function of the shapes and options, shared by :func:`fff_triton` and by the ahead-of-time resource
     check (``benchmarks/triton_resources.py``), which compiles exactly what would be launched.
@@ -476,15 +454,16 @@ def token_launch(
     steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
     chunks = triton.cdiv(d_in, block_d)
     unroll_all = chunks <= _UNROLL_ALL and d_in <= _UNROLL_ALL_FEATURES
-    line = 128 // element_size
     ints = dict(D_IN=d_in, D_OUT=d_out, N_NODES=2**levels - 1, N_STEPS=steps, COLS_PER_PROGRAM=cols_per_program)
     constexprs = dict(
         N_TREES=n_trees, LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0,
         PATH_P=path_p, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
-        PREFETCH=int(prefetch), PF_LINES=triton.next_power_of_2(triton.cdiv(d_in, line)), LINE=line,
     )  # fmt: skip
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
-    return TokenLaunch(grid, ints, constexprs, num_warps or 4)
+    if maxnreg is None:
+        maxnreg = TOKEN_MAXNREG
+    assert 0 <= maxnreg <= 255, f"maxnreg must be in 0..255 (0: ptxas' choice), got {maxnreg}"
+    return TokenLaunch(grid, ints, constexprs, num_warps or 4, maxnreg or None)
 
 
 def _launch_token(
@@ -499,11 +478,11 @@ def _launch_token(
 ) -> torch.Tensor:
     """Launch :func:`_fff_token_kernel` over (tokens, subtrees, column slices); ``out`` is filled and returned.
 
-    ``options`` are :func:`token_launch`'s; ``prefetch`` is dropped off CUDA (the interpreter has no L2).
+    ``options`` are :func:`token_launch`'s.
     """
-    options["prefetch"] = bool(options.get("prefetch")) and x.is_cuda
-    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, x.element_size(), **options)
+    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, **options)
     _fff_token_kernel[launch.grid](
-        x, w_in, b_in, w_out_t, out, **launch.ints, **launch.constexprs, num_warps=launch.num_warps
-    )
+        x, w_in, b_in, w_out_t, out, **launch.ints, **launch.constexprs, num_warps=launch.num_warps,
+        maxnreg=launch.maxnreg,
+    )  # fmt: skip
     return out
