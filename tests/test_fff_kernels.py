@@ -163,14 +163,16 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (4, 1, 2, 16, 7, dict(split=1, spec=4)),  # 1 level above the subtrees, 4 below in one step
     (8, 2, 3, 24, 10, dict(block_b=1)),  # the block kernel at a small batch
     (3, 1, 2, 300, 5, dict(block_d=16)),  # 19 feature chunks: the token kernel's loop is not unrolled in full
+    (5, 1, 130, 12, 6, dict(kernel="token")),  # the token kernel above SMALL_BATCH tokens
+    (5, 1, 3, 12, 6, dict(kernel="block")),  # the block kernel at a small batch
     (5, 1, 2, 12, 6, dict(maxnreg=0)),  # ptxas' own register choice (a compile option the interpreter ignores)
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
-    (2, 1, 65, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
-    (9, 1, 67, 8, 5, {}),  # large-batch defaults: top 8 levels by GEMM, 2 gathered, 2 tokens per program
-    (6, 2, 66, 9, 5, dict(top=0)),  # the plain walk, 4 tokens per program
-    (6, 1, 70, 9, 9, dict(spec=4)),  # 7 levels = 4 + 3 at a large batch
-    (5, 2, 70, 24, 10, dict(top=3)),  # the top 3 levels of both trees routed by GEMM, then 3 gathered
+    (2, 1, 129, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
+    (9, 1, 131, 8, 5, {}),  # large-batch defaults: top 8 levels by GEMM, 2 gathered, 2 tokens per program
+    (6, 2, 130, 9, 5, dict(top=0)),  # the plain walk, 4 tokens per program
+    (6, 1, 134, 9, 9, dict(spec=4)),  # 7 levels = 4 + 3 at a large batch
+    (5, 2, 134, 24, 10, dict(top=3)),  # the top 3 levels of both trees routed by GEMM, then 3 gathered
     (5, 2, 7, 24, 10, dict(top=3, spec=2)),  # the same at a small batch
     (4, 1, 6, 16, 7, dict(top=5, spec=2)),  # every level routed by GEMM: the kernel only looks up
     (3, 3, 2, 11, 37, dict(top=1, spec=3, block_d=16, block_o=16)),  # 3 column tiles
@@ -224,10 +226,13 @@ def test_triton_interpreted_equals_reference(interpreted, dtype, name):
     "launch,batch,n_trees,why",
     [
         (dict(split=2), 1, 2, "single tree"),  # the programs of one token would write one output per tree
-        (dict(split=2), 65, 1, "token kernel"),  # above SMALL_BATCH tokens
+        (dict(split=2), 129, 1, "token kernel"),  # above SMALL_BATCH tokens
         (dict(split=2, block_b=1), 1, 1, "token kernel"),
         (dict(split=4), 1, 1, "split must be in 0..3"),
-        (dict(maxnreg=128), 65, 1, "token kernel"),
+        (dict(kernel="token", block_b=2), 1, 1, "token kernel takes no block_b"),
+        (dict(kernel="token"), 1, 17, "at most 64 path rows"),  # 17 trees of 4 levels
+        (dict(kernel="warp"), 1, 1, "kernel must be"),
+        (dict(maxnreg=128), 129, 1, "token kernel"),
         (dict(maxnreg=256), 1, 1, "maxnreg must be in 0..255"),
     ],
 )
@@ -266,6 +271,17 @@ def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
 
     case = tuple(t.cuda() for t in make_case(13, 13, 1, 5, 512, 384, dtype))
     check(fff_triton, case, 13, 1, **launch)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_cuda_token_kernel_at_large_batch_equals_reference(dtype):
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import fff_triton
+
+    case = tuple(t.cuda() for t in make_case(11, 11, 1, 333, 256, 192, dtype))
+    check(fff_triton, case, 11, 1, kernel="token")
 
 
 @pytest.mark.gpu

@@ -44,8 +44,8 @@ CPU_CASES = tuple(SpeedCase(768, d, b) for d in (10, 11) for b in (1, 8, 128, 40
     SpeedCase(4096, 13, b)
     for b in (1, 8, 128)  # 4096 tokens x 4096 x 16384 dense takes minutes on 2 cores
 )
-GPU_CASES = tuple(SpeedCase(768, 11, b) for b in (1, 128, 4096)) + tuple(
-    SpeedCase(4096, 13, b) for b in (1, 8, 128, 4096)
+GPU_CASES = tuple(SpeedCase(768, 11, b) for b in (1, 128, 1024, 4096)) + tuple(
+    SpeedCase(4096, 13, b) for b in (1, 8, 128, 1024, 4096)  # 1024: where the token and block kernels cross
 )
 QUICK_CASES = (SpeedCase(64, 5, 1), SpeedCase(64, 5, 33))
 
@@ -101,14 +101,16 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
 
     The first is the default; the others vary the levels per routing step (``spec``), the levels routed
     densely (``top``), the subtrees walked side by side (``split``, small batches), the kernel (``block_b``
-    asks for the block kernel, the small-batch default before the token kernel), the register ceiling
-    (``maxnreg`` 0: ptxas' own), the tiles, the unrolling and the warps.
+    asks for the block kernel, the small-batch default before the token kernel; ``kernel`` token, the
+    token kernel at large batches), the register ceiling (``maxnreg`` 0: ptxas' own), the tiles, the
+    unrolling and the warps.
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
         return [
             {},
             dict(maxnreg=0),
+            dict(kernel="block"),
             dict(block_b=1),
             dict(num_warps=2),
             dict(num_warps=8),
@@ -123,7 +125,7 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             *(launch for launch in splits if launch["split"] <= depth),
         ]
     return (
-        [{}, dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]
+        [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]
         + [dict(top=t) for t in (6, 7, 9)]
         + [dict(block_b=b) for b in (2, 4, 8)]
         + [dict(unroll=2), dict(unroll=8), dict(num_warps=4)]

@@ -36,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-SMALL_BATCH = 64  # up to this many tokens the default launch favours latency over bandwidth
+SMALL_BATCH = 128  # up to this many tokens the default launch is the token kernel (on an H200 faster than the
+# block kernel at 128 tokens, slower at 4096: ``recruit bench fff`` times both)
 TOP_LEVELS = 8  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``) ...
 TOP_LEVELS_LARGE = 7  # ... and above LARGE_BATCH tokens, where one level fewer measured 1-4% faster on an H200
 LARGE_BATCH = 1024
@@ -299,6 +300,7 @@ def fff_triton(
     top: int | None = None,
     split: int | None = None,
     maxnreg: int | None = None,
+    kernel: str | None = None,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
@@ -309,7 +311,7 @@ def fff_triton(
     (K·(depth + 1) ≤ ``TOKEN_PATH``). Beyond that the block kernel, bandwidth-bound: the top ``TOP_LEVELS``
     levels (``TOP_LEVELS_LARGE`` above ``LARGE_BATCH`` tokens) routed densely, then ``spec`` 1 with 8
     tokens per program, 2 up to 1024 tokens, 4 when ``top`` = 0. Passing ``block_b`` or ``top`` > 0 asks
-    for the block kernel at any batch size.
+    for the block kernel at any batch size; ``kernel`` names one kernel whatever the batch size.
 
     ``top`` > 0 routes the first ``top`` levels densely: one GEMM computes the pre-activations of the
     2^top − 1 top nodes of every tree for every token, the kernel loads each token's row of them once and
@@ -340,6 +342,7 @@ def fff_triton(
             cost of 2^split times the routing reads (default 0).
         maxnreg: Token kernel only: the register ceiling handed to ptxas (default ``TOKEN_MAXNREG``; 0 leaves
             ptxas its own choice, which may issue a step's loads in several waves).
+        kernel: ``"token"`` or ``"block"``: that kernel whatever the batch size (default: as described above).
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -359,10 +362,14 @@ def fff_triton(
         return out
 
     small = n <= SMALL_BATCH
-    spec = spec or (2 if small else 1)
+    assert kernel in (None, "token", "block"), f"kernel must be 'token' or 'block', got {kernel!r}"
+    can_token = block_b is None and not top and n_trees * (depth + 1) <= TOKEN_PATH
+    no_token = f"the token kernel takes no block_b or top, and at most {TOKEN_PATH} path rows (trees × levels)"
+    assert kernel != "token" or can_token, no_token
+    token = kernel == "token" or (kernel is None and small and can_token)
+    spec = spec or (2 if small or token else 1)
     assert 1 <= spec <= 4, f"spec must be in 1..4, got {spec}"
-    token = small and block_b is None and not top and n_trees * (depth + 1) <= TOKEN_PATH
-    why = "needs the token kernel: at most SMALL_BATCH tokens, no block_b or top"
+    why = "needs the token kernel: at most SMALL_BATCH tokens or kernel='token', no block_b or top"
     assert token or not split, f"split {why}"
     assert token or maxnreg is None, f"maxnreg {why}"
     if token:
