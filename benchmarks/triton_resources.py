@@ -125,12 +125,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll", "maxnreg"):
         p.add_argument(f"--{name}", type=int)
-    p.add_argument("--prefetch", action="store_true")
     args = p.parse_args()
     keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg")
     options = {k: v for k in keys if (v := getattr(args, k)) is not None}
-    if args.prefetch:
-        options["prefetch"] = True
     for hidden, depth in SHAPES:
         r = resources(compile_token(hidden, depth, args.batch, args.arch, args.dtype, **options))
         print(f"hidden {hidden} depth {depth} {options or 'defaults'}: {r.registers} registers, "

@@ -48,8 +48,8 @@ _TOKEN_OUT_TILE = 16384  # elements per (path × columns) output tile of the tok
 _UNROLL_ALL = 16  # the token kernel unrolls its loop over feature chunks in full up to this many chunks ...
 _UNROLL_ALL_FEATURES = 16384  # ... of a row of at most this many features (sm_90: 255 registers at 16384)
 # The token kernel's register ceiling (ptxas' .maxnreg). Without one, the ptxas of Triton 3.6 kept registers
-# low by issuing a routing step's loads in up to five waves, each waiting for the one before: 11.5 against
-# 6.8 µs per call at hidden 4096, 1 token, on an H200. With a ceiling it issues them all before the first use.
+# low by issuing a routing step's loads in up to five waves, each waiting for the one before: 11.4 against
+# 6.9 µs per call at hidden 4096, 1 token, on an H200. With a ceiling it issues them all before the first use.
 TOKEN_MAXNREG = 255
 
 
