@@ -45,7 +45,8 @@ CPU_CASES = tuple(SpeedCase(768, d, b) for d in (10, 11) for b in (1, 8, 128, 40
     for b in (1, 8, 128)  # 4096 tokens x 4096 x 16384 dense takes minutes on 2 cores
 )
 GPU_CASES = tuple(SpeedCase(768, 11, b) for b in (1, 128, 1024, 4096)) + tuple(
-    SpeedCase(4096, 13, b) for b in (1, 8, 128, 1024, 4096)  # 1024: where the token and block kernels cross
+    SpeedCase(4096, 13, b)
+    for b in (1, 8, 128, 1024, 4096)  # 1024: where the token and block kernels cross
 )
 QUICK_CASES = (SpeedCase(64, 5, 1), SpeedCase(64, 5, 33))
 
