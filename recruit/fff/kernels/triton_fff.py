@@ -59,6 +59,18 @@ def _gelu(a):
 
 
 @triton.jit
+def _subtree_lanes(local, SPEC: tl.constexpr):
+    """Depth r(j) below the root, 2^r(j) and membership (j < 2^SPEC − 1) of local heap indices j of a subtree.
+
+    ``local`` holds the indices j of a SPEC-level subtree's lanes; below node n, lane j is node n·2^r(j) + j.
+    """
+    depth = local.to(tl.int64) * 0
+    for t in tl.static_range(1, SPEC):
+        depth += (local + 1 >= (1 << t)).to(tl.int64)
+    return depth, (1 << depth).to(tl.int64), local < (1 << SPEC) - 1
+
+
+@triton.jit
 def _fff_kernel(
     x_ptr,  # (B, D_in)
     w_in_ptr,  # (K·M, D_in)
@@ -94,11 +106,7 @@ def _fff_kernel(
     # Lane j of a routing step is the subtree node with local heap index j, at relative depth r(j); below
     # node n it is node n·2^r + j of the tree (children of n: 2n+1, 2n+2; grandchildren: 4n+3 .. 4n+6).
     lane = tl.arange(0, SUB)  # (SUB,)
-    lane_depth = tl.zeros((SUB,), dtype=tl.int64)
-    for t in tl.static_range(1, SPEC):
-        lane_depth += (lane + 1 >= (1 << t)).to(tl.int64)
-    lane_scale = (1 << lane_depth).to(tl.int64)  # 2^r(j)
-    lane_real = lane < (1 << SPEC) - 1
+    lane_depth, lane_scale, lane_real = _subtree_lanes(lane, SPEC)  # (SUB,) each: r(j), 2^r(j), j < 2^SPEC − 1
 
     # Routing: walk every tree for this block of tokens, SPEC levels per step.
     for k in range(N_TREES):
@@ -209,11 +217,7 @@ def _fff_token_kernel(
     lane = tl.arange(0, TOP_LANES + SUB)  # (LANES,) lanes [0, TOP_LANES) walk above SPLIT, the rest below
     is_top = lane < TOP_LANES
     local = tl.where(is_top, lane, lane - TOP_LANES)  # heap index within the step's subtree
-    lane_depth = tl.zeros((TOP_LANES + SUB,), dtype=tl.int64)
-    for t in tl.static_range(1, SPEC):
-        lane_depth += (local + 1 >= (1 << t)).to(tl.int64)
-    lane_scale = (1 << lane_depth).to(tl.int64)
-    lane_real = local < (1 << SPEC) - 1
+    lane_depth, lane_scale, lane_real = _subtree_lanes(local, SPEC)  # (LANES,) each
     limit = tl.where(is_top, SPLIT, LEVELS)  # the walk above SPLIT stops there
     slot = tl.arange(0, PATH_P)  # (PATH_P,) path slot k·LEVELS + level
     path_rows = tl.zeros((PATH_P,), dtype=tl.int64)  # global rows of the visited nodes
@@ -253,12 +257,13 @@ def _fff_token_kernel(
                 js = 2 * js + 1 + (a > 0).to(tl.int64)
                 if TOP_LANES > 0:
                     a = tl.sum(tl.where(lane == jt, logits, 0.0), axis=0)
+                    right = (a > 0).to(tl.int64)
+                    here = top * (1 << r) + jt  # heap index (single tree: also the row)
                     at_slot = (slot == first + r) & (first + r < SPLIT)
-                    path_rows = tl.where(at_slot, top * (1 << r) + jt, path_rows)
+                    path_rows = tl.where(at_slot, here, path_rows)
                     path_a = tl.where(at_slot, a, path_a)
-                    child = 2 * (top * (1 << r) + jt) + 1 + (a > 0).to(tl.int64)  # heap index, one level down
-                    chosen = tl.where(first + r == SPLIT - 1, child, chosen)
-                    jt = 2 * jt + 1 + (a > 0).to(tl.int64)
+                    chosen = tl.where(first + r == SPLIT - 1, 2 * here + 1 + right, chosen)  # one level down
+                    jt = 2 * jt + 1 + right
             top = top * (1 << SPEC) + jt
             sub = sub * (1 << SPEC) + js
 
