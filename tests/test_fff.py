@@ -158,7 +158,9 @@ def test_fused_kernel_hook(monkeypatch):
 
     def fff_infer(x2d, w_in, b_in, w_out_t, depth, n_trees):
         calls.append(w_out_t)
-        assert x2d.shape == (5, 8) and (depth, n_trees) == (3, 2) and w_out_t.is_contiguous()
+        assert x2d.shape == (5, 8) and (depth, n_trees) == (3, 2) and w_in.stride(1) == w_out_t.stride(1) == 1
+        # on the CPU the two are views of one buffer, each node's input row followed by its output row
+        assert w_in.stride(0) == w_out_t.stride(0) == 14 and w_out_t.data_ptr() == w_in.data_ptr() + 8 * 4
         assert torch.equal(w_out_t, fff.w_out.t()) and torch.equal(w_in, fff.w_in) and torch.equal(b_in, fff.b_in)
         return fff.reference_forward(x2d) + 1.0  # marked, to see that the kernel's result is returned
 

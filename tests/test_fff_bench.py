@@ -13,7 +13,7 @@ def test_fff_speed_bench_records_are_consistent():
         sel = [r for r in recs if r.params.get("B") == str(case.batch)]
         lat = {r.params["impl"]: r.value for r in sel if r.metric == "latency_ms"}
         peers = {"fastfeedforward"} if importlib.util.find_spec("fastfeedforward") else set()
-        assert set(lat) == {"dense", "cpp", "gather"} | peers and all(v > 0 for v in lat.values())
+        assert set(lat) == {"dense", "cpp", "gather", "memory-floor"} | peers and all(v > 0 for v in lat.values())
         assert all(r.params["timing"] == "wall" for r in sel if "impl" in r.params)  # CUDA graphs: CUDA only
         speed = {r.params["impl"]: r.value for r in sel if r.metric == "speedup"}
         assert speed["cpp"] == pytest.approx(lat["dense"] / lat["cpp"])

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recruit.fff.kernels as kernels
+from recruit.fff.fff import pack_rows
 from recruit.fff.kernels import cpu as cpu_kernel
 from recruit.fff.kernels import fff_cpu, fff_gather, fff_infer, fff_reference, fff_route, n_nodes
 
@@ -119,6 +120,35 @@ def test_cpu_wide_rows_threads_noncontiguous_fp16_empty(cpu_built):
     check(fff_cpu, tuple(t.half() for t in case), 6, 2)
     empty = fff_cpu(x[:0], w_in, b_in, w_out_t, 6, 2)
     assert empty.shape == (0, 257) and fff_gather(x[:0], w_in, b_in, w_out_t, 6, 2).shape == (0, 257)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cpu_reads_packed_rows_in_place(cpu_built, dtype):
+    x, w_in, b_in, w_out_t = make_case(5, 7, 2, 17, 40, 33, dtype)
+    p_in, p_out = pack_rows(w_in, w_out_t)
+    assert p_in.stride() == p_out.stride() == (73, 1) and p_out.data_ptr() == p_in.data_ptr() + 40 * p_in.itemsize
+    (w, ld), (v, _) = cpu_kernel._unit_rows(p_in), cpu_kernel._unit_rows(p_out)
+    assert w is p_in and v is p_out and ld == 73  # read in place, no copy per call
+    assert torch.equal(fff_cpu(x, p_in, b_in, p_out, 7, 2), fff_cpu(x, w_in, b_in, w_out_t, 7, 2))
+    check(fff_cpu, (x, p_in, b_in, p_out), 7, 2)
+    shared = w_in[:1].expand_as(w_in)  # stride 0 between rows: copied, not read as overlapping rows
+    assert cpu_kernel._unit_rows(shared)[0] is not shared
+    check(fff_cpu, (x, shared, b_in, w_out_t), 7, 2)
+    with pytest.raises(ValueError, match="pack_rows"):
+        pack_rows(w_in, w_out_t[:-1])
+
+
+def test_row_reader_reads_the_listed_rows(cpu_built):
+    torch.set_num_threads(2)
+    w = torch.randn(50, 70, dtype=torch.float64).float()
+    rows = torch.tensor([3, 49, 0, 3, 17])
+    for m in (w, torch.cat([w, w], 1)[:, 70:]):  # contiguous, and rows with a stride
+        assert cpu_kernel.row_reader(m, rows)() == pytest.approx(w[rows].double().sum().item(), rel=1e-5)
+    assert cpu_kernel.row_reader(w, rows[:0])() == 0.0
+    with pytest.raises(ValueError, match="outside"):
+        cpu_kernel.row_reader(w, torch.tensor([50]))
+    with pytest.raises(ValueError, match="float32"):
+        cpu_kernel.row_reader(w.double(), rows)
 
 
 def test_shape_errors():

@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 
 from recruit import measure
 from recruit.benchmarks import Bench, BenchOptions, register
-from recruit.fff.kernels import fff_gather, fff_infer
+from recruit.fff.fff import pack_rows
+from recruit.fff.kernels import fff_gather, fff_infer, fff_route
+from recruit.fff.kernels.cpu import cpu_kernel_available, row_reader
 from recruit.records import Record, environment
 from recruit.train import resolve_device
 
@@ -53,7 +55,12 @@ QUICK_CASES = (SpeedCase(64, 5, 1), SpeedCase(64, 5, 33))
 
 @dataclass(frozen=True)
 class _Layers:
-    """One case's dense FF (``w1``, ``b1``, ``w2``, aligned width) and the FFF made of its first width − 1 neurons."""
+    """One case's dense FF (``w1``, ``b1``, ``w2``, aligned width) and the FFF made of its first width − 1 neurons.
+
+    ``w_in`` and ``w_out_t`` are contiguous (the peers' layout); the fused kernel gets ``fused``, the layout
+    :class:`~recruit.fff.FastFeedForward` gives it: on the CPU the :func:`~recruit.fff.fff.pack_rows`
+    views of one (width − 1, 2·hidden) buffer, on CUDA the contiguous pair.
+    """
 
     w1: torch.Tensor  # (width, hidden)
     b1: torch.Tensor  # (width,)
@@ -62,12 +69,13 @@ class _Layers:
     b_in: torch.Tensor  # (width − 1,)
     w_out_t: torch.Tensor  # (width − 1, hidden)
     depth: int
+    fused: tuple[torch.Tensor, torch.Tensor]  # (w_in, w_out_t) as the fused kernel reads them
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.gelu(F.linear(x, self.w1, self.b1)), self.w2)
 
     def fff(self, x: torch.Tensor) -> torch.Tensor:
-        return fff_infer(x, self.w_in, self.b_in, self.w_out_t, self.depth, 1)
+        return fff_infer(x, self.fused[0], self.b_in, self.fused[1], self.depth, 1)
 
 
 def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Generator) -> _Layers:
@@ -75,8 +83,22 @@ def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Genera
     w1 = (torch.randn(width, hidden, generator=g) / hidden**0.5).to(device, dtype)
     b1 = torch.zeros(width, device=device, dtype=dtype)
     w2 = (torch.randn(hidden, width, generator=g) / width**0.5).to(device, dtype)
-    fff = w1[: width - 1].contiguous(), b1[: width - 1].contiguous(), w2[:, : width - 1].t().contiguous()
-    return _Layers(w1, b1, w2, *fff, depth)
+    w_in, b_in = w1[: width - 1].contiguous(), b1[: width - 1].contiguous()  # (width − 1, hidden), (width − 1,)
+    w_out_t = w2[:, : width - 1].t().contiguous()  # (width − 1, hidden)
+    fused = pack_rows(w_in, w_out_t) if w_in.device.type == "cpu" else (w_in, w_out_t)
+    return _Layers(w1, b1, w2, w_in, b_in, w_out_t, depth, fused)
+
+
+def _floor(layers: _Layers, xs: list[torch.Tensor]) -> Callable[[int], float]:
+    """``floor(i)`` reads, once each, the fused layout's rows that batch ``xs[i % len(xs)]`` visits (CPU only).
+
+    Each distinct visited node's input and output row, one stretch of the packed buffer, every address known
+    up front: the memory traffic no exact FFF kernel can avoid, timed as the ``memory-floor`` peer.
+    """
+    w_in, w_out_t = layers.fused
+    packed = torch.as_strided(w_in, (w_in.shape[0], w_in.shape[1] + w_out_t.shape[1]), w_in.stride())
+    readers = [row_reader(packed, fff_route(x, layers.w_in, layers.b_in, layers.depth, 1)[0].unique()) for x in xs]
+    return lambda i: readers[i % len(readers)]()
 
 
 def _n_inputs(batch: int) -> int:
@@ -186,6 +208,8 @@ def measure_case(
                                                      "fff": lambda i: layers.fff(xs[i % n])}  # fmt: skip
     if gather:
         fns["gather"] = lambda i: fff_gather(xs[i % n], *fff, case.depth, 1)
+    if device.type == "cpu" and dtype == torch.float32 and cpu_kernel_available():
+        fns["memory-floor"] = _floor(layers, xs)
     peer = _peer(case, dtype, device) if case.batch <= 128 or case.hidden <= 768 else None
     if peer is not None:
         fns["fastfeedforward"] = lambda i: peer.eval_forward(xs[i % n])
@@ -285,7 +309,9 @@ def section(records: list[Record]) -> str:
         "(<code>recruit bench fff</code>). Below 1 means FFF is slower. Timing <code>wall</code>: single "
         "synchronised calls; <code>cuda_graph</code>: GPU time per call in a graph of 16 calls, whose FFF rows "
         "stay in L2 at small batches; <code>cuda_graph_cycled</code>: the same over enough distinct inputs to "
-        "touch twice the L2 in rows.</p>"
+        "touch twice the L2 in rows. <code>memory-floor</code> (CPU) is no FFF: it only reads, once each, the "
+        "weight rows the batch's paths visit, every address known in advance, so its speed-up is the most "
+        "any exact FFF kernel can reach on that machine.</p>"
         + table(["device", "hidden", "depth", "tokens", "timing", "FFF implementation", "speed-up"], rows)
     )
 

@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,7 +38,9 @@ SOURCE = Path(__file__).with_name("fff_cpu.cpp")
 _CFLAGS = ["-O3", "-ffp-contract=fast", "-std=c++17", "-Wno-psabi"]
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no -fopenmp; the loop runs serially
 _ENTRY = {torch.float32: "fff_forward_f32", torch.float64: "fff_forward_f64", torch.bfloat16: "fff_forward_bf16"}
-_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5  # x, w_in, b_in, w_out_t, out; B, D_in, D_out, depth, K
+# x, w_in, b_in, w_out_t, out; B, D_in, D_out, depth, K, row strides of w_in and w_out_t
+_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 7
+_READ_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 
 
 def build_directory() -> Path:
@@ -77,6 +80,8 @@ def _load() -> ctypes.CDLL | None:
         for entry in _ENTRY.values():
             getattr(library, entry).argtypes = _ARGTYPES
             getattr(library, entry).restype = None
+        library.fff_read_rows_f32.argtypes = _READ_ARGTYPES
+        library.fff_read_rows_f32.restype = None
         logger.info("FFF CPU kernel %s ready in %.1f s (%s)", name, time.perf_counter() - start, directory)
         return library
     except Exception as err:  # noqa: BLE001 (any build failure means: use the fallback)
@@ -95,8 +100,9 @@ def fff_cpu(
     """Hard FFF inference on the CPU by the fused C++ kernel (or by :func:`fff_gather` when it is unavailable).
 
     float32, float64 and bfloat16 run natively (bfloat16 accumulates in float32); float16 is computed in
-    float32 and returned as float16. Non-contiguous inputs are made contiguous (a copy: pass a contiguous
-    ``w_out_t`` on hot paths).
+    float32 and returned as float16. ``w_in`` and ``w_out_t`` may have any row stride as long as each row is
+    contiguous, such as the views :func:`recruit.fff.fff.pack_rows` returns (the fastest layout); other
+    layouts are copied per call, as are non-contiguous ``x`` and ``b_in``.
 
     Args:
         x: Token features, (B, D_in).
@@ -133,12 +139,57 @@ def fff_cpu(
         if not x.dtype.is_floating_point:
             raise TypeError(f"fff_cpu needs a floating-point x, got {x.dtype}")
         return fff_cpu(x.float(), w_in.float(), b_in.float(), w_out_t.float(), depth, n_trees).to(x.dtype)
-    if not (x.is_contiguous() and w_in.is_contiguous() and b_in.is_contiguous() and w_out_t.is_contiguous()):
-        x, w_in, b_in, w_out_t = (t.contiguous() for t in (x, w_in, b_in, w_out_t))
+    x, b_in = x.contiguous(), b_in.contiguous()
+    (w_in, ld_in), (w_out_t, ld_out) = _unit_rows(w_in), _unit_rows(w_out_t)
     (n, d_in), d_out = x.shape, w_out_t.shape[1]
     bf16 = x.dtype == torch.bfloat16
     out = torch.empty(n, d_out, dtype=torch.float32 if bf16 else x.dtype)  # (B, D_out)
     if n and d_out:
         ptrs = x.data_ptr(), w_in.data_ptr(), b_in.data_ptr(), w_out_t.data_ptr(), out.data_ptr()
-        getattr(library, entry)(*ptrs, n, d_in, d_out, depth, n_trees)
+        getattr(library, entry)(*ptrs, n, d_in, d_out, depth, n_trees, ld_in, ld_out)
     return out.to(torch.bfloat16) if bf16 else out
+
+
+def _unit_rows(w: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(w, row stride)`` when each row of ``w`` (R, C) is contiguous and rows do not overlap, else a copy's."""
+    (row_stride, col_stride), (rows, cols) = w.stride(), w.shape
+    if (col_stride == 1 or cols <= 1) and (row_stride >= cols or rows <= 1):
+        return w, row_stride
+    return w.contiguous(), cols
+
+
+def row_reader(w: torch.Tensor, rows: torch.Tensor) -> Callable[[], float]:
+    """A function that reads the rows ``w[rows]`` once each, on all threads, and returns their total.
+
+    The memory-floor probe: the C kernel sums each listed row of the float32 matrix ``w`` in place, rows split
+    over the threads and every address known up front (no dependent chain, no other arithmetic), so the time
+    of a call is what fetching those rows costs on this machine. The arguments are checked here, once; a
+    call is one C call. The FFF benchmark times it over each batch's distinct visited rows.
+
+    Args:
+        w: float32 (R, C) on the CPU, each row contiguous (any row stride: :func:`recruit.fff.fff.pack_rows`
+            views, say).
+        rows: Integer row indices, (count,), each in [0, R).
+
+    Raises:
+        RuntimeError: When the C++ kernel is unavailable.
+        ValueError: On another dtype or device, or an index out of range.
+    """
+    library = _load()
+    if library is None:
+        raise RuntimeError("row_reader needs the C++ kernel, which could not be built")
+    if w.dtype != torch.float32 or not w.is_cpu or w.dim() != 2 or rows.dim() != 1:
+        raise ValueError(f"row_reader needs a float32 CPU matrix and 1-D indices, got {w.dtype} {tuple(w.shape)}")
+    rows = rows.to("cpu", torch.int64).contiguous()
+    if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < w.shape[0]):
+        raise ValueError(f"row_reader: a row index is outside [0, {w.shape[0]})")
+    w, ld = _unit_rows(w)
+    sink = torch.zeros(1)
+    args = w.data_ptr(), ld, rows.data_ptr(), len(rows), w.shape[1], sink.data_ptr()
+
+    def read() -> float:
+        library.fff_read_rows_f32(*args)
+        return sink.item()
+
+    read.keep = (w, rows, sink)  # the pointers stay valid as long as the function lives
+    return read
