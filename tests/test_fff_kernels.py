@@ -138,6 +138,15 @@ def test_cpu_reads_packed_rows_in_place(cpu_built, dtype):
         pack_rows(w_in, w_out_t[:-1])
 
 
+def test_cpu_output_does_not_depend_on_the_batch(cpu_built):
+    torch.set_num_threads(2)  # tokens read side by side in groups of 4, 2 and 1, on two threads
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w_in, b_in, w_out_t = make_case(7, 9, 2, 23, 100, 60, dtype)
+        full = fff_cpu(x, w_in, b_in, w_out_t, 9, 2)
+        for lo, hi in ((0, 1), (5, 6), (3, 6), (1, 9), (22, 23)):
+            assert torch.equal(fff_cpu(x[lo:hi], w_in, b_in, w_out_t, 9, 2), full[lo:hi]), (dtype, lo, hi)
+
+
 def test_row_reader_reads_the_listed_rows(cpu_built):
     torch.set_num_threads(2)
     w = torch.randn(50, 70, dtype=torch.float64).float()
