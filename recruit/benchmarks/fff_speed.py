@@ -93,7 +93,7 @@ def _floor(layers: _Layers, xs: list[torch.Tensor]) -> Callable[[int], float]:
     """``floor(i)`` reads, once each, the fused layout's rows that batch ``xs[i % len(xs)]`` visits (CPU only).
 
     Each distinct visited node's input and output row, one stretch of the packed buffer, every address known
-    up front: the memory traffic no exact FFF kernel can avoid, timed as the ``memory-floor`` peer.
+    up front: the memory traffic an exact FFF kernel cannot avoid, timed as the ``memory-floor`` peer.
     """
     w_in, w_out_t = layers.fused
     packed = torch.as_strided(w_in, (w_in.shape[0], w_in.shape[1] + w_out_t.shape[1]), w_in.stride())
@@ -310,8 +310,8 @@ def section(records: list[Record]) -> str:
         "synchronised calls; <code>cuda_graph</code>: GPU time per call in a graph of 16 calls, whose FFF rows "
         "stay in L2 at small batches; <code>cuda_graph_cycled</code>: the same over enough distinct inputs to "
         "touch twice the L2 in rows. <code>memory-floor</code> (CPU) is no FFF: it only reads, once each, the "
-        "weight rows the batch's paths visit, every address known in advance, so its speed-up is the most "
-        "any exact FFF kernel can reach on that machine.</p>"
+        "weight rows the batch's paths visit, every address known in advance, so its speed-up estimates the "
+        "most an exact FFF kernel can reach on that machine (a timing like the others, with their noise).</p>"
         + table(["device", "hidden", "depth", "tokens", "timing", "FFF implementation", "speed-up"], rows)
     )
 

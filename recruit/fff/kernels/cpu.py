@@ -161,10 +161,11 @@ def _unit_rows(w: torch.Tensor) -> tuple[torch.Tensor, int]:
 def row_reader(w: torch.Tensor, rows: torch.Tensor) -> Callable[[], float]:
     """A function that reads the rows ``w[rows]`` once each, on all threads, and returns their total.
 
-    The memory-floor probe: the C kernel sums each listed row of the float32 matrix ``w`` in place, rows split
-    over the threads and every address known up front (no dependent chain, no other arithmetic), so the time
-    of a call is what fetching those rows costs on this machine. The arguments are checked here, once; a
-    call is one C call. The FFF benchmark times it over each batch's distinct visited rows.
+    The memory-floor probe: the C kernel reads each listed row of the float32 matrix ``w`` in place with the
+    FFF walk's own loop (four rows side by side, against a row of ones), rows split over the threads and every
+    address known up front (no dependent chain), so the time of a call is about what fetching those rows
+    costs on this machine. The arguments are checked here, once; a call is one C call. The FFF benchmark times
+    it over each batch's distinct visited rows.
 
     Args:
         w: float32 (R, C) on the CPU, each row contiguous (any row stride: :func:`recruit.fff.fff.pack_rows`
