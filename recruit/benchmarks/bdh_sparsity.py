@@ -37,7 +37,7 @@ class SparsityConfig:
     seq_len: int = 256
     batch_size: int = 8
     lr: float = 3e-3
-    weights: tuple[float, ...] = (0.3, 0.5, 1.0)  # activity_l1 of the penalised runs
+    weights: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)  # activity_l1 of the penalised runs
     eval_bytes: int = 32768  # test bytes scored per language
     density_windows: int = 64  # test windows of seq_len tokens, spread over the split, on which density is measured
     out_dir: str = "runs/bdh-compare"
