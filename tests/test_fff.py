@@ -154,36 +154,46 @@ def test_fused_kernel_hook(monkeypatch):
     fff = FastFeedForward(8, 6, depth=3, n_trees=2).eval()
     x = torch.randn(5, 8)
     ref = fff.reference_forward(x)
-    calls = []
+    prepared, calls = [], []
 
-    def fff_infer(x2d, w_in, b_in, w_out_t, depth, n_trees):
-        calls.append(w_out_t)
-        assert x2d.shape == (5, 8) and (depth, n_trees) == (3, 2) and w_in.stride(1) == w_out_t.stride(1) == 1
+    def fff_prepare(w_in, b_in, w_out_t, depth, n_trees):
+        prepared.append(w_out_t)
+        assert (depth, n_trees) == (3, 2) and w_in.stride(1) == w_out_t.stride(1) == 1
         # on the CPU the two are views of one buffer, each node's input row followed by its output row
         assert w_in.stride(0) == w_out_t.stride(0) == 14 and w_out_t.data_ptr() == w_in.data_ptr() + 8 * 4
         assert torch.equal(w_out_t, fff.w_out.t()) and torch.equal(w_in, fff.w_in) and torch.equal(b_in, fff.b_in)
-        return fff.reference_forward(x2d) + 1.0  # marked, to see that the kernel's result is returned
 
-    monkeypatch.setitem(sys.modules, "recruit.fff.kernels", types.SimpleNamespace(fff_infer=fff_infer))
+        def kernel(x2d):
+            calls.append(x2d)
+            assert x2d.shape == (5, 8)
+            return fff.reference_forward(x2d) + 1.0  # marked, to see that the kernel's result is returned
+
+        return kernel
+
+    monkeypatch.setitem(sys.modules, "recruit.fff.kernels", types.SimpleNamespace(fff_prepare=fff_prepare))
     with torch.no_grad():
         torch.testing.assert_close(fff(x), ref + 1.0)
         fff(x)
-        assert calls[0] is calls[1]  # w_out_t cached
+        assert len(prepared) == 1 and len(calls) == 2  # prepared once, then reused
         fff.w_out.mul_(2.0)
-        fff(x)
-        assert calls[2] is not calls[1]  # in-place update invalidates it
+        torch.testing.assert_close(fff(x), fff.reference_forward(x) + 1.0)
+        assert len(prepared) == 2 and prepared[1] is not prepared[0]  # an in-place update prepares it again
         fff.backend = "torch"
         torch.testing.assert_close(fff(x), fff.reference_forward(x))
         fff.backend = "auto"
     assert len(calls) == 3
     fff(x)  # grad needed: the kernel is skipped
     assert len(calls) == 3
-    monkeypatch.setitem(sys.modules, "recruit.fff.kernels", types.SimpleNamespace(fff_infer=lambda *a: None))
+    declining = FastFeedForward(8, 6, depth=3, n_trees=2).eval()
+    monkeypatch.setitem(
+        sys.modules, "recruit.fff.kernels", types.SimpleNamespace(fff_prepare=lambda *a: lambda x: None)
+    )
     with torch.no_grad():
-        torch.testing.assert_close(fff(x), fff.reference_forward(x))  # kernel declines: gather fallback
+        torch.testing.assert_close(declining(x), declining.reference_forward(x))  # kernel declines: gather
+    failing = FastFeedForward(8, 6, depth=3, n_trees=2).eval()
     monkeypatch.setitem(sys.modules, "recruit.fff.kernels", None)  # import fails
     with torch.no_grad():
-        torch.testing.assert_close(fff(x), fff.reference_forward(x))
+        torch.testing.assert_close(failing(x), failing.reference_forward(x))
 
 
 def nano(**kw) -> GPT:

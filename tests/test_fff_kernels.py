@@ -147,6 +147,41 @@ def test_cpu_output_does_not_depend_on_the_batch(cpu_built):
             assert torch.equal(fff_cpu(x[lo:hi], w_in, b_in, w_out_t, 9, 2), full[lo:hi]), (dtype, lo, hi)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_prepared_cpu_kernel_equals_fff_cpu(cpu_built, dtype):
+    torch.set_num_threads(2)
+    x, w_in, b_in, w_out_t = make_case(11, 6, 2, 13, 40, 33, dtype)
+    p_in, p_out = pack_rows(w_in, w_out_t)
+    kernel = kernels.fff_prepare(p_in.clone(), b_in.clone(), w_out_t.t().contiguous().t(), 6, 2)  # a copied layout
+    assert isinstance(kernel, cpu_kernel.CpuKernel) and kernel.w_out_t.stride(1) == 1
+    packed = cpu_kernel.CpuKernel(p_in, b_in, p_out, 6, 2)
+    assert packed.w_in is p_in and packed.w_out_t is p_out  # packed views are read in place
+    expect = fff_cpu(x, w_in, b_in, w_out_t, 6, 2)
+    for k in (kernel, packed):
+        out = k(x)
+        assert out.dtype == dtype and torch.equal(out, expect)
+        assert torch.equal(k(x.t().contiguous().t()), expect)  # a column-major x is made contiguous
+        assert torch.equal(k(x[3:4]), expect[3:4]) and k(x[:0]).shape == (0, 33)
+    check(lambda *a: packed(a[0]), (x, w_in, b_in, w_out_t), 6, 2)
+    del p_in, p_out
+    assert torch.equal(packed(x), expect)  # the kernel keeps the weights it points to alive
+
+
+def test_prepared_cpu_kernel_sends_other_inputs_to_fff_cpu(cpu_built):
+    x, w_in, b_in, w_out_t = make_case(12, 4, 1, 5, 16, 8, torch.float32)
+    kernel = cpu_kernel.CpuKernel(w_in, b_in, w_out_t, 4, 1)
+    with pytest.raises(ValueError, match="share one dtype"):
+        kernel(x.double())  # fff_cpu's own error
+    with pytest.raises(ValueError, match="expected x"):
+        kernel(x[:, :15])
+    with pytest.raises(ValueError, match="w_in"):
+        cpu_kernel.CpuKernel(w_in[:-1], b_in, w_out_t, 4, 1)
+    with pytest.raises(ValueError, match="n_trees"):
+        kernels.fff_prepare(w_in, b_in, w_out_t, 4, 0)
+    half = cpu_kernel.CpuKernel(*(t.half() for t in (w_in, b_in, w_out_t)), 4, 1)  # no native float16: fff_cpu's
+    assert torch.equal(half(x.half()), fff_cpu(x.half(), w_in.half(), b_in.half(), w_out_t.half(), 4, 1))
+
+
 def test_row_reader_reads_the_listed_rows(cpu_built):
     torch.set_num_threads(2)
     w = torch.randn(50, 70, dtype=torch.float64).float()

@@ -7,7 +7,9 @@ gather walk as a peer. Every token gets its own random input, so routing spreads
 following one cache-hot path. Times are medians after warm-up with the device synchronised;
 ``speedup`` = dense time ÷ FFF time.
 
-On the CPU the fused kernel is the C++ one (``recruit.fff.kernels.cpu``); on CUDA the Triton one, in bf16.
+On the CPU the fused kernel is the C++ one (``recruit.fff.kernels.cpu``); on CUDA the Triton one, in bf16. It is
+called as :class:`~recruit.fff.FastFeedForward` calls it: through :func:`~recruit.fff.kernels.fff_prepare`, the
+weights bound once (on the CPU a :class:`~recruit.fff.kernels.cpu.CpuKernel`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from recruit import measure
 from recruit.benchmarks import Bench, BenchOptions, register
 from recruit.fff.fff import pack_rows
-from recruit.fff.kernels import fff_gather, fff_infer, fff_route
+from recruit.fff.kernels import fff_gather, fff_prepare, fff_route
 from recruit.fff.kernels.cpu import cpu_kernel_available, row_reader
 from recruit.records import Record, environment
 from recruit.train import resolve_device
@@ -70,12 +72,13 @@ class _Layers:
     w_out_t: torch.Tensor  # (width − 1, hidden)
     depth: int
     fused: tuple[torch.Tensor, torch.Tensor]  # (w_in, w_out_t) as the fused kernel reads them
+    kernel: Callable[[torch.Tensor], torch.Tensor]  # fff_prepare of the fused layout
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.gelu(F.linear(x, self.w1, self.b1)), self.w2)
 
     def fff(self, x: torch.Tensor) -> torch.Tensor:
-        return fff_infer(x, self.fused[0], self.b_in, self.fused[1], self.depth, 1)
+        return self.kernel(x)
 
 
 def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Generator) -> _Layers:
@@ -86,7 +89,8 @@ def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Genera
     w_in, b_in = w1[: width - 1].contiguous(), b1[: width - 1].contiguous()  # (width − 1, hidden), (width − 1,)
     w_out_t = w2[:, : width - 1].t().contiguous()  # (width − 1, hidden)
     fused = pack_rows(w_in, w_out_t) if w_in.device.type == "cpu" else (w_in, w_out_t)
-    return _Layers(w1, b1, w2, w_in, b_in, w_out_t, depth, fused)
+    kernel = fff_prepare(fused[0], b_in, fused[1], depth, 1)
+    return _Layers(w1, b1, w2, w_in, b_in, w_out_t, depth, fused, kernel)
 
 
 def _floor(layers: _Layers, xs: list[torch.Tensor]) -> Callable[[int], float]:

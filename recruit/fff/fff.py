@@ -11,6 +11,7 @@ or ``mode="soft"`` (a mixture over paths); ``eval()`` runs hard routing by a fus
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,6 +97,7 @@ class FastFeedForward(nn.Module):
         self.backend: Backend = "auto"
         self._last_logits: torch.Tensor | None = None  # soft mode: internal-node logits of the last forward
         self._kernel_cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+        self._prepared: tuple[tuple[torch.Tensor, ...], Callable[[torch.Tensor], torch.Tensor] | None] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -276,23 +278,34 @@ class FastFeedForward(nn.Module):
             self._kernel_cache = (key, (w_in, b_in.contiguous(), w_out_t))  # w_out.t(): (K·nodes, dim_out)
         return self._kernel_cache[1]
 
-    def _forward_kernel(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Hard inference by ``recruit.fff.kernels.fff_infer``; None when it is missing or gradients are needed.
+    def _kernel(self, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``recruit.fff.kernels.fff_prepare`` of :meth:`_kernel_args`, rebuilt with them; None without the kernels."""
+        args = self._kernel_args(dtype)
+        if self._prepared is None or self._prepared[0] is not args:
+            try:
+                prepare = importlib.import_module("recruit.fff.kernels").fff_prepare
+            except (ImportError, AttributeError):
+                return None
+            self._prepared = (args, prepare(*args, self.config.depth, self.config.n_trees))
+        return self._prepared[1]
 
-        Contract: ``fff_infer(x2d (N, dim_in), w_in, b_in, w_out_t, depth, n_trees) -> (N, dim_out)``, one
-        dtype throughout; it returns None (or raises NotImplementedError) for inputs it does not handle.
+    def _forward_kernel(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Hard inference by the prepared fused kernel; None when it is missing or gradients are needed.
+
+        Contract: ``fff_prepare(w_in, b_in, w_out_t, depth, n_trees)`` returns ``f(x2d (N, dim_in)) -> (N,
+        dim_out)``, one dtype throughout, which returns None (or raises NotImplementedError) for inputs it does
+        not handle.
         """
         if torch.is_grad_enabled() and (self.w_in.requires_grad or x.requires_grad):
             return None
-        try:
-            infer = importlib.import_module("recruit.fff.kernels").fff_infer
-        except (ImportError, AttributeError):
-            return None
         c = self.config
         dt = torch.promote_types(x.dtype, self.w_in.dtype)
+        kernel = self._kernel(dt)
+        if kernel is None:
+            return None
         x2 = x.reshape(-1, c.dim_in).to(dt).contiguous()  # (N, dim_in)
         try:
-            y = infer(x2, *self._kernel_args(dt), c.depth, c.n_trees)
+            y = kernel(x2)
         except NotImplementedError:
             return None
         return None if y is None else y.reshape(*x.shape[:-1], c.dim_out).to(x.dtype)

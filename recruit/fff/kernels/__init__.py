@@ -2,6 +2,8 @@
 
 :func:`fff_infer` picks the fastest path for the device: the Triton kernel for CUDA tensors when ``triton``
 is installed, the C++ kernel on the CPU (built at first use), and the pure-torch gather walk otherwise.
+:func:`fff_prepare` binds a layer's weights once and returns the same computation as a function of ``x``
+(on the CPU a :class:`~recruit.fff.kernels.cpu.CpuKernel`, which checks the weights once instead of per call).
 ``triton`` is imported only when a CUDA tensor asks for it, so this package imports without it.
 """
 
@@ -9,18 +11,21 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 
 import torch
 
-from recruit.fff.kernels.cpu import cpu_kernel_available, fff_cpu
+from recruit.fff.kernels.cpu import CpuKernel, cpu_kernel_available, fff_cpu
 from recruit.fff.kernels.reference import check_shapes, fff_gather, fff_reference, fff_route, n_nodes
 
 __all__ = [
+    "CpuKernel",
     "check_shapes",
     "cpu_kernel_available",
     "fff_cpu",
     "fff_gather",
     "fff_infer",
+    "fff_prepare",
     "fff_reference",
     "fff_route",
     "n_nodes",
@@ -64,3 +69,21 @@ def fff_infer(
     if x2d.device.type == "cpu":
         return fff_cpu(x2d, w_in, b_in, w_out_t, depth, n_trees)
     return fff_gather(x2d, w_in, b_in, w_out_t, depth, n_trees)
+
+
+def fff_prepare(
+    w_in: torch.Tensor, b_in: torch.Tensor, w_out_t: torch.Tensor, depth: int, n_trees: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(x2d) == fff_infer(x2d, w_in, b_in, w_out_t, depth, n_trees)``, with the weights bound once.
+
+    On the CPU the result is a :class:`~recruit.fff.kernels.cpu.CpuKernel` (weights checked at construction,
+    four arguments per C call); elsewhere :func:`fff_infer` with the weights bound. The function keeps the
+    weights alive; build a new one when they change.
+
+    Raises:
+        ValueError: When the weights do not describe an FFF (see :func:`check_shapes`).
+    """
+    check_shapes(w_in[:0], w_in, b_in, w_out_t, depth, n_trees)
+    if w_in.is_cpu:
+        return CpuKernel(w_in, b_in, w_out_t, depth, n_trees)
+    return functools.partial(fff_infer, w_in=w_in, b_in=b_in, w_out_t=w_out_t, depth=depth, n_trees=n_trees)

@@ -41,6 +41,16 @@ _ENTRY = {torch.float32: "fff_forward_f32", torch.float64: "fff_forward_f64", to
 # x, w_in, b_in, w_out_t, out; B, D_in, D_out, depth, K, row strides of w_in and w_out_t
 _ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 7
 _READ_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+_PLAN_ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]  # plan, x, out, B
+_PLAN_DTYPE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
+
+
+class _Plan(ctypes.Structure):
+    """The C ``FffPlan``: a prepared call's weights and sizes, checked once."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("w_in", "b_in", "w_out_t")] + [
+        (name, ctypes.c_int64) for name in ("d_in", "d_out", "depth", "n_trees", "ld_in", "ld_out", "dtype")
+    ]
 
 
 def build_directory() -> Path:
@@ -82,6 +92,8 @@ def _load() -> ctypes.CDLL | None:
             getattr(library, entry).restype = None
         library.fff_read_rows_f32.argtypes = _READ_ARGTYPES
         library.fff_read_rows_f32.restype = None
+        library.fff_forward_plan.argtypes = _PLAN_ARGTYPES
+        library.fff_forward_plan.restype = None
         logger.info("FFF CPU kernel %s ready in %.1f s (%s)", name, time.perf_counter() - start, directory)
         return library
     except Exception as err:  # noqa: BLE001 (any build failure means: use the fallback)
@@ -148,6 +160,56 @@ def fff_cpu(
         ptrs = x.data_ptr(), w_in.data_ptr(), b_in.data_ptr(), w_out_t.data_ptr(), out.data_ptr()
         getattr(library, entry)(*ptrs, n, d_in, d_out, depth, n_trees, ld_in, ld_out)
     return out.to(torch.bfloat16) if bf16 else out
+
+
+class CpuKernel:
+    """Hard FFF inference on the CPU with the weights checked once: ``kernel(x)`` equals :func:`fff_cpu` on them.
+
+    What a layer calls at every step. :func:`fff_cpu` checks and converts all five tensors per call and hands
+    twelve arguments to C through :mod:`ctypes`, several µs a call, which is most of a one-token call's time.
+    Here the weights are checked (and, where their layout needs it, copied) at construction and kept, and a
+    call checks ``x``, allocates the output and passes four arguments. An ``x`` outside the fast path (another
+    dtype, not contiguous, not 2-D with ``D_in`` columns) goes to :func:`fff_cpu`, which converts or raises.
+
+    Args:
+        w_in: Node input weights, (K·M, D_in), on the CPU.
+        b_in: Node biases, (K·M,).
+        w_out_t: Node output weights, transposed, (K·M, D_out); :func:`recruit.fff.fff.pack_rows` views of one
+            buffer with ``w_in`` are the fastest layout.
+        depth: Tree depth ≥ 0.
+        n_trees: K ≥ 1.
+
+    Raises:
+        ValueError: When the weights do not describe an FFF (shapes, one dtype, the CPU), as :func:`fff_cpu`.
+    """
+
+    def __init__(self, w_in: torch.Tensor, b_in: torch.Tensor, w_out_t: torch.Tensor, depth: int, n_trees: int) -> None:
+        check_shapes(w_in[:0], w_in, b_in, w_out_t, depth, n_trees)  # (0, D_in): the weights against themselves
+        if not w_in.is_cpu:
+            raise ValueError(f"CpuKernel needs CPU tensors, got {w_in.device}")
+        (self.w_in, ld_in), (self.w_out_t, ld_out) = _unit_rows(w_in), _unit_rows(w_out_t)
+        self.b_in, self.depth, self.n_trees = b_in.contiguous(), depth, n_trees
+        self.dtype, self.d_in, self.d_out = w_in.dtype, w_in.shape[1], w_out_t.shape[1]
+        library = _load()
+        self._entry = None if library is None or self.dtype not in _PLAN_DTYPE else library.fff_forward_plan
+        self._out_dtype = torch.float32 if self.dtype == torch.bfloat16 else self.dtype  # bf16 comes back in fp32
+        ptrs = self.w_in.data_ptr(), self.b_in.data_ptr(), self.w_out_t.data_ptr()
+        sizes = self.d_in, self.d_out, depth, n_trees, ld_in, ld_out, _PLAN_DTYPE.get(self.dtype, -1)
+        self._plan = _Plan(*ptrs, *sizes)  # points into the tensors above, which this object keeps alive
+        self._plan_address = ctypes.addressof(self._plan)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D_in) -> (B, D_out) in the dtype of ``x``."""
+        entry = self._entry
+        if entry is None or x.dtype is not self.dtype or not x.is_cpu or x.dim() != 2 or x.shape[1] != self.d_in:
+            return fff_cpu(x, self.w_in, self.b_in, self.w_out_t, self.depth, self.n_trees)
+        if not x.is_contiguous():
+            x = x.contiguous()
+        n = x.shape[0]
+        out = torch.empty(n, self.d_out, dtype=self._out_dtype)  # (B, D_out)
+        if n and self.d_out:
+            entry(self._plan_address, x.data_ptr(), out.data_ptr(), n)
+        return out if self._out_dtype is self.dtype else out.to(self.dtype)
 
 
 def _unit_rows(w: torch.Tensor) -> tuple[torch.Tensor, int]:
