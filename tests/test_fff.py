@@ -89,6 +89,23 @@ def test_eval_gather_equals_reference(depth, n_trees):
     torch.testing.assert_close(fff(x), ref)
 
 
+def test_eval_kernel_path_promotes_reshapes_and_copies_only_where_needed():
+    fff = FastFeedForward(12, 10, depth=5, n_trees=2).eval()
+    x = torch.randn(2, 7, 12)
+    with torch.no_grad():
+        ref = fff.reference_forward(x)
+        out = fff(x)
+        assert out.shape == (2, 7, 10) and out.dtype == torch.float32
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(fff(x.double()), fff.reference_forward(x.double()))  # promoted to float64
+        assert fff(x.double()).dtype == torch.float64
+        half = fff(x.bfloat16())  # computed in float32 (the weights' dtype), returned in bfloat16
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half, fff.reference_forward(x.bfloat16().float()).bfloat16())
+        strided = torch.randn(12, 5).t()  # (5, 12), not contiguous
+        torch.testing.assert_close(fff(strided), fff.reference_forward(strided))
+
+
 def test_hard_gradients_only_on_visited_nodes():
     fff = FastFeedForward(8, 6, depth=4, n_trees=2).train()
     x = torch.randn(3, 8)

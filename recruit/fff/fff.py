@@ -155,7 +155,8 @@ class FastFeedForward(nn.Module):
         """(..., dim_in) -> (..., dim_out): the training forward of ``mode``, or hard inference in eval mode."""
         if self.training:
             return self.forward_soft(x) if self.config.mode == "soft" else self.forward_masked(x)
-        self._last_logits = None
+        if self._last_logits is not None:  # (Module.__setattr__ costs µs; skipped when there is nothing to drop)
+            self._last_logits = None
         if self.backend == "reference":
             return self.reference_forward(x)
         y = self._forward_kernel(x) if self.backend == "auto" else None
@@ -268,9 +269,12 @@ class FastFeedForward(nn.Module):
         On the CPU ``w_in`` and ``w_out.t()`` are the two views of one buffer made by :func:`pack_rows` (a
         node's two rows side by side, the C++ kernel's fastest layout); elsewhere they are contiguous tensors.
         """
-        key = (dtype,) + tuple((p._version, p.data_ptr(), p.device) for p in (self.w_in, self.b_in, self.w_out))
+        ps = self._parameters  # not self.w_in: Module.__getattr__ costs about a µs per access, per call here
+        w_in, b_in, w_out = ps["w_in"], ps["b_in"], ps["w_out"]
+        key = (dtype, w_in.device, w_in._version, b_in._version, w_out._version)
+        key += (w_in.data_ptr(), b_in.data_ptr(), w_out.data_ptr())
         if self._kernel_cache is None or self._kernel_cache[0] != key:
-            w_in, b_in, w_out_t = (p.detach().to(dtype) for p in (self.w_in, self.b_in, self.w_out.t()))
+            w_in, b_in, w_out_t = (p.detach().to(dtype) for p in (w_in, b_in, w_out.t()))
             if w_in.device.type == "cpu":
                 w_in, w_out_t = pack_rows(w_in, w_out_t)
             else:
@@ -296,19 +300,27 @@ class FastFeedForward(nn.Module):
         dim_out)``, one dtype throughout, which returns None (or raises NotImplementedError) for inputs it does
         not handle.
         """
-        if torch.is_grad_enabled() and (self.w_in.requires_grad or x.requires_grad):
+        w_dtype = self._parameters["w_in"].dtype
+        if torch.is_grad_enabled() and (self._parameters["w_in"].requires_grad or x.requires_grad):
             return None
         c = self.config
-        dt = torch.promote_types(x.dtype, self.w_in.dtype)
+        dt = x.dtype if x.dtype == w_dtype else torch.promote_types(x.dtype, w_dtype)
         kernel = self._kernel(dt)
         if kernel is None:
             return None
-        x2 = x.reshape(-1, c.dim_in).to(dt).contiguous()  # (N, dim_in)
+        x2 = x.reshape(-1, c.dim_in)  # (N, dim_in); each step below only where needed (µs each at one token)
+        if x2.dtype != dt:
+            x2 = x2.to(dt)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
         try:
             y = kernel(x2)
         except NotImplementedError:
             return None
-        return None if y is None else y.reshape(*x.shape[:-1], c.dim_out).to(x.dtype)
+        if y is None:
+            return None
+        y = y.view(*x.shape[:-1], c.dim_out)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def branch_entropy(self) -> torch.Tensor:
         """Mean binary entropy (nats) of internal nodes' branch probabilities in the last soft forward, else 0."""
