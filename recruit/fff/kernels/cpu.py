@@ -94,6 +94,8 @@ def _load() -> ctypes.CDLL | None:
         library.fff_read_rows_f32.restype = None
         library.fff_forward_plan.argtypes = _PLAN_ARGTYPES
         library.fff_forward_plan.restype = None
+        library.fff_gelu_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+        library.fff_gelu_f32.restype = None
         logger.info("FFF CPU kernel %s ready in %.1f s (%s)", name, time.perf_counter() - start, directory)
         return library
     except Exception as err:  # noqa: BLE001 (any build failure means: use the fallback)
@@ -218,6 +220,20 @@ def _unit_rows(w: torch.Tensor) -> tuple[torch.Tensor, int]:
     if (col_stride == 1 or cols <= 1) and (row_stride >= cols or rows <= 1):
         return w, row_stride
     return w.contiguous(), cols
+
+
+def kernel_gelu(x: torch.Tensor) -> torch.Tensor:
+    """The C++ kernel's float32 GELU (vectorised erf, see ``fff_cpu.cpp``) of a copy of ``x``; for its tests.
+
+    Raises:
+        RuntimeError: When the C++ kernel is unavailable.
+    """
+    library = _load()
+    if library is None:
+        raise RuntimeError("kernel_gelu needs the C++ kernel, which could not be built")
+    out = x.detach().to("cpu", torch.float32, copy=True).contiguous()
+    library.fff_gelu_f32(out.data_ptr(), out.numel())
+    return out
 
 
 def row_reader(w: torch.Tensor, rows: torch.Tensor) -> Callable[[], float]:
