@@ -1,3 +1,4 @@
+import copy
 import math
 import sys
 import types
@@ -104,6 +105,19 @@ def test_eval_kernel_path_promotes_reshapes_and_copies_only_where_needed():
         torch.testing.assert_close(half, fff.reference_forward(x.bfloat16().float()).bfloat16())
         strided = torch.randn(12, 5).t()  # (5, 12), not contiguous
         torch.testing.assert_close(fff(strided), fff.reference_forward(strided))
+
+
+def test_layer_copies_and_pickles_after_an_eval_forward(tmp_path):
+    fff = FastFeedForward(16, 8, depth=3, n_trees=2).eval()
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        y = fff(x)  # fills the inference caches (on the CPU a prepared C++ kernel holding raw pointers)
+        twin = copy.deepcopy(fff)
+        assert twin._prepared is None and torch.equal(twin(x), y)
+        twin.w_out.mul_(2.0)  # the copy owns its weights
+        assert torch.equal(fff(x), y) and not torch.equal(twin(x), y)
+        torch.save(fff, tmp_path / "fff.pt")
+        assert torch.equal(torch.load(tmp_path / "fff.pt", weights_only=False)(x), y)
 
 
 def test_hard_gradients_only_on_visited_nodes():

@@ -1,5 +1,6 @@
 """The fused FFF kernels (C++ on the CPU, Triton under its interpreter and on CUDA) against the per-token oracle."""
 
+import copy
 import logging
 import os
 import subprocess
@@ -165,6 +166,12 @@ def test_prepared_cpu_kernel_equals_fff_cpu(cpu_built, dtype):
     check(lambda *a: packed(a[0]), (x, w_in, b_in, w_out_t), 6, 2)
     del p_in, p_out
     assert torch.equal(packed(x), expect)  # the kernel keeps the weights it points to alive
+    twin = copy.deepcopy(packed)  # copied (and pickled) as its weights, with a plan of its own
+    assert (
+        twin.w_in.data_ptr() != packed.w_in.data_ptr()
+        and twin.w_out_t.data_ptr() == twin.w_in.data_ptr() + 40 * x.itemsize
+    )
+    assert torch.equal(twin(x), expect)
 
 
 def test_prepared_cpu_kernel_sends_other_inputs_to_fff_cpu(cpu_built):

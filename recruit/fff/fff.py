@@ -282,6 +282,12 @@ class FastFeedForward(nn.Module):
             self._kernel_cache = (key, (w_in, b_in.contiguous(), w_out_t))  # w_out.t(): (K·nodes, dim_out)
         return self._kernel_cache[1]
 
+    def __getstate__(self) -> dict:
+        """The module's state without its inference caches (rebuilt by the next eval forward), for pickle and copy."""
+        state = dict(super().__getstate__())
+        state["_kernel_cache"] = state["_prepared"] = None
+        return state
+
     def _kernel(self, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """``recruit.fff.kernels.fff_prepare`` of :meth:`_kernel_args`, rebuilt with them; None without the kernels."""
         args = self._kernel_args(dtype)

@@ -200,6 +200,10 @@ class CpuKernel:
         self._plan = _Plan(*ptrs, *sizes)  # points into the tensors above, which this object keeps alive
         self._plan_address = ctypes.addressof(self._plan)
 
+    def __reduce__(self) -> tuple:
+        """Pickled and copied as its weights (a ctypes plan holds raw pointers); the copy builds its own plan."""
+        return CpuKernel, (self.w_in, self.b_in, self.w_out_t, self.depth, self.n_trees)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D_in) -> (B, D_out) in the dtype of ``x``."""
         entry = self._entry
