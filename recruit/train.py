@@ -147,7 +147,8 @@ class LossTerm(Protocol):
 
     It is called after the forward pass; a term that needs internals (hidden states, gate decisions)
     registers forward hooks on the model in ``__enter__`` and removes them in ``__exit__``; the trainer
-    enters every term that is a context manager for the whole run.
+    enters every term that is a context manager for the whole run. A term with a ``set_progress(fraction)``
+    method (a schedule, such as a ramped penalty) is told before each step which fraction of the run is done.
     """
 
     name: str
@@ -331,6 +332,9 @@ class Trainer:
         """One optimiser step on batch (x, y); returns the losses and the gradient norm."""
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step)
+        for t in self.extra_losses:
+            if callable(getattr(t, "set_progress", None)):
+                t.set_progress(self.step / self.cfg.max_steps)
         with self._autocast():
             logits = _logits(self.model(x))
             loss = lm_loss(logits, y)

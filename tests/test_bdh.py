@@ -303,6 +303,19 @@ def test_activity_penalty_is_the_mean_activity_in_both_forms():
     assert nano().loss_terms() == [] and [t.name for t in fast.loss_terms()] == ["bdh_activity"]
     with pytest.raises(ValueError, match="activity_l1"):
         BDHConfig(activity_l1=-1.0)
+    ramped = nano(activity_l1=0.5, activity_warmup=0.5).train()
+    ramped.load_state_dict(fast.state_dict())
+    term = ramped.loss_terms()[0]
+    ramped(idx)
+    for progress, scale in ((0.0, 0.0), (0.25, 0.5), (0.5, 1.0), (0.9, 1.0)):
+        term.set_progress(progress)
+        torch.testing.assert_close(term(ramped, idx, idx, None), scale * expect)
+    fast.train()(idx)
+    term = fast.loss_terms()[0]
+    term.set_progress(0.0)  # no warm-up: the full weight from the first step
+    torch.testing.assert_close(term(fast, idx, idx, None), expect)
+    with pytest.raises(ValueError, match="activity_warmup"):
+        BDHConfig(activity_warmup=1.5)
 
 
 def test_activity_penalty_trains_sparser(tmp_path, tokens):

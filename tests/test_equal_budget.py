@@ -51,9 +51,15 @@ def test_bdh_sparsity_penalised_run_against_the_plain_one(opts, tmp_path):
     x = [r for r in recs if r.metric == "density" and r.params["neurons"] == "x"]
     layers = [r for r in x if r.params["activity_l1"] == "0"]
     assert len(layers) == 2 + 1 and all(0 <= r.value <= 1 for r in layers)  # bdh-nano: 2 layers, and the mean
-    assert "activity_l1" in bdh_sparsity.section(recs)
+    ramped = metric(recs, "bpb", activity_l1="1", activity_warmup="0.5", lang="mean")  # QUICK's ramped run
+    assert ramped not in (plain, penalised)
+    ratio = metric(recs, "bpb_ratio", activity_l1="1_vs_0", activity_warmup="0.5", lang="mean")
+    assert ratio == pytest.approx(ramped / plain)
+    assert "activity_l1" in bdh_sparsity.section(recs) and "warm-up" in bdh_sparsity.section(recs)
     with pytest.raises(ValueError, match="weights"):
         bdh_sparsity.SparsityConfig(weights=(0.0,))
+    with pytest.raises(ValueError, match="ramps"):
+        bdh_sparsity.SparsityConfig(ramps=((0.5, 0.0),))
 
 
 def test_bdh_memory_probes_each_model_where_it_can_read(opts, tmp_path):

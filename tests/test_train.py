@@ -84,6 +84,26 @@ def test_extra_loss_terms_are_added_and_logged(tmp_path, tokens):
     assert L2.entered == L2.exited == 1
 
 
+def test_terms_with_a_schedule_hear_the_runs_progress_also_after_a_resume(tmp_path, tokens):
+    class Ramp:
+        name = "ramp"
+
+        def __init__(self):
+            self.heard = []
+
+        def set_progress(self, fraction):
+            self.heard.append(fraction)
+
+        def __call__(self, model, x, y, logits):
+            return logits.new_zeros(())
+
+    first = Ramp()
+    Trainer(nano(tmp_path, max_steps=4), tokens, tokens[:2000], extra_losses=[first], progress=False).fit(stop_after=2)
+    second = Ramp()
+    Trainer(nano(tmp_path, max_steps=4), tokens, tokens[:2000], extra_losses=[second], progress=False).fit()
+    assert first.heard == [0.0, 0.25] and second.heard == [0.5, 0.75]
+
+
 def test_model_asks_for_its_own_loss_terms(tmp_path, tokens):
     """A soft-mode FFF GPT with a hardening weight gets the hardening loss without the caller passing it."""
     soft = {"model.mlp": "fff", "model.fff_depth": 3, "model.fff_mode": "soft"}

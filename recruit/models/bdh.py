@@ -44,6 +44,7 @@ class BDHConfig:
     max_seq_len: int = 4096  # longest sequence of the parallel form; the recurrent form has no limit
     impl: str = "fast"  # parallel form: "fast" (per-head GEMMs, symmetric backward) or "reference" (Appendix E)
     activity_l1: float = 0.0  # training: weight of the mean activity of x and y (an L1 sparsity penalty; 0 = off)
+    activity_warmup: float = 0.0  # training: fraction of the run over which that weight ramps up from 0 (0 = none)
 
     def __post_init__(self) -> None:
         if self.n_neurons == 0 and self.n_head > 0:
@@ -63,6 +64,8 @@ class BDHConfig:
             raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
         if self.activity_l1 < 0:
             raise ValueError(f"activity_l1 must be >= 0, got {self.activity_l1}")
+        if not 0.0 <= self.activity_warmup <= 1.0:
+            raise ValueError(f"activity_warmup must be in [0, 1] (a fraction of the run), got {self.activity_warmup}")
 
 
 BDH_PRESETS: dict[str, dict] = {
@@ -435,11 +438,27 @@ class BDH(RecruitModel):
 
 
 class ActivityL1:
-    """A :class:`recruit.train.LossTerm`: :meth:`BDH.activity_loss` of the last forward (``bdh_activity``)."""
+    """A :class:`recruit.train.LossTerm`: :meth:`BDH.activity_loss` of the last forward (``bdh_activity``).
+
+    With ``BDHConfig.activity_warmup`` = w > 0 the penalty is scaled by min(1, progress / w), progress being the
+    fraction of the run done, which the trainer reports through :meth:`set_progress` before each step (so a
+    resumed run picks the ramp up where it stopped).
+    """
 
     name = "bdh_activity"
+
+    def __init__(self) -> None:
+        self.progress = 1.0  # fraction of the run done; 1 (full weight) until a trainer says otherwise
+
+    def set_progress(self, fraction: float) -> None:
+        """The fraction of the training run done, in [0, 1]."""
+        self.progress = fraction
+
+    def scale(self, warmup: float) -> float:
+        """The ramp's factor at the current progress: min(1, progress / warmup), or 1 without a ramp."""
+        return min(1.0, self.progress / warmup) if warmup > 0 else 1.0
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The weighted activity penalty of the BDH inside ``model`` (it may be compiled or wrapped)."""
         bdh = next(m for m in model.modules() if isinstance(m, BDH))
-        return bdh.activity_loss()
+        return self.scale(bdh.config.activity_warmup) * bdh.activity_loss()
