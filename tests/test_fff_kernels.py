@@ -237,7 +237,10 @@ def test_build_failure_warns_and_falls_back(tmp_path, monkeypatch, caplog):
         assert cpu_kernel._load.__wrapped__() is None
     assert len(caplog.records) == 1 and "fallback" in caplog.text
     monkeypatch.setattr(cpu_kernel, "_load", lambda: None)
-    check(fff_cpu, make_case(2, 3, 2, 3, 8, 6, torch.float32), 3, 2)  # served by fff_gather
+    case = make_case(2, 3, 2, 3, 8, 6, torch.float32)
+    check(fff_cpu, case, 3, 2)  # served by fff_gather
+    prepared = kernels.fff_prepare(*case[1:], 3, 2)
+    check(lambda *a: prepared(a[0]), case, 3, 2)  # a prepared kernel without its C++ library: fff_gather too
 
 
 def test_package_imports_and_infers_without_triton(cpu_built):
