@@ -325,7 +325,7 @@ class FastFeedForward(nn.Module):
             return None
         if y is None:
             return None
-        y = y.view(*x.shape[:-1], c.dim_out)
+        y = y.reshape(*x.shape[:-1], c.dim_out)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def branch_entropy(self) -> torch.Tensor:
