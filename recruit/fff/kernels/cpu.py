@@ -37,16 +37,13 @@ SOURCE = Path(__file__).with_name("fff_cpu.cpp")
 """The C++ source of the kernel, shipped beside this module."""
 _CFLAGS = ["-O3", "-ffp-contract=fast", "-std=c++17", "-Wno-psabi"]
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no -fopenmp; the loop runs serially
-_ENTRY = {torch.float32: "fff_forward_f32", torch.float64: "fff_forward_f64", torch.bfloat16: "fff_forward_bf16"}
-# x, w_in, b_in, w_out_t, out; B, D_in, D_out, depth, K, row strides of w_in and w_out_t
-_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 7
 _READ_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 _PLAN_ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]  # plan, x, out, B
-_PLAN_DTYPE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
+_PLAN_DTYPE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}  # the dtypes the kernel runs natively
 
 
 class _Plan(ctypes.Structure):
-    """The C ``FffPlan``: a prepared call's weights and sizes, checked once."""
+    """The C ``FffPlan``: a call's weights and sizes, as checked in Python."""
 
     _fields_ = [(name, ctypes.c_void_p) for name in ("w_in", "b_in", "w_out_t")] + [
         (name, ctypes.c_int64) for name in ("d_in", "d_out", "depth", "n_trees", "ld_in", "ld_out", "dtype")
@@ -87,9 +84,6 @@ def _load() -> ctypes.CDLL | None:
             verbose=False,
         )
         library = ctypes.CDLL(str(path))
-        for entry in _ENTRY.values():
-            getattr(library, entry).argtypes = _ARGTYPES
-            getattr(library, entry).restype = None
         library.fff_read_rows_f32.argtypes = _READ_ARGTYPES
         library.fff_read_rows_f32.restype = None
         library.fff_forward_plan.argtypes = _PLAN_ARGTYPES
@@ -130,10 +124,10 @@ def fff_cpu(
         The FFF output, (B, D_out), in the dtype of ``x``.
     """
     library = _load()
-    entry = _ENTRY.get(x.dtype) if library is not None else None
     rows = n_trees * ((1 << (depth + 1)) - 1) if depth >= 0 else -1
     fast = (  # every check the C code relies on, cheaply (this path costs a few µs per call at batch 1)
-        entry is not None
+        library is not None
+        and x.dtype in _PLAN_DTYPE
         and x.is_cpu
         and x.dim() == 2
         and w_in.shape == (rows, x.shape[1])
@@ -153,24 +147,37 @@ def fff_cpu(
         if not x.dtype.is_floating_point:
             raise TypeError(f"fff_cpu needs a floating-point x, got {x.dtype}")
         return fff_cpu(x.float(), w_in.float(), b_in.float(), w_out_t.float(), depth, n_trees).to(x.dtype)
-    x, b_in = x.contiguous(), b_in.contiguous()
+    plan, weights = _plan(w_in, b_in, w_out_t, depth, n_trees)  # weights: what the plan points into, kept alive
+    return _forward(library, ctypes.addressof(plan), x.contiguous(), weights[2].shape[1])
+
+
+def _plan(
+    w_in: torch.Tensor, b_in: torch.Tensor, w_out_t: torch.Tensor, depth: int, n_trees: int
+) -> tuple[_Plan, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The C plan of checked CPU weights and the tensors it points into (a layout the kernel cannot read, copied)."""
     (w_in, ld_in), (w_out_t, ld_out) = _unit_rows(w_in), _unit_rows(w_out_t)
-    (n, d_in), d_out = x.shape, w_out_t.shape[1]
+    b_in = b_in.contiguous()
+    sizes = w_in.shape[1], w_out_t.shape[1], depth, n_trees, ld_in, ld_out, _PLAN_DTYPE.get(w_in.dtype, -1)
+    return _Plan(w_in.data_ptr(), b_in.data_ptr(), w_out_t.data_ptr(), *sizes), (w_in, b_in, w_out_t)
+
+
+def _forward(library: ctypes.CDLL, plan_address: int, x: torch.Tensor, d_out: int) -> torch.Tensor:
+    """The plan at ``plan_address`` run on contiguous ``x`` (B, D_in) of its dtype -> (B, D_out) in that dtype."""
     bf16 = x.dtype == torch.bfloat16
-    out = torch.empty(n, d_out, dtype=torch.float32 if bf16 else x.dtype)  # (B, D_out)
+    n = x.shape[0]
+    out = torch.empty(n, d_out, dtype=torch.float32 if bf16 else x.dtype)  # (B, D_out); bfloat16 comes back in float32
     if n and d_out:
-        ptrs = x.data_ptr(), w_in.data_ptr(), b_in.data_ptr(), w_out_t.data_ptr(), out.data_ptr()
-        getattr(library, entry)(*ptrs, n, d_in, d_out, depth, n_trees, ld_in, ld_out)
+        library.fff_forward_plan(plan_address, x.data_ptr(), out.data_ptr(), n)
     return out.to(torch.bfloat16) if bf16 else out
 
 
 class CpuKernel:
     """Hard FFF inference on the CPU with the weights checked once: ``kernel(x)`` equals :func:`fff_cpu` on them.
 
-    What a layer calls at every step. :func:`fff_cpu` checks and converts all five tensors per call and hands
-    twelve arguments to C through :mod:`ctypes`, several µs a call, which is most of a one-token call's time.
-    Here the weights are checked (and, where their layout needs it, copied) at construction and kept, and a
-    call checks ``x``, allocates the output and passes four arguments. An ``x`` outside the fast path (another
+    What a layer calls at every step. :func:`fff_cpu` checks and converts all five tensors and builds the C
+    call's plan every time, several µs a call, which is most of a one-token call's time. Here the weights are
+    checked (and, where their layout needs it, copied) and the plan built at construction, and a call checks
+    ``x``, allocates the output and passes four arguments through :mod:`ctypes`. An ``x`` outside the fast path (another
     dtype, not contiguous, not 2-D with ``D_in`` columns) goes to :func:`fff_cpu`, which converts or raises.
 
     Args:
@@ -189,16 +196,12 @@ class CpuKernel:
         check_shapes(w_in[:0], w_in, b_in, w_out_t, depth, n_trees)  # (0, D_in): the weights against themselves
         if not w_in.is_cpu:
             raise ValueError(f"CpuKernel needs CPU tensors, got {w_in.device}")
-        (self.w_in, ld_in), (self.w_out_t, ld_out) = _unit_rows(w_in), _unit_rows(w_out_t)
-        self.b_in, self.depth, self.n_trees = b_in.contiguous(), depth, n_trees
+        self._plan, (self.w_in, self.b_in, self.w_out_t) = _plan(w_in, b_in, w_out_t, depth, n_trees)  # kept alive
+        self._plan_address = ctypes.addressof(self._plan)
+        self.depth, self.n_trees = depth, n_trees
         self.dtype, self.d_in, self.d_out = w_in.dtype, w_in.shape[1], w_out_t.shape[1]
         library = _load()
-        self._entry = None if library is None or self.dtype not in _PLAN_DTYPE else library.fff_forward_plan
-        self._out_dtype = torch.float32 if self.dtype == torch.bfloat16 else self.dtype  # bf16 comes back in fp32
-        ptrs = self.w_in.data_ptr(), self.b_in.data_ptr(), self.w_out_t.data_ptr()
-        sizes = self.d_in, self.d_out, depth, n_trees, ld_in, ld_out, _PLAN_DTYPE.get(self.dtype, -1)
-        self._plan = _Plan(*ptrs, *sizes)  # points into the tensors above, which this object keeps alive
-        self._plan_address = ctypes.addressof(self._plan)
+        self._library = library if self.dtype in _PLAN_DTYPE else None  # None: every call goes to fff_cpu
 
     def __reduce__(self) -> tuple:
         """Pickled and copied as its weights (a ctypes plan holds raw pointers); the copy builds its own plan."""
@@ -206,16 +209,10 @@ class CpuKernel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D_in) -> (B, D_out) in the dtype of ``x``."""
-        entry = self._entry
-        if entry is None or x.dtype is not self.dtype or not x.is_cpu or x.dim() != 2 or x.shape[1] != self.d_in:
+        library = self._library
+        if library is None or x.dtype is not self.dtype or not x.is_cpu or x.dim() != 2 or x.shape[1] != self.d_in:
             return fff_cpu(x, self.w_in, self.b_in, self.w_out_t, self.depth, self.n_trees)
-        if not x.is_contiguous():
-            x = x.contiguous()
-        n = x.shape[0]
-        out = torch.empty(n, self.d_out, dtype=self._out_dtype)  # (B, D_out)
-        if n and self.d_out:
-            entry(self._plan_address, x.data_ptr(), out.data_ptr(), n)
-        return out if self._out_dtype is self.dtype else out.to(self.dtype)
+        return _forward(library, self._plan_address, x if x.is_contiguous() else x.contiguous(), self.d_out)
 
 
 def _unit_rows(w: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -366,28 +366,9 @@ void read_rows(const float* w, int64_t ld, const int64_t* rows, int64_t count, i
 }  // namespace
 
 // C entry points (called through ctypes; the Python wrapper checks shapes, dtypes and strides).
-// x (B, d_in), b_in (K*M,) contiguous; w_in (K*M, d_in), w_out_t (K*M, d_out) with unit column stride and row
-// strides ld_in, ld_out -> out (B, d_out).
+// fff_forward_plan: x (B, d_in), b_in (K*M,) contiguous; w_in (K*M, d_in), w_out_t (K*M, d_out) with unit column
+// stride and row strides ld_in, ld_out -> out (B, d_out).
 extern "C" {
-
-void fff_forward_f32(const float* x, const float* w_in, const float* b_in, const float* w_out_t, float* out,
-                     int64_t B, int64_t d_in, int64_t d_out, int64_t depth, int64_t n_trees, int64_t ld_in,
-                     int64_t ld_out) {
-  run<float, float>(x, w_in, b_in, w_out_t, out, B, d_in, d_out, depth, n_trees, ld_in, ld_out);
-}
-
-void fff_forward_f64(const double* x, const double* w_in, const double* b_in, const double* w_out_t, double* out,
-                     int64_t B, int64_t d_in, int64_t d_out, int64_t depth, int64_t n_trees, int64_t ld_in,
-                     int64_t ld_out) {
-  run<double, double>(x, w_in, b_in, w_out_t, out, B, d_in, d_out, depth, n_trees, ld_in, ld_out);
-}
-
-// bfloat16 inputs as raw bits; the output is float32 (the caller rounds it to bfloat16).
-void fff_forward_bf16(const uint16_t* x, const uint16_t* w_in, const uint16_t* b_in, const uint16_t* w_out_t,
-                      float* out, int64_t B, int64_t d_in, int64_t d_out, int64_t depth, int64_t n_trees,
-                      int64_t ld_in, int64_t ld_out) {
-  run<uint16_t, float>(x, w_in, b_in, w_out_t, out, B, d_in, d_out, depth, n_trees, ld_in, ld_out);
-}
 
 void fff_read_rows_f32(const float* w, int64_t ld, const int64_t* rows, int64_t count, int64_t n, float* sink) {
   read_rows(w, ld, rows, count, n, sink);
@@ -396,8 +377,9 @@ void fff_read_rows_f32(const float* w, int64_t ld, const int64_t* rows, int64_t 
 // The kernel's float GELU, in place on n floats (exported for its accuracy test).
 void fff_gelu_f32(float* a, int64_t n) { gelu_inplace(a, n); }
 
-// A prepared call: the weights and sizes checked once by the caller (recruit.fff.kernels.cpu.CpuKernel), so that a
-// call passes four arguments through ctypes instead of twelve. dtype: 0 float32, 1 float64, 2 bfloat16.
+// A call's weights and sizes, checked by the caller (recruit.fff.kernels.cpu: built per call by fff_cpu, once by
+// CpuKernel), so that a call passes four arguments through ctypes. dtype: 0 float32, 1 float64, 2 bfloat16 (raw
+// bits; the output is then float32, which the caller rounds to bfloat16).
 struct FffPlan {
   const void* w_in;
   const void* b_in;
@@ -406,18 +388,19 @@ struct FffPlan {
 };
 
 void fff_forward_plan(const FffPlan* p, const void* x, void* out, int64_t B) {
+  auto go = [&](auto storage, auto arithmetic) {  // T, A by the types of two dummy values
+    using T = decltype(storage);
+    using A = decltype(arithmetic);
+    run<T, A>(static_cast<const T*>(x), static_cast<const T*>(p->w_in), static_cast<const T*>(p->b_in),
+              static_cast<const T*>(p->w_out_t), static_cast<A*>(out), B, p->d_in, p->d_out, p->depth, p->n_trees,
+              p->ld_in, p->ld_out);
+  };
   if (p->dtype == 0) {
-    run<float, float>(static_cast<const float*>(x), static_cast<const float*>(p->w_in),
-                      static_cast<const float*>(p->b_in), static_cast<const float*>(p->w_out_t),
-                      static_cast<float*>(out), B, p->d_in, p->d_out, p->depth, p->n_trees, p->ld_in, p->ld_out);
+    go(float{}, float{});
   } else if (p->dtype == 1) {
-    run<double, double>(static_cast<const double*>(x), static_cast<const double*>(p->w_in),
-                        static_cast<const double*>(p->b_in), static_cast<const double*>(p->w_out_t),
-                        static_cast<double*>(out), B, p->d_in, p->d_out, p->depth, p->n_trees, p->ld_in, p->ld_out);
+    go(double{}, double{});
   } else {
-    run<uint16_t, float>(static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(p->w_in),
-                         static_cast<const uint16_t*>(p->b_in), static_cast<const uint16_t*>(p->w_out_t),
-                         static_cast<float*>(out), B, p->d_in, p->d_out, p->depth, p->n_trees, p->ld_in, p->ld_out);
+    go(uint16_t{}, float{});
   }
 }
 
