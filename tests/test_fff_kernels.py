@@ -174,6 +174,48 @@ def test_prepared_cpu_kernel_equals_fff_cpu(cpu_built, dtype):
     assert torch.equal(twin(x), expect)
 
 
+def _huge_bytes_at(address: int) -> int:
+    """AnonHugePages, in bytes, of the mapping of this process that holds ``address`` (from /proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1]) << 10
+    return 0
+
+
+def _collapse_expected() -> bool:
+    """Linux ≥ 6.1 (MADV_COLLAPSE) with transparent huge pages not switched off."""
+    if not sys.platform.startswith("linux"):
+        return False
+    major, minor = (int(v) for v in os.uname().release.split(".")[:2])
+    try:
+        enabled = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    return (major, minor) >= (6, 1) and "[never]" not in enabled
+
+
+def test_huge_pages_keep_contents_and_kernel_output(cpu_built):
+    torch.set_num_threads(2)
+    x, w_in, b_in, w_out_t = make_case(13, 10, 1, 9, 512, 512, torch.float32)  # 2047 x 1024 floats: 8 MiB
+    expect = cpu_kernel.CpuKernel(w_in, b_in, w_out_t, 10, 1, huge_pages=False)(x)
+    p_in, p_out = pack_rows(w_in, w_out_t)
+    before = p_in.clone()
+    kernel = cpu_kernel.CpuKernel(p_in, b_in, p_out, 10, 1)  # advises the packed buffer in place
+    assert torch.equal(p_in, before) and torch.equal(kernel(x), expect)
+    assert cpu_kernel.advise_huge_pages(torch.zeros(1000)) == 0  # smaller than a huge page
+    done = cpu_kernel.advise_huge_pages(p_in)  # again: already on huge pages where the first call got them
+    assert done % (2 << 20) == 0 and done <= p_in.untyped_storage().nbytes()
+    if _collapse_expected():
+        first = -(-p_in.untyped_storage().data_ptr() // (2 << 20)) * (2 << 20)
+        assert _huge_bytes_at(first) >= done > 0  # the kernel really backs it with huge pages
+    assert torch.equal(p_in, before) and torch.equal(kernel(x), expect)
+
+
 def test_prepared_cpu_kernel_sends_other_inputs_to_fff_cpu(cpu_built):
     x, w_in, b_in, w_out_t = make_case(12, 4, 1, 5, 16, 8, torch.float32)
     kernel = cpu_kernel.CpuKernel(w_in, b_in, w_out_t, 4, 1)

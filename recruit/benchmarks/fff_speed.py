@@ -9,7 +9,8 @@ following one cache-hot path. Times are medians after warm-up with the device sy
 
 On the CPU the fused kernel is the C++ one (``recruit.fff.kernels.cpu``); on CUDA the Triton one, in bf16. It is
 called as :class:`~recruit.fff.FastFeedForward` calls it: through :func:`~recruit.fff.kernels.fff_prepare`, the
-weights bound once (on the CPU a :class:`~recruit.fff.kernels.cpu.CpuKernel`).
+weights bound once (on the CPU a :class:`~recruit.fff.kernels.cpu.CpuKernel`, which puts them on 2 MiB pages
+where Linux allows; the dense FF's and the peers' weights get the same pages, so no side gains on the TLB alone).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from recruit import measure
 from recruit.benchmarks import Bench, BenchOptions, register
 from recruit.fff.fff import pack_rows
 from recruit.fff.kernels import fff_gather, fff_prepare, fff_route
-from recruit.fff.kernels.cpu import cpu_kernel_available, row_reader
+from recruit.fff.kernels.cpu import advise_huge_pages, cpu_kernel_available, row_reader
 from recruit.records import Record, environment
 from recruit.train import resolve_device
 
@@ -89,7 +90,9 @@ def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Genera
     w_in, b_in = w1[: width - 1].contiguous(), b1[: width - 1].contiguous()  # (width − 1, hidden), (width − 1,)
     w_out_t = w2[:, : width - 1].t().contiguous()  # (width − 1, hidden)
     fused = pack_rows(w_in, w_out_t) if w_in.device.type == "cpu" else (w_in, w_out_t)
-    kernel = fff_prepare(fused[0], b_in, fused[1], depth, 1)
+    kernel = fff_prepare(fused[0], b_in, fused[1], depth, 1)  # on the CPU: the fused weights on 2 MiB pages
+    for w in (w1, w2, w_in, w_out_t):  # and so every other implementation's weights (dense's, the peers')
+        advise_huge_pages(w)
     return _Layers(w1, b1, w2, w_in, b_in, w_out_t, depth, fused, kernel)
 
 
