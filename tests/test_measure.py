@@ -88,6 +88,32 @@ def test_markdown_gives_each_device_its_own_table():
     assert "| 7 |" in gpu_part and "| 99 |" not in gpu_part
 
 
+def test_recovered_records_rebuild_the_same_page():
+    import importlib.util
+    from pathlib import Path
+
+    from recruit.report.terminal import format_markdown
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "recover_records.py"
+    spec = importlib.util.spec_from_file_location("recover_records", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cpu = {"device_name": "x86_64", "torch": "2", "threads": 2, "commit": "abc", "python": "3.11"}
+    gpu = {"device_name": "NVIDIA H200", "torch": "2", "threads": 16, "commit": "def"}
+    recs = [Record("baseline", "m", "bpb", 1.5, "bits/byte", cpu), Record("fff", "B=1", "speedup", 143.04, "x", cpu),
+            Record("fff", "B=1", "latency_ms", 0.01557, "ms", gpu), Record("fff", "B=2", "bytes", 123456.7, "", gpu),
+            Record("bdh", "c=1,d=x", "tiny", 3.2e-7, "", cpu)]  # fmt: skip
+    page = format_markdown(recs)
+    got = tool.recover(page, "page@1", skip={"baseline"})
+    assert list(got) == ["fff (x86_64)", "fff (NVIDIA H200)", "bdh"]
+    flat = [r for rs in got.values() for r in rs]
+    key = [(r.bench, r.case, r.metric, r.unit) for r in recs[1:]]
+    assert [(r.bench, r.case, r.metric, r.unit) for r in flat] == key
+    assert [r.value for r in flat] == [143.0, 0.01557, 123457.0, 3.2e-7]  # as printed: 4 digits, integers above 1,000
+    assert flat[0].env == {"device_name": "x86_64", "torch": "2", "threads": 2, "commit": "abc", "recovered": "page@1"}
+    assert format_markdown([recs[0], *flat]) == page  # the same page again (its first record's environment heads it)
+
+
 def test_spread_windows_sample_the_whole_split_in_order():
     toks = np.arange(1001) % 256
     every = eval_windows(toks, 10)  # 100 windows
