@@ -162,7 +162,9 @@ def test_inspect_prints_and_writes_records(checkpoints, corpus_dir, tmp_path, ca
 
 def test_train_config_and_a_two_step_run(corpus_dir, tmp_path):
     cfg = bdh_train_config("bdh-tiny", None, {})
-    assert (cfg.model, cfg.lr, cfg.out_dir) == ("bdh-tiny", 1e-3, "runs/bdh-tiny")
+    assert (cfg.model, cfg.lr, cfg.out_dir) == ("bdh-tiny", 3e-3, "runs/bdh-tiny")  # measured better than 1e-3
+    assert bdh_train_config("bdh-ref", None, {}).lr == 1e-3  # the paper's, where nothing was measured
+    assert bdh_train_config("bdh-tiny", {"lr": 2e-3}, {"weight_decay": "0"}).lr == 2e-3  # a file's field wins
     with pytest.raises(RecruitError, match="not a BDH preset"):
         bdh_train_config("bdh-tiny", None, {"model": "gpt-tiny"})
     with pytest.raises(RecruitError, match="unknown BDH preset"):
