@@ -184,6 +184,16 @@ FFF_CLONES void combine(float* out, const float* c, const uint16_t* const* w, in
   combine_impl(out, c, w, count, n);
 }
 
+// body(i, r) over [begin, end) in runs of r = 4, 2 or 1 consecutive items: the row counts dots() reads side by side.
+template <typename F>
+FFF_INLINE void in_runs_of_four(int64_t begin, int64_t end, F&& body) {
+  for (int64_t i = begin; i < end;) {
+    const int r = end - i >= 4 ? 4 : end - i >= 2 ? 2 : 1;
+    body(i, r);
+    i += r;
+  }
+}
+
 template <typename A>
 inline A gelu(A a) {
   return A(0.5) * a * (A(1) + std::erf(a * A(0.70710678118654752440)));
@@ -310,8 +320,7 @@ void run(const T* x, const T* w_in, const T* b_in, const T* w_out_t, A* out, int
       for (int64_t k = 0; k < n_trees; ++k) {
         int64_t node[kGroup] = {};
         for (int64_t level = 0; level <= depth; ++level) {
-          for (int64_t j0 = 0; j0 < g;) {
-            const int r = g - j0 >= 4 ? 4 : g - j0 >= 2 ? 2 : 1;  // tokens whose rows are read side by side
+          in_runs_of_four(0, g, [&](int64_t j0, int r) {  // r tokens whose rows are read side by side
             const A* xs[4];
             const T* ws[4];
             A d[4];
@@ -327,12 +336,13 @@ void run(const T* x, const T* w_in, const T* b_in, const T* w_out_t, A* out, int
               node[j] = 2 * node[j] + 1 + (a > A(0) ? 1 : 0);
               if (g > 1 && level < depth) prefetch_row(w_in + (k * m + node[j]) * ld_in, d_in);
             }
-            j0 += r;
-          }
+          });
         }
       }
       gelu_inplace(coef.data(), g * P);
-      for (int64_t j = 0; j < g; ++j) combine(out + (t0 + j) * d_out, coef.data() + j * P, rows.data() + j * P, P, d_out);
+      for (int64_t j = 0; j < g; ++j) {
+        combine(out + (t0 + j) * d_out, coef.data() + j * P, rows.data() + j * P, P, d_out);
+      }
     }
   }
 }
@@ -349,15 +359,13 @@ void read_rows(const float* w, int64_t ld, const int64_t* rows, int64_t count, i
     const float* xs[4] = {ones.data(), ones.data(), ones.data(), ones.data()};
 #pragma omp for schedule(static)
     for (int64_t i0 = 0; i0 < count; i0 += 4) {
-      for (int64_t i = i0, end = std::min(i0 + 4, count); i < end;) {
-        const int r = end - i >= 4 ? 4 : end - i >= 2 ? 2 : 1;
+      in_runs_of_four(i0, std::min(i0 + 4, count), [&](int64_t i, int r) {
         const float* ws[4];
         float d[4];
         for (int q = 0; q < r; ++q) ws[q] = w + rows[i + q] * ld;
         dots(xs, ws, n, d, r);
         for (int q = 0; q < r; ++q) total += d[q];
-        i += r;
-      }
+      });
     }
   }
   *sink = total;
