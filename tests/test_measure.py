@@ -114,6 +114,25 @@ def test_recovered_records_rebuild_the_same_page():
     assert format_markdown([recs[0], *flat]) == page  # the same page again (its first record's environment heads it)
 
 
+def test_results_page_names_only_record_files_the_repository_holds():
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    first = (root / "docs" / "results.md").read_text(encoding="utf-8").split("`")[1]  # the command that made it
+    words = shlex.split(first)
+    assert words[:2] == ["recruit", "report"] and "--include" in words
+    files = words[words.index("--include") + 1 : words.index("--markdown")]
+    assert files
+    tracked = subprocess.run(["git", "ls-files", *files], cwd=root, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert sorted(tracked.stdout.split()) == sorted(files)  # committed, so a fresh checkout can rebuild the page
+    for f in files:
+        assert read_records(root / f)  # and each is a readable, non-empty record file
+
+
 def test_spread_windows_sample_the_whole_split_in_order():
     toks = np.arange(1001) % 256
     every = eval_windows(toks, 10)  # 100 windows
