@@ -30,14 +30,26 @@ def pack_rows(w_in: torch.Tensor, w_out_t: torch.Tensor) -> tuple[torch.Tensor, 
 
     Row r of the buffer is ``w_in[r]`` followed by ``w_out_t[r]``, so a token's visit to a node reads one
     contiguous stretch of memory instead of two rows far apart, one stream for the hardware prefetcher.
-    :func:`~recruit.fff.kernels.cpu.fff_cpu` reads the views in place. Same values, same results.
+    :func:`~recruit.fff.kernels.cpu.fff_cpu` reads the views in place. Same values, same results. A CPU buffer is
+    advised onto 2 MiB pages before it is filled (see :func:`~recruit.fff.kernels.cpu.advise_huge_pages`).
     """
     if w_in.dim() != 2 or w_out_t.dim() != 2 or w_in.shape[0] != w_out_t.shape[0]:
         raise ValueError(f"pack_rows needs (R, D_in) and (R, D_out), got {tuple(w_in.shape)}, {tuple(w_out_t.shape)}")
     if w_in.dtype != w_out_t.dtype or w_in.device != w_out_t.device:
         raise ValueError("pack_rows needs w_in and w_out_t of one dtype and device")
     d_in = w_in.shape[1]
-    packed = torch.cat([w_in, w_out_t], dim=1)  # (R, D_in + D_out)
+    if w_in.device.type != "cpu":
+        packed = torch.cat([w_in, w_out_t], dim=1)  # (R, D_in + D_out)
+        return packed[:, :d_in], packed[:, d_in:]
+    packed = torch.empty(w_in.shape[0], d_in + w_out_t.shape[1], dtype=w_in.dtype)  # (R, D_in + D_out)
+    try:  # imported here: the layer works without the kernels package (then the pages stay as they come)
+        from recruit.fff.kernels.cpu import advise_huge_pages
+    except ImportError:
+        pass
+    else:
+        advise_huge_pages(packed, collapse=False)  # before the first touch: faulted in as huge pages
+    packed[:, :d_in].copy_(w_in)
+    packed[:, d_in:].copy_(w_out_t)
     return packed[:, :d_in], packed[:, d_in:]
 
 
