@@ -203,17 +203,19 @@ def test_huge_pages_keep_contents_and_kernel_output(cpu_built):
     torch.set_num_threads(2)
     x, w_in, b_in, w_out_t = make_case(13, 10, 1, 9, 512, 512, torch.float32)  # 2047 x 1024 floats: 8 MiB
     expect = cpu_kernel.CpuKernel(w_in, b_in, w_out_t, 10, 1, huge_pages=False)(x)
-    p_in, p_out = pack_rows(w_in, w_out_t)
-    before = p_in.clone()
-    kernel = cpu_kernel.CpuKernel(p_in, b_in, p_out, 10, 1)  # advises the packed buffer in place
-    assert torch.equal(p_in, before) and torch.equal(kernel(x), expect)
+    filled = torch.cat([w_in, w_out_t], 1)  # written on ordinary pages: the kernel collapses them in place
+    p_in, p_out = pack_rows(w_in, w_out_t)  # advised before it was filled
+    for buffer, (a, b) in ((filled, (filled[:, :512], filled[:, 512:])), (p_in, (p_in, p_out))):
+        before = buffer.clone()
+        kernel = cpu_kernel.CpuKernel(a, b_in, b, 10, 1)
+        assert torch.equal(buffer, before) and torch.equal(kernel(x), expect)
+        if _collapse_expected():
+            first = -(-buffer.untyped_storage().data_ptr() // (2 << 20)) * (2 << 20)
+            assert _huge_bytes_at(first) >= 2 << 20  # the kernel really backs it with huge pages
+        done = cpu_kernel.advise_huge_pages(buffer)  # again: nothing left to do, the same bytes
+        assert done % (2 << 20) == 0 and done <= buffer.untyped_storage().nbytes()
+        assert torch.equal(buffer, before) and torch.equal(kernel(x), expect)
     assert cpu_kernel.advise_huge_pages(torch.zeros(1000)) == 0  # smaller than a huge page
-    done = cpu_kernel.advise_huge_pages(p_in)  # again: already on huge pages where the first call got them
-    assert done % (2 << 20) == 0 and done <= p_in.untyped_storage().nbytes()
-    if _collapse_expected():
-        first = -(-p_in.untyped_storage().data_ptr() // (2 << 20)) * (2 << 20)
-        assert _huge_bytes_at(first) >= done > 0  # the kernel really backs it with huge pages
-    assert torch.equal(p_in, before) and torch.equal(kernel(x), expect)
 
 
 def test_prepared_cpu_kernel_sends_other_inputs_to_fff_cpu(cpu_built):
