@@ -10,7 +10,8 @@ following one cache-hot path. Times are medians after warm-up with the device sy
 On the CPU the fused kernel is the C++ one (``recruit.fff.kernels.cpu``); on CUDA the Triton one, in bf16. It is
 called as :class:`~recruit.fff.FastFeedForward` calls it: through :func:`~recruit.fff.kernels.fff_prepare`, the
 weights bound once (on the CPU a :class:`~recruit.fff.kernels.cpu.CpuKernel`, which puts them on 2 MiB pages
-where Linux allows; the dense FF's and the peers' weights get the same pages, so no side gains on the TLB alone).
+where Linux allows; the dense FF's and the gather walk's weights get the same pages, so neither gains on the TLB
+alone; the ``fastfeedforward`` peer keeps its own).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Genera
     w_out_t = w2[:, : width - 1].t().contiguous()  # (width − 1, hidden)
     fused = pack_rows(w_in, w_out_t) if w_in.device.type == "cpu" else (w_in, w_out_t)
     kernel = fff_prepare(fused[0], b_in, fused[1], depth, 1)  # on the CPU: the fused weights on 2 MiB pages
-    for w in (w1, w2, w_in, w_out_t):  # and so every other implementation's weights (dense's, the peers')
+    for w in (w1, w2, w_in, w_out_t):  # and so the dense FF's and the gather walk's
         advise_huge_pages(w)
     return _Layers(w1, b1, w2, w_in, b_in, w_out_t, depth, fused, kernel)
 

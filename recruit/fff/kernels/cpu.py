@@ -256,7 +256,7 @@ def advise_huge_pages(t: torch.Tensor, collapse: bool = True) -> int:
     kernel, huge pages disabled, a file mapping, no free huge page) leaves the memory as it was: it is advice.
     Storages smaller than one huge page and other platforms return 0. With ``collapse=False`` only the advice is
     given: pages touched later (a new tensor's, when it is filled) come as huge pages, without the collapse's copy
-    (:func:`recruit.fff.fff.pack_rows` does this: 0.6 s instead of about 2 s for hidden 4096, depth 13).
+    (:func:`recruit.fff.fff.pack_rows` does this: 0.6 s instead of 1–2 s to pack hidden 4096, depth 13).
     """
     madvise = _madvise()
     if madvise is None or not t.is_cpu:
