@@ -51,3 +51,37 @@ def test_cycled_graph_timing_touches_twice_the_l2(monkeypatch):
     assert (calls - 1) * 14 * row_pair < 2 * props.L2_cache_size <= calls * 14 * row_pair  # the fewest that do
     assert _calls_beyond_l2(SpeedCase(4096, 13, 4096), torch.device("cuda"), torch.bfloat16) == 16  # at least 16
     assert _calls_beyond_l2(SpeedCase(64, 0, 1), torch.device("cuda"), torch.bfloat16) == 1024  # at most 1024
+
+
+def test_fff_model_bench_times_three_decoders_that_differ_only_in_their_mlp():
+    import torch
+
+    from recruit.benchmarks import fff_model
+    from recruit.fff.convert import ZeroFF
+    from recruit.fff.fff import FastFeedForward
+    from recruit.models.gpt import MLP
+
+    shape = fff_model.QUICK_SHAPE
+    models = fff_model.build_models(shape, torch.device("cpu"))
+    kinds = {name: type(m.blocks[0].mlp) for name, m in models.items()}
+    assert kinds == {"dense": MLP, "fff": FastFeedForward, "none": ZeroFF}
+    assert models["dense"].blocks[0].mlp.fc_in.out_features == 2 ** (shape.depth + 1)
+    assert models["fff"].blocks[0].mlp.config.depth == shape.depth
+    dense, fff = models["dense"].state_dict(), models["fff"].state_dict()
+    shared = [k for k in dense if ".mlp." not in k]
+    assert shared and all(torch.equal(dense[k], fff[k]) for k in shared)  # same weights outside the MLP
+
+    recs = fff_model.run(BenchOptions(device="cpu", quick=True, progress=False))
+    assert get("fff-model").run is fff_model.run
+    for kind, metric in (("context", "decode_ms_per_token"), ("T", "prefill_ms")):
+        ms = {r.params["mlp"]: r.value for r in recs if r.metric == metric and kind in r.params}
+        assert set(ms) == set(fff_model.MLPS) and all(v > 0 for v in ms.values())
+        speed = {r.params["mlp"]: r.value for r in recs if r.metric == "speedup" and kind in r.params}
+        assert speed == pytest.approx({m: ms["dense"] / ms[m] for m in ("fff", "none")})
+    assert sum(r.metric == "params" for r in recs) == 3
+    html = fff_model.section(recs)
+    assert html.count("<tr>") >= 4 and "fff" in html
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        fff_model.ModelShape(d_model=10, n_head=3)
+    with pytest.raises(ValueError, match="positive"):
+        fff_model.ModelShape(context=0)

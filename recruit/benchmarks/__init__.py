@@ -82,6 +82,7 @@ def _load_all() -> None:
         bdh_sparsity,
         bdh_speed,
         fff_mlm,
+        fff_model,
         fff_quality,
         fff_speed,
     )
