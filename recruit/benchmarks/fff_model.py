@@ -123,7 +123,7 @@ def run(opts: BenchOptions, shape: ModelShape | None = None) -> list[Record]:
     shape = shape or (QUICK_SHAPE if opts.quick else DEFAULT_SHAPE)
     log.info("fff-model: building three %s decoders", shape.label)
     models = build_models(shape, device)
-    ms = measure_models(models, shape, device, repeats=5 if opts.quick else 20)
+    ms = measure_models(models, shape, device, repeats=5 if opts.quick else 60)
     recs: list[Record] = []
     cases = {"decode": f"B=1,context={shape.context}", "prefill": f"B=1,T={shape.prompt}"}
     metrics = {"decode": "decode_ms_per_token", "prefill": "prefill_ms"}
