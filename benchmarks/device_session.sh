@@ -5,7 +5,8 @@
 #   DEVICE=cpu QUICK=1 OUT=/tmp/dry bash benchmarks/device_session.sh   # dry run of the script here
 #   BDH=0 OUT=DIR bash benchmarks/device_session.sh    # FFF and the GPU tests only (about 2 minutes)
 #
-# Records land in $OUT/bdh-speed.jsonl and $OUT/fff.jsonl (copy them to results/ and rebuild docs/results.md);
+# Records land in $OUT/bdh-speed.jsonl, $OUT/fff.jsonl and $OUT/fff-model.jsonl (copy them to results/gpu/ and
+# rebuild docs/results.md with the command on its first line, the GPU files in place of results/recovered/'s);
 # logs in $OUT/session.log. Each step has its own time limit so that one slow step cannot eat the others.
 set -u
 OUT=${OUT:?set OUT to the output folder}
@@ -35,6 +36,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
+step fff-model "${FFF_MODEL_LIMIT:-90}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
 if [ "$DEVICE" = cuda ]; then
   step gpu-tests 150 $py -m pytest -m gpu -q -p no:cacheprovider tests/
 fi
