@@ -59,7 +59,7 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     from recruit import checkpoints, measure
     from recruit.data.corpus import Corpus
     from recruit.data.stream import TokenStream
-    from recruit.fff.convert import from_dense, record_mlp_inputs
+    from recruit.fff.convert import from_dense, record_inputs
     from recruit.models import GPT, load_model
 
     model = load_model(args.model or checkpoints.path())
@@ -73,7 +73,7 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     score = lambda m: measure.corpus_bits_per_byte(m, corpus, "test", seq_len=seq, max_bytes=args.max_bytes)  # noqa: E731
     with torch.no_grad():
         before = score(model)
-    inputs = [record_mlp_inputs(model, x, i) for i in range(model.config.n_layer)]  # each (W*T, d)
+    inputs = record_inputs([block.mlp for block in model.blocks], lambda: model(x))  # one pass; each (W*T, d)
     for i, block in enumerate(tqdm(model.blocks, desc="distil", disable=args.quiet)):
         block.mlp, rep = from_dense(block.mlp, args.depth, args.trees, inputs=inputs[i], steps=args.steps)
         print(f"layer {i}: relative error {rep.initial_rel_error:.3f} -> {rep.final_rel_error:.3f} "

@@ -4,14 +4,16 @@
   :class:`~recruit.fff.fff.FastFeedForward` (train from scratch);
 - :func:`drop_mlps` swaps every MLP for :class:`ZeroFF` (the "no FF" arm of the quality comparison);
 - :func:`from_dense` distils one trained dense MLP into an FFF on recorded inputs
-  (:func:`record_mlp_inputs`), and reports the error before and after.
+  (:func:`record_mlp_inputs`), and reports the error before and after;
+- :func:`record_inputs` and :func:`distil_all` do the recording and the distilling for any set of feed-forwards
+  (what :mod:`recruit.fff.encoder` and :mod:`recruit.fff.decoder` use on Hugging Face models).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,24 +88,57 @@ def drop_mlps(model: GPT) -> GPT:
 
 
 @torch.no_grad()
-def record_mlp_inputs(model: GPT, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-    """Inputs that block ``layer``'s MLP receives when ``model`` reads ``tokens`` (B, T); returns (B·T, d).
+def record_inputs(
+    entries: Sequence[nn.Module], run: Callable[[], object], keep: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """The first positional input each module of ``entries`` receives while ``run()`` executes.
 
-    A forward pre-hook on ``model.blocks[layer].mlp`` records them; it is removed in ``finally``.
+    Forward pre-hooks record them (removed in ``finally``), flattened over the leading dimensions; with
+    ``keep`` (a bool mask over those rows, (B·T,)) only the kept rows. Returns one (N, d) tensor per module.
     """
+    seen: list[list[torch.Tensor]] = [[] for _ in entries]
+
+    def hook(i: int, args: tuple) -> None:
+        h = args[0].detach().reshape(-1, args[0].shape[-1])  # (B·T, d)
+        seen[i].append(h if keep is None else h[keep])
+
+    handles = [m.register_forward_pre_hook(lambda _m, a, i=i: hook(i, a)) for i, m in enumerate(entries)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat(s) for s in seen]
+
+
+def record_mlp_inputs(model: GPT, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """Inputs that block ``layer``'s MLP receives when ``model`` reads ``tokens`` (B, T); returns (B·T, d)."""
     if not 0 <= layer < len(model.blocks):
         raise RecruitError(f"layer must be in 0..{len(model.blocks) - 1}, got {layer}")
-    seen: list[torch.Tensor] = []
+    return record_inputs([model.blocks[layer].mlp], lambda: model(tokens))[0]
 
-    def hook(_module: nn.Module, args: tuple) -> None:
-        seen.append(args[0].detach().reshape(-1, args[0].shape[-1]))  # (B·T, d)
 
-    handle = model.blocks[layer].mlp.register_forward_pre_hook(hook)
-    try:
-        model(tokens)
-    finally:
-        handle.remove()
-    return torch.cat(seen)
+def distil_all(
+    denses: Sequence[nn.Module],
+    inputs: Sequence[torch.Tensor],
+    put: Callable[[int, FastFeedForward], None],
+    depth: int,
+    n_trees: int = 1,
+    *,
+    steps: int = 2000,
+    lr: float = 3e-3,
+    progress: bool = True,
+) -> list[DistillReport]:
+    """:func:`from_dense` of each dense map on its recorded inputs, then ``put(i, fff)``; the reports in order."""
+    from tqdm.auto import tqdm
+
+    reports = []
+    pairs = list(zip(denses, inputs, strict=True))
+    for i, (dense, x) in enumerate(tqdm(pairs, desc="fff distil", disable=not progress)):
+        fff, report = from_dense(dense, depth, n_trees, inputs=x, steps=steps, lr=lr)
+        put(i, fff)
+        reports.append(report)
+    return reports
 
 
 @dataclass
@@ -174,21 +209,29 @@ def from_dense(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fff = FastFeedForward(x.shape[1], target.shape[1], depth, n_trees, mode="hard").to(x.device)
+    scale = y_tr.pow(2).mean().sqrt().clamp_min(1e-12)  # the dense outputs' RMS
     with torch.no_grad():  # match the dense output scale (a trained MLP's can be far below the FFF init's)
         rms = fff.forward_masked(x_tr[:4096]).pow(2).mean().sqrt()
-        fff.w_out.mul_(y_tr[:4096].pow(2).mean().sqrt() / rms.clamp_min(1e-12))
+        fff.w_out.mul_(scale / rms.clamp_min(1e-12))
     mse0, rel0 = _errors(fff, x_ev, y_ev)
+    # Fit the outputs in units of their RMS, so that Adam's steps suit any output scale (an MLP at its init
+    # writes about 1e-3; Adam moves each weight by about lr whatever the gradient's size); the FFF's output is
+    # linear in w_out, so dividing w_out by the scale and multiplying it back afterwards is exact.
+    with torch.no_grad():
+        fff.w_out.div_(scale)
     opt = torch.optim.Adam(fff.parameters(), lr=lr)
     fff.train()
     for step in range(steps):
         idx = torch.randint(0, len(x_tr), (batch,), generator=gen).to(x.device)  # (batch,)
-        loss = F.mse_loss(fff.forward_masked(x_tr[idx]), y_tr[idx])
+        loss = F.mse_loss(fff.forward_masked(x_tr[idx]), y_tr[idx] / scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % max(1, steps // 10) == 0:
-            log.info("from_dense step %d/%d: train mse %.4g", step + 1, steps, loss.item())
+            log.info("from_dense step %d/%d: train mse %.4g", step + 1, steps, loss.item() * scale.item() ** 2)
     fff.eval()
+    with torch.no_grad():
+        fff.w_out.mul_(scale)
     mse1, rel1 = _errors(fff, x_ev, y_ev)
     report = DistillReport(mse0, mse1, rel0, rel1, y_ev.pow(2).mean().item(), steps, len(x_tr), len(x_ev))
     return fff, report

@@ -20,10 +20,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from recruit.errors import RecruitError
-from recruit.fff.convert import DistillReport, ZeroFF, from_dense
+from recruit.fff.convert import DistillReport, ZeroFF, distil_all, record_inputs
 from recruit.fff.fff import FastFeedForward
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,6 @@ def drop_encoder_mlps(model: nn.Module) -> nn.Module:
     return model
 
 
-@torch.no_grad()
 def record_encoder_inputs(model: nn.Module, input_ids: torch.Tensor, **forward_kwargs) -> list[torch.Tensor]:
     """The inputs of every encoder layer's feed-forward when ``model`` reads ``input_ids`` (B, T).
 
@@ -103,21 +101,8 @@ def record_encoder_inputs(model: nn.Module, input_ids: torch.Tensor, **forward_k
         raise RecruitError("found no encoder layer with a dense intermediate/output feed-forward")
     mask = forward_kwargs.get("attention_mask")
     keep = None if mask is None else mask.reshape(-1).bool()  # (B·T,)
-    seen: list[list[torch.Tensor]] = [[] for _ in layers]
-
-    def hook(i: int, _module: nn.Module, args: tuple) -> None:
-        h = args[0].detach().reshape(-1, args[0].shape[-1])  # (B·T, d)
-        seen[i].append(h if keep is None else h[keep])
-
-    handles = [
-        layer.intermediate.register_forward_pre_hook(lambda m, a, i=i: hook(i, m, a)) for i, layer in enumerate(layers)
-    ]
-    try:
-        model(input_ids=input_ids, **forward_kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return [torch.cat(s) for s in seen]
+    return record_inputs([layer.intermediate for layer in layers], lambda: model(input_ids=input_ids, **forward_kwargs),
+                         keep)  # fmt: skip
 
 
 def distil_encoder(
@@ -152,10 +137,6 @@ def distil_encoder(
     """
     layers = encoder_layers(model)
     inputs = record_encoder_inputs(model, input_ids, **forward_kwargs)
-    reports = []
-    for layer, x in tqdm(list(zip(layers, inputs, strict=True)), desc="fff distil", disable=not progress):
-        dense = dense_feed_forward(layer)
-        fff, report = from_dense(dense, depth, n_trees, inputs=x, steps=steps, lr=lr)
-        _swap(layer, fff)
-        reports.append(report)
-    return reports
+    denses = [dense_feed_forward(layer) for layer in layers]
+    return distil_all(denses, inputs, lambda i, fff: _swap(layers[i], fff), depth, n_trees, steps=steps, lr=lr,
+                      progress=progress)  # fmt: skip
