@@ -1,0 +1,153 @@
+"""FFF in a Hugging Face decoder (GPT-2, Llama, Mistral, Qwen2, Gemma, Phi, GPT-NeoX, Falcon and their kin).
+
+Their blocks hold the feed-forward as one submodule named ``mlp`` that maps the stream (..., d) -> (..., d); the
+block adds the residual around it. An FFF takes that submodule's place: the block's own ``forward`` runs
+unchanged, only a submodule is swapped, as Hugging Face's module tree allows. Blocks whose feed-forward is not
+an ``mlp`` submodule (OPT's ``fc1``/``fc2`` written into the block, mixture-of-experts blocks) are not found,
+and the functions say so. recruit's own :class:`~recruit.models.gpt.GPT` has such blocks too.
+
+- :func:`decoder_layers` finds the blocks;
+- :func:`replace_decoder_mlps` puts freshly initialised FFFs in every block (train from scratch);
+- :func:`drop_decoder_mlps` takes the feed-forward out (the "no FF" arm of a comparison);
+- :func:`distil_decoder` records each block's feed-forward inputs on the user's token ids, distils each dense
+  ``mlp`` into an FFF (:func:`recruit.fff.convert.from_dense`) and swaps it in.
+
+Example, with a checkpoint of the user's on disk (no download)::
+
+    model = AutoModelForCausalLM.from_pretrained("path/to/llama", torch_dtype=torch.float32).eval()
+    reports = distil_decoder(model, input_ids, depth=11, attention_mask=mask)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from torch import nn
+
+from recruit.errors import RecruitError
+from recruit.fff.convert import DistillReport, ZeroFF, distil_all, record_inputs
+from recruit.fff.fff import FastFeedForward
+
+log = logging.getLogger(__name__)
+
+
+def _is_dense_block(module: nn.Module) -> bool:
+    mlp = module._modules.get("mlp")
+    if mlp is None or isinstance(mlp, (FastFeedForward, ZeroFF)):
+        return False
+    return next(mlp.parameters(), None) is not None
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """Every block of ``model`` that still has a dense ``mlp`` submodule, in module order."""
+    return [m for m in model.modules() if _is_dense_block(m)]
+
+
+def _found(model: nn.Module, what: str) -> list[nn.Module]:
+    layers = decoder_layers(model)
+    if not layers:
+        raise RecruitError(f"{what}: found no decoder block with a dense `mlp` submodule (already converted, or "
+                           f"{type(model).__name__} keeps its feed-forward elsewhere)")  # fmt: skip
+    return layers
+
+
+def _width(layer: nn.Module) -> int:
+    """The width d of the stream that ``layer.mlp`` reads and writes, checked by one call on zeros."""
+    p = next(layer.mlp.parameters())
+    sizes = {s for q in layer.mlp.parameters() if q.dim() == 2 for s in q.shape}
+    for d in sorted(sizes):  # the stream width is one of its weight matrices' sides
+        try:
+            with torch.no_grad():
+                out = layer.mlp(torch.zeros(1, d, device=p.device, dtype=p.dtype))
+        except (RuntimeError, ValueError):
+            continue
+        if out.shape == (1, d):
+            return d
+    raise RecruitError(f"{type(layer.mlp).__name__} does not map a width d to itself; not a decoder feed-forward")
+
+
+def _put(layer: nn.Module, ff: nn.Module) -> None:
+    p = next(layer.mlp.parameters(), None)
+    layer.mlp = ff if p is None else ff.to(device=p.device, dtype=p.dtype)
+
+
+def replace_decoder_mlps(
+    model: nn.Module, depth: int, n_trees: int = 1, mode: Literal["hard", "soft"] = "hard", hardening: float = 0.0
+) -> nn.Module:
+    """Swap every block's dense ``mlp`` for a new ``FastFeedForward(d, d, depth, ...)``.
+
+    Args:
+        model: A Hugging Face decoder (``LlamaForCausalLM``, ``GPT2LMHeadModel`` ...); changed in place.
+        depth: Tree depth D (2^(D+1) - 1 nodes per tree).
+        n_trees: K parallel trees.
+        mode: Training forward of the FFFs, ``hard`` or ``soft``.
+        hardening: Weight of each FFF's entropy hardening loss (soft mode).
+
+    Returns:
+        ``model``, with FFFs on the device and dtype of the feed-forwards they replace.
+    """
+    layers = _found(model, "replace_decoder_mlps")
+    for layer in layers:
+        d = _width(layer)
+        _put(layer, FastFeedForward(d, d, depth, n_trees, mode, hardening))
+    log.info("replaced %d decoder feed-forwards by FFFs of depth %d x %d trees", len(layers), depth, n_trees)
+    return model
+
+
+def drop_decoder_mlps(model: nn.Module) -> nn.Module:
+    """Take every block's dense ``mlp`` out: each block then adds nothing after its attention."""
+    for layer in _found(model, "drop_decoder_mlps"):
+        _put(layer, ZeroFF())
+    return model
+
+
+def record_decoder_inputs(model: nn.Module, input_ids: torch.Tensor, **forward_kwargs) -> list[torch.Tensor]:
+    """The inputs of every block's ``mlp`` when ``model`` reads ``input_ids`` (B, T).
+
+    With an ``attention_mask`` in ``forward_kwargs`` only the unmasked positions are kept. Returns one (N, d)
+    tensor per block, in the order of :func:`decoder_layers`.
+    """
+    layers = _found(model, "record_decoder_inputs")
+    mask = forward_kwargs.get("attention_mask")
+    keep = None if mask is None else mask.reshape(-1).bool()  # (B·T,)
+    return record_inputs([layer.mlp for layer in layers], lambda: model(input_ids=input_ids, **forward_kwargs),
+                         keep)  # fmt: skip
+
+
+def distil_decoder(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    depth: int,
+    n_trees: int = 1,
+    *,
+    steps: int = 2000,
+    lr: float = 3e-3,
+    progress: bool = True,
+    **forward_kwargs,
+) -> list[DistillReport]:
+    """Distil every block's dense ``mlp`` into an FFF on the user's text, and swap it in.
+
+    All blocks' inputs are recorded from the dense model in one pass over ``input_ids`` (B, T) (see
+    :func:`record_decoder_inputs`), so each FFF learns the inputs its dense map really saw; each is fitted by
+    :func:`recruit.fff.convert.from_dense` (MSE to the dense outputs, 10% of the positions held out).
+
+    Args:
+        model: A Hugging Face decoder, changed in place (put it in eval mode first if it has dropout).
+        input_ids: Token ids (B, T) to record on.
+        depth: Tree depth of the FFFs.
+        n_trees: K parallel trees.
+        steps: Adam steps per block.
+        lr: Adam learning rate.
+        progress: Show a progress bar over the blocks.
+        **forward_kwargs: Passed to ``model`` while recording (``attention_mask`` ...).
+
+    Returns:
+        One :class:`~recruit.fff.convert.DistillReport` per block (held-out error before and after).
+    """
+    layers = _found(model, "distil_decoder")
+    inputs = record_decoder_inputs(model, input_ids, **forward_kwargs)
+    denses = [layer.mlp for layer in layers]
+    return distil_all(denses, inputs, lambda i, fff: _put(layers[i], fff), depth, n_trees, steps=steps, lr=lr,
+                      progress=progress)  # fmt: skip

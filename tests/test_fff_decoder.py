@@ -1,0 +1,99 @@
+"""FFF in Hugging Face decoders (GPT-2, Llama): swap, train, drop, distil (tiny in-process models, no download)."""
+
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from recruit.errors import RecruitError  # noqa: E402
+from recruit.fff import FastFeedForward  # noqa: E402
+from recruit.fff.convert import ZeroFF  # noqa: E402
+from recruit.fff.decoder import (  # noqa: E402
+    decoder_layers,
+    distil_decoder,
+    drop_decoder_mlps,
+    record_decoder_inputs,
+    replace_decoder_mlps,
+)
+
+
+def decoder(family: str):
+    torch.manual_seed(0)
+    if family == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=80, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+        return transformers.LlamaForCausalLM(cfg).eval()
+    cfg = transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_replace_trains_and_a_silent_fff_equals_no_mlp(family):
+    model = decoder(family)
+    assert len(decoder_layers(model)) == 2
+    ids = torch.randint(0, 97, (2, 9))
+    replace_decoder_mlps(model, depth=3)
+    assert not decoder_layers(model)
+    ffs = [m for m in model.modules() if isinstance(m, FastFeedForward)]
+    assert len(ffs) == 2 and all(f.config.dim_in == f.config.dim_out == 32 for f in ffs)
+    model.train()
+    out = model(input_ids=ids, labels=ids)
+    assert out.logits.shape == (2, 9, 97)
+    out.loss.backward()
+    assert all(f.w_in.grad is not None and f.w_in.grad.abs().sum() > 0 for f in ffs)
+    model.eval()
+    silent = copy.deepcopy(model)
+    with torch.no_grad():
+        for f in silent.modules():
+            if isinstance(f, FastFeedForward):
+                f.w_out.zero_()
+    dropped = drop_decoder_mlps(decoder(family))  # the same attention weights (same seed), no feed-forward
+    assert [type(layer.mlp) for layer in dropped.modules() if hasattr(layer, "mlp")] == [ZeroFF, ZeroFF]
+    with torch.no_grad():
+        torch.testing.assert_close(silent(input_ids=ids).logits, dropped(input_ids=ids).logits)
+    with pytest.raises(RecruitError, match="already converted"):
+        replace_decoder_mlps(model, depth=3)
+
+
+def test_record_gives_the_mlp_inputs_of_unmasked_positions():
+    model = decoder("gpt2")
+    ids = torch.randint(0, 97, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    outputs, keep = [], mask.reshape(-1).bool()
+    handles = [layer.mlp.register_forward_hook(lambda m, a, o: outputs.append(o.reshape(-1, 32)[keep]))
+               for layer in decoder_layers(model)]  # fmt: skip
+    xs = record_decoder_inputs(model, ids, attention_mask=mask)
+    for h in handles:
+        h.remove()
+    assert [tuple(x.shape) for x in xs] == [(10, 32), (10, 32)]
+    with torch.no_grad():  # the recorded rows are what each mlp read: it maps them to what it wrote
+        for layer, x, y in zip(decoder_layers(model), xs, outputs, strict=True):
+            torch.testing.assert_close(layer.mlp(x), y)
+    assert all(not layer.mlp._forward_pre_hooks for layer in decoder_layers(model))
+
+
+def test_distil_lowers_the_error_and_the_model_still_runs():
+    model = decoder("llama")
+    ids = torch.randint(0, 97, (16, 32))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    reports = distil_decoder(model, ids, depth=4, steps=300, progress=False)
+    assert len(reports) == 2 and not decoder_layers(model)
+    for r in reports:
+        assert r.final_mse < r.initial_mse and r.final_rel_error < 1.0
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    assert after.shape == before.shape and torch.isfinite(after).all()
+
+
+def test_models_without_mlp_blocks_are_refused():
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=64))  # fmt: skip
+    for fn in (lambda: replace_decoder_mlps(bert, 3), lambda: drop_decoder_mlps(bert),
+               lambda: record_decoder_inputs(bert, torch.zeros(1, 4, dtype=torch.long))):  # fmt: skip
+        with pytest.raises(RecruitError, match="no decoder block"):
+            fn()
