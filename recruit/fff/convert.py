@@ -111,6 +111,18 @@ def record_inputs(
     return [torch.cat(s) for s in seen]
 
 
+def record_hf_inputs(
+    model: nn.Module, entries: Sequence[nn.Module], input_ids: torch.Tensor, **forward_kwargs
+) -> list[torch.Tensor]:
+    """:func:`record_inputs` while a Hugging Face ``model`` reads ``input_ids`` (B, T) with ``forward_kwargs``.
+
+    With an ``attention_mask`` among them, only the unmasked positions are kept.
+    """
+    mask = forward_kwargs.get("attention_mask")
+    keep = None if mask is None else mask.reshape(-1).bool()  # (B·T,)
+    return record_inputs(entries, lambda: model(input_ids=input_ids, **forward_kwargs), keep)
+
+
 def record_mlp_inputs(model: GPT, tokens: torch.Tensor, layer: int) -> torch.Tensor:
     """Inputs that block ``layer``'s MLP receives when ``model`` reads ``tokens`` (B, T); returns (B·T, d)."""
     if not 0 <= layer < len(model.blocks):

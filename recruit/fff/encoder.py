@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from recruit.errors import RecruitError
-from recruit.fff.convert import DistillReport, ZeroFF, distil_all, record_inputs
+from recruit.fff.convert import DistillReport, ZeroFF, distil_all, record_hf_inputs
 from recruit.fff.fff import FastFeedForward
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,7 @@ def record_encoder_inputs(model: nn.Module, input_ids: torch.Tensor, **forward_k
     layers = encoder_layers(model)
     if not layers:
         raise RecruitError("found no encoder layer with a dense intermediate/output feed-forward")
-    mask = forward_kwargs.get("attention_mask")
-    keep = None if mask is None else mask.reshape(-1).bool()  # (B·T,)
-    return record_inputs([layer.intermediate for layer in layers], lambda: model(input_ids=input_ids, **forward_kwargs),
-                         keep)  # fmt: skip
+    return record_hf_inputs(model, [layer.intermediate for layer in layers], input_ids, **forward_kwargs)
 
 
 def distil_encoder(
