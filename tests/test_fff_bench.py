@@ -85,3 +85,17 @@ def test_fff_model_bench_times_three_decoders_that_differ_only_in_their_mlp():
         fff_model.ModelShape(d_model=10, n_head=3)
     with pytest.raises(ValueError, match="positive"):
         fff_model.ModelShape(context=0)
+
+
+def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir):
+    from recruit.benchmarks import fff_distil
+
+    recs = fff_distil.run(BenchOptions(device="cpu", quick=True, progress=False, corpus=str(corpus_dir)))
+    assert get("fff-distil").run is fff_distil.run
+    loss = {r.params["ff"]: r.value for r in recs if r.metric == "loss"}
+    assert set(loss) == {"dense", "fff", "none"} and all(v > 0 for v in loss.values())
+    ratio = {r.params["ff"]: r.value for r in recs if r.metric == "loss_ratio"}
+    assert ratio == pytest.approx({f"{arm}_vs_dense": loss[arm] / loss["dense"] for arm in ("fff", "none")})
+    errors = {(r.params["layer"], r.params["stage"]): r.value for r in recs if r.metric == "rel_error"}
+    assert set(errors) == {("0", "before"), ("0", "after")} and errors[("0", "after")] < errors[("0", "before")]
+    assert "fff-distil" in fff_distil.section(recs)

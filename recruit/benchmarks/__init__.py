@@ -81,6 +81,7 @@ def _load_all() -> None:
         bdh_memory,
         bdh_sparsity,
         bdh_speed,
+        fff_distil,
         fff_mlm,
         fff_model,
         fff_quality,

@@ -16,6 +16,7 @@ byte and 10% stay. Training is a plain AdamW loop (warm-up, cosine decay) in thi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -110,22 +111,44 @@ def held_out_loss(model, windows: torch.Tensor, cfg: MLMConfig, device) -> float
     return total / max(count, 1)
 
 
-def train(model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str) -> None:
-    """AdamW on the MLM loss, linear warm-up over 5% of the steps then cosine decay to 10%."""
+def train_hf(
+    model,
+    stream: TokenStream,
+    steps: int,
+    lr: float,
+    loss_of: Callable[[object, torch.Tensor], torch.Tensor],
+    device,
+    progress: bool,
+    desc: str,
+) -> None:
+    """AdamW (weight decay 0.01) on ``loss_of(model, ids)`` for the stream's batches ``ids`` (B, T), on ``device``.
+
+    Linear warm-up over 5% of the steps, then cosine decay to 10% of ``lr``. For Hugging Face models, which the
+    library's :class:`~recruit.train.Trainer` (next-token recruit models) does not train.
+    """
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, steps // 20)
     for step in tqdm(range(steps), desc=desc, disable=not progress):
         frac = (step + 1) / warm if step < warm else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / steps))
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, frac)
+            group["lr"] = lr * min(1.0, frac)
         ids, _ = stream.batch(step)  # (B, T): the same windows for every arm
-        inputs, labels = mask(ids, cfg, g)
-        loss = model(input_ids=inputs.to(device), labels=labels.to(device)).loss
+        loss = loss_of(model, ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+
+def train(model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str) -> None:
+    """:func:`train_hf` on the MLM loss, masks drawn from ``cfg.seed``."""
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def loss_of(model, ids: torch.Tensor) -> torch.Tensor:
+        inputs, labels = mask(ids, cfg, g)
+        return model(input_ids=inputs.to(device), labels=labels.to(device)).loss
+
+    train_hf(model, stream, steps, cfg.lr, loss_of, device, progress, desc)
 
 
 def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:

@@ -1,0 +1,139 @@
+"""A trained Hugging Face decoder's MLPs distilled into FFFs: held-out loss before, after, and with no MLP.
+
+``recruit bench fff-distil --out DIR``. What a user does with a checkpoint of their own, on a model this
+machine can train (no download): a small Llama (``LlamaForCausalLM`` built from a config, the byte
+vocabulary) is trained on the corpus's bytes, then every block's ``mlp`` is distilled into an FFF of the depth
+whose 2^(D+1) − 1 nodes come closest below the MLP's width (:func:`recruit.fff.decoder.distil_decoder`, on
+inputs recorded from training windows), with no further training of the model. The records are the held-out
+next-byte loss (nats per byte, on windows spread over the test split) of the trained model, of the distilled
+one and of the trained model with its MLPs dropped (the level an FFF that learnt nothing would sit near), the
+ratios of the last two to the first, and each layer's held-out relative error of the distillation.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks.equal_budget import prepare
+from recruit.benchmarks.fff_mlm import train_hf
+from recruit.data.stream import TokenStream, spread_windows
+from recruit.data.tokenizer import ByteTokenizer
+from recruit.records import Record
+
+BENCH = "fff-distil"
+
+
+@dataclass(frozen=True)
+class DistilConfig:
+    """Decoder size, its training budget, and the distillation (defaults: a few minutes on 2 cores)."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 512  # the MLP's width; the FFF gets depth log2(width + 1) − 1 (511 nodes at 512)
+    tokens: int = 2**22  # training tokens of the dense model
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 2e-3
+    record_windows: int = 64  # training windows whose MLP inputs the FFFs are fitted on (10% held out)
+    distil_steps: int = 2000  # Adam steps per layer
+    eval_windows: int = 512  # test windows scored, spread evenly over the test split (all its languages)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens < self.seq_len * self.batch_size:
+            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
+        if min(self.record_windows, self.distil_steps, self.eval_windows) < 1:
+            raise ValueError("record_windows, distil_steps and eval_windows must be positive")
+
+    @property
+    def fff_depth(self) -> int:
+        """The depth whose 2^(D+1) − 1 nodes come closest below the MLP's width."""
+        return max(0, (self.intermediate + 1).bit_length() - 2)
+
+
+QUICK = DistilConfig(hidden=32, layers=1, heads=2, intermediate=64, tokens=4 * 32 * 4, seq_len=32, batch_size=4,
+                     record_windows=8, distil_steps=20, eval_windows=4)  # fmt: skip
+
+
+def build(cfg: DistilConfig):
+    """The freshly initialised ``LlamaForCausalLM`` of ``cfg`` over the byte vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = ByteTokenizer()
+    torch.manual_seed(cfg.seed)
+    llama = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+                        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                        max_position_embeddings=cfg.seq_len, pad_token_id=tok.pad_id,
+                        tie_word_embeddings=True)  # fmt: skip
+    return LlamaForCausalLM(llama)
+
+
+def _next_byte_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's shifted next-token cross-entropy of ``model`` on ``ids`` (B, T), on the model's device."""
+    ids = ids.to(next(model.parameters()).device)
+    return model(input_ids=ids, labels=ids).loss
+
+
+@torch.no_grad()
+def held_out_loss(model, windows: torch.Tensor, batch_size: int) -> float:
+    """Mean next-byte cross-entropy (nats) over ``windows`` (W, T), every window weighted by its T − 1 targets."""
+    model.eval()
+    losses = [_next_byte_loss(model, windows[i : i + batch_size]).item() * len(windows[i : i + batch_size])
+              for i in range(0, len(windows), batch_size)]  # fmt: skip
+    return sum(losses) / len(windows)
+
+
+def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
+    """Train the dense decoder, distil its MLPs, and score the three models on the test split."""
+    from recruit.fff.decoder import distil_decoder, drop_decoder_mlps
+
+    cfg = cfg or (QUICK if opts.quick else DistilConfig())
+    corpus, device, env, steps = prepare(opts, cfg)
+    stream = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed)
+    windows = spread_windows(corpus.tokens("test"), cfg.seq_len, cfg.eval_windows)[:, :-1]  # (W, T)
+    tokens = steps * cfg.seq_len * cfg.batch_size
+    base = f"model=llama,hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
+    model = build(cfg)
+    train_hf(model, stream, steps, cfg.lr, _next_byte_loss, device, opts.progress, "fff-distil dense")
+    model.eval()
+    loss = {"dense": held_out_loss(model, windows, cfg.batch_size)}
+    loss["none"] = held_out_loss(drop_decoder_mlps(copy.deepcopy(model)), windows, cfg.batch_size)
+    record = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.record_windows, cfg.seed + 2).batch(0)[0]  # (W, T)
+    reports = distil_decoder(model, record.to(device), cfg.fff_depth, steps=cfg.distil_steps, progress=opts.progress)
+    loss["fff"] = held_out_loss(model, windows, cfg.batch_size)
+    recs = [Record(BENCH, f"{base},ff={arm},split=test", "loss", loss[arm], "nats/byte", env)
+            for arm in ("dense", "fff", "none")]  # fmt: skip
+    for arm in ("fff", "none"):
+        recs.append(Record(BENCH, f"{base},ff={arm}_vs_dense,split=test", "loss_ratio", loss[arm] / loss["dense"],
+                           "x", env))  # fmt: skip
+    fff = f"{base},ff=fff,depth={cfg.fff_depth},distil_steps={cfg.distil_steps}"
+    for i, r in enumerate(reports):
+        recs.append(Record(BENCH, f"{fff},layer={i},stage=before", "rel_error", r.initial_rel_error, "", env))
+        recs.append(Record(BENCH, f"{fff},layer={i},stage=after", "rel_error", r.final_rel_error, "", env))
+    used = (cfg.fff_depth + 1) / (2 ** (cfg.fff_depth + 1) - 1)
+    recs.append(Record(BENCH, fff, "density", used, "fraction", env))
+    return recs
+
+
+def section(records: list[Record]) -> str:
+    """The three models' held-out loss and the distillation's error per layer."""
+    from recruit.report.html import table
+
+    rs = [r for r in records if r.bench == BENCH]
+    if not rs:
+        return ""
+    rows = [[r.case, r.metric, f"{r.value:.4g}", r.unit] for r in rs]
+    return (
+        "<p>A small Llama trained on the corpus, then its MLPs distilled into FFFs with no further training "
+        "(<code>recruit bench fff-distil</code>): held-out loss of the dense model, the distilled one and the "
+        "dense model without MLPs; each layer's relative error on held-out recorded inputs.</p>"
+        + table(["case", "metric", "value", "unit"], rows)
+    )
+
+
+register(Bench(BENCH, run, section, summary="a trained HF decoder's MLPs distilled into FFF: loss before/after"))
