@@ -93,9 +93,10 @@ def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir):
     recs = fff_distil.run(BenchOptions(device="cpu", quick=True, progress=False, corpus=str(corpus_dir)))
     assert get("fff-distil").run is fff_distil.run
     loss = {r.params["ff"]: r.value for r in recs if r.metric == "loss"}
-    assert set(loss) == {"dense", "fff", "none"} and all(v > 0 for v in loss.values())
+    assert set(loss) == {"dense", "fff", "none", "dense+ft", "fff+ft"} and all(v > 0 for v in loss.values())
     ratio = {r.params["ff"]: r.value for r in recs if r.metric == "loss_ratio"}
-    assert ratio == pytest.approx({f"{arm}_vs_dense": loss[arm] / loss["dense"] for arm in ("fff", "none")})
+    expect = {f"{arm}_vs_dense": loss[arm] / loss["dense"] for arm in ("fff", "none")}
+    assert ratio == pytest.approx({**expect, "fff+ft_vs_dense+ft": loss["fff+ft"] / loss["dense+ft"]})
     errors = {(r.params["layer"], r.params["stage"]): r.value for r in recs if r.metric == "rel_error"}
     assert set(errors) == {("0", "before"), ("0", "after")} and errors[("0", "after")] < errors[("0", "before")]
     assert "fff-distil" in fff_distil.section(recs)

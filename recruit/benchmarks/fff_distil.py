@@ -4,10 +4,18 @@
 machine can train (no download): a small Llama (``LlamaForCausalLM`` built from a config, the byte
 vocabulary) is trained on the corpus's bytes, then every block's ``mlp`` is distilled into an FFF of the depth
 whose 2^(D+1) − 1 nodes come closest below the MLP's width (:func:`recruit.fff.decoder.distil_decoder`, on
-inputs recorded from training windows), with no further training of the model. The records are the held-out
-next-byte loss (nats per byte, on windows spread over the test split) of the trained model, of the distilled
-one and of the trained model with its MLPs dropped (the level an FFF that learnt nothing would sit near), the
-ratios of the last two to the first, and each layer's held-out relative error of the distillation.
+inputs recorded from training windows). The distilled model is then fine-tuned end to end on ``finetune_tokens``
+further training tokens (the FFFs in their hard-routing training form), and so, for a fair comparison, is a copy
+of the dense model, on the same batches with the same schedule (a quarter of the first training's peak learning
+rate, warm-up, cosine decay). The records are the held-out next-byte loss (nats per byte, on windows spread
+over the test split) of:
+
+- ``dense``: the trained model; ``dense+ft``: it, fine-tuned;
+- ``fff``: the distilled model, no further training; ``fff+ft``: it, fine-tuned;
+- ``none``: the trained model with its MLPs dropped (the level an FFF that learnt nothing would sit near);
+
+their ratios to ``dense`` (``dense+ft`` for ``fff+ft``), and each layer's held-out relative error of the
+distillation.
 """
 
 from __future__ import annotations
@@ -41,14 +49,15 @@ class DistilConfig:
     lr: float = 2e-3
     record_windows: int = 64  # training windows whose MLP inputs the FFFs are fitted on (10% held out)
     distil_steps: int = 2000  # Adam steps per layer
+    finetune_tokens: int = 2**20  # end-to-end training after the distillation (and of the dense copy)
     eval_windows: int = 512  # test windows scored, spread evenly over the test split (all its languages)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
             raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
-        if min(self.record_windows, self.distil_steps, self.eval_windows) < 1:
-            raise ValueError("record_windows, distil_steps and eval_windows must be positive")
+        if min(self.record_windows, self.distil_steps, self.eval_windows, self.finetune_tokens) < 1:
+            raise ValueError("record_windows, distil_steps, eval_windows and finetune_tokens must be positive")
 
     @property
     def fff_depth(self) -> int:
@@ -57,7 +66,7 @@ class DistilConfig:
 
 
 QUICK = DistilConfig(hidden=32, layers=1, heads=2, intermediate=64, tokens=4 * 32 * 4, seq_len=32, batch_size=4,
-                     record_windows=8, distil_steps=20, eval_windows=4)  # fmt: skip
+                     record_windows=8, distil_steps=20, finetune_tokens=2 * 32 * 4, eval_windows=4)  # fmt: skip
 
 
 def build(cfg: DistilConfig):
@@ -103,13 +112,20 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     model.eval()
     loss = {"dense": held_out_loss(model, windows, cfg.batch_size)}
     loss["none"] = held_out_loss(drop_decoder_mlps(copy.deepcopy(model)), windows, cfg.batch_size)
+    dense = copy.deepcopy(model)
     record = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.record_windows, cfg.seed + 2).batch(0)[0]  # (W, T)
     reports = distil_decoder(model, record.to(device), cfg.fff_depth, steps=cfg.distil_steps, progress=opts.progress)
     loss["fff"] = held_out_loss(model, windows, cfg.batch_size)
+    ft_steps = max(1, cfg.finetune_tokens // (cfg.seq_len * cfg.batch_size))
+    for arm, m in (("dense+ft", dense), ("fff+ft", model)):  # both on the same batches
+        ft = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed + 3)
+        train_hf(m, ft, ft_steps, cfg.lr / 4, _next_byte_loss, device, opts.progress, f"fff-distil {arm}")
+        loss[arm] = held_out_loss(m, windows, cfg.batch_size)
     recs = [Record(BENCH, f"{base},ff={arm},split=test", "loss", loss[arm], "nats/byte", env)
-            for arm in ("dense", "fff", "none")]  # fmt: skip
-    for arm in ("fff", "none"):
-        recs.append(Record(BENCH, f"{base},ff={arm}_vs_dense,split=test", "loss_ratio", loss[arm] / loss["dense"],
+            for arm in ("dense", "fff", "none", "dense+ft", "fff+ft")]  # fmt: skip
+    ft_tokens = f"finetune_tokens={ft_steps * cfg.seq_len * cfg.batch_size}"
+    for arm, ref, extra in (("fff", "dense", ""), ("none", "dense", ""), ("fff+ft", "dense+ft", f",{ft_tokens}")):
+        recs.append(Record(BENCH, f"{base},ff={arm}_vs_{ref}{extra},split=test", "loss_ratio", loss[arm] / loss[ref],
                            "x", env))  # fmt: skip
     fff = f"{base},ff=fff,depth={cfg.fff_depth},distil_steps={cfg.distil_steps}"
     for i, r in enumerate(reports):
@@ -129,10 +145,10 @@ def section(records: list[Record]) -> str:
         return ""
     rows = [[r.case, r.metric, f"{r.value:.4g}", r.unit] for r in rs]
     return (
-        "<p>A small Llama trained on the corpus, then its MLPs distilled into FFFs with no further training "
-        "(<code>recruit bench fff-distil</code>): held-out loss of the dense model, the distilled one and the "
-        "dense model without MLPs; each layer's relative error on held-out recorded inputs.</p>"
-        + table(["case", "metric", "value", "unit"], rows)
+        "<p>A small Llama trained on the corpus, then its MLPs distilled into FFFs (<code>recruit bench "
+        "fff-distil</code>): held-out loss of the dense model, the distilled one, the dense model without MLPs, "
+        "and the distilled and dense models each fine-tuned on the same further tokens (<code>+ft</code>); each "
+        "layer's relative error on held-out recorded inputs.</p>" + table(["case", "metric", "value", "unit"], rows)
     )
 
 
