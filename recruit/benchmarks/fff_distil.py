@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from recruit.benchmarks import Bench, BenchOptions, register
-from recruit.benchmarks.equal_budget import prepare
-from recruit.benchmarks.fff_mlm import train_hf
-from recruit.data.stream import TokenStream, spread_windows
+from recruit.benchmarks.fff_mlm import hf_data, train_hf
+from recruit.data.stream import TokenStream
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.records import Record
 
@@ -102,9 +101,7 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     from recruit.fff.decoder import distil_decoder, drop_decoder_mlps
 
     cfg = cfg or (QUICK if opts.quick else DistilConfig())
-    corpus, device, env, steps = prepare(opts, cfg)
-    stream = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed)
-    windows = spread_windows(corpus.tokens("test"), cfg.seq_len, cfg.eval_windows)[:, :-1]  # (W, T)
+    corpus, device, env, steps, stream, windows = hf_data(opts, cfg)
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"model=llama,hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
     model = build(cfg)

@@ -140,6 +140,19 @@ def train_hf(
         opt.step()
 
 
+def hf_data(opts: BenchOptions, cfg) -> tuple:
+    """What a Hugging Face model's bench starts from: (corpus, device, env, steps, train stream, test windows).
+
+    ``cfg`` has ``tokens``, ``seq_len``, ``batch_size``, ``seed`` and ``eval_windows``: the stream draws
+    (batch_size, seq_len) batches of the train split from ``seed``; the windows (eval_windows, seq_len) are spread
+    evenly over the test split.
+    """
+    corpus, device, env, steps = prepare(opts, cfg)
+    stream = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed)
+    windows = spread_windows(corpus.tokens("test"), cfg.seq_len, cfg.eval_windows)[:, :-1]  # (W, T)
+    return corpus, device, env, steps, stream, windows
+
+
 def train(model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str) -> None:
     """:func:`train_hf` on the MLM loss, masks drawn from ``cfg.seed``."""
     g = torch.Generator().manual_seed(cfg.seed)
@@ -154,9 +167,7 @@ def train(model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progre
 def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
     """Train the three arms on the same batches and masks, then score each on the test split."""
     cfg = cfg or (QUICK if opts.quick else MLMConfig())
-    corpus, device, env, steps = prepare(opts, cfg)
-    stream = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed)
-    windows = spread_windows(corpus.tokens("test"), cfg.seq_len, cfg.eval_windows)[:, :-1]  # (W, T)
+    _, device, env, steps, stream, windows = hf_data(opts, cfg)
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
     recs: list[Record] = []
