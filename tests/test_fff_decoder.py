@@ -97,3 +97,23 @@ def test_models_without_mlp_blocks_are_refused():
                lambda: record_decoder_inputs(bert, torch.zeros(1, 4, dtype=torch.long))):  # fmt: skip
         with pytest.raises(RecruitError, match="no decoder block"):
             fn()
+
+
+def test_an_mlp_that_is_no_plain_feed_forward_is_refused():
+    class Experts(torch.nn.Module):  # returns (output, router logits), as a mixture of experts does
+        def __init__(self) -> None:
+            super().__init__()
+            self.router = torch.nn.Linear(32, 4)
+
+        def forward(self, x):
+            return x, self.router(x)
+
+    model = decoder("llama")
+    model.model.layers[1].mlp = Experts()
+    with pytest.raises(RecruitError, match="not a plain feed-forward"):
+        distil_decoder(model, torch.zeros(1, 4, dtype=torch.long), depth=2, steps=1, progress=False)
+    assert isinstance(model.model.layers[0].mlp, transformers.models.llama.modeling_llama.LlamaMLP)  # untouched
+    model.model.layers[1].mlp = torch.nn.Linear(32, 16)  # maps to another width
+    with pytest.raises(RecruitError, match="does not map a width d to itself"):
+        replace_decoder_mlps(model, depth=2)
+    assert isinstance(model.model.layers[0].mlp, transformers.models.llama.modeling_llama.LlamaMLP)  # untouched

@@ -3,8 +3,9 @@
 Their blocks hold the feed-forward as one submodule named ``mlp`` that maps the stream (..., d) -> (..., d); the
 block adds the residual around it. An FFF takes that submodule's place: the block's own ``forward`` runs
 unchanged, only a submodule is swapped, as Hugging Face's module tree allows. Blocks whose feed-forward is not
-an ``mlp`` submodule (OPT's ``fc1``/``fc2`` written into the block, mixture-of-experts blocks) are not found,
-and the functions say so. recruit's own :class:`~recruit.models.gpt.GPT` has such blocks too.
+an ``mlp`` submodule (OPT's ``fc1``/``fc2`` written into the block, Mixtral's experts) are not found, and an
+``mlp`` that is no plain (..., d) -> (..., d) map (Qwen2-MoE's, which returns router logits too) is refused: the
+functions say so. recruit's own :class:`~recruit.models.gpt.GPT` has such blocks too.
 
 - :func:`decoder_layers` finds the blocks;
 - :func:`replace_decoder_mlps` puts freshly initialised FFFs in every block (train from scratch);
@@ -63,6 +64,9 @@ def _width(layer: nn.Module) -> int:
                 out = layer.mlp(torch.zeros(1, d, device=p.device, dtype=p.dtype))
         except (RuntimeError, ValueError):
             continue
+        if not isinstance(out, torch.Tensor):  # a mixture of experts returns (output, router logits)
+            raise RecruitError(f"{type(layer.mlp).__name__} returns {type(out).__name__}, not a tensor: not a plain "
+                               "feed-forward (a mixture of experts?)")  # fmt: skip
         if out.shape == (1, d):
             return d
     raise RecruitError(f"{type(layer.mlp).__name__} does not map a width d to itself; not a decoder feed-forward")
@@ -89,8 +93,8 @@ def replace_decoder_mlps(
         ``model``, with FFFs on the device and dtype of the feed-forwards they replace.
     """
     layers = _found(model, "replace_decoder_mlps")
-    for layer in layers:
-        d = _width(layer)
+    widths = [_width(layer) for layer in layers]  # all checked before any is swapped
+    for layer, d in zip(layers, widths, strict=True):
         _put(layer, FastFeedForward(d, d, depth, n_trees, mode, hardening))
     log.info("replaced %d decoder feed-forwards by FFFs of depth %d x %d trees", len(layers), depth, n_trees)
     return model
@@ -144,6 +148,8 @@ def distil_decoder(
         One :class:`~recruit.fff.convert.DistillReport` per block (held-out error before and after).
     """
     layers = _found(model, "distil_decoder")
+    for layer in layers:  # refuse what is no plain feed-forward before the recording pass
+        _width(layer)
     inputs = record_decoder_inputs(model, input_ids, **forward_kwargs)
     denses = [layer.mlp for layer in layers]
     return distil_all(denses, inputs, lambda i, fff: _put(layers[i], fff), depth, n_trees, steps=steps, lr=lr,
