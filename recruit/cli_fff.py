@@ -54,12 +54,10 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     Each layer's MLP inputs are recorded on training windows of the corpus (from the dense model), each FFF is
     fitted to its MLP's outputs, then held-out bits per byte is measured before and after.
     """
-    from tqdm.auto import tqdm
-
     from recruit import checkpoints, measure
     from recruit.data.corpus import Corpus
     from recruit.data.stream import TokenStream
-    from recruit.fff.convert import from_dense, record_inputs
+    from recruit.fff.convert import distil_all, record_inputs
     from recruit.models import GPT, load_model
 
     model = load_model(args.model or checkpoints.path())
@@ -74,8 +72,10 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     with torch.no_grad():
         before = score(model)
     inputs = record_inputs([block.mlp for block in model.blocks], lambda: model(x))  # one pass; each (W*T, d)
-    for i, block in enumerate(tqdm(model.blocks, desc="distil", disable=args.quiet)):
-        block.mlp, rep = from_dense(block.mlp, args.depth, args.trees, inputs=inputs[i], steps=args.steps)
+    reports = distil_all([block.mlp for block in model.blocks], inputs,
+                         lambda i, fff: setattr(model.blocks[i], "mlp", fff), args.depth, args.trees,
+                         steps=args.steps, progress=not args.quiet)  # fmt: skip
+    for i, rep in enumerate(reports):
         print(f"layer {i}: relative error {rep.initial_rel_error:.3f} -> {rep.final_rel_error:.3f} "
               f"(held-out MSE {rep.final_mse:.3g}; no MLP: {rep.dense_mse_to_zero:.3g})")  # fmt: skip
     model.config = dataclasses.replace(model.config, mlp="fff", fff_depth=args.depth, fff_trees=args.trees)

@@ -97,7 +97,7 @@ def held_out_loss(model, windows: torch.Tensor, batch_size: int) -> float:
 
 
 def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
-    """Train the dense decoder, distil its MLPs, and score the three models on the test split."""
+    """Train the dense decoder, distil its MLPs, fine-tune both, and score every arm on the test split."""
     from recruit.fff.decoder import distil_decoder, drop_decoder_mlps
 
     cfg = cfg or (QUICK if opts.quick else DistilConfig())
@@ -134,7 +134,7 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
 
 
 def section(records: list[Record]) -> str:
-    """The three models' held-out loss and the distillation's error per layer."""
+    """Every arm's held-out loss and the distillation's error per layer."""
     from recruit.report.html import table
 
     rs = [r for r in records if r.bench == BENCH]
