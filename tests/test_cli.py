@@ -90,7 +90,7 @@ def test_sigkill_then_resume_ends_on_same_weights(text_corpus, tmp_path):
         "--corpus",
         text_corpus,
         "--max_steps",
-        "60",
+        "240",  # enough steps after the first checkpoint that the kill lands mid-run on a fast machine
         "--ckpt_every",
         "3",
         "--eval_every",
@@ -112,8 +112,8 @@ def test_sigkill_then_resume_ends_on_same_weights(text_corpus, tmp_path):
     )
     deadline = time.time() + 120
     while not (out / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.01)
+    time.sleep(0.1)  # a few steps on: likely mid-step or mid-checkpoint write
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "final").exists(), "the run finished before it could be killed"
