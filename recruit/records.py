@@ -41,8 +41,35 @@ def _git_commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+@cache
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU as Linux describes it: ``AMD EPYC (family 26, model 2, avx512)``, say.
+
+    Model name, family and model numbers and the widest vector ISA, from ``/proc/cpuinfo``; elsewhere
+    ``platform.processor()`` or the machine type. CPU figures depend on it: a VM's "x86_64" may be any of several
+    generations of chip.
+    """
+    fallback = platform.processor() or platform.machine()
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return fallback
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():  # the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return fallback
+    flags = fields.get("flags", "").split()
+    isa = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), None)
+    parts = [f"family {fields['cpu family']}" if "cpu family" in fields else None]
+    parts += [f"model {fields['model']}" if "model" in fields else None, isa and isa.removesuffix("f")]
+    details = ", ".join(p for p in parts if p)
+    return fields["model name"] + (f" ({details})" if details else "")
+
+
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The environment a figure was measured in: device, versions, threads and git commit."""
+    """The environment a figure was measured in: device, versions, threads and git commit (and the CPU model)."""
     import recruit
 
     device = torch.device(device)
@@ -53,6 +80,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     return {
         "device": device.type,
         "device_name": name,
+        "cpu": cpu_description(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "recruit": recruit.__version__,

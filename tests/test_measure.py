@@ -9,7 +9,7 @@ from recruit import measure
 from recruit.data.stream import eval_windows, spread_windows
 from recruit.errors import RecruitError
 from recruit.models import GPT, gpt_config
-from recruit.records import Record, environment, read_records, write_records
+from recruit.records import Record, cpu_description, environment, read_records, write_records
 
 
 @pytest.mark.parametrize("over", [{}, {"mlp": "swiglu", "n_head": 4, "n_kv_head": 2, "d_model": 32}])
@@ -73,6 +73,20 @@ def test_records_round_trip(tmp_path):
     path.write_text(path.read_text() + "{broken\n")
     with pytest.raises(RecruitError, match="r.jsonl:2"):
         read_records(path)
+
+
+def test_cpu_description_names_model_family_and_vector_isa(tmp_path):
+    def described(name: str, text: str) -> str:  # one file per text: the description is cached by path
+        (tmp_path / name).write_text(text)
+        return cpu_description(tmp_path / name)
+
+    block = "processor\t: {}\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f\n"
+    two = block.format(0) + "\n" + block.format(1).replace("AMD EPYC", "other")
+    assert described("x86", two) == "AMD EPYC (family 26, model 2, avx512)"  # the first processor's block
+    assert described("arm", "processor\t: 0\nmodel name\t: Some ARM core\nflags\t\t: neon\n") == "Some ARM core"
+    fallback = described("bare", "processor\t: 0\n")  # no model name: what platform says
+    assert fallback and cpu_description(tmp_path / "missing") == fallback
+    assert environment()["cpu"] == cpu_description()
 
 
 def test_markdown_gives_each_device_its_own_table():

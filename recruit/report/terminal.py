@@ -49,7 +49,7 @@ def format_markdown(records: list[Record], command: str = "recruit report") -> s
     for bench, device in groups:
         rows = [r for r in records if r.bench == bench and r.env.get("device_name", "") == device]
         env = rows[0].env
-        where = ", ".join(f"{k} `{env[k]}`" for k in ("device_name", "torch", "threads", "commit") if k in env)
+        where = ", ".join(f"{k} `{env[k]}`" for k in ("device_name", "cpu", "torch", "threads", "commit") if k in env)
         several = sum(b == bench for b, _ in groups) > 1
         lines += [
             f"## {bench}" + (f" ({device})" if several else ""),
