@@ -50,13 +50,28 @@ def check(fn, case, depth, n_trees, **kw):
     torch.testing.assert_close(out.cpu(), fff_reference(*(t.cpu() for t in case), depth, n_trees), **TOL[x.dtype])
 
 
-@pytest.fixture(scope="module")
-def cpu_built():
-    """Build (or load from the cache) the C++ kernel once per session; report how long it took."""
+@pytest.fixture(scope="module", params=[64, 32], ids=["vector64", "vector32"])
+def cpu_built(request):
+    """Build (or load from the cache) the C++ kernel once per session, and run it with 64- then 32-byte vectors.
+
+    Every CPU kernel test runs against both builds of the hot loops where the CPU has AVX-512 (x86-64-v4);
+    elsewhere the 64-byte case is skipped.
+    """
     start = time.perf_counter()
     if not kernels.cpu_kernel_available():
         pytest.skip("the C++ FFF kernel could not be built here (see the warning)")
     logging.getLogger(__name__).warning("FFF C++ kernel ready in %.1f s", time.perf_counter() - start)
+    default = cpu_kernel.vector_bytes()
+    if cpu_kernel.vector_bytes(request.param) != request.param:
+        pytest.skip(f"this CPU cannot run the {request.param}-byte-vector build")
+    yield request.param
+    cpu_kernel.vector_bytes(default)
+
+
+def test_vector_bytes_selects_a_width_the_cpu_has(cpu_built):
+    assert cpu_kernel.vector_bytes() == cpu_built
+    with pytest.raises(ValueError, match="32 or 64"):
+        cpu_kernel.vector_bytes(16)
 
 
 # ---- the references and the gather fallback ----------------------------------------------------------

@@ -92,6 +92,7 @@ def _load() -> ctypes.CDLL | None:
         library.fff_forward_plan.restype = None
         library.fff_gelu_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64]
         library.fff_gelu_f32.restype = None
+        library.fff_vector_bytes.argtypes, library.fff_vector_bytes.restype = [ctypes.c_int], ctypes.c_int
         logger.info("FFF CPU kernel %s ready in %.1f s (%s)", name, time.perf_counter() - start, directory)
         return library
     except Exception as err:  # noqa: BLE001 (any build failure means: use the fallback)
@@ -278,6 +279,25 @@ def _unit_rows(w: torch.Tensor) -> tuple[torch.Tensor, int]:
     if (col_stride == 1 or cols <= 1) and (row_stride >= cols or rows <= 1):
         return w, row_stride
     return w.contiguous(), cols
+
+
+def vector_bytes(select: int | None = None) -> int:
+    """The SIMD vector width the C++ kernel's loops run with, in bytes: 64 (AVX-512) or 32 (AVX2 and below).
+
+    The kernel runs 64-byte vectors wherever the CPU has x86-64-v4 and 32-byte ones elsewhere. ``select`` = 32
+    or 64 switches first (64 only where the CPU allows; otherwise the width stays): for tests of both builds and
+    for A/B timing, not thread-safe against running kernels.
+
+    Raises:
+        ValueError: When ``select`` is not None, 32 or 64.
+        RuntimeError: When the C++ kernel is unavailable.
+    """
+    if select not in (None, 32, 64):
+        raise ValueError(f"vector_bytes selects 32 or 64, got {select!r}")
+    library = _load()
+    if library is None:
+        raise RuntimeError("vector_bytes needs the C++ kernel, which could not be built")
+    return library.fff_vector_bytes(select or 0)
 
 
 def kernel_gelu(x: torch.Tensor) -> torch.Tensor:
