@@ -71,20 +71,41 @@ def test_fff_model_bench_times_three_decoders_that_differ_only_in_their_mlp():
     shared = [k for k in dense if ".mlp." not in k]
     assert shared and all(torch.equal(dense[k], fff[k]) for k in shared)  # same weights outside the MLP
 
+    llama = fff_model.QUICK_SHAPES[1]  # a Hugging Face Llama, converted as a user converts theirs
+    hf = fff_model.build_models(llama, torch.device("cpu"))
+    kinds = {name: type(m.model.layers[0].mlp).__name__ for name, m in hf.items()}
+    assert kinds == {"dense": "LlamaMLP", "fff": "FastFeedForward", "none": "ZeroFF"}
+    assert hf["dense"].model.layers[0].mlp.up_proj.out_features == 2 ** (llama.depth + 1)
+    dense, fff = hf["dense"].state_dict(), hf["fff"].state_dict()
+    shared = [k for k in dense if ".mlp." not in k]
+    assert shared and all(torch.equal(dense[k], fff[k]) for k in shared)
+    prompt = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():  # the decode step rolls its token back: the cache holds the context again
+        step = fff_model._decode_step(hf["fff"], prompt, prompt[:, :1])
+        step()
+        step()
+        cached = hf["fff"](prompt[:, :1], past_key_values=step.cache, use_cache=True)
+        full = hf["fff"](torch.cat([prompt, prompt[:, :1]], 1), use_cache=False)
+    torch.testing.assert_close(cached.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-4)
+
     recs = fff_model.run(BenchOptions(device="cpu", quick=True, progress=False))
     assert get("fff-model").run is fff_model.run
-    for kind, metric in (("context", "decode_ms_per_token"), ("T", "prefill_ms")):
-        ms = {r.params["mlp"]: r.value for r in recs if r.metric == metric and kind in r.params}
-        assert set(ms) == set(fff_model.MLPS) and all(v > 0 for v in ms.values())
-        speed = {r.params["mlp"]: r.value for r in recs if r.metric == "speedup" and kind in r.params}
-        assert speed == pytest.approx({m: ms["dense"] / ms[m] for m in ("fff", "none")})
-    assert sum(r.metric == "params" for r in recs) == 3
+    for label in (shape.label, llama.label):
+        mine = [r for r in recs if r.params["model"] == label]
+        for kind, metric in (("context", "decode_ms_per_token"), ("T", "prefill_ms")):
+            ms = {r.params["mlp"]: r.value for r in mine if r.metric == metric and kind in r.params}
+            assert set(ms) == set(fff_model.MLPS) and all(v > 0 for v in ms.values())
+            speed = {r.params["mlp"]: r.value for r in mine if r.metric == "speedup" and kind in r.params}
+            assert speed == pytest.approx({m: ms["dense"] / ms[m] for m in ("fff", "none")})
+        assert sum(r.metric == "params" for r in mine) == 3
     html = fff_model.section(recs)
-    assert html.count("<tr>") >= 4 and "fff" in html
+    assert html.count("<tr>") >= 7 and "fff" in html and llama.label in html
     with pytest.raises(ValueError, match="multiple of n_head"):
         fff_model.ModelShape(d_model=10, n_head=3)
     with pytest.raises(ValueError, match="positive"):
         fff_model.ModelShape(context=0)
+    with pytest.raises(ValueError, match="family"):
+        fff_model.ModelShape(family="bert")
 
 
 def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir):

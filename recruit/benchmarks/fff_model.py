@@ -4,9 +4,15 @@
 whole model, whose attention, norms and LM head stay dense (Amdahl). Here three decoders that differ only in
 their MLP are timed in alternating blocks of one run:
 
-- ``dense``: the GELU MLP of the aligned width 2^(D+1) (4096 at the default shape);
+- ``dense``: the dense MLP of the aligned width 2^(D+1) (4096 at the default shape);
 - ``fff``: a depth-D FFF (2^(D+1) − 1 neurons, D + 1 of them used per token), on the fused kernel;
 - ``none``: no MLP at all, the bound that any cheaper MLP approaches.
+
+Two families, each timed on its own: recruit's :class:`~recruit.models.gpt.GPT` (GELU MLP; model ``d768-l12-h12``)
+and a Hugging Face ``LlamaForCausalLM`` built from a config (SwiGLU MLP of three matrices, RoPE, RMSNorm; model
+``llama-d768-l12-h12``), converted the way a user converts their own checkpoint:
+:func:`~recruit.fff.decoder.replace_decoder_mlps` and :func:`~recruit.fff.decoder.drop_decoder_mlps` on copies
+of the dense model, decoded through Hugging Face's own ``forward`` and ``DynamicCache``.
 
 Default shape: d_model 768, 12 layers, 12 heads (BERT-base's widths), depth 11, the byte vocabulary, float32.
 The weights are random: this measures speed only (quality at an equal budget is ``fff-quality``'s); random
@@ -18,14 +24,17 @@ once). ``speedup`` = dense time ÷ time.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
 from recruit import measure
 from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.fff.decoder import drop_decoder_mlps, replace_decoder_mlps
 from recruit.models import GPT
 from recruit.models.gpt import GPTConfig
 from recruit.records import Record, environment
@@ -46,8 +55,11 @@ class ModelShape:
     depth: int = 11  # FFF depth; the dense MLP's width is 2^(depth+1)
     context: int = 128  # tokens already in the KV cache when one token is decoded
     prompt: int = 128  # tokens prefilled at once
+    family: str = "gpt"  # "gpt": recruit's GPT; "llama": a Hugging Face LlamaForCausalLM
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         if min(self.d_model, self.n_layer, self.n_head, self.context, self.prompt) < 1 or self.depth < 0:
             raise ValueError(f"every size of {self} must be positive (depth >= 0)")
         if self.d_model % self.n_head:
@@ -55,20 +67,25 @@ class ModelShape:
 
     @property
     def label(self) -> str:
-        """The shape in a case string: ``d768-l12-h12``."""
-        return f"d{self.d_model}-l{self.n_layer}-h{self.n_head}"
+        """The shape in a case string: ``d768-l12-h12``, ``llama-d768-l12-h12``."""
+        return ("" if self.family == "gpt" else f"{self.family}-") + f"d{self.d_model}-l{self.n_layer}-h{self.n_head}"
 
 
+FAMILIES = ("gpt", "llama")
 DEFAULT_SHAPE = ModelShape()
 QUICK_SHAPE = ModelShape(d_model=64, n_layer=2, n_head=2, depth=5, context=16, prompt=16)
+DEFAULT_SHAPES = (DEFAULT_SHAPE, replace(DEFAULT_SHAPE, family="llama"))
+QUICK_SHAPES = (QUICK_SHAPE, replace(QUICK_SHAPE, family="llama"))
 
 
-def build_models(shape: ModelShape, device: torch.device, seed: int = 0) -> dict[str, GPT]:
+def build_models(shape: ModelShape, device: torch.device, seed: int = 0) -> dict[str, nn.Module]:
     """The three decoders of ``shape`` (see the module docstring), in eval mode.
 
     Random weights from ``seed``; everything outside the MLPs (embedding, attention, norms) is the same tensor
     values in all three.
     """
+    if shape.family == "llama":
+        return _build_llamas(shape, device, seed)
     common = dict(n_layer=shape.n_layer, n_head=shape.n_head, d_model=shape.d_model,
                   max_seq_len=max(shape.context + 1, shape.prompt))  # fmt: skip
     width = 2 ** (shape.depth + 1)
@@ -86,9 +103,55 @@ def build_models(shape: ModelShape, device: torch.device, seed: int = 0) -> dict
     return models
 
 
+def _build_llamas(shape: ModelShape, device: torch.device, seed: int) -> dict[str, nn.Module]:
+    """Hugging Face Llamas: a dense one from a config, and copies converted by :mod:`recruit.fff.decoder`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=GPTConfig.vocab_size, hidden_size=shape.d_model,
+                         intermediate_size=2 ** (shape.depth + 1), num_hidden_layers=shape.n_layer,
+                         num_attention_heads=shape.n_head, num_key_value_heads=shape.n_head,
+                         max_position_embeddings=max(shape.context + 1, shape.prompt),
+                         tie_word_embeddings=False)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dense = LlamaForCausalLM(config).to(device).eval()
+        fff = replace_decoder_mlps(copy.deepcopy(dense), shape.depth).eval()  # the FFFs drawn from the same seed
+    return {"dense": dense, "fff": fff, "none": drop_decoder_mlps(copy.deepcopy(dense)).eval()}
+
+
+def _decode_step(model: nn.Module, context: torch.Tensor, one: torch.Tensor) -> Callable[[], None]:
+    """A call that decodes ``one`` (1, 1) after ``context`` (1, C) in the model's KV cache, then rolls it back.
+
+    The context is prefilled here, which also builds the FFF layers' prepared kernels outside the timing. The
+    call's ``cache`` attribute is that KV cache.
+    """
+    n = context.shape[1]
+    if isinstance(model, GPT):
+        cache = model.new_cache()
+        model(context, cache=cache)
+
+        def step() -> None:
+            model(one, cache=cache)
+            cache.truncate(n)
+
+        step.cache = cache
+        return step
+    from transformers import DynamicCache
+
+    hf_cache = DynamicCache()
+    model(context, past_key_values=hf_cache, use_cache=True)
+
+    def hf_step() -> None:
+        model(one, past_key_values=hf_cache, use_cache=True)
+        hf_cache.crop(n)
+
+    hf_step.cache = hf_cache
+    return hf_step
+
+
 @torch.no_grad()
 def measure_models(
-    models: dict[str, GPT], shape: ModelShape, device: torch.device, rounds: int = 5, repeats: int = 20
+    models: dict[str, nn.Module], shape: ModelShape, device: torch.device, rounds: int = 5, repeats: int = 20
 ) -> dict[str, dict[str, float]]:
     """Milliseconds per decoded token and per prefill of each model, timed in alternating blocks.
 
@@ -98,16 +161,8 @@ def measure_models(
     context = torch.randint(0, 256, (1, shape.context), generator=g).to(device)
     one = torch.randint(0, 256, (1, 1), generator=g).to(device)
     prompt = torch.randint(0, 256, (1, shape.prompt), generator=g).to(device)
-    decode: dict[str, Callable[[], None]] = {}
-    for name, model in models.items():
-        cache = model.new_cache()
-        model(context, cache=cache)  # also builds the FFF layers' prepared kernels, outside the timing
-
-        def step(model=model, cache=cache) -> None:  # one token at the context, then rolled back
-            model(one, cache=cache)
-            cache.truncate(shape.context)
-
-        decode[name] = step
+    decode = {name: _decode_step(model, context, one) for name, model in models.items()}
+    # a prompt as generation prefills it (a Llama builds a new KV cache: its mask is built faster with one)
     prefill = {name: (lambda model=model: model(prompt)) for name, model in models.items()}
     out = {}
     for kind, fns, n in (("decode", decode, repeats), ("prefill", prefill, max(2, repeats // 4))):
@@ -116,14 +171,24 @@ def measure_models(
     return out
 
 
-def run(opts: BenchOptions, shape: ModelShape | None = None) -> list[Record]:
-    """Time the three decoders of ``shape`` (default: :data:`DEFAULT_SHAPE`, quick: :data:`QUICK_SHAPE`)."""
+def run(opts: BenchOptions, shapes: tuple[ModelShape, ...] | None = None) -> list[Record]:
+    """Time the three decoders of each shape (default: :data:`DEFAULT_SHAPES`, quick: :data:`QUICK_SHAPES`)."""
     device = resolve_device(opts.device)
     env = environment(device)
-    shape = shape or (QUICK_SHAPE if opts.quick else DEFAULT_SHAPE)
-    log.info("fff-model: building three %s decoders", shape.label)
-    models = build_models(shape, device)
-    ms = measure_models(models, shape, device, repeats=5 if opts.quick else 60)
+    recs: list[Record] = []
+    for shape in shapes or (QUICK_SHAPES if opts.quick else DEFAULT_SHAPES):
+        log.info("fff-model: building three %s decoders", shape.label)
+        models = build_models(shape, device)
+        ms = measure_models(models, shape, device, repeats=5 if opts.quick else 60)
+        recs += _records(shape, models, ms, env)
+        del models
+    return recs
+
+
+def _records(
+    shape: ModelShape, models: dict[str, nn.Module], ms: dict[str, dict[str, float]], env: dict
+) -> list[Record]:
+    """Parameters, times and speed-ups of one shape's three decoders."""
     recs: list[Record] = []
     cases = {"decode": f"B=1,context={shape.context}", "prefill": f"B=1,T={shape.prompt}"}
     metrics = {"decode": "decode_ms_per_token", "prefill": "prefill_ms"}
