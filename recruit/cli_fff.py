@@ -2,14 +2,16 @@
 
 ``train`` trains the baseline GPT with FFF trees in place of its MLPs (the same as ``recruit train
 --model.mlp fff``); ``bench`` runs the speed benchmark (``recruit bench fff``) or, with ``--quality``, the
-equal-budget dense / FFF / no-MLP comparison (``recruit bench fff-quality``); ``convert`` distils a trained
-GPT's dense MLPs into FFF trees, with quality before and after.
+equal-budget dense / FFF / no-MLP comparison (``recruit bench fff-quality``); ``convert`` distils the dense
+MLPs of a trained GPT, or of a Hugging Face decoder on disk (Llama, GPT-2, Qwen2 ... with its tokenizer), into FFF
+trees, with quality before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -48,11 +50,28 @@ def cmd_fff_bench(args: argparse.Namespace) -> int:
     return cmd_bench(args)
 
 
+def _is_hf_checkpoint(path: str | None) -> bool:
+    """Whether ``path`` is a model directory whose ``config.json`` names no recruit model type."""
+    from recruit.models.base import MODEL_TYPES
+
+    config = Path(path or "") / "config.json"
+    if path is None or not config.is_file():
+        return False
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return model_type not in MODEL_TYPES
+
+
 def cmd_fff_convert(args: argparse.Namespace) -> int:
     """Replace every dense MLP of a GPT checkpoint by an FFF distilled on recorded activations; save the result.
 
     Each layer's MLP inputs are recorded on training windows of the corpus (from the dense model), each FFF is
-    fitted to its MLP's outputs, then held-out bits per byte is measured before and after.
+    fitted to its MLP's outputs, then held-out bits per byte is measured before and after. MODEL may also be a
+    Hugging Face decoder directory (``save_pretrained`` layout with its tokenizer): its ``mlp`` blocks are
+    distilled on the corpus text tokenized by its own tokenizer, and the result is saved so that
+    ``recruit.models.hf.load_hf_causal_lm`` loads it with its FFFs.
     """
     from recruit import checkpoints, measure
     from recruit.data.corpus import Corpus
@@ -60,11 +79,13 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     from recruit.fff.convert import distil_all, record_inputs
     from recruit.models import GPT, load_model
 
+    if args.depth < 0 or args.steps <= 0 or args.windows <= 0:
+        raise RecruitError("need --depth >= 0, --steps > 0 and --windows > 0")
+    if _is_hf_checkpoint(args.model):
+        return _convert_hf(args)
     model = load_model(args.model or checkpoints.path())
     if not isinstance(model, GPT) or model.config.mlp not in ("gelu", "swiglu"):
         raise RecruitError("fff convert needs a recruit-gpt checkpoint with dense (gelu or swiglu) MLPs")
-    if args.depth < 0 or args.steps <= 0 or args.windows <= 0:
-        raise RecruitError("need --depth >= 0, --steps > 0 and --windows > 0")
     corpus = Corpus.load(args.corpus)
     seq = min(256, model.config.max_seq_len)
     x, _ = TokenStream(corpus.tokens("train"), seq, args.windows, seed=1234).batch(0)  # (W, T)
@@ -75,18 +96,60 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     reports = distil_all([block.mlp for block in model.blocks], inputs,
                          lambda i, fff: setattr(model.blocks[i], "mlp", fff), args.depth, args.trees,
                          steps=args.steps, progress=not args.quiet)  # fmt: skip
-    for i, rep in enumerate(reports):
-        print(f"layer {i}: relative error {rep.initial_rel_error:.3f} -> {rep.final_rel_error:.3f} "
-              f"(held-out MSE {rep.final_mse:.3g}; no MLP: {rep.dense_mse_to_zero:.3g})")  # fmt: skip
+    _print_reports(reports)
     model.config = dataclasses.replace(model.config, mlp="fff", fff_depth=args.depth, fff_trees=args.trees)
     model.eval()
     with torch.no_grad():
         after = score(model)
+    _print_scores(before, after)
+    model.save_pretrained(args.out)
+    print(f"FFF model saved to {Path(args.out)}")
+    return 0
+
+
+def _print_reports(reports) -> None:
+    for i, rep in enumerate(reports):
+        print(f"layer {i}: relative error {rep.initial_rel_error:.3f} -> {rep.final_rel_error:.3f} "
+              f"(held-out MSE {rep.final_mse:.3g}; no MLP: {rep.dense_mse_to_zero:.3g})")  # fmt: skip
+
+
+def _print_scores(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]) -> None:
     print(f"{'lang':>6}  dense bpb  fff bpb")
     for lang in before:
         print(f"{lang:>6}  {before[lang][0]:9.4f}  {after[lang][0]:7.4f}")
-    model.save_pretrained(args.out)
-    print(f"FFF model saved to {Path(args.out)}")
+
+
+def _convert_hf(args: argparse.Namespace) -> int:
+    """``fff convert`` of a Hugging Face decoder: calibrate on the corpus text in its own tokens, save with FFFs."""
+    from recruit import measure
+    from recruit.data.corpus import Corpus
+    from recruit.fff.decoder import distil_decoder, save_fff_decoder
+    from recruit.models.hf import load_hf_causal_lm
+
+    lm = load_hf_causal_lm(args.model)
+    if lm.tokenizer is None:
+        raise RecruitError(f"{args.model} has no tokenizer files: fff convert tokenizes the corpus text with the "
+                           "model's own tokenizer (save it beside the model with save_pretrained)")  # fmt: skip
+    corpus = Corpus.load(args.corpus)
+    seq = min(256, getattr(lm.config.get_text_config(), "max_position_embeddings", 256) or 256)
+    text = "\n\n".join(measure.corpus_texts(corpus, "train", max_bytes=args.windows * seq * 8).values())
+    ids = torch.tensor(lm.tokenizer.encode(text), dtype=torch.long)
+    n = min(args.windows, len(ids) // seq)
+    if n == 0:
+        raise RecruitError(f"corpus {args.corpus!r} has fewer than {seq} tokens of training text for this tokenizer")
+    x = ids[: n * seq].view(n, seq)  # (W, T): consecutive windows of the training text
+    score = lambda: measure.corpus_bits_per_byte(lm.forward, corpus, "test", seq_len=seq,  # noqa: E731
+                                                 max_bytes=args.max_bytes, tokenizer=lm.tokenizer)  # fmt: skip
+    with torch.no_grad():
+        before = score()
+    reports = distil_decoder(lm.model, x, args.depth, args.trees, steps=args.steps, progress=not args.quiet)
+    _print_reports(reports)
+    lm.model.eval()
+    with torch.no_grad():
+        after = score()
+    _print_scores(before, after)
+    save_fff_decoder(lm.model, args.out, lm.tokenizer)
+    print(f"FFF model saved to {Path(args.out)} (load it with recruit.models.hf.load_hf_causal_lm)")
     return 0
 
 
@@ -107,7 +170,12 @@ def add_fff_parser(subs) -> None:
     add_measure_args(p)
 
     p = _sub(fsubs, "convert", cmd_fff_convert)
-    p.add_argument("model", nargs="?", help="GPT checkpoint directory (default: the shipped gpt-tiny)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="GPT checkpoint directory (default: the shipped gpt-tiny), or a "
+        "Hugging Face decoder directory with its tokenizer",
+    )
     p.add_argument("--out", required=True, help="where to save the converted model")
     p.add_argument("--depth", type=int, default=8, help="FFF tree depth (default 8: 511 nodes)")
     p.add_argument("--trees", type=int, default=1)

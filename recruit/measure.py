@@ -89,35 +89,8 @@ def bits_per_byte(model, tokens: np.ndarray, seq_len: int, **kw) -> float:
     return nll(model, tokens, seq_len, n_bytes=256, **kw).bits_per_target
 
 
-def corpus_bits_per_byte(
-    model,
-    corpus,
-    split: str = "test",
-    seq_len: int = 256,
-    max_bytes: int | None = 65536,
-    group: str = "lang",
-    lang: str | None = None,
-    **kw,
-) -> dict[str, tuple[float, int]]:
-    """Bits per byte of a byte-level model per language (or kind) on a corpus split.
-
-    The documents of each group are taken in a fixed pseudo-random order (by a hash of their id, so a sample
-    is not all from one man-page section), concatenated with their tags (the model sees
-    ``<lang:de> <kind:manual>`` before each document) and cut to ``max_bytes`` tokens.
-
-    Args:
-        model: Maps (B, T) ids to logits.
-        corpus: A :class:`recruit.data.corpus.Corpus`.
-        split: ``train``, ``val`` or ``test``.
-        seq_len: Window length.
-        max_bytes: Tokens scored per group (``None``: all).
-        group: ``lang`` or ``kind``.
-        lang: Only documents of this language (e.g. ``en`` to compare kinds within one language).
-        **kw: Passed to :func:`nll` (``device``, ``batch_size``).
-
-    Returns:
-        ``{group value: (bits per byte, bytes scored)}``.
-    """
+def _group_docs(corpus, split: str, max_bytes: int | None, group: str, lang: str | None) -> dict[str, list[np.ndarray]]:
+    """Each group's documents of ``split`` (tagged byte ids), in a fixed pseudo-random order, to ``max_bytes``."""
     if group not in ("lang", "kind"):
         raise RecruitError(f"group must be 'lang' or 'kind', got {group!r}")
     toks = corpus.tokens(split)
@@ -132,9 +105,71 @@ def corpus_bits_per_byte(
             continue
         by.setdefault(key, []).append(np.asarray(toks[doc.offset : doc.offset + doc.length]))
         sizes[key] = sizes.get(key, 0) + doc.length
+    return {key: by[key] for key in sorted(by)}
+
+
+def corpus_texts(
+    corpus, split: str = "test", max_bytes: int | None = 65536, group: str = "lang", lang: str | None = None
+) -> dict[str, str]:
+    """The text of each language's (or kind's) documents of a corpus split, for models with their own tokenizer.
+
+    The documents :func:`corpus_bits_per_byte` scores, in its order, without their tags, separated by a blank
+    line and cut to at most ``max_bytes`` UTF-8 bytes (on a character boundary).
+    """
     out = {}
-    for key in sorted(by):
-        arr = np.concatenate(by[key])[: None if max_bytes is None else max_bytes + 1]
+    for key, docs in _group_docs(corpus, split, max_bytes, group, lang).items():
+        data = b"\n\n".join(bytes(int(i) for i in d if i < 256) for d in docs)  # the byte ids; tags dropped
+        out[key] = data[: None if max_bytes is None else max_bytes].decode("utf-8", errors="ignore")
+    return out
+
+
+def corpus_bits_per_byte(
+    model,
+    corpus,
+    split: str = "test",
+    seq_len: int = 256,
+    max_bytes: int | None = 65536,
+    group: str = "lang",
+    lang: str | None = None,
+    tokenizer=None,
+    **kw,
+) -> dict[str, tuple[float, int]]:
+    """Bits per byte of a model per language (or kind) on a corpus split.
+
+    The documents of each group are taken in a fixed pseudo-random order (by a hash of their id, so a sample
+    is not all from one man-page section), concatenated with their tags (the model sees
+    ``<lang:de> <kind:manual>`` before each document) and cut to ``max_bytes`` tokens. With a ``tokenizer``
+    (a model with its own vocabulary, such as a Hugging Face checkpoint) the group's text (:func:`corpus_texts`)
+    is tokenized by it instead, every target token counts, and the NLL is divided by the UTF-8 bytes of the
+    scored tokens.
+
+    Args:
+        model: Maps (B, T) ids to logits.
+        corpus: A :class:`recruit.data.corpus.Corpus`.
+        split: ``train``, ``val`` or ``test``.
+        seq_len: Window length.
+        max_bytes: Tokens (with a tokenizer: text bytes) scored per group (``None``: all).
+        group: ``lang`` or ``kind``.
+        lang: Only documents of this language (e.g. ``en`` to compare kinds within one language).
+        tokenizer: Anything with ``encode(text) -> ids`` and ``decode(ids) -> text``; None: byte-level ids.
+        **kw: Passed to :func:`nll` (``device``, ``batch_size``).
+
+    Returns:
+        ``{group value: (bits per byte, bytes scored)}``.
+    """
+    out = {}
+    if tokenizer is not None:
+        for key, text in corpus_texts(corpus, split, max_bytes, group, lang).items():
+            ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+            n = (len(ids) - 1) // seq_len * seq_len  # targets in whole windows
+            if n == 0:
+                continue
+            r = nll(model, ids[: n + 1], seq_len, n_bytes=None, **kw)
+            scored = len(tokenizer.decode(ids[1 : r.targets + 1].tolist()).encode("utf-8"))
+            out[key] = (r.nats / max(scored, 1) / LN2, scored)
+        return out
+    for key, docs in _group_docs(corpus, split, max_bytes, group, lang).items():
+        arr = np.concatenate(docs)[: None if max_bytes is None else max_bytes + 1]
         if len(arr) < seq_len + 1:
             continue
         r = nll(model, arr, seq_len, n_bytes=256, **kw)

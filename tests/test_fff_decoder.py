@@ -16,6 +16,7 @@ from recruit.fff.decoder import (  # noqa: E402
     drop_decoder_mlps,
     record_decoder_inputs,
     replace_decoder_mlps,
+    save_fff_decoder,
 )
 
 
@@ -117,3 +118,90 @@ def test_an_mlp_that_is_no_plain_feed_forward_is_refused():
     with pytest.raises(RecruitError, match="does not map a width d to itself"):
         replace_decoder_mlps(model, depth=2)
     assert isinstance(model.model.layers[0].mlp, transformers.models.llama.modeling_llama.LlamaMLP)  # untouched
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # gpt2 ties its output matrix to the embedding
+def test_a_saved_fff_decoder_loads_with_its_fffs(family, tmp_path):
+    from recruit.models.hf import load_hf_causal_lm
+
+    model = replace_decoder_mlps(decoder(family), depth=3, n_trees=2).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        expect = model(ids).logits
+    save_fff_decoder(model, tmp_path / "m")
+    lm = load_hf_causal_lm(tmp_path / "m")
+    ffs = [lm.mlp(i) for i in range(lm.n_layers)]
+    assert all(isinstance(f, FastFeedForward) and (f.config.depth, f.config.n_trees) == (3, 2) for f in ffs)
+    with torch.no_grad():
+        torch.testing.assert_close(lm.forward(ids), expect, rtol=0, atol=0)
+
+
+def test_save_and_load_refuse_what_is_no_fff_decoder(tmp_path):
+    import json
+
+    from recruit.models.hf import load_hf_causal_lm
+
+    with pytest.raises(RecruitError, match="no FFF"):
+        save_fff_decoder(decoder("llama"), tmp_path / "dense")
+    mixed = decoder("llama")
+    mixed.model.layers[0].mlp = FastFeedForward(32, 32, 2)
+    with pytest.raises(RecruitError, match="1 dense feed-forwards left"):
+        save_fff_decoder(mixed, tmp_path / "mixed")
+    out = save_fff_decoder(replace_decoder_mlps(decoder("llama"), depth=2), tmp_path / "ok")
+    config = json.loads((out / "config.json").read_text())
+    assert config["recruit_fff"] == {"depth": 2, "n_trees": 1}
+    (out / "config.json").write_text(json.dumps({**config, "recruit_fff": {"depth": -1}}))
+    with pytest.raises(RecruitError, match="recruit_fff must be"):
+        load_hf_causal_lm(out)
+    (out / "config.json").write_text(json.dumps({**config, "recruit_fff": {"depth": 3, "n_trees": 1}}))
+    with pytest.raises(RecruitError, match="do not match an FFF decoder"):  # depth 3's weights are larger
+        load_hf_causal_lm(out)
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "model.safetensors").unlink()
+    with pytest.raises(RecruitError, match="missing weights"):
+        load_hf_causal_lm(out)
+
+
+def byte_level_tokenizer(texts: list[str]):
+    """A small byte-level BPE tokenizer trained here (any text encodes; nothing downloaded)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    raw.train_from_iterator(texts, trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>")
+
+
+def test_cli_converts_a_hugging_face_decoder_and_saves_it_with_its_tokenizer(corpus_dir, tmp_path, capsys):
+    from recruit.cli import main
+    from recruit.data.corpus import Corpus
+    from recruit.measure import corpus_texts
+    from recruit.models.hf import load_hf_causal_lm
+
+    tok = byte_level_tokenizer(list(corpus_texts(Corpus.load(corpus_dir), "train").values()))
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1,
+                                   max_position_embeddings=64)  # fmt: skip
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    args = ["fff", "convert", str(tmp_path / "llama"), "--out", str(tmp_path / "fff"), "--depth", "2", "--steps",
+            "20", "--windows", "4", "--corpus", str(corpus_dir), "--max-bytes", "1500", "-q"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "layer 1: relative error" in out and "dense bpb" in out
+    scores = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()[-6:-1]
+              if line.split()[0] in ("de", "en", "fr")}  # fmt: skip
+    assert set(scores) == {"de", "en", "fr"} and all(0 < v < 20 for pair in scores.values() for v in pair)
+    lm = load_hf_causal_lm(tmp_path / "fff")
+    assert all(isinstance(lm.mlp(i), FastFeedForward) for i in range(lm.n_layers)) and lm.tokenizer is not None
+    assert lm.tokenizer.encode("Über die Brücke") == tok.encode("Über die Brücke", add_special_tokens=False)
+
+    (tmp_path / "llama" / "tokenizer.json").unlink()
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / "llama" / name).unlink(missing_ok=True)
+    assert main(args[:3] + ["--out", str(tmp_path / "again")] + args[5:]) != 0
+    assert "no tokenizer files" in capsys.readouterr().err and not (tmp_path / "again").exists()

@@ -158,3 +158,30 @@ def test_spread_windows_sample_the_whole_split_in_order():
         spread_windows(toks, 10, 0)
     with pytest.raises(RecruitError, match="fewer than one window"):
         spread_windows(toks[:5], 10, 2)
+
+
+class _PairTokenizer:
+    """Two UTF-8 bytes per token (ASCII text): a tokenizer whose tokens are not bytes."""
+
+    def encode(self, text: str) -> list[int]:
+        data = text.encode()
+        return [data[i] * 256 + (data[i + 1] if i + 1 < len(data) else 0) for i in range(0, len(data), 2)]
+
+    def decode(self, ids) -> str:
+        return b"".join(bytes([i // 256, i % 256]) for i in ids).rstrip(b"\0").decode()
+
+
+@pytest.mark.parametrize("tokenizer,bytes_per_token", [(None, 1), ("byte", 1), ("pair", 2)])
+def test_bits_per_byte_with_a_tokenizer_divides_the_nll_by_the_bytes_scored(corpus, tokenizer, bytes_per_token):
+    from recruit.data.tokenizer import ByteTokenizer
+
+    tok = {"byte": ByteTokenizer(), "pair": _PairTokenizer(), None: None}[tokenizer]
+    vocab = 65536 if tokenizer == "pair" else 288
+    uniform = lambda x: torch.zeros(*x.shape, vocab)  # noqa: E731  every token costs ln(vocab) nats
+    out = measure.corpus_bits_per_byte(uniform, corpus, "test", seq_len=16, max_bytes=600, lang="en", tokenizer=tok)
+    bpb, scored = out["en"]
+    assert bpb == pytest.approx(math.log2(vocab) / bytes_per_token)
+    if tok is not None:  # the text's tokens in whole windows, in bytes
+        text = measure.corpus_texts(corpus, "test", max_bytes=600, lang="en")["en"]
+        assert text.isascii() and 600 - 2 * 16 * bytes_per_token < scored < 600
+        assert scored == (len(tok.encode(text)) - 1) // 16 * 16 * bytes_per_token

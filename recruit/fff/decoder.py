@@ -11,20 +11,31 @@ functions say so. recruit's own :class:`~recruit.models.gpt.GPT` has such blocks
 - :func:`replace_decoder_mlps` puts freshly initialised FFFs in every block (train from scratch);
 - :func:`drop_decoder_mlps` takes the feed-forward out (the "no FF" arm of a comparison);
 - :func:`distil_decoder` records each block's feed-forward inputs on the user's token ids, distils each dense
-  ``mlp`` into an FFF (:func:`recruit.fff.convert.from_dense`) and swaps it in.
+  ``mlp`` into an FFF (:func:`recruit.fff.convert.from_dense`) and swaps it in;
+- :func:`save_fff_decoder` writes the converted model in the ``save_pretrained`` layout, its FFF shape in
+  ``config.json`` under ``recruit_fff``; :func:`recruit.models.hf.load_hf_causal_lm` reads it back (a plain
+  ``from_pretrained`` would not: it builds dense MLPs, warns that the FFF weights are unused and leaves the MLPs
+  random).
 
 Example, with a checkpoint of the user's on disk (no download)::
 
     model = AutoModelForCausalLM.from_pretrained("path/to/llama", torch_dtype=torch.float32).eval()
     reports = distil_decoder(model, input_ids, depth=11, attention_mask=mask)
+    save_fff_decoder(model, "path/to/llama-fff")
+
+``recruit fff convert path/to/llama --out path/to/llama-fff`` does the same on the corpus's text, with bits per
+byte before and after.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from recruit.errors import RecruitError
@@ -154,3 +165,70 @@ def distil_decoder(
     denses = [layer.mlp for layer in layers]
     return distil_all(denses, inputs, lambda i, fff: _put(layers[i], fff), depth, n_trees, steps=steps, lr=lr,
                       progress=progress)  # fmt: skip
+
+
+CONFIG_KEY = "recruit_fff"
+"""The ``config.json`` entry that marks a decoder with FFF feed-forwards: ``{"depth": D, "n_trees": K}``."""
+
+
+def save_fff_decoder(model: nn.Module, out: str | Path, tokenizer=None) -> Path:
+    """Save a decoder whose every ``mlp`` is an FFF of one shape, loadable by ``load_hf_causal_lm``.
+
+    Writes ``model.save_pretrained(out)`` (safetensors) with ``config.recruit_fff = {"depth", "n_trees"}``, and
+    the tokenizer (a ``transformers`` tokenizer or :class:`~recruit.data.tokenizer.HFTokenizer`) beside it.
+
+    Raises:
+        RecruitError: When some blocks still have a dense ``mlp``, none has an FFF, or their shapes differ.
+    """
+    ffs = [m.mlp for m in model.modules() if isinstance(m._modules.get("mlp"), FastFeedForward)]
+    shapes = {(f.config.depth, f.config.n_trees) for f in ffs}
+    dense = decoder_layers(model)
+    if not ffs or dense or len(shapes) > 1:
+        why = "no FFF" if not ffs else f"{len(dense)} dense feed-forwards left" if dense else f"shapes {sorted(shapes)}"
+        raise RecruitError(f"save_fff_decoder needs every block's mlp to be an FFF of one shape ({why})")
+    (depth, n_trees), out = shapes.pop(), Path(out)
+    model.config.update({CONFIG_KEY: {"depth": depth, "n_trees": n_trees}})
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        getattr(tokenizer, "tok", tokenizer).save_pretrained(out)
+    log.info("saved a decoder with %d FFFs (depth %d x %d trees) to %s", len(ffs), depth, n_trees, out)
+    return out
+
+
+def load_fff_decoder(root: str | Path, config, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model saved by :func:`save_fff_decoder` in ``root``, whose ``config`` carries ``recruit_fff``.
+
+    Built from its config with FFFs in place of the dense feed-forwards, then its safetensors weights loaded
+    (every key must match; tied embeddings are re-tied). What ``load_hf_causal_lm`` calls.
+
+    Raises:
+        RecruitError: When the entry is malformed, or the weights are missing or do not match.
+    """
+    from transformers import AutoModelForCausalLM
+
+    spec, root = getattr(config, CONFIG_KEY), Path(root)
+    depth, n_trees = (spec.get("depth"), spec.get("n_trees", 1)) if isinstance(spec, dict) else (None, None)
+    if not (isinstance(depth, int) and isinstance(n_trees, int) and depth >= 0 and n_trees >= 1):
+        raise RecruitError(f"{root / 'config.json'}: {CONFIG_KEY} must be {{'depth': D >= 0, 'n_trees': K >= 1}}, "
+                           f"got {spec!r}")  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).to(dtype)
+    replace_decoder_mlps(model, depth, n_trees)
+    index = root / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else None
+    state: dict[str, torch.Tensor] = {}
+    for name in files or ["model.safetensors"]:
+        if not (root / name).is_file():
+            raise RecruitError(f"missing weights file {root / name}")
+        state.update(load_file(root / name))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: another depth, width or model
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:200])
+        raise RecruitError(f"weights in {root} do not match an FFF decoder of {spec}: {first}") from None
+    tied = getattr(model, "_tied_weights_keys", None) if getattr(config, "tie_word_embeddings", False) else None
+    missing = [k for k in missing if k not in (tied or ())]  # a tied output matrix is not saved; tie_weights below
+    if missing or unexpected:
+        raise RecruitError(f"weights in {root} do not match an FFF decoder of {spec}: missing {missing[:4]}, "
+                           f"unexpected {unexpected[:4]}")  # fmt: skip
+    model.tie_weights()
+    return model.eval()

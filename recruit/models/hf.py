@@ -262,10 +262,23 @@ def _record(sink: list[torch.Tensor], detach: bool, _module: nn.Module, _args: t
     sink.append(out.detach() if detach else out)
 
 
+def _dtype(config: Any, dtype: torch.dtype | Literal["auto"] | None) -> torch.dtype:
+    """``dtype`` as :func:`load_hf_causal_lm` reads it: None is float32, ``auto`` the config's own (else float32)."""
+    if dtype is None:
+        return torch.float32
+    if dtype != "auto":
+        return dtype
+    own = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    own = getattr(torch, own, None) if isinstance(own, str) else own
+    return own if isinstance(own, torch.dtype) else torch.float32
+
+
 def load_hf_causal_lm(
     path: str | Path, dtype: torch.dtype | Literal["auto"] | None = None, device: str | torch.device = "cpu"
 ) -> HFCausalLM:
     """Load a causal LM (eval mode) and its tokenizer, if any, from a local dir; never downloads or runs its code.
+
+    A decoder saved with FFF feed-forwards (:func:`recruit.fff.decoder.save_fff_decoder`) loads with them.
 
     Args:
         path: Directory holding ``config.json`` and the weights (``save_pretrained`` layout).
@@ -286,9 +299,14 @@ def load_hf_causal_lm(
     except (OSError, ValueError, KeyError) as e:
         raise RecruitError(f"cannot read {root / 'config.json'} (unknown architecture?): {_one_line(e)}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            root, config=config, dtype=torch.float32 if dtype is None else dtype, local_files_only=True
-        )
+        if getattr(config, "recruit_fff", None) is not None:  # saved by recruit.fff.decoder.save_fff_decoder
+            from recruit.fff.decoder import load_fff_decoder
+
+            model = load_fff_decoder(root, config, _dtype(config, dtype))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                root, config=config, dtype=torch.float32 if dtype is None else dtype, local_files_only=True
+            )
     except ValueError as e:
         raise RecruitError(f"unsupported architecture {type(config).__name__} in {root}: {_one_line(e)}") from None
     except (OSError, RuntimeError, SafetensorError) as e:
