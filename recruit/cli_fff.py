@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     """Replace every dense MLP of a GPT checkpoint by an FFF distilled on recorded activations; save the result.
 
     Each layer's MLP inputs are recorded on training windows of the corpus (from the dense model), each FFF is
-    fitted to its MLP's outputs, then held-out bits per byte is measured before and after. MODEL may also be a
+    fitted to its MLP's outputs, then held-out bits per byte is measured before and after; with
+    --finetune-tokens N the converted model then trains end to end on N more tokens of the corpus (AdamW, warm-up
+    and cosine decay from --finetune-lr) and is measured again. MODEL may also be a
     Hugging Face decoder directory (``save_pretrained`` layout with its tokenizer): its ``mlp`` blocks are
     distilled on the corpus text tokenized by its own tokenizer, and the result is saved so that
     ``recruit.models.hf.load_hf_causal_lm`` loads it with its FFFs.
@@ -78,9 +81,10 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     from recruit.data.stream import TokenStream
     from recruit.fff.convert import distil_all, record_inputs
     from recruit.models import GPT, load_model
+    from recruit.train import lm_loss, train_steps
 
-    if args.depth < 0 or args.steps <= 0 or args.windows <= 0:
-        raise RecruitError("need --depth >= 0, --steps > 0 and --windows > 0")
+    if args.depth < 0 or args.steps <= 0 or args.windows <= 0 or args.finetune_tokens < 0 or args.finetune_lr <= 0:
+        raise RecruitError("need --depth >= 0, --steps > 0, --windows > 0, --finetune-tokens >= 0, --finetune-lr > 0")
     if _is_hf_checkpoint(args.model):
         return _convert_hf(args)
     model = load_model(args.model or checkpoints.path())
@@ -100,8 +104,15 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     model.config = dataclasses.replace(model.config, mlp="fff", fff_depth=args.depth, fff_trees=args.trees)
     model.eval()
     with torch.no_grad():
-        after = score(model)
-    _print_scores(before, after)
+        scores = {"dense bpb": before, "fff bpb": score(model)}
+    if args.finetune_tokens:
+        stream = TokenStream(corpus.tokens("train"), seq, FINETUNE_BATCH, seed=4321)
+        train_steps(model, stream.batch, _finetune_steps(args, seq), args.finetune_lr,
+                    lambda m, xy: lm_loss(m(xy[0]), xy[1]), progress=not args.quiet, desc="fff finetune")  # fmt: skip
+        model.eval()
+        with torch.no_grad():
+            scores["fff+ft bpb"] = score(model)
+    _print_scores(scores)
     model.save_pretrained(args.out)
     print(f"FFF model saved to {Path(args.out)}")
     return 0
@@ -113,10 +124,36 @@ def _print_reports(reports) -> None:
               f"(held-out MSE {rep.final_mse:.3g}; no MLP: {rep.dense_mse_to_zero:.3g})")  # fmt: skip
 
 
-def _print_scores(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]) -> None:
-    print(f"{'lang':>6}  dense bpb  fff bpb")
-    for lang in before:
-        print(f"{lang:>6}  {before[lang][0]:9.4f}  {after[lang][0]:7.4f}")
+FINETUNE_BATCH = 16  # windows per fine-tuning step
+
+
+def _finetune_steps(args: argparse.Namespace, seq: int) -> int:
+    return max(1, args.finetune_tokens // (seq * FINETUNE_BATCH))
+
+
+def _print_scores(columns: dict[str, dict[str, tuple[float, int]]]) -> None:
+    """One row per language, one column per model: bits per byte."""
+    names = list(columns)
+    print(f"{'lang':>6}  " + "  ".join(names))
+    for lang in columns[names[0]]:
+        print(f"{lang:>6}  " + "  ".join(f"{columns[n][lang][0]:{len(n)}.4f}" for n in names))
+
+
+def _text_windows(corpus, tokenizer, n: int, seq: int) -> torch.Tensor:
+    """``n`` windows (n, seq) of the corpus's training text in ``tokenizer``'s ids, taken from each language in turn."""
+    from recruit import measure
+
+    per = -(-n // max(1, len(corpus.languages("train"))))  # windows per language, rounded up
+    texts = measure.corpus_texts(corpus, "train", max_bytes=per * seq * 8)  # ample: a token is rarely over 8 bytes
+    by_lang = []
+    for text in texts.values():
+        ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        k = min(per, len(ids) // seq)
+        by_lang.append(list(ids[: k * seq].view(k, seq)))
+    windows = [w for group in itertools.zip_longest(*by_lang) for w in group if w is not None][:n]
+    if not windows:
+        raise RecruitError(f"no language of the corpus has {seq} tokens of training text in this tokenizer")
+    return torch.stack(windows)
 
 
 def _convert_hf(args: argparse.Namespace) -> int:
@@ -125,6 +162,7 @@ def _convert_hf(args: argparse.Namespace) -> int:
     from recruit.data.corpus import Corpus
     from recruit.fff.decoder import distil_decoder, save_fff_decoder
     from recruit.models.hf import load_hf_causal_lm
+    from recruit.train import train_steps
 
     lm = load_hf_causal_lm(args.model)
     if lm.tokenizer is None:
@@ -132,22 +170,27 @@ def _convert_hf(args: argparse.Namespace) -> int:
                            "model's own tokenizer (save it beside the model with save_pretrained)")  # fmt: skip
     corpus = Corpus.load(args.corpus)
     seq = min(256, getattr(lm.config.get_text_config(), "max_position_embeddings", 256) or 256)
-    text = "\n\n".join(measure.corpus_texts(corpus, "train", max_bytes=args.windows * seq * 8).values())
-    ids = torch.tensor(lm.tokenizer.encode(text), dtype=torch.long)
-    n = min(args.windows, len(ids) // seq)
-    if n == 0:
-        raise RecruitError(f"corpus {args.corpus!r} has fewer than {seq} tokens of training text for this tokenizer")
-    x = ids[: n * seq].view(n, seq)  # (W, T): consecutive windows of the training text
+    ft_steps = _finetune_steps(args, seq) if args.finetune_tokens else 0
+    windows = _text_windows(corpus, lm.tokenizer, args.windows + ft_steps * FINETUNE_BATCH, seq)  # (W, T)
+    calibrate, tune = windows[: args.windows], windows[args.windows :]  # the fine-tuning cycles through the rest
     score = lambda: measure.corpus_bits_per_byte(lm.forward, corpus, "test", seq_len=seq,  # noqa: E731
                                                  max_bytes=args.max_bytes, tokenizer=lm.tokenizer)  # fmt: skip
     with torch.no_grad():
-        before = score()
-    reports = distil_decoder(lm.model, x, args.depth, args.trees, steps=args.steps, progress=not args.quiet)
+        scores = {"dense bpb": score()}
+    reports = distil_decoder(lm.model, calibrate, args.depth, args.trees, steps=args.steps, progress=not args.quiet)
     _print_reports(reports)
     lm.model.eval()
     with torch.no_grad():
-        after = score()
-    _print_scores(before, after)
+        scores["fff bpb"] = score()
+    if ft_steps:
+        tune = tune if len(tune) else calibrate
+        batch = lambda step: tune[torch.arange(step * FINETUNE_BATCH, (step + 1) * FINETUNE_BATCH) % len(tune)]  # noqa: E731
+        train_steps(lm.model, batch, ft_steps, args.finetune_lr, lambda m, ids: m(input_ids=ids, labels=ids).loss,
+                    progress=not args.quiet, desc="fff finetune")  # fmt: skip
+        lm.model.eval()
+        with torch.no_grad():
+            scores["fff+ft bpb"] = score()
+    _print_scores(scores)
     save_fff_decoder(lm.model, args.out, lm.tokenizer)
     print(f"FFF model saved to {Path(args.out)} (load it with recruit.models.hf.load_hf_causal_lm)")
     return 0
@@ -181,5 +224,12 @@ def add_fff_parser(subs) -> None:
     p.add_argument("--trees", type=int, default=1)
     p.add_argument("--steps", type=int, default=2000, help="distillation steps per layer")
     p.add_argument("--windows", type=int, default=64, help="training windows whose activations are recorded")
+    p.add_argument(
+        "--finetune-tokens",
+        type=int,
+        default=0,
+        help="then train the converted model end to end on this many corpus tokens (default 0: none)",
+    )
+    p.add_argument("--finetune-lr", type=float, default=3e-4, help="peak learning rate of that fine-tuning")
     p.add_argument("--corpus", default="debian")
     p.add_argument("--max-bytes", type=int, default=32768, help="held-out bytes scored per language")

@@ -437,6 +437,45 @@ class Trainer:
         atomic_write_text(self.out / "log.csv", buf.getvalue())
 
 
+def train_steps(
+    model: torch.nn.Module,
+    batch: Callable[[int], Any],
+    steps: int,
+    lr: float,
+    loss_of: Callable[[Any, Any], torch.Tensor],
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "train",
+) -> None:
+    """AdamW (weight decay 0.01) on ``loss_of(model, batch(step))`` for ``steps`` steps, on ``device``.
+
+    Linear warm-up over 5% of the steps, then cosine decay to 10% of ``lr``; the model is left in train mode. For
+    models the :class:`Trainer` (recruit models on a corpus, with checkpoints and evaluation) does not train:
+    Hugging Face models in the benchmarks, and a converted model's fine-tuning in ``recruit fff convert``.
+
+    Args:
+        model: Any module whose parameters all train.
+        batch: Step -> that step's batch (token ids (B, T), say; on any device, moved by ``loss_of`` as it needs).
+        steps: Optimiser steps.
+        lr: Peak learning rate.
+        loss_of: (model, batch) -> scalar loss.
+        device: Where the model trains.
+        progress: Show a progress bar.
+        desc: The progress bar's label.
+    """
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    for step in tqdm(range(steps), desc=desc, disable=not progress):
+        frac = (step + 1) / warm if step < warm else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, frac)
+        loss = loss_of(model, batch(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter

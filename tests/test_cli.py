@@ -191,6 +191,15 @@ def test_fff_convert_cli(text_corpus, tmp_path, capsys):
     m = load_model(tmp_path / "fff")
     assert m.config.mlp == "fff" and m.config.fff_depth == 3
     assert main(["fff", "convert", str(tmp_path / "fff"), "--out", str(tmp_path / "x"), "--corpus", text_corpus]) == 2
+    tuned = [*args[:4], str(tmp_path / "tuned"), *args[5:], "--finetune-tokens", "4096", "--finetune-lr", "1e-3"]
+    assert main(tuned) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["lang"])
+    assert lines[header].split() == ["lang", "dense", "bpb", "fff", "bpb", "fff+ft", "bpb"]
+    assert lines[header + 1].split()[0] == "de" and len(lines[header + 1].split()) == 4
+    assert load_model(tmp_path / "tuned").config.mlp == "fff"
+    assert main([*args[:4], str(tmp_path / "y"), *args[5:], "--finetune-lr", "0"]) == 2  # refused before any work
+    assert "finetune-lr > 0" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def test_fff_train_and_bench_cli(text_corpus, tmp_path, capsys):

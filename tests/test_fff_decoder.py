@@ -189,13 +189,14 @@ def test_cli_converts_a_hugging_face_decoder_and_saves_it_with_its_tokenizer(cor
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
     tok.save_pretrained(tmp_path / "llama")
     args = ["fff", "convert", str(tmp_path / "llama"), "--out", str(tmp_path / "fff"), "--depth", "2", "--steps",
-            "20", "--windows", "4", "--corpus", str(corpus_dir), "--max-bytes", "1500", "-q"]  # fmt: skip
+            "20", "--windows", "4", "--corpus", str(corpus_dir), "--max-bytes", "1500", "--finetune-tokens", "1024",
+            "-q"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "layer 1: relative error" in out and "dense bpb" in out
+    assert "layer 1: relative error" in out and "dense bpb  fff bpb  fff+ft bpb" in out
     scores = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()[-6:-1]
               if line.split()[0] in ("de", "en", "fr")}  # fmt: skip
-    assert set(scores) == {"de", "en", "fr"} and all(0 < v < 20 for pair in scores.values() for v in pair)
+    assert set(scores) == {"de", "en", "fr"} and all(len(s) == 3 and 0 < min(s) < max(s) < 20 for s in scores.values())
     lm = load_hf_causal_lm(tmp_path / "fff")
     assert all(isinstance(lm.mlp(i), FastFeedForward) for i in range(lm.n_layers)) and lm.tokenizer is not None
     assert lm.tokenizer.encode("Über die Brücke") == tok.encode("Über die Brücke", add_special_tokens=False)

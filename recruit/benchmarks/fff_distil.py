@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import torch
 
 from recruit.benchmarks import Bench, BenchOptions, register
-from recruit.benchmarks.fff_mlm import hf_data, train_hf
+from recruit.benchmarks.fff_mlm import hf_data
 from recruit.data.stream import TokenStream
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.records import Record
+from recruit.train import train_steps
 
 BENCH = "fff-distil"
 
@@ -105,7 +106,8 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"model=llama,hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
     model = build(cfg)
-    train_hf(model, stream, steps, cfg.lr, _next_byte_loss, device, opts.progress, "fff-distil dense")
+    train_steps(model, lambda step: stream.batch(step)[0], steps, cfg.lr, _next_byte_loss, device, opts.progress,
+                "fff-distil dense")  # fmt: skip
     model.eval()
     loss = {"dense": held_out_loss(model, windows, cfg.batch_size)}
     loss["none"] = held_out_loss(drop_decoder_mlps(copy.deepcopy(model)), windows, cfg.batch_size)
@@ -116,7 +118,8 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     ft_steps = max(1, cfg.finetune_tokens // (cfg.seq_len * cfg.batch_size))
     for arm, m in (("dense+ft", dense), ("fff+ft", model)):  # both on the same batches
         ft = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed + 3)
-        train_hf(m, ft, ft_steps, cfg.lr / 4, _next_byte_loss, device, opts.progress, f"fff-distil {arm}")
+        train_steps(m, lambda step, ft=ft: ft.batch(step)[0], ft_steps, cfg.lr / 4, _next_byte_loss, device,
+                    opts.progress, f"fff-distil {arm}")  # fmt: skip
         loss[arm] = held_out_loss(m, windows, cfg.batch_size)
     recs = [Record(BENCH, f"{base},ff={arm},split=test", "loss", loss[arm], "nats/byte", env)
             for arm in ("dense", "fff", "none", "dense+ft", "fff+ft")]  # fmt: skip

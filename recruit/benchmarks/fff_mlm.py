@@ -15,18 +15,16 @@ byte and 10% stay. Training is a plain AdamW loop (warm-up, cosine decay) in thi
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from recruit.benchmarks import Bench, BenchOptions, register
 from recruit.benchmarks.equal_budget import prepare
 from recruit.data.stream import TokenStream, spread_windows
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.records import Record
+from recruit.train import train_steps
 
 BENCH = "fff-mlm"
 ARMS = ("dense", "fff", "none")
@@ -111,35 +109,6 @@ def held_out_loss(model, windows: torch.Tensor, cfg: MLMConfig, device) -> float
     return total / max(count, 1)
 
 
-def train_hf(
-    model,
-    stream: TokenStream,
-    steps: int,
-    lr: float,
-    loss_of: Callable[[object, torch.Tensor], torch.Tensor],
-    device,
-    progress: bool,
-    desc: str,
-) -> None:
-    """AdamW (weight decay 0.01) on ``loss_of(model, ids)`` for the stream's batches ``ids`` (B, T), on ``device``.
-
-    Linear warm-up over 5% of the steps, then cosine decay to 10% of ``lr``. For Hugging Face models, which the
-    library's :class:`~recruit.train.Trainer` (next-token recruit models) does not train.
-    """
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 20)
-    for step in tqdm(range(steps), desc=desc, disable=not progress):
-        frac = (step + 1) / warm if step < warm else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, frac)
-        ids, _ = stream.batch(step)  # (B, T): the same windows for every arm
-        loss = loss_of(model, ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-
 def hf_data(opts: BenchOptions, cfg) -> tuple:
     """What a Hugging Face model's bench starts from: (corpus, device, env, steps, train stream, test windows).
 
@@ -154,14 +123,14 @@ def hf_data(opts: BenchOptions, cfg) -> tuple:
 
 
 def train(model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str) -> None:
-    """:func:`train_hf` on the MLM loss, masks drawn from ``cfg.seed``."""
+    """:func:`~recruit.train.train_steps` on the MLM loss over the stream's batches, masks drawn from ``cfg.seed``."""
     g = torch.Generator().manual_seed(cfg.seed)
 
     def loss_of(model, ids: torch.Tensor) -> torch.Tensor:
         inputs, labels = mask(ids, cfg, g)
         return model(input_ids=inputs.to(device), labels=labels.to(device)).loss
 
-    train_hf(model, stream, steps, cfg.lr, loss_of, device, progress, desc)
+    train_steps(model, lambda step: stream.batch(step)[0], steps, cfg.lr, loss_of, device, progress, desc)
 
 
 def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
