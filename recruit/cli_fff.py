@@ -114,6 +114,7 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
             scores["fff+ft bpb"] = score(model)
     _print_scores(scores)
     model.save_pretrained(args.out)
+    _write_scores(args, scores)
     print(f"FFF model saved to {Path(args.out)}")
     return 0
 
@@ -137,6 +138,19 @@ def _print_scores(columns: dict[str, dict[str, tuple[float, int]]]) -> None:
     print(f"{'lang':>6}  " + "  ".join(names))
     for lang in columns[names[0]]:
         print(f"{lang:>6}  " + "  ".join(f"{columns[n][lang][0]:{len(n)}.4f}" for n in names))
+
+
+def _write_scores(args: argparse.Namespace, scores: dict[str, dict[str, tuple[float, int]]]) -> None:
+    """The printed table as result records, ``OUT/fff-convert.jsonl`` (bench ``fff-convert``, metric ``bpb``)."""
+    from recruit.records import Record, environment, write_records
+
+    env = environment("cpu")
+    name = Path(args.model or "gpt-tiny").name.replace(",", "_").replace("=", "_")  # a case is k=v,k=v
+    base = f"model={name},depth={args.depth},trees={args.trees},steps={args.steps}"
+    base += f",windows={args.windows},finetune_tokens={args.finetune_tokens},split=test"
+    recs = [Record("fff-convert", f"{base},ff={name.removesuffix(' bpb')},lang={lang}", "bpb", bpb, "bits/byte", env)
+            for name, column in scores.items() for lang, (bpb, _) in column.items()]  # fmt: skip
+    write_records(Path(args.out) / "fff-convert.jsonl", recs)
 
 
 def _text_windows(corpus, tokenizer, n: int, seq: int) -> torch.Tensor:
@@ -192,6 +206,7 @@ def _convert_hf(args: argparse.Namespace) -> int:
             scores["fff+ft bpb"] = score()
     _print_scores(scores)
     save_fff_decoder(lm.model, args.out, lm.tokenizer)
+    _write_scores(args, scores)
     print(f"FFF model saved to {Path(args.out)} (load it with recruit.models.hf.load_hf_causal_lm)")
     return 0
 

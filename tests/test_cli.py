@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from recruit.cli import build_parser, main
+from recruit.records import read_records
 
 SUBCOMMANDS = [
     ["data"],
@@ -198,6 +199,9 @@ def test_fff_convert_cli(text_corpus, tmp_path, capsys):
     assert lines[header].split() == ["lang", "dense", "bpb", "fff", "bpb", "fff+ft", "bpb"]
     assert lines[header + 1].split()[0] == "de" and len(lines[header + 1].split()) == 4
     assert load_model(tmp_path / "tuned").config.mlp == "fff"
+    recs = read_records(tmp_path / "tuned" / "fff-convert.jsonl")
+    assert {r.params["ff"] for r in recs} == {"dense", "fff", "fff+ft"} and all(r.metric == "bpb" for r in recs)
+    assert {r.params["lang"] for r in recs} == {"de"} and recs[0].params["finetune_tokens"] == "4096"
     assert main([*args[:4], str(tmp_path / "y"), *args[5:], "--finetune-lr", "0"]) == 2  # refused before any work
     assert "finetune-lr > 0" in capsys.readouterr().err and not (tmp_path / "y").exists()
 

@@ -180,6 +180,7 @@ def test_cli_converts_a_hugging_face_decoder_and_saves_it_with_its_tokenizer(cor
     from recruit.data.corpus import Corpus
     from recruit.measure import corpus_texts
     from recruit.models.hf import load_hf_causal_lm
+    from recruit.records import read_records
 
     tok = byte_level_tokenizer(list(corpus_texts(Corpus.load(corpus_dir), "train").values()))
     torch.manual_seed(0)
@@ -197,6 +198,10 @@ def test_cli_converts_a_hugging_face_decoder_and_saves_it_with_its_tokenizer(cor
     scores = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()[-6:-1]
               if line.split()[0] in ("de", "en", "fr")}  # fmt: skip
     assert set(scores) == {"de", "en", "fr"} and all(len(s) == 3 and 0 < min(s) < max(s) < 20 for s in scores.values())
+    recs = read_records(tmp_path / "fff" / "fff-convert.jsonl")  # the printed table, as result records
+    columns = ("dense", "fff", "fff+ft")
+    printed = {(lang, ff): v for lang, vs in scores.items() for ff, v in zip(columns, vs, strict=True)}
+    assert {(r.params["lang"], r.params["ff"]): round(r.value, 4) for r in recs} == printed
     lm = load_hf_causal_lm(tmp_path / "fff")
     assert all(isinstance(lm.mlp(i), FastFeedForward) for i in range(lm.n_layers)) and lm.tokenizer is not None
     assert lm.tokenizer.encode("Über die Brücke") == tok.encode("Über die Brücke", add_special_tokens=False)
