@@ -145,11 +145,11 @@ def _write_scores(args: argparse.Namespace, scores: dict[str, dict[str, tuple[fl
     from recruit.records import Record, environment, write_records
 
     env = environment("cpu")
-    name = Path(args.model or "gpt-tiny").name.replace(",", "_").replace("=", "_")  # a case is k=v,k=v
-    base = f"model={name},depth={args.depth},trees={args.trees},steps={args.steps}"
+    model = Path(args.model or "gpt-tiny").name.replace(",", "_").replace("=", "_")  # a case is k=v,k=v
+    base = f"model={model},depth={args.depth},trees={args.trees},steps={args.steps}"
     base += f",windows={args.windows},finetune_tokens={args.finetune_tokens},split=test"
-    recs = [Record("fff-convert", f"{base},ff={name.removesuffix(' bpb')},lang={lang}", "bpb", bpb, "bits/byte", env)
-            for name, column in scores.items() for lang, (bpb, _) in column.items()]  # fmt: skip
+    recs = [Record("fff-convert", f"{base},ff={column.removesuffix(' bpb')},lang={lang}", "bpb", bpb, "bits/byte", env)
+            for column, by_lang in scores.items() for lang, (bpb, _) in by_lang.items()]  # fmt: skip
     write_records(Path(args.out) / "fff-convert.jsonl", recs)
 
 
