@@ -36,7 +36,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
-step fff-model "${FFF_MODEL_LIMIT:-90}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
+step fff-model "${FFF_MODEL_LIMIT:-150}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
 if [ "$DEVICE" = cuda ]; then
   step gpu-tests 150 $py -m pytest -m gpu -q -p no:cacheprovider tests/
 fi
