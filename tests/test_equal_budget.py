@@ -37,6 +37,11 @@ def test_fff_quality_three_arms(opts, tmp_path):
     assert len(set(means.values())) == 3  # three different models were trained and scored
     assert metric(recs, "bpb_ratio", ff="fff_vs_dense", lang="mean") == pytest.approx(means["fff"] / means["dense"])
     assert metric(recs, "density", ff="fff") == pytest.approx(7 / 127)  # gpt-nano: depth 6, 127 nodes, 7 on a path
+    forest = metric(recs, "bpb", ff="fff-d3k4", lang="mean")  # QUICK's forest: 4 trees of depth 3, 60 nodes
+    assert forest not in means.values() and metric(recs, "density", ff="fff-d3k4") == pytest.approx(16 / 60)
+    assert metric(recs, "bpb_ratio", ff="fff-d3k4_vs_dense", lang="mean") == pytest.approx(forest / means["dense"])
+    with pytest.raises(ValueError, match="forests"):
+        fff_quality.QualityConfig(forests=((0, 2),))
     params = {ff: metric(recs, "params", ff=ff) for ff in ("dense", "fff", "none")}
     assert params["none"] < params["dense"] and abs(params["fff"] - params["dense"]) / params["dense"] < 0.05
 

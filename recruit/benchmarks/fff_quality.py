@@ -4,6 +4,10 @@
 number of tokens with the same trainer, then scores held-out bits per byte per language. Published replications
 found FFF close to "no FF" on some tasks, so (c) is the honest floor to read (b) against. The records also give
 the fraction of FF neurons an FFF token uses ((depth + 1) · trees of the width).
+
+Further arms (``forests``) split about the same width into K shallower trees (depth D, K · (2^(D+1) − 1) nodes):
+a token then uses (D + 1) · K neurons, several times the single tree's D + 1, and still a tenth or less of the
+width. They show how much of the gap to dense the single tree's few neurons per token account for.
 """
 
 from __future__ import annotations
@@ -28,16 +32,23 @@ class QualityConfig:
     preset: str = "gpt-tiny"
     lr: float = 3e-3
     fff_trees: int = 1
+    forests: tuple[tuple[int, int], ...] = ((6, 4), (5, 8))  # further FFF arms: (depth, trees) of about the width
     out_dir: str = "runs/fff-quality"
     eval_bytes: int = 32768
 
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
             raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
+        if any(d < 1 or k < 1 for d, k in self.forests):
+            raise ValueError(f"forests must be (depth >= 1, trees >= 1) pairs, got {self.forests}")
 
 
 QUICK = QualityConfig(tokens=4 * 32 * 4, seq_len=32, batch_size=4, preset="gpt-nano", out_dir="runs/fff-quality-quick",
-                      eval_bytes=2048)  # fmt: skip
+                      eval_bytes=2048, forests=((3, 4),))  # fmt: skip
+
+
+def _forest(depth: int, trees: int) -> str:
+    return f"fff-d{depth}k{trees}"
 
 
 def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
@@ -48,7 +59,7 @@ def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
         Arm("dense", cfg.preset, cfg.lr),
         Arm("fff", cfg.preset, cfg.lr, {"mlp": "fff", "fff_trees": cfg.fff_trees}),
         Arm("none", cfg.preset, cfg.lr, {"mlp": "none"}),
-    ]
+    ] + [Arm(_forest(d, k), cfg.preset, cfg.lr, {"mlp": "fff", "fff_depth": d, "fff_trees": k}) for d, k in cfg.forests]
     recs: list[Record] = []
     bpb: dict[str, dict[str, float]] = {}
     for arm in arms:
@@ -59,13 +70,14 @@ def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
         )
         recs += r
     mc = build_model(cfg.preset, {"mlp": "fff", "fff_trees": cfg.fff_trees}).config
-    width = cfg.fff_trees * (2 ** (mc.fff_depth + 1) - 1)
-    used = (mc.fff_depth + 1) * cfg.fff_trees
-    case = f"model={cfg.preset},ff=fff,depth={mc.fff_depth},trees={cfg.fff_trees},width={width}"
-    recs.append(Record(BENCH, case, "neurons_per_token", used, "", env))
-    recs.append(Record(BENCH, case, "density", used / width, "fraction", env))
+    for name, depth, trees in [("fff", mc.fff_depth, cfg.fff_trees), *((_forest(d, k), d, k) for d, k in cfg.forests)]:
+        width = trees * (2 ** (depth + 1) - 1)
+        used = (depth + 1) * trees
+        case = f"model={cfg.preset},ff={name},depth={depth},trees={trees},width={width}"
+        recs.append(Record(BENCH, case, "neurons_per_token", used, "", env))
+        recs.append(Record(BENCH, case, "density", used / width, "fraction", env))
     recs.append(Record(BENCH, f"model={cfg.preset},ff=dense,width={mc.d_ff}", "density", 1.0, "fraction", env))
-    for arm in ("fff", "none"):
+    for arm in ("fff", "none", *(_forest(d, k) for d, k in cfg.forests)):
         recs += ratio_records(BENCH, f"model={cfg.preset},ff={arm}_vs_dense", bpb[arm], bpb["dense"], env)
     return recs
 
@@ -79,8 +91,9 @@ def section(records: list[Record]) -> str:
         return ""
     means = [(r.params["ff"], r.value) for r in rs if r.metric == "bpb" and r.params.get("lang") == "mean"]
     parts = [
-        "<p>The baseline trained three ways on the same batches and token budget "
-        "(<code>recruit bench fff-quality</code>): dense MLP, an FFF tree of the same width, and no MLP.</p>"
+        "<p>The baseline trained on the same batches and token budget (<code>recruit bench fff-quality</code>): "
+        "dense MLP, an FFF tree of the same width, no MLP, and FFF forests (<code>fff-dDkK</code>: K trees of "
+        "depth D, about the same width, (D + 1)·K neurons per token).</p>"
     ]
     if means:
         parts.append(
