@@ -12,13 +12,17 @@ def test_fff_speed_bench_records_are_consistent():
     for case in QUICK_CASES:
         sel = [r for r in recs if r.params.get("B") == str(case.batch)]
         lat = {r.params["impl"]: r.value for r in sel if r.metric == "latency_ms"}
-        peers = {"fastfeedforward"} if importlib.util.find_spec("fastfeedforward") else set()
+        peers = {"fastfeedforward"} if importlib.util.find_spec("fastfeedforward") and case.trees == 1 else set()
         assert set(lat) == {"dense", "cpp", "gather", "memory-floor"} | peers and all(v > 0 for v in lat.values())
         assert all(r.params["timing"] == "wall" for r in sel if "impl" in r.params)  # CUDA graphs: CUDA only
         speed = {r.params["impl"]: r.value for r in sel if r.metric == "speedup"}
         assert speed["cpp"] == pytest.approx(lat["dense"] / lat["cpp"])
         ratio = [r.value for r in sel if r.metric == "flops_ratio"][0]
         assert ratio == pytest.approx((case.depth + 1) / 2 ** (case.depth + 1))
+        shape = sel[0].params
+        assert (shape["width"], shape["dense_width"]) == (str(case.nodes), str(case.dense_width))
+        assert shape.get("trees", "1") == str(case.trees)
+    assert any(case.trees > 1 for case in QUICK_CASES)  # a forest: 4 trees of depth 3, 60 nodes, against 64
     assert "speed-up" in section(recs)
 
 

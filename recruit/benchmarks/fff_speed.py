@@ -39,22 +39,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpeedCase:
-    """One shape: model width, tree depth, tokens per call."""
+    """One shape: model width, tree depth, tokens per call, and trees (a forest of K trees of that depth)."""
 
     hidden: int
     depth: int
     batch: int
+    trees: int = 1
+
+    @property
+    def nodes(self) -> int:
+        """The FFF's neurons: K · (2^(D+1) − 1)."""
+        return self.trees * (2 ** (self.depth + 1) - 1)
+
+    @property
+    def dense_width(self) -> int:
+        """The dense FF's aligned width: K · 2^(D+1)."""
+        return self.trees * 2 ** (self.depth + 1)
 
 
-CPU_CASES = tuple(SpeedCase(768, d, b) for d in (10, 11) for b in (1, 8, 128, 4096)) + tuple(
-    SpeedCase(4096, 13, b)
-    for b in (1, 8, 128)  # 4096 tokens x 4096 x 16384 dense takes minutes on 2 cores
+CPU_CASES = (
+    tuple(SpeedCase(768, d, b) for d in (10, 11) for b in (1, 8, 128, 4096))
+    + tuple(SpeedCase(4096, 13, b) for b in (1, 8, 128))  # 4096 tokens x 4096 x 16384 dense takes minutes on 2 cores
+    + tuple(SpeedCase(768, 8, b, trees=8) for b in (1, 8, 128))  # a forest of about width 4095 (fff-quality's kind)
 )
 GPU_CASES = tuple(SpeedCase(768, 11, b) for b in (1, 128, 1024, 4096)) + tuple(
     SpeedCase(4096, 13, b)
     for b in (1, 8, 128, 1024, 4096)  # 1024: where the token and block kernels cross
 )
-QUICK_CASES = (SpeedCase(64, 5, 1), SpeedCase(64, 5, 33))
+QUICK_CASES = (SpeedCase(64, 5, 1), SpeedCase(64, 5, 33), SpeedCase(64, 3, 5, trees=4))
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class _Layers:
     b_in: torch.Tensor  # (width − 1,)
     w_out_t: torch.Tensor  # (width − 1, hidden)
     depth: int
+    trees: int
     fused: tuple[torch.Tensor, torch.Tensor]  # (w_in, w_out_t) as the fused kernel reads them
     kernel: Callable[[torch.Tensor], torch.Tensor]  # fff_prepare of the fused layout
 
@@ -83,18 +96,19 @@ class _Layers:
         return self.kernel(x)
 
 
-def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Generator) -> _Layers:
-    width = 2 ** (depth + 1)  # dense: aligned width; FFF: width - 1 nodes
+def _layers(hidden: int, depth: int, dtype: torch.dtype, device, g: torch.Generator, trees: int = 1) -> _Layers:
+    width = trees * 2 ** (depth + 1)  # dense: aligned width; FFF: its first K·(2^(D+1) − 1) rows, K trees
+    nodes = trees * (2 ** (depth + 1) - 1)
     w1 = (torch.randn(width, hidden, generator=g) / hidden**0.5).to(device, dtype)
     b1 = torch.zeros(width, device=device, dtype=dtype)
     w2 = (torch.randn(hidden, width, generator=g) / width**0.5).to(device, dtype)
-    w_in, b_in = w1[: width - 1].contiguous(), b1[: width - 1].contiguous()  # (width − 1, hidden), (width − 1,)
-    w_out_t = w2[:, : width - 1].t().contiguous()  # (width − 1, hidden)
+    w_in, b_in = w1[:nodes].contiguous(), b1[:nodes].contiguous()  # (nodes, hidden), (nodes,)
+    w_out_t = w2[:, :nodes].t().contiguous()  # (nodes, hidden)
     fused = pack_rows(w_in, w_out_t) if w_in.device.type == "cpu" else (w_in, w_out_t)
-    kernel = fff_prepare(fused[0], b_in, fused[1], depth, 1)  # on the CPU: the fused weights on 2 MiB pages
+    kernel = fff_prepare(fused[0], b_in, fused[1], depth, trees)  # on the CPU: the fused weights on 2 MiB pages
     for w in (w1, w2, w_in, w_out_t):  # and so the dense FF's and the gather walk's
         advise_huge_pages(w)
-    return _Layers(w1, b1, w2, w_in, b_in, w_out_t, depth, fused, kernel)
+    return _Layers(w1, b1, w2, w_in, b_in, w_out_t, depth, trees, fused, kernel)
 
 
 def _floor(layers: _Layers, xs: list[torch.Tensor]) -> Callable[[int], float]:
@@ -105,7 +119,8 @@ def _floor(layers: _Layers, xs: list[torch.Tensor]) -> Callable[[int], float]:
     """
     w_in, w_out_t = layers.fused
     packed = torch.as_strided(w_in, (w_in.shape[0], w_in.shape[1] + w_out_t.shape[1]), w_in.stride())
-    readers = [row_reader(packed, fff_route(x, layers.w_in, layers.b_in, layers.depth, 1)[0].unique()) for x in xs]
+    rows = [fff_route(x, layers.w_in, layers.b_in, layers.depth, layers.trees)[0].unique() for x in xs]
+    readers = [row_reader(packed, r) for r in rows]
     return lambda i: readers[i % len(readers)]()
 
 
@@ -115,11 +130,14 @@ def _n_inputs(batch: int) -> int:
 
 
 def _peer(case: SpeedCase, dtype: torch.dtype, device):
-    """The ``fastfeedforward`` package's FFF (Belcak & Wattenhofer) with as many neurons, or None without it.
+    """The ``fastfeedforward`` package's FFF (Belcak & Wattenhofer) with as many neurons, else None.
 
-    Its tree of depth D has 2^D − 1 routing nodes and 2^D single-neuron leaves: 2^(D+1) − 1 neurons, the
-    same count as our depth-D tree, of which a token uses D + 1 (D routers and one leaf).
+    None without the package, and for a forest, which it does not build. Its tree of depth D has 2^D − 1
+    routing nodes and 2^D single-neuron leaves: 2^(D+1) − 1 neurons, the same count as our depth-D tree, of
+    which a token uses D + 1 (D routers and one leaf).
     """
+    if case.trees != 1:
+        return None
     try:
         from fastfeedforward import FFF
     except ImportError:
@@ -178,7 +196,7 @@ def _agree(got: torch.Tensor, expect: torch.Tensor) -> float:
 def _calls_beyond_l2(case: SpeedCase, device: torch.device, dtype: torch.dtype) -> int:
     """Calls whose FFF path rows (a ``w_in`` and a ``w_out_t`` row per level and token) total twice the L2."""
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
-    per_call = case.batch * (case.depth + 1) * 2 * case.hidden * dtype.itemsize
+    per_call = case.batch * case.trees * (case.depth + 1) * 2 * case.hidden * dtype.itemsize
     return max(16, min(1024, -(-2 * l2 // per_call)))
 
 
@@ -208,14 +226,14 @@ def measure_case(
     rows, so that the deep levels come from memory as they would in a model whose other layers evict them.
     """
     g = torch.Generator().manual_seed(case.hidden * 1000 + case.depth)
-    layers = _layers(case.hidden, case.depth, dtype, device, g)
+    layers = _layers(case.hidden, case.depth, dtype, device, g, case.trees)
     fff = layers.w_in, layers.b_in, layers.w_out_t
     n = _n_inputs(case.batch)
     xs = [torch.randn(case.batch, case.hidden, generator=g).to(device, dtype) for _ in range(n)]
     fns: dict[str, Callable[[int], torch.Tensor]] = {"dense": lambda i: layers.dense(xs[i % n]),
                                                      "fff": lambda i: layers.fff(xs[i % n])}  # fmt: skip
     if gather:
-        fns["gather"] = lambda i: fff_gather(xs[i % n], *fff, case.depth, 1)
+        fns["gather"] = lambda i: fff_gather(xs[i % n], *fff, case.depth, case.trees)
     if device.type == "cpu" and dtype == torch.float32 and cpu_kernel_available():
         fns["memory-floor"] = _floor(layers, xs)
     peer = _peer(case, dtype, device) if case.batch <= 128 or case.hidden <= 768 else None
@@ -250,7 +268,7 @@ def measure_case(
                     label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
 
                     def tuned(i: int, launch=launch) -> torch.Tensor:
-                        return fff_triton(xs[i % n], *fff, case.depth, 1, **launch)
+                        return fff_triton(xs[i % n], *fff, case.depth, case.trees, **launch)
 
                     try:
                         agree = _agree(tuned(0).float(), expect)
@@ -278,8 +296,9 @@ def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[
         gather = case.batch <= 4096 and case.hidden <= 768 or case.batch <= 128
         ms = measure_case(case, device, dtype, repeats=3 if opts.quick else 7, gather=gather,
                           tune=device.type == "cuda" and not opts.quick)  # fmt: skip
-        c = (f"hidden={case.hidden},depth={case.depth},width={2 ** (case.depth + 1) - 1},"
-             f"dense_width={2 ** (case.depth + 1)},B={case.batch},dtype={str(dtype).split('.')[-1]}")  # fmt: skip
+        forest = f"trees={case.trees}," if case.trees > 1 else ""
+        c = (f"hidden={case.hidden},depth={case.depth},{forest}width={case.nodes},dense_width={case.dense_width},"
+             f"B={case.batch},dtype={str(dtype).split('.')[-1]}")  # fmt: skip
         recs.append(Record(BENCH, c, "flops_ratio", (case.depth + 1) / 2 ** (case.depth + 1), "x", env))
         for timing, per_impl in ms.items():
             dense = per_impl["dense"]
@@ -309,7 +328,8 @@ def section(records: list[Record]) -> str:
     rs = [r for r in records if r.bench == BENCH and r.metric == "speedup"]
     if not rs:
         return ""
-    rows = [[r.env.get("device_name", r.env.get("device")), r.params["hidden"], r.params["depth"], r.params["B"],
+    rows = [[r.env.get("device_name", r.env.get("device")), r.params["hidden"],
+             r.params["depth"] + (f" x {r.params['trees']} trees" if "trees" in r.params else ""), r.params["B"],
              r.params.get("timing", "wall"), r.params["impl"] + (f" ({r.params['launch']})" if "launch" in r.params
              else ""), f"{r.value:.3g}x"] for r in rs]  # fmt: skip
     return (
