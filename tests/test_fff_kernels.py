@@ -156,11 +156,12 @@ def test_cpu_reads_packed_rows_in_place(cpu_built, dtype):
 
 def test_cpu_output_does_not_depend_on_the_batch(cpu_built):
     torch.set_num_threads(2)  # tokens read side by side in groups of 4, 2 and 1, on two threads
-    for dtype in (torch.float32, torch.bfloat16):
-        x, w_in, b_in, w_out_t = make_case(7, 9, 2, 23, 100, 60, dtype)
-        full = fff_cpu(x, w_in, b_in, w_out_t, 9, 2)
-        for lo, hi in ((0, 1), (5, 6), (3, 6), (1, 9), (22, 23)):
-            assert torch.equal(fff_cpu(x[lo:hi], w_in, b_in, w_out_t, 9, 2), full[lo:hi]), (dtype, lo, hi)
+    for dtype, trees in ((torch.float32, 2), (torch.bfloat16, 2), (torch.float32, 5)):
+        # with 5 trees, 1 token walks all 5 at once, 2 tokens 4 + 1 trees, 3 tokens 2 + 2 + 1, 8 tokens 1 at a time
+        x, w_in, b_in, w_out_t = make_case(7, 9, trees, 23, 100, 60, dtype)
+        full = fff_cpu(x, w_in, b_in, w_out_t, 9, trees)
+        for lo, hi in ((0, 1), (5, 6), (3, 5), (3, 6), (1, 9), (22, 23)):
+            assert torch.equal(fff_cpu(x[lo:hi], w_in, b_in, w_out_t, 9, trees), full[lo:hi]), (dtype, trees, lo, hi)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -10,13 +10,13 @@
 // combines the visited output rows in one pass that writes each output element once. The loops use
 // explicit SIMD vectors (GCC/Clang vector extensions, no -ffast-math needed); on x86-64 they are compiled for
 // several ISA levels: 64-byte vectors for x86-64-v4 (AVX-512), 32-byte vectors for x86-64-v3 (AVX2) and the
-// baseline, picked for the CPU at run time, so the build is safe to reuse on any x86-64 machine. Storage types: float, double, bfloat16
-// (computed in float). No torch headers: the entry points take raw pointers (called through ctypes), which
-// keeps the first-use build to seconds. Each thread walks a few tokens in lock-step (as many as keep their
-// rows in L1) and prefetches each token's next row as soon as it is known, so several dependent row fetches
-// overlap; on a 2-core EPYC VM with inputs that miss the cache this cut hidden 768, depth 11 from 431 to 358 µs
-// at 128 tokens and left hidden 4096 unchanged. Measured and dropped there: prefetching both children of a
-// lone token (slower at batch 1).
+// baseline, picked for the CPU at run time, so the build is safe to reuse on any x86-64 machine. Storage types:
+// float, double, bfloat16 (computed in float). No torch headers: the entry points take raw pointers (called
+// through ctypes), which keeps the first-use build to seconds. Each thread walks a few tokens in lock-step (as
+// many as keep their rows in L1; a lone token's trees side by side) and prefetches each walk's next row as soon
+// as it is known, so several dependent row fetches overlap; on a 2-core EPYC VM with inputs that miss the cache
+// this cut hidden 768, depth 11 from 431 to 358 µs at 128 tokens and left hidden 4096 unchanged. Measured and
+// dropped there: prefetching both children of a lone token (slower at batch 1).
 //
 // Register use matters as much as memory. The combine pass once kept its accumulators in an array that
 // was copied out with one memcpy: GCC then zeroed the array with `rep stos` and spilled it to the stack
@@ -309,8 +309,11 @@ constexpr int64_t kGroup = 8;  // most tokens one thread walks in lock-step
 // hardware prefetcher instead of two, which on the 2-core EPYC VM cut hidden 768, depth 11 at 128 tokens by
 // about a tenth (the rows the deep levels visit come from memory there).
 //
-// Each thread walks a group of G tokens level by level: once a token's next node is known, its row is
-// prefetched while the other G - 1 tokens compute this level, so G row fetches are in flight instead of one.
+// Each thread walks a group of G tokens level by level, and with K trees up to 8 / G of a token's trees at once:
+// once a walk's next node is known, its row is prefetched while the other walks compute this level, so up to 8
+// row fetches are in flight instead of one. (Walking one tree at a time, a forest of 8 trees of depth 8 at hidden
+// 768 took 15–18 µs for one token on the 2-core Zen 5 VM, all 8 at once 7.6–8.0 µs; all trees of 8 tokens at once,
+// 64 walks, was 5–7% slower than one tree at a time at 128 and 1024 tokens.)
 // The dot products of a level go four tokens at a time (dots: four row streams read side by side), which on
 // the same VM cut hidden 768, depth 11 at 128 tokens by a further fifth and hidden 4096, depth 13 by an
 // eighth; eight at a time was no better. The output rows of visited nodes are prefetched as they are found,
@@ -333,6 +336,7 @@ void run(const T* x, const T* w_in, const T* b_in, const T* w_out_t, A* out, int
     std::vector<A> xbuf(std::is_same_v<T, A> ? 0 : G * d_in);  // (G, d_in) token rows in A when T != A
     std::vector<A> coef(G * P);                                  // GELU(a) of the visited nodes
     std::vector<const T*> rows(G * P);                           // their output rows
+    std::vector<int64_t> node(kGroup), tok(kGroup), tree(kGroup);  // each walk's node, token and tree
     // The group's output rows are prefetched for the combine pass only while they fit in half of a 1 MiB L2.
     const bool prefetch_out = G > 1 && G * P * d_out * static_cast<int64_t>(sizeof(T)) <= (int64_t{1} << 19);
 #pragma omp for schedule(static)
@@ -347,24 +351,31 @@ void run(const T* x, const T* w_in, const T* b_in, const T* w_out_t, A* out, int
           xt[j] = xbuf.data() + j * d_in;
         }
       }
-      for (int64_t k = 0; k < n_trees; ++k) {
-        int64_t node[kGroup] = {};
+      // A pass walks up to kGroup walks in lock-step: the g tokens in per trees each, a token's trees side by side
+      // (walk w: token tok[w], tree tree[w]). More at once pushes prefetched rows out of L1 before their use.
+      const int64_t per = std::max<int64_t>(1, std::min(n_trees, kGroup / g));
+      for (int64_t k0 = 0; k0 < n_trees; k0 += per) {
+        const int64_t kc = std::min(per, n_trees - k0), walks = g * kc;
+        for (int64_t w = 0; w < walks; ++w) node[w] = 0, tok[w] = w / kc, tree[w] = k0 + w % kc;
         for (int64_t level = 0; level <= depth; ++level) {
-          in_runs_of_four(0, g, [&](int64_t j0, int r) {  // r tokens whose rows are read side by side
+          in_runs_of_four(0, walks, [&](int64_t w0, int r) {  // r walks whose rows are read side by side
             const A* xs[4];
             const T* ws[4];
             A d[4];
-            for (int q = 0; q < r; ++q) xs[q] = xt[j0 + q], ws[q] = w_in + (k * m + node[j0 + q]) * ld_in;
+            for (int q = 0; q < r; ++q) {
+              const int64_t w = w0 + q;
+              xs[q] = xt[tok[w]], ws[q] = w_in + (tree[w] * m + node[w]) * ld_in;
+            }
             dots(xs, ws, d_in, d, r);
             for (int q = 0; q < r; ++q) {
-              const int64_t j = j0 + q, row = k * m + node[j];
+              const int64_t w = w0 + q, j = tok[w], k = tree[w], row = k * m + node[w];
               const A a = load(b_in[row]) + d[q];
               const int64_t p = j * P + k * (depth + 1) + level;
               coef[p] = a;  // GELU applied to the whole group below, vectorised
               rows[p] = w_out_t + row * ld_out;
               if (prefetch_out) prefetch_row(rows[p], d_out);
-              node[j] = 2 * node[j] + 1 + (a > A(0) ? 1 : 0);
-              if (g > 1 && level < depth) prefetch_row(w_in + (k * m + node[j]) * ld_in, d_in);
+              node[w] = 2 * node[w] + 1 + (a > A(0) ? 1 : 0);
+              if (walks > 1 && level < depth) prefetch_row(w_in + (k * m + node[w]) * ld_in, d_in);
             }
           });
         }
