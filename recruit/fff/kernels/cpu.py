@@ -9,7 +9,8 @@ The build goes to ``$RECRUIT_CACHE/extensions/<name>`` when ``RECRUIT_CACHE`` is
 directory (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``); the directory name carries a hash of the
 source, the flags and the torch and Python versions, so a changed source or a new torch never loads a stale
 build. The flags are portable (``-O3``, no ``-march=native``): on x86-64 the hot loops are compiled for several
-ISA levels and picked at run time, so one cached build is safe on every machine that shares the cache. When
+ISA levels (64-byte vectors for x86-64-v4, 32-byte vectors for AVX2 and the baseline; :func:`vector_bytes`) and
+picked at run time, so one cached build is safe on every machine that shares the cache. When
 the build fails (no compiler, say), one warning is logged and :func:`fff_cpu` falls back to
 :func:`~recruit.fff.kernels.reference.fff_gather`.
 """
