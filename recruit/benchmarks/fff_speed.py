@@ -61,6 +61,7 @@ CPU_CASES = (
     tuple(SpeedCase(768, d, b) for d in (10, 11) for b in (1, 8, 128, 4096))
     + tuple(SpeedCase(4096, 13, b) for b in (1, 8, 128))  # 4096 tokens x 4096 x 16384 dense takes minutes on 2 cores
     + tuple(SpeedCase(768, 8, b, trees=8) for b in (1, 8, 128))  # a forest of about width 4095 (fff-quality's kind)
+    + tuple(SpeedCase(768, 9, b, trees=3) for b in (1, 128))  # 3069 neurons against BERT-base's 3072-wide FF
 )
 GPU_CASES = tuple(SpeedCase(768, 11, b) for b in (1, 128, 1024, 4096)) + tuple(
     SpeedCase(4096, 13, b)
