@@ -118,10 +118,17 @@ def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir):
     recs = fff_distil.run(BenchOptions(device="cpu", quick=True, progress=False, corpus=str(corpus_dir)))
     assert get("fff-distil").run is fff_distil.run
     loss = {r.params["ff"]: r.value for r in recs if r.metric == "loss"}
-    assert set(loss) == {"dense", "fff", "none", "dense+ft", "fff+ft"} and all(v > 0 for v in loss.values())
+    arms = {"dense", "fff", "none", "dense+ft", "fff+ft", "fff-d3k4", "fff-d3k4+ft"}  # QUICK's forest: 4 x depth 3
+    assert set(loss) == arms and all(v > 0 for v in loss.values()) and len(set(loss.values())) == len(arms)
     ratio = {r.params["ff"]: r.value for r in recs if r.metric == "loss_ratio"}
-    expect = {f"{arm}_vs_dense": loss[arm] / loss["dense"] for arm in ("fff", "none")}
-    assert ratio == pytest.approx({**expect, "fff+ft_vs_dense+ft": loss["fff+ft"] / loss["dense+ft"]})
-    errors = {(r.params["layer"], r.params["stage"]): r.value for r in recs if r.metric == "rel_error"}
-    assert set(errors) == {("0", "before"), ("0", "after")} and errors[("0", "after")] < errors[("0", "before")]
+    expect = {f"{arm}_vs_dense": loss[arm] / loss["dense"] for arm in ("fff", "none", "fff-d3k4")}
+    expect |= {f"{arm}+ft_vs_dense+ft": loss[f"{arm}+ft"] / loss["dense+ft"] for arm in ("fff", "fff-d3k4")}
+    assert ratio == pytest.approx(expect)
+    for ff in ("fff", "fff-d3k4"):
+        errors = {(r.params["layer"], r.params["stage"]): r.value for r in recs
+                  if r.metric == "rel_error" and r.params["ff"] == ff}  # fmt: skip
+        assert set(errors) == {("0", "before"), ("0", "after")} and errors[("0", "after")] < errors[("0", "before")]
+    assert [r.params.get("trees") for r in recs if r.metric == "density"] == [None, "4"]
     assert "fff-distil" in fff_distil.section(recs)
+    with pytest.raises(ValueError, match="forests"):
+        fff_distil.DistilConfig(forests=((2, 0),))

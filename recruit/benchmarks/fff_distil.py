@@ -13,8 +13,10 @@ over the test split) of:
 - ``dense``: the trained model; ``dense+ft``: it, fine-tuned;
 - ``fff``: the distilled model, no further training; ``fff+ft``: it, fine-tuned;
 - ``none``: the trained model with its MLPs dropped (the level an FFF that learnt nothing would sit near);
+- ``fff-dDkK`` and ``fff-dDkK+ft`` for each of ``forests``: the same distillation into K trees of depth D of about
+  the MLP's width (more neurons per token: (D + 1)·K), and its fine-tuned copy;
 
-their ratios to ``dense`` (``dense+ft`` for ``fff+ft``), and each layer's held-out relative error of the
+their ratios to ``dense`` (``dense+ft`` for the ``+ft`` arms), and each layer's held-out relative error of each
 distillation.
 """
 
@@ -50,6 +52,7 @@ class DistilConfig:
     record_windows: int = 64  # training windows whose MLP inputs the FFFs are fitted on (10% held out)
     distil_steps: int = 2000  # Adam steps per layer
     finetune_tokens: int = 2**20  # end-to-end training after the distillation (and of the dense copy)
+    forests: tuple[tuple[int, int], ...] = ((5, 8),)  # further conversions: (depth, trees) of about the MLP's width
     eval_windows: int = 512  # test windows scored, spread evenly over the test split (all its languages)
     seed: int = 0
 
@@ -58,6 +61,8 @@ class DistilConfig:
             raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
         if min(self.record_windows, self.distil_steps, self.eval_windows, self.finetune_tokens) < 1:
             raise ValueError("record_windows, distil_steps, eval_windows and finetune_tokens must be positive")
+        if any(d < 0 or k < 1 for d, k in self.forests):
+            raise ValueError(f"forests must be (depth >= 0, trees >= 1) pairs, got {self.forests}")
 
     @property
     def fff_depth(self) -> int:
@@ -66,7 +71,8 @@ class DistilConfig:
 
 
 QUICK = DistilConfig(hidden=32, layers=1, heads=2, intermediate=64, tokens=4 * 32 * 4, seq_len=32, batch_size=4,
-                     record_windows=8, distil_steps=20, finetune_tokens=2 * 32 * 4, eval_windows=4)  # fmt: skip
+                     record_windows=8, distil_steps=20, finetune_tokens=2 * 32 * 4, eval_windows=4,
+                     forests=((3, 4),))  # fmt: skip
 
 
 def build(cfg: DistilConfig):
@@ -113,26 +119,35 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     loss["none"] = held_out_loss(drop_decoder_mlps(copy.deepcopy(model)), windows, cfg.batch_size)
     dense = copy.deepcopy(model)
     record = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.record_windows, cfg.seed + 2).batch(0)[0]  # (W, T)
-    reports = distil_decoder(model, record.to(device), cfg.fff_depth, steps=cfg.distil_steps, progress=opts.progress)
-    loss["fff"] = held_out_loss(model, windows, cfg.batch_size)
+    shapes = {"fff": (cfg.fff_depth, 1), **{f"fff-d{d}k{k}": (d, k) for d, k in cfg.forests}}  # name -> (D, K)
+    converted, reports = {}, {}
+    for name, (depth, trees) in shapes.items():  # each from the same trained model, on the same recorded inputs
+        m = model if name == "fff" else copy.deepcopy(dense)
+        reports[name] = distil_decoder(m, record.to(device), depth, trees, steps=cfg.distil_steps,
+                                       progress=opts.progress)  # fmt: skip
+        loss[name] = held_out_loss(m, windows, cfg.batch_size)
+        converted[name] = m
     ft_steps = max(1, cfg.finetune_tokens // (cfg.seq_len * cfg.batch_size))
-    for arm, m in (("dense+ft", dense), ("fff+ft", model)):  # both on the same batches
+    for arm, m in (("dense+ft", dense), *((f"{name}+ft", m) for name, m in converted.items())):  # the same batches
         ft = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed + 3)
         train_steps(m, lambda step, ft=ft: ft.batch(step)[0], ft_steps, cfg.lr / 4, _next_byte_loss, device,
                     opts.progress, f"fff-distil {arm}")  # fmt: skip
         loss[arm] = held_out_loss(m, windows, cfg.batch_size)
-    recs = [Record(BENCH, f"{base},ff={arm},split=test", "loss", loss[arm], "nats/byte", env)
-            for arm in ("dense", "fff", "none", "dense+ft", "fff+ft")]  # fmt: skip
+    recs = [Record(BENCH, f"{base},ff={arm},split=test", "loss", value, "nats/byte", env)
+            for arm, value in loss.items()]  # fmt: skip
     ft_tokens = f"finetune_tokens={ft_steps * cfg.seq_len * cfg.batch_size}"
-    for arm, ref, extra in (("fff", "dense", ""), ("none", "dense", ""), ("fff+ft", "dense+ft", f",{ft_tokens}")):
+    pairs = [("none", "dense", "")] + [(name, "dense", "") for name in shapes]
+    pairs += [(f"{name}+ft", "dense+ft", f",{ft_tokens}") for name in shapes]
+    for arm, ref, extra in pairs:
         recs.append(Record(BENCH, f"{base},ff={arm}_vs_{ref}{extra},split=test", "loss_ratio", loss[arm] / loss[ref],
                            "x", env))  # fmt: skip
-    fff = f"{base},ff=fff,depth={cfg.fff_depth},distil_steps={cfg.distil_steps}"
-    for i, r in enumerate(reports):
-        recs.append(Record(BENCH, f"{fff},layer={i},stage=before", "rel_error", r.initial_rel_error, "", env))
-        recs.append(Record(BENCH, f"{fff},layer={i},stage=after", "rel_error", r.final_rel_error, "", env))
-    used = (cfg.fff_depth + 1) / (2 ** (cfg.fff_depth + 1) - 1)
-    recs.append(Record(BENCH, fff, "density", used, "fraction", env))
+    for name, (depth, trees) in shapes.items():
+        forest = f",trees={trees}" if trees > 1 else ""
+        case = f"{base},ff={name},depth={depth}{forest},distil_steps={cfg.distil_steps}"
+        for i, r in enumerate(reports[name]):
+            recs.append(Record(BENCH, f"{case},layer={i},stage=before", "rel_error", r.initial_rel_error, "", env))
+            recs.append(Record(BENCH, f"{case},layer={i},stage=after", "rel_error", r.final_rel_error, "", env))
+        recs.append(Record(BENCH, case, "density", (depth + 1) / (2 ** (depth + 1) - 1), "fraction", env))
     return recs
 
 
@@ -147,7 +162,8 @@ def section(records: list[Record]) -> str:
     return (
         "<p>A small Llama trained on the corpus, then its MLPs distilled into FFFs (<code>recruit bench "
         "fff-distil</code>): held-out loss of the dense model, the distilled one, the dense model without MLPs, "
-        "and the distilled and dense models each fine-tuned on the same further tokens (<code>+ft</code>); each "
+        "FFF forests (<code>fff-dDkK</code>: K trees of depth D), and the distilled and dense models each "
+        "fine-tuned on the same further tokens (<code>+ft</code>); each "
         "layer's relative error on held-out recorded inputs.</p>" + table(["case", "metric", "value", "unit"], rows)
     )
 
