@@ -236,7 +236,9 @@ def add_fff_parser(subs) -> None:
     )
     p.add_argument("--out", required=True, help="where to save the converted model")
     p.add_argument("--depth", type=int, default=8, help="FFF tree depth (default 8: 511 nodes)")
-    p.add_argument("--trees", type=int, default=1)
+    p.add_argument(
+        "--trees", type=int, default=1, help="K trees of --depth (a forest distils better: see fff-distil; default 1)"
+    )
     p.add_argument("--steps", type=int, default=2000, help="distillation steps per layer")
     p.add_argument("--windows", type=int, default=64, help="training windows whose activations are recorded")
     p.add_argument(
