@@ -176,7 +176,8 @@ inline A gelu(A a) {
   return A(0.5) * a * (A(1) + std::erf(a * A(0.70710678118654752440)));
 }
 
-// GELU of n floats in place, eight at a time (a scalar erff call per node was about 5% of a 128-token call).
+// GELU of n floats in place, a vector (8 or 16) at a time (a scalar erff call per node was about 5% of a 128-token
+// call).
 // erf(x) = 1 - t (a1 + a2 t + ... + a5 t^4) exp(-x^2), t = 1 / (1 + p |x|), with the sign of x (Abramowitz &
 // Stegun 7.1.26: |error| <= 1.5e-7; GELU's error stays within about 2e-7 max(|a|, 1), as torch's float GELU); |x|
 // is capped at 4, beyond which erf rounds to 1 in float. exp(z), z in [-16, 0]: z = k ln2 + r, |r| <= ln2 / 2,
