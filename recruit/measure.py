@@ -118,7 +118,7 @@ def corpus_texts(
     """
     out = {}
     for key, docs in _group_docs(corpus, split, max_bytes, group, lang).items():
-        data = b"\n\n".join(bytes(int(i) for i in d if i < 256) for d in docs)  # the byte ids; tags dropped
+        data = b"\n\n".join(d[d < 256].astype(np.uint8).tobytes() for d in docs)  # the byte ids; tags dropped
         out[key] = data[: None if max_bytes is None else max_bytes].decode("utf-8", errors="ignore")
     return out
 
