@@ -1,13 +1,15 @@
-"""BDH speed: training throughput of the fast parallel form against the Appendix-E form, and generation.
+"""BDH speed: training throughput of the fast and fused parallel forms against the Appendix-E form; generation.
 
 ``recruit bench bdh-speed --out DIR [--device cuda]``. Two parts, each timed in one run:
 
 1. **Training**: tokens per second and peak memory of one optimiser step (forward, cross-entropy, backward,
    AdamW) at a fixed batch, for the reference parallel form (the paper's Appendix E, kept in
-   :mod:`recruit.models.bdh` as the oracle) and for the fast form (``impl="fast"``), each eager and under
-   ``torch.compile`` (the reference trainer compiles its model). Same weights, same batch, bf16 autocast on
-   CUDA, fp32 on the CPU. ``train_speedup`` = fast ÷ the faster of the reference's two variants (so the
-   baseline gets its best), and ``peak_memory_ratio`` is taken against that same variant. Peak memory on
+   :mod:`recruit.models.bdh` as the oracle), for the fast form (``impl="fast"``) and, on CUDA with Triton,
+   for the fused form (``impl="fused"``, :mod:`recruit.models.bdh_triton`), each eager and under
+   ``torch.compile`` (the reference trainer compiles its model; the fused heads stay outside the graph).
+   Same weights, same batch, bf16 autocast on CUDA, fp32 on the CPU. ``train_speedup`` = a form ÷ the faster
+   of the reference's two variants (so the baseline gets its best), and ``peak_memory_ratio`` is taken against
+   that same variant. Peak memory on
    CUDA is the whole allocation peak of a step (weights, optimiser state, batch, activations), the figure
    the issue quotes for the reference code; on the CPU, where the process's resident set holds much else,
    it is what one step adds (:func:`recruit.measure.peak_memory`).
@@ -120,11 +122,19 @@ def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool | str, device: to
     return {"step_s": timing.median, "peak_bytes": peak, "first_step_s": first, "params": measure.count_params(model)}
 
 
+def _impls(device: torch.device) -> tuple[str, ...]:
+    """The parallel forms to time: the fused form only where its Triton kernels run (elsewhere it is the fast one)."""
+    from recruit.fff.kernels import triton_available
+
+    return ("reference", "fast") + (("fused",) if device.type == "cuda" and triton_available() else ())
+
+
 def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> None:
+    impls = _impls(device)
     variants: list[tuple[str, bool | str]] = [
-        (impl, c) for c in ([False, True] if cfg.compile else [False]) for impl in ("reference", "fast")
+        (impl, c) for c in ([False, True] if cfg.compile else [False]) for impl in impls
     ]
-    variants += [("fast", mode) for mode in cfg.extra_modes]
+    variants += [(impl, mode) for mode in cfg.extra_modes for impl in impls if impl != "reference"]
     res: dict[tuple[str, bool | str], dict[str, float]] = {}
 
     def tag(compiled: bool | str) -> str:
@@ -152,12 +162,12 @@ def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> No
         add(case, "first_step_s", r["first_step_s"], "s")
         add(case, "params", r["params"], "")
     refs = [k for k in res if k[0] == "reference"]
-    fasts = [k for k in res if k[0] == "fast"]
+    fasts = [k for k in res if k[0] != "reference"]
     if not refs or not fasts:
         return
     best_ref = min(refs, key=lambda k: res[k]["step_s"])
     for k in fasts:
-        case = f"{base},impl=fast,compiled={tag(k[1])},vs=reference,vs_compiled={tag(best_ref[1])}"
+        case = f"{base},impl={k[0]},compiled={tag(k[1])},vs=reference,vs_compiled={tag(best_ref[1])}"
         add(case, "train_speedup", res[best_ref]["step_s"] / res[k]["step_s"], "x")
         add(case, "peak_memory_ratio", res[k]["peak_bytes"] / max(res[best_ref]["peak_bytes"], 1.0), "x")
 
@@ -250,7 +260,8 @@ def section(records: list[Record]) -> str:
     for r in rs:
         if r.metric == "train_speedup":
             best[dev(r)] = max(best.get(dev(r), 0.0), r.value)
-    note = " Fastest fast variant ÷ fastest reference variant: " + ", ".join(f"{d} {v:.3g}x" for d, v in best.items())
+    note = " Fastest fast or fused variant ÷ fastest reference variant: "
+    note += ", ".join(f"{d} {v:.3g}x" for d, v in best.items())
     note = note + "." if best else ""
     return (
         "<p>Training: one optimiser step of BDH's fast parallel form against the Appendix-E form (best of eager "

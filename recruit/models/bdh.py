@@ -26,6 +26,7 @@ from torch import nn
 
 from recruit.cuda_graphs import capture_cuda_graph
 from recruit.errors import RecruitError
+from recruit.fff.kernels import triton_available
 from recruit.models.base import RecruitModel, register_model
 from recruit.models.sampling import check_sampling, decode_loop
 
@@ -42,7 +43,8 @@ class BDHConfig:
     dropout: float = 0.1  # on the gated neurons x ⊙ y
     rope_theta: float = 2.0**16  # RoPE base over the N neurons
     max_seq_len: int = 4096  # longest sequence of the parallel form; the recurrent form has no limit
-    impl: str = "fast"  # parallel form: "fast" (per-head GEMMs, symmetric backward) or "reference" (Appendix E)
+    impl: str = "fast"  # parallel form: "fast" (per-head GEMMs, symmetric backward), "fused" (fast, with Triton
+    # kernels that make each neuron tensor in a GEMM's epilogue; on CUDA, else fast) or "reference" (Appendix E)
     activity_l1: float = 0.0  # training: weight of the mean activity of x and y (an L1 sparsity penalty; 0 = off)
     activity_warmup: float = 0.0  # training: fraction of the run over which that weight ramps up from 0 (0 = none)
 
@@ -60,8 +62,8 @@ class BDHConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 1.0:
             raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
-        if self.impl not in ("fast", "reference"):
-            raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
+        if self.impl not in ("fast", "fused", "reference"):
+            raise ValueError(f"impl must be 'fast', 'fused' or 'reference', got {self.impl!r}")
         if self.activity_l1 < 0:
             raise ValueError(f"activity_l1 must be >= 0, got {self.activity_l1}")
         if not 0.0 <= self.activity_warmup <= 1.0:
@@ -281,6 +283,31 @@ class BDH(RecruitModel):
             out = o if out is None else out + o
         return _ln(v + _ln(out))
 
+    def _layer_fused(self, v: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """:meth:`_layer_fast` with each head's neurons made in Triton GEMM epilogues (:mod:`.bdh_triton`).
+
+        Runs in the autocast dtype (or v's) where :func:`~recruit.models.bdh_triton.supports` allows (CUDA,
+        fp32 or bf16, T and N multiples of 16) and ``triton`` is installed; elsewhere it is :meth:`_layer_fast`.
+        Dropout draws a Philox mask, a different draw from :meth:`_layer_fast`'s of the same distribution.
+        """
+        dev = v.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else v.dtype
+        if not triton_available():
+            return self._layer_fast(v, c, s)
+        from recruit.models import bdh_triton
+
+        vin, N = v.to(dt), self.config.n_neurons
+        if not bdh_triton.supports(vin, N):
+            return self._layer_fast(v, c, s)
+        p, means, out = (self.drop.p if self.training else 0.0), self._activity is not None, None
+        for j in range(self.config.n_head):
+            dec = self.decoder[j * N : (j + 1) * N]
+            o, x_mean, y_mean = bdh_triton.fused_head(vin, self.encoder[j], self.encoder_v[j], dec, c, s, p, means)
+            if self._activity is not None:
+                self._activity.append(x_mean + y_mean)
+            out = o if out is None else out + o
+        return _ln(v + _ln(out))
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -307,12 +334,12 @@ class BDH(RecruitModel):
         # the activity penalty's terms, one per layer (reference) or per layer and head (fast): mean x + mean y
         self._activity = [] if self.training and cfg.activity_l1 > 0 else None
         hidden = [v]
-        fast = cfg.impl == "fast" and observe is None
+        fast = cfg.impl in ("fast", "fused") and observe is None
         if fast:
             c, s = cos[:, ::2].contiguous(), sin[:, ::2].contiguous()  # (T, N/2): one angle per neuron pair
         for i in range(cfg.n_layer):
             if fast:
-                v = self._layer_fast(v, c, s)
+                v = self._layer_fused(v, c, s) if cfg.impl == "fused" else self._layer_fast(v, c, s)
             else:
                 seen = None if observe is None else partial(observe, i)
                 v = self._layer(v, partial(_causal_attention, cos=cos, sin=sin), seen)

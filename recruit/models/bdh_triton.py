@@ -1,0 +1,345 @@
+"""BDH's fused training head in Triton: each (B·T, N) neuron tensor is made in a GEMM's epilogue.
+
+One head of the parallel form (see :meth:`recruit.models.bdh.BDH._layer_fast`) touches four tensors of
+B·T × N neurons (x, RoPE(x), y and x ⊙ y), 268 MB each in bf16 at the paper's training batch, and plain torch
+spends a pass over memory on every element-wise step between its GEMMs (ReLU, RoPE, x ⊙ y, dropout, and
+their gradients). Here one kernel, :func:`_neuron_gemm`, computes a (M × N) product tile by tile and applies
+one of four epilogues before anything reaches memory:
+
+====================  =========================  ================================================================
+epilogue              product                    stores
+====================  =========================  ================================================================
+``ENCODE``            v · D_x                    x = ReLU(·) and RoPE(x)
+``GATE``              LN(a) · D_y                y = ReLU(·) and dropout(x ⊙ y)
+``GATE_BACKWARD``     g · Eᵀ (= ∂x⊙y)            ∂y before its ReLU, and the x-part of ∂x (∂(x⊙y) ⊙ y)
+``ROPE_BACKWARD``     (Gg + Ggᵀ) · RoPE(x)       ∂x before its ReLU: RoPE⁻¹(·) + the x-part, masked by x > 0
+====================  =========================  ================================================================
+
+The products with d-wide outputs (x ⊙ y · E and the weight gradients) and the T × T scores stay torch GEMMs.
+Dropout draws its mask from Philox keyed by (seed, element), so the backward regenerates it instead of
+storing it. Values are rounded to the compute dtype where the torch form rounds them, so in fp32 the head
+equals :class:`~recruit.models.bdh._CausalLinearAttention`'s form to float tolerance (tests, through
+Triton's interpreter on the CPU).
+
+This module imports ``triton`` at import time: import it lazily (:mod:`recruit.models.bdh` does).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+ENCODE, GATE, GATE_BACKWARD, ROPE_BACKWARD = 0, 1, 2, 3
+
+# Launch configurations tried by the autotuner on a GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). The
+# interpreter takes the small fixed blocks of _INTERPRETED instead (it runs every program in Python).
+_CONFIGS = [
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+]
+_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``), i.e. on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _pairs(t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Columns (2k, 2k+1) of a (BLOCK_M, BLOCK_N) tile as two (BLOCK_M, BLOCK_N/2) tiles, in fp32."""
+    return tl.split(tl.reshape(t.to(tl.float32), (BLOCK_M, BLOCK_N // 2, 2)))
+
+
+@triton.jit
+def _interleave(even, odd, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The inverse of :func:`_pairs`: (BLOCK_M, BLOCK_N/2) twice -> (BLOCK_M, BLOCK_N)."""
+    return tl.reshape(tl.join(even, odd), (BLOCK_M, BLOCK_N))
+
+
+@triton.jit
+def _neuron_gemm(
+    a_ptr,  # (M, K), or (B, T, T) when BATCHED
+    b_ptr,  # (K, N) with strides (stride_bk, stride_bn), or (B·T, N) when BATCHED
+    out0_ptr,  # (M, N): x | y | ∂y | ∂x
+    out1_ptr,  # (M, N): RoPE(x) | dropout(x ⊙ y) | the x-part of ∂x | unused
+    in0_ptr,  # (M, N): unused | x | x | the x-part of ∂x
+    in1_ptr,  # (M, N): unused | unused | y | x
+    cos_ptr,  # (T, N/2) fp32: cos of each position's pair angles (ENCODE, ROPE_BACKWARD)
+    sin_ptr,  # (T, N/2) fp32
+    M,
+    N,
+    K,
+    T,  # tokens per sequence: row m is position m mod T
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    p_drop,  # dropout probability (GATE, GATE_BACKWARD); 0 = none
+    seed,  # Philox seed of the dropout mask
+    grad_add_ptr,  # () fp32: added to ∂y (GATE_BACKWARD) or ∂x (ROPE_BACKWARD) before its ReLU (activity penalty)
+    EPILOGUE: tl.constexpr,
+    BATCHED: tl.constexpr,  # A is sequence m // T's T × T matrix and B its T rows of (B·T, N): K = T
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (for fp32 operands; 16-bit ones multiply exactly either way)
+    UPCAST: tl.constexpr,  # multiply in fp32 (the interpreter's dot mistakes bf16 operands; products are exact)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # Programs walk GROUP_M row blocks across all column blocks before moving on, so A's rows stay in L2.
+    pid = tl.program_id(0)
+    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * n_n)
+    first_m = group * GROUP_M
+    rows_in_group = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * n_n)) % rows_in_group
+    pid_n = (pid % (GROUP_M * n_n)) // rows_in_group
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    m_ok, n_ok = m < M, n < N
+    m64 = m.to(tl.int64)
+    if BATCHED:  # a row block lies in one sequence (the launcher makes BLOCK_M divide T)
+        seq = (pid_m * BLOCK_M) // T
+        a_rows = a_ptr + seq.to(tl.int64) * T * T + (m64 - seq * T)[:, None] * stride_am  # (BLOCK_M, 1)
+        b_base = b_ptr + seq.to(tl.int64) * T * stride_bk
+    else:
+        a_rows = a_ptr + m64[:, None] * stride_am
+        b_base = b_ptr
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+        k_ok = k < K
+        a = tl.load(a_rows + k[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_base + k.to(tl.int64)[:, None] * stride_bk + n[None, :] * stride_bn,
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
+        if UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    dt = out0_ptr.dtype.element_ty
+    tile = m64[:, None] * N + n[None, :]  # (BLOCK_M, BLOCK_N) element offsets of the (M, N) tensors
+    ok = m_ok[:, None] & n_ok[None, :]
+    if EPILOGUE == 0 or EPILOGUE == 3:  # the angles of the tile's pairs: row m is position m mod T
+        pair = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # (BLOCK_N/2,)
+        trig = (m % T).to(tl.int64)[:, None] * (N // 2) + pair[None, :]
+        trig_ok = m_ok[:, None] & (pair < N // 2)[None, :]
+        c = tl.load(cos_ptr + trig, mask=trig_ok, other=0.0)
+        s = tl.load(sin_ptr + trig, mask=trig_ok, other=0.0)
+    # dropout keeps an element with probability 1 − p (Philox offsets: the element's, wrapping at 2^32) and
+    # scales it by 1 / (1 − p)
+    scale = 1.0 / (1.0 - p_drop)
+
+    if EPILOGUE == 0:  # x = ReLU(v·D_x) and its rotation RoPE(x)
+        x = tl.maximum(acc, 0.0).to(dt)
+        tl.store(out0_ptr + tile, x, mask=ok)
+        xe, xo = _pairs(x, BLOCK_M, BLOCK_N)
+        xr = _interleave(xe * c - xo * s, xo * c + xe * s, BLOCK_M, BLOCK_N)
+        tl.store(out1_ptr + tile, xr.to(dt), mask=ok)
+    elif EPILOGUE == 1:  # y = ReLU(LN(a)·D_y) and dropout(x ⊙ y)
+        y = tl.maximum(acc, 0.0).to(dt)
+        x = tl.load(in0_ptr + tile, mask=ok, other=0.0)
+        xy = (x.to(tl.float32) * y.to(tl.float32)).to(dt)
+        if p_drop > 0:
+            keep = tl.rand(seed, tile.to(tl.int32)) >= p_drop
+            xy = tl.where(keep, (xy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
+        tl.store(out0_ptr + tile, y, mask=ok)
+        tl.store(out1_ptr + tile, xy, mask=ok)
+    elif EPILOGUE == 2:  # from ∂(dropout(x ⊙ y)) = g·Eᵀ: ∂y before its ReLU, and ∂(x ⊙ y) ⊙ y
+        gxy = acc.to(dt)
+        if p_drop > 0:
+            keep = tl.rand(seed, tile.to(tl.int32)) >= p_drop
+            gxy = tl.where(keep, (gxy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
+        x = tl.load(in0_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        y = tl.load(in1_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        g = gxy.to(tl.float32)
+        gy = (g * x).to(dt).to(tl.float32) + tl.load(grad_add_ptr)
+        tl.store(out0_ptr + tile, tl.where(y > 0, gy, 0.0).to(dt), mask=ok)
+        tl.store(out1_ptr + tile, (g * y).to(dt), mask=ok)
+    else:  # ∂x before its ReLU: RoPE⁻¹((Gg + Ggᵀ)·RoPE(x)) + ∂(x ⊙ y) ⊙ y, where x > 0
+        ge, go = _pairs(acc.to(dt), BLOCK_M, BLOCK_N)
+        turned = _interleave(ge * c + go * s, go * c - ge * s, BLOCK_M, BLOCK_N).to(dt)
+        part = tl.load(in0_ptr + tile, mask=ok, other=0.0)
+        x = tl.load(in1_ptr + tile, mask=ok, other=0.0)
+        gx = (turned.to(tl.float32) + part.to(tl.float32)).to(dt).to(tl.float32) + tl.load(grad_add_ptr)
+        tl.store(out0_ptr + tile, tl.where(x > 0, gx, 0.0).to(dt), mask=ok)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep the configs whose BLOCK_N is even and fits N, and whose BLOCK_M divides T when BATCHED."""
+    T, N, batched = named_args["T"], named_args["N"], kwargs.get("BATCHED", named_args.get("BATCHED"))
+    keep = [c for c in configs if not batched or T % c.kwargs["BLOCK_M"] == 0]
+    small = [c for c in keep if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(N))]
+    return small or keep
+
+
+_tuned = triton.autotune(
+    configs=[
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8), num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in _CONFIGS
+    ],
+    key=["M", "N", "K", "T", "EPILOGUE", "BATCHED", "DOT_PRECISION", "UPCAST"],
+    prune_configs_by=dict(early_config_prune=_prune),
+)(_neuron_gemm)
+
+
+def _launch(
+    epilogue: int,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    outs: tuple[torch.Tensor, torch.Tensor],
+    ins: tuple[torch.Tensor, torch.Tensor],
+    trig: tuple[torch.Tensor, torch.Tensor],
+    T: int,
+    batched: bool = False,
+    p_drop: float = 0.0,
+    seed: int = 0,
+    grad_add: torch.Tensor | None = None,
+) -> None:
+    """Run :func:`_neuron_gemm` with ``a`` (M, K) or (B, T, T) and ``b`` (K, N) or (B·T, N) into ``outs``."""
+    M, N = outs[0].shape
+    K = T if batched else a.shape[1]
+    if grad_add is None:
+        grad_add = torch.zeros((), device=a.device, dtype=torch.float32)
+    # fp32 operands follow torch's TF32 switch; 16-bit ones ignore the setting ("tf32" is Triton's default)
+    precision = "ieee" if a.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
+    args = (a, b, *outs, *ins, *trig, M, N, K, T, a.stride(-2), a.stride(-1), b.stride(0), b.stride(1),
+            p_drop, seed, grad_add)  # fmt: skip
+    if interpreting():
+        grid = (triton.cdiv(M, 16) * triton.cdiv(N, 16),)
+        _neuron_gemm[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION="ieee", UPCAST=True,
+                           **_INTERPRETED)  # fmt: skip
+        return
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    _tuned[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision, UPCAST=False)
+
+
+def supports(v: torch.Tensor, n_neurons: int) -> bool:
+    """Whether :func:`fused_head` can run on the stream ``v`` (B, T, d) in its dtype.
+
+    Needs a CUDA tensor (or Triton's interpreter on the CPU), fp32 or bf16, T a multiple of 16 (a row block
+    of the batched backward GEMM lies in one sequence) and N a multiple of 16.
+    """
+    return (
+        (v.is_cuda or interpreting())
+        and v.dtype in (torch.float32, torch.bfloat16)
+        and v.shape[1] % 16 == 0
+        and n_neurons % 16 == 0
+    )
+
+
+def _ln_backward(g: torch.Tensor, normed: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """∂a of ``normed = (a − mean(a))·rstd`` (no affine) from ∂normed ``g``; all (…, d) but rstd (…, 1), fp32."""
+    return rstd * (g - g.mean(-1, keepdim=True) - normed * (g * normed).mean(-1, keepdim=True))
+
+
+class _FusedHead(torch.autograd.Function):
+    """One head's ``dropout(x ⊙ y)·E`` from the stream v, forward and backward through :func:`_neuron_gemm`.
+
+    Inputs: v (B, T, d), D_x and D_y (d, N), E (N, d), all in the compute dtype, cos and sin (T, N/2) fp32,
+    the dropout probability and seed, and whether to also return the means of x and y (for the activity
+    penalty). Saves x, RoPE(x), y, dropout(x ⊙ y) (each B·T × N) and the (B, T, T) scores.
+    """
+
+    @staticmethod
+    def forward(ctx, v, dx_w, dy_w, e_w, c, s, p_drop: float, seed: int, means: bool):
+        B, T, d = v.shape
+        N = dx_w.shape[1]
+        v2 = v.reshape(B * T, d)
+        x, xr = (torch.empty(B * T, N, device=v.device, dtype=v.dtype) for _ in range(2))
+        _launch(ENCODE, v2, dx_w, (x, xr), (x, x), (c, s), T)
+        xrb = xr.view(B, T, N)
+        scores = torch.matmul(xrb, xrb.mT).tril_(-1)  # (B, T, T)
+        a = torch.matmul(scores, v).float()  # (B, T, d)
+        mu, var = a.mean(-1, keepdim=True), a.var(-1, unbiased=False, keepdim=True)
+        rstd = torch.rsqrt(var + 1e-5)
+        normed = (a - mu) * rstd  # = F.layer_norm(a, (d,))
+        an = normed.to(v.dtype).reshape(B * T, d)
+        y, xy = (torch.empty_like(x) for _ in range(2))
+        _launch(GATE, an, dy_w, (y, xy), (x, x), (c, s), T, p_drop=p_drop, seed=seed)
+        out = (xy @ e_w).view(B, T, d)
+        ctx.save_for_backward(v, dx_w, dy_w, e_w, c, s, x, xr, y, xy, scores, normed, rstd)
+        ctx.p_drop, ctx.seed, ctx.means = p_drop, seed, means
+        if means:
+            return out, x.mean(dtype=torch.float32), y.mean(dtype=torch.float32)
+        zero = out.new_zeros((), dtype=torch.float32)
+        ctx.mark_non_differentiable(zero)
+        return out, zero, zero
+
+    @staticmethod
+    def backward(ctx, g_out, g_xmean, g_ymean):
+        v, dx_w, dy_w, e_w, c, s, x, xr, y, xy, scores, normed, rstd = ctx.saved_tensors
+        B, T, d = v.shape
+        dt = v.dtype
+        add_x, add_y = (None if g is None or not ctx.means else g.float() / x.numel() for g in (g_xmean, g_ymean))
+        g2 = g_out.reshape(B * T, d).to(dt).contiguous()
+        gy, gx_part = torch.empty_like(x), torch.empty_like(x)
+        _launch(GATE_BACKWARD, g2, e_w.mT, (gy, gx_part), (x, y), (c, s), T, p_drop=ctx.p_drop, seed=ctx.seed,
+                grad_add=add_y)  # fmt: skip
+        d_e = xy.mT @ g2  # (N, d)
+        an = normed.to(dt).reshape(B * T, d)
+        d_dy = an.mT @ gy  # (d, N)
+        d_an = (gy @ dy_w.mT).view(B, T, d).float()
+        d_a = _ln_backward(d_an, normed, rstd).to(dt)  # (B, T, d)
+        gram = torch.matmul(d_a, v.mT).tril_(-1)  # ∂scores (B, T, T)
+        d_v = torch.matmul(scores.mT, d_a)  # (B, T, d)
+        gx = torch.empty_like(x)
+        _launch(ROPE_BACKWARD, gram + gram.mT, xr, (gx, gx), (gx_part, x), (c, s), T, batched=True,
+                grad_add=add_x)  # fmt: skip
+        v2 = v.reshape(B * T, d)
+        d_dx = v2.mT @ gx  # (d, N)
+        d_v = d_v + (gx @ dx_w.mT).view(B, T, d)
+        return d_v, d_dx, d_dy, d_e, None, None, None, None, None
+
+
+@torch.compiler.disable  # Dynamo does not trace the launcher; a compiled model calls it between graphs
+def fused_head(
+    v: torch.Tensor,
+    dx_w: torch.Tensor,
+    dy_w: torch.Tensor,
+    e_w: torch.Tensor,
+    c: torch.Tensor,
+    s: torch.Tensor,
+    p_drop: float,
+    means: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One head's output (B, T, d) of BDH's layer, and the means of its x and y (0 unless ``means``).
+
+    ``v`` (B, T, d) in the compute dtype; ``dx_w``, ``dy_w`` (d, N) and ``e_w`` (N, d) are cast to it.
+    ``c``, ``s`` (T, N/2) fp32 are the cos and sin of each position's pair angles. ``p_drop`` > 0 applies
+    dropout to x ⊙ y with a Philox seed drawn from torch's default generator (so seeding torch seeds it).
+    """
+    dt = v.dtype
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p_drop > 0 else 0
+    with torch.autocast(v.device.type, enabled=False):
+        return _FusedHead.apply(
+            v.contiguous(), dx_w.to(dt), dy_w.to(dt), e_w.to(dt).contiguous(), c, s, p_drop, seed, means
+        )
+
+
+def reference_head(v, dx_w, dy_w, e_w, c, s, keep: torch.Tensor | None = None, p_drop: float = 0.0):
+    """:func:`fused_head` in plain torch (the tests' oracle): output (B, T, d), x and y (B, T, N).
+
+    ``keep`` (B·T, N) bool, when given, is the dropout mask of probability ``p_drop``.
+    """
+    from recruit.models.bdh import _head_attention, _ln
+
+    B, T, d = v.shape
+    x = F.relu(v @ dx_w)  # (B, T, N)
+    a = _ln(_head_attention(x, v, c, s))
+    y = F.relu(a.to(v.dtype) @ dy_w)
+    xy = x * y
+    if keep is not None:
+        xy = torch.where(keep.view_as(xy), xy / (1 - p_drop), 0.0).to(xy.dtype)
+    return (xy @ e_w).view(B, T, d), x, y

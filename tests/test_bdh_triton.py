@@ -1,0 +1,185 @@
+"""BDH's fused Triton head (``impl="fused"``) against the torch form, on the CPU through Triton's interpreter."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recruit.models import BDH, bdh_config
+from recruit.models.bdh import rope_tables
+
+# Run in a subprocess: the interpreter must be on before ``triton`` is first imported (see test_fff_kernels).
+INTERPRET = r"""
+import sys, torch
+from recruit.models import BDH, bdh_config
+from recruit.models.bdh_triton import GATE, _launch, fused_head, supports
+sys.path.insert(0, sys.argv[2])
+from test_bdh_triton import head_case, model_case
+
+out = {}
+for name, dtype, p_drop, means in [("fp32", torch.float32, 0.0, True), ("odd", torch.float32, 0.0, False),
+                                   ("bf16", torch.bfloat16, 0.0, False), ("drop", torch.float32, 0.3, True)]:
+    v, dx, dy, e, c, s, w = head_case(name, dtype)
+    torch.manual_seed(5)
+    o, xm, ym = fused_head(v, dx, dy, e, c, s, p_drop, means=means)
+    grads = torch.autograd.grad((o.float() * w).sum() + 3 * xm + 5 * ym, (v, dx, dy, e))
+    keep = None
+    if p_drop:  # the mask of seed 5: GATE with x = 1 and y = 1 stores the kept elements as 1 / (1 - p)
+        torch.manual_seed(5)
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        M, N = v.shape[0] * v.shape[1], dx.shape[1]
+        ones, y, xy = torch.ones(M, N), torch.empty(M, N), torch.empty(M, N)
+        _launch(GATE, torch.ones(M, 16), torch.full((16, N), 1 / 16), (y, xy), (ones, ones), (c, s), v.shape[1],
+                p_drop=p_drop, seed=seed)
+        keep = xy != 0
+    out[name] = dict(out=o.detach(), xm=xm, ym=ym, grads=grads, keep=keep, supports=supports(v, dx.shape[1]))
+
+model, idx, tgt = model_case()
+for impl in ("fused", "fast"):
+    m = BDH(bdh_config("bdh-nano", dropout=0.0, impl=impl, activity_l1=0.5)).train()
+    m.load_state_dict(model.state_dict())
+    logits = m(idx)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten()) + m.activity_loss()
+    loss.backward()
+    out[impl] = dict(logits=logits.detach(), grads={k: p.grad for k, p in m.named_parameters()})
+m = BDH(bdh_config("bdh-nano", dropout=0.1, impl="fused")).train()  # dropout inside the whole model
+out["trained"] = [float(torch.nn.functional.cross_entropy(m(idx).flatten(0, 1), tgt.flatten()).backward() or 0)
+                  for _ in range(2)]
+torch.save(out, sys.argv[1])
+"""
+
+SHAPES = {"fp32": (2, 32, 16, 64), "odd": (1, 48, 8, 48), "bf16": (2, 32, 16, 64), "drop": (2, 32, 16, 64)}
+
+
+def head_case(name: str, dtype: torch.dtype):
+    """Inputs of one head: v (B, T, d), D_x, D_y (d, N), E (N, d), cos, sin (T, N/2), output weights w."""
+    B, T, d, N = SHAPES[name]
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    v = torch.randn(B, T, d, generator=g).to(dtype).requires_grad_()
+    dx, dy, e = ((torch.randn(*shape, generator=g) * 0.3).to(dtype).requires_grad_() for shape in
+                 ((d, N), (d, N), (N, d)))  # fmt: skip
+    cos, sin = rope_tables(torch.arange(T), N, 2.0**16)
+    return v, dx, dy, e, cos[:, ::2].contiguous(), sin[:, ::2].contiguous(), torch.randn(B, T, d, generator=g)
+
+
+def model_case():
+    torch.manual_seed(3)
+    model = BDH(bdh_config("bdh-nano"))
+    idx = torch.randint(0, 288, (2, 32), generator=torch.Generator().manual_seed(4))
+    return model, idx, idx.roll(-1, dims=1)
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory):
+    pytest.importorskip("triton")
+    out = tmp_path_factory.mktemp("bdh-triton") / "out.pt"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", INTERPRET, str(out), os.path.dirname(__file__)],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out)
+
+
+def _oracle(name: str, dtype: torch.dtype, keep=None, p_drop: float = 0.0, means: bool = True):
+    from recruit.models.bdh_triton import reference_head
+
+    v, dx, dy, e, c, s, w = head_case(name, dtype)
+    o, x, y = reference_head(v, dx, dy, e, c, s, keep, p_drop)
+    loss = (o.float() * w).sum() + (3 * x.float().mean() + 5 * y.float().mean() if means else 0)
+    grads = torch.autograd.grad(loss, (v, dx, dy, e))
+    return o.detach(), x.float().mean(), y.float().mean(), grads
+
+
+@pytest.mark.parametrize("name", ["fp32", "odd", "drop"])
+def test_fused_head_equals_torch_in_fp32(interpreted, name):
+    got = interpreted[name]
+    assert got["supports"]
+    p_drop = 0.3 if name == "drop" else 0.0
+    if p_drop:
+        kept = got["keep"].float().mean().item()
+        assert abs(kept - (1 - p_drop)) < 0.03  # 4096 draws: 7 standard deviations
+    o, xm, ym, grads = _oracle(name, torch.float32, got["keep"], p_drop, means=name != "odd")
+    torch.testing.assert_close(got["out"], o, rtol=1e-5, atol=1e-5)
+    if name != "odd":  # "odd" asks for no means: they come back as 0
+        torch.testing.assert_close(got["xm"], xm)
+        torch.testing.assert_close(got["ym"], ym)
+    for a, b in zip(got["grads"], grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_head_in_bf16_is_about_as_close_to_fp32_as_torch_in_bf16(interpreted):
+    """Errors against fp32 of the fused head and of torch's, both in bf16.
+
+    The interpreter rounds fp32 to bf16 toward zero (the GPU to nearest), which about doubles the fused
+    head's mean error here; the bound allows that and still catches a wrong rounding point or a wrong value.
+    """
+    exact = _oracle("bf16", torch.float32, means=False)
+    torch_bf16 = _oracle("bf16", torch.bfloat16, means=False)
+    got = interpreted["bf16"]
+
+    def errs(a, b):
+        d = (a.float() - b.float()).abs()
+        return d.mean().item(), d.max().item()
+
+    pairs = [(got["out"], torch_bf16[0], exact[0])] + list(zip(got["grads"], torch_bf16[3], exact[3], strict=True))
+    for fused, by_torch, fp32 in pairs:
+        assert fused.dtype == torch.bfloat16
+        (mean_f, max_f), (mean_t, max_t) = errs(fused, fp32), errs(by_torch, fp32)
+        assert mean_f <= 2.5 * mean_t + 1e-6 and max_f <= 4 * max_t + 1e-6, (mean_f, mean_t, max_f, max_t)
+
+
+def test_fused_model_equals_fast_model(interpreted):
+    fused, fast = interpreted["fused"], interpreted["fast"]
+    torch.testing.assert_close(fused["logits"], fast["logits"], rtol=1e-5, atol=1e-5)
+    assert fused["grads"].keys() == fast["grads"].keys()
+    for k in fast["grads"]:
+        torch.testing.assert_close(fused["grads"][k], fast["grads"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_fused_model_trains_with_dropout(interpreted):
+    assert all(torch.isfinite(torch.tensor(interpreted["trained"])))
+
+
+def test_fused_falls_back_to_fast_without_a_gpu():
+    """On CPU tensors (interpreter off) ``impl="fused"`` runs the fast form: same logits, same gradients."""
+    model, idx, _ = model_case()
+    fused = BDH(bdh_config("bdh-nano", dropout=0.0, impl="fused"))
+    fast = BDH(bdh_config("bdh-nano", dropout=0.0, impl="fast"))
+    for m in (fused, fast):
+        m.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fused(idx), fast(idx), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_model_equals_fast_model_on_cuda():
+    """fp32 (no TF32): logits and gradients equal the fast form's; bf16: as close to fp32 as the fast form's."""
+    pytest.importorskip("triton")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _fused_equals_fast_on_cuda()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _fused_equals_fast_on_cuda():
+    torch.manual_seed(1)
+    fast = BDH(bdh_config("bdh-nano", dropout=0.0, n_neurons=512, activity_l1=0.1)).cuda().train()
+    fused = BDH(bdh_config("bdh-nano", dropout=0.0, n_neurons=512, activity_l1=0.1, impl="fused")).cuda().train()
+    fused.load_state_dict(fast.state_dict())
+    x = torch.randint(0, 288, (4, 128), device="cuda")
+    grads, logits = [], []
+    for m in (fast, fused):
+        out = m(x)
+        (out.logsumexp(-1).mean() + m.activity_loss()).backward()
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+        logits.append(out.detach())
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-3, atol=1e-4, msg=k)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        err_fast, err_fused = ((m(x).float() - logits[0]).abs().max().item() for m in (fast, fused))
+    assert err_fused <= 2 * err_fast + 1e-3
