@@ -1,7 +1,8 @@
-"""Compile the FFF token kernel for a GPU without one, and report what each launch costs in resources.
+"""Compile the FFF token kernel (or BDH's fused-head GEMM) for a GPU without one, and report what it costs.
 
     python benchmarks/triton_resources.py                 # the GPU benchmark's small-batch shapes, sm_90
     python benchmarks/triton_resources.py --arch 80 --spec 3 --block-d 1024
+    python benchmarks/triton_resources.py --bdh           # BDH's GEMM: every epilogue and autotuner config
 
 Triton ships ``ptxas`` and ``cuobjdump``, so the kernel compiles to a cubin for any NVIDIA architecture on a
 machine without a GPU. For each shape this prints the registers per thread, the local (spilled) bytes, the
@@ -46,27 +47,57 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
+def _compile(fn, constexprs: dict, ints: dict, arch: int, ptr_dtypes: dict, **options):
+    """``triton.compile`` of ``fn`` for sm_``arch`` as the JIT would specialise it for these arguments.
+
+    ``ints`` holds the runtime integer arguments' values (an integer divisible by 16 is marked so, as the JIT
+    does; one equal to 1 should be passed in ``constexprs``, which the JIT also does); ``ptr_dtypes`` the
+    element type of each pointer argument (by name, "*" for the rest); every other argument is an fp32 scalar.
+    """
+    names = fn.arg_names
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + ptr_dtypes.get(name, ptr_dtypes["*"])
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in ints:
+            signature[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "fp32"
+    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()},
+                       attrs=attrs)  # fmt: skip
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(enable_fp_fusion=True, **options))
+
+
 def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype: str = "bf16", **options):
     """The compiled token kernel (a ``triton.compile`` result) for ``token_launch(batch, hidden, hidden, ...)``."""
     launch = token_launch(batch, hidden, hidden, depth, 1, **options)
-    names = _fff_token_kernel.arg_names
-    signature, attrs = {}, {}
-    for i, name in enumerate(names):
-        if name in launch.constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = "*" + dtype
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            signature[name] = "i32"
-            if launch.ints[name] % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    constexprs = {(names.index(k),): v for k, v in launch.constexprs.items()}
-    source = ASTSource(fn=_fff_token_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    compile_options = dict(num_warps=launch.num_warps, enable_fp_fusion=True)  # the JIT's default
+    compile_options = dict(num_warps=launch.num_warps)
     if launch.maxnreg:
         compile_options["maxnreg"] = launch.maxnreg
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=compile_options)
+    return _compile(_fff_token_kernel, launch.constexprs, launch.ints, arch, {"*": dtype}, **compile_options)
+
+
+def compile_bdh_gemm(epilogue: int, config: tuple[int, int, int, int, int], arch: int = 90, dtype: str = "bf16"):
+    """BDH's fused-head GEMM (:func:`recruit.models.bdh_triton._neuron_gemm`) at the paper's training shape.
+
+    ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Shapes: B·T = 16384
+    rows, N = 8192 neurons, K = d = 256 (T = 512 for the batched backward product).
+    """
+    from recruit.models.bdh_triton import ROPE_BACKWARD, _neuron_gemm
+
+    bm, bn, bk, warps, stages = config
+    batched = epilogue == ROPE_BACKWARD
+    constexprs = dict(stride_ak=1, stride_bn=1, EPILOGUE=epilogue, BATCHED=batched, UPCAST=False, BLOCK_M=bm,
+                      BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, DOT_PRECISION="tf32")  # fmt: skip
+    ints = dict(M=16384, N=8192, K=512 if batched else 256, T=512, stride_am=512 if batched else 256,
+                stride_bk=8192, seed=12345)  # fmt: skip
+    ptrs = {"*": dtype, "cos_ptr": "fp32", "sin_ptr": "fp32", "grad_add_ptr": "fp32"}
+    return _compile(_neuron_gemm, constexprs, ints, arch, ptrs, num_warps=warps, num_stages=stages)
 
 
 def load_waves(sass: str) -> int:
@@ -103,8 +134,11 @@ def _backward(ins: str, address: int) -> str | None:
     return m.group(1) if m and int(m.group(1), 16) < address else None
 
 
-def resources(kernel) -> Resources:
-    """Registers, spills and SASS counts of a compiled kernel, read with Triton's own ``cuobjdump``."""
+def resources(kernel, waves: bool = True) -> Resources:
+    """Registers, spills and SASS counts of a compiled kernel, read with Triton's own ``cuobjdump``.
+
+    ``waves``: also count :func:`load_waves` (meant for the FFF token kernel; 0 when False).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
         with open(cubin, "wb") as f:
@@ -115,17 +149,30 @@ def resources(kernel) -> Resources:
     assert m, f"no resource usage in cuobjdump's output: {usage.stdout[-500:]}"
     ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+)", sass.stdout))
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass.stdout, re.M))
-    return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())), load_waves(sass.stdout))
+    return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())),
+                     load_waves(sass.stdout) if waves else 0)  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability × 10 (90: H100/H200)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
     for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll", "maxnreg"):
         p.add_argument(f"--{name}", type=int)
     args = p.parse_args()
+    if args.bdh:
+        from recruit.models.bdh_triton import _CONFIGS
+
+        for epilogue, name in enumerate(("ENCODE", "GATE", "GATE_BACKWARD", "ROPE_BACKWARD")):
+            for config in _CONFIGS:
+                k = compile_bdh_gemm(epilogue, config, args.arch, args.dtype)
+                r = resources(k, waves=False)
+                print(f"{name:>14} {config}: {r.registers} registers, {r.local_bytes} local bytes, "
+                      f"{k.metadata.shared} shared bytes, {r.instructions} instructions, "
+                      f"{k.asm['ptx'].count('cp.async.cg')} async copies")  # fmt: skip
+        return
     keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg")
     options = {k: v for k in keys if (v := getattr(args, k)) is not None}
     for hidden, depth in SHAPES:

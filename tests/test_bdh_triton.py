@@ -100,6 +100,10 @@ def test_fused_head_equals_torch_in_fp32(interpreted, name):
     if p_drop:
         kept = got["keep"].float().mean().item()
         assert abs(kept - (1 - p_drop)) < 0.03  # 4096 draws: 7 standard deviations
+        keep = got["keep"].float()
+        agree = 1 - p_drop * (2 - 2 * p_drop)  # P(two independent draws agree) = p² + (1 − p)²
+        for a, b in ((keep[:, :-1], keep[:, 1:]), (keep[:-1], keep[1:])):  # neighbours: columns, rows
+            assert abs((a == b).float().mean().item() - agree) < 0.04
     o, xm, ym, grads = _oracle(name, torch.float32, got["keep"], p_drop, means=name != "odd")
     torch.testing.assert_close(got["out"], o, rtol=1e-5, atol=1e-5)
     if name != "odd":  # "odd" asks for no means: they come back as 0

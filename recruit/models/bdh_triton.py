@@ -65,6 +65,20 @@ def _interleave(even, odd, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _keep(seed, m, pid_n, N, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Dropout's keep mask (BLOCK_M, BLOCK_N) of rows ``m`` and column block ``pid_n`` of an (M, N) tensor.
+
+    One Philox draw gives four uniforms (``tl.rand4x``), for four consecutive columns: element (m, n) takes
+    uniform n mod 4 of the draw at offset (m·N + n) / 4, wrapping at 2^32 (N is a multiple of 4).
+    """
+    quad = pid_n * (BLOCK_N // 4) + tl.arange(0, BLOCK_N // 4)  # (BLOCK_N/4,)
+    offsets = (m.to(tl.int64)[:, None] * (N // 4) + quad[None, :]).to(tl.int32)  # (BLOCK_M, BLOCK_N/4)
+    r0, r1, r2, r3 = tl.rand4x(seed, offsets)
+    r = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK_M, BLOCK_N))  # column 4q + j: r_j
+    return r >= p_drop
+
+
+@triton.jit
 def _neuron_gemm(
     a_ptr,  # (M, K), or (B, T, T) when BATCHED
     b_ptr,  # (K, N) with strides (stride_bk, stride_bn), or (B·T, N) when BATCHED
@@ -134,9 +148,7 @@ def _neuron_gemm(
         trig_ok = m_ok[:, None] & (pair < N // 2)[None, :]
         c = tl.load(cos_ptr + trig, mask=trig_ok, other=0.0)
         s = tl.load(sin_ptr + trig, mask=trig_ok, other=0.0)
-    # dropout keeps an element with probability 1 − p (Philox offsets: the element's, wrapping at 2^32) and
-    # scales it by 1 / (1 − p)
-    scale = 1.0 / (1.0 - p_drop)
+    scale = 1.0 / (1.0 - p_drop)  # dropout keeps an element with probability 1 − p and scales it by this
 
     if EPILOGUE == 0:  # x = ReLU(v·D_x) and its rotation RoPE(x)
         x = tl.maximum(acc, 0.0).to(dt)
@@ -149,14 +161,14 @@ def _neuron_gemm(
         x = tl.load(in0_ptr + tile, mask=ok, other=0.0)
         xy = (x.to(tl.float32) * y.to(tl.float32)).to(dt)
         if p_drop > 0:
-            keep = tl.rand(seed, tile.to(tl.int32)) >= p_drop
+            keep = _keep(seed, m, pid_n, N, p_drop, BLOCK_M, BLOCK_N)
             xy = tl.where(keep, (xy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
         tl.store(out0_ptr + tile, y, mask=ok)
         tl.store(out1_ptr + tile, xy, mask=ok)
     elif EPILOGUE == 2:  # from ∂(dropout(x ⊙ y)) = g·Eᵀ: ∂y before its ReLU, and ∂(x ⊙ y) ⊙ y
         gxy = acc.to(dt)
         if p_drop > 0:
-            keep = tl.rand(seed, tile.to(tl.int32)) >= p_drop
+            keep = _keep(seed, m, pid_n, N, p_drop, BLOCK_M, BLOCK_N)
             gxy = tl.where(keep, (gxy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
         x = tl.load(in0_ptr + tile, mask=ok, other=0.0).to(tl.float32)
         y = tl.load(in1_ptr + tile, mask=ok, other=0.0).to(tl.float32)
@@ -285,8 +297,9 @@ class _FusedHead(torch.autograd.Function):
         add_x, add_y = (None if g is None or not ctx.means else g.float() / x.numel() for g in (g_xmean, g_ymean))
         g2 = g_out.reshape(B * T, d).to(dt).contiguous()
         gy, gx_part = torch.empty_like(x), torch.empty_like(x)
-        _launch(GATE_BACKWARD, g2, e_w.mT, (gy, gx_part), (x, y), (c, s), T, p_drop=ctx.p_drop, seed=ctx.seed,
-                grad_add=add_y)  # fmt: skip
+        # Eᵀ as a contiguous (d, N) copy (N·d elements): B then has unit column stride, as in the other products
+        _launch(GATE_BACKWARD, g2, e_w.mT.contiguous(), (gy, gx_part), (x, y), (c, s), T, p_drop=ctx.p_drop,
+                seed=ctx.seed, grad_add=add_y)  # fmt: skip
         d_e = xy.mT @ g2  # (N, d)
         an = normed.to(dt).reshape(B * T, d)
         d_dy = an.mT @ gy  # (d, N)
