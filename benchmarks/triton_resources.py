@@ -85,17 +85,23 @@ def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype
 def compile_bdh_gemm(epilogue: int, config: tuple[int, int, int, int, int], arch: int = 90, dtype: str = "bf16"):
     """BDH's fused-head GEMM (:func:`recruit.models.bdh_triton._neuron_gemm`) at the paper's training shape.
 
-    ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Shapes: B·T = 16384
-    rows, N = 8192 neurons, K = d = 256 (T = 512 for the batched backward product).
+    ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Shapes as
+    ``_FusedHead`` launches them: B·T = 16384 rows, N = 8192 neurons, d = 256, T = 512.
     """
-    from recruit.models.bdh_triton import ROPE_BACKWARD, _neuron_gemm
+    from recruit.models.bdh_triton import ROPE_BACKWARD, SCORES, _neuron_gemm
 
     bm, bn, bk, warps, stages = config
-    batched = epilogue == ROPE_BACKWARD
-    constexprs = dict(stride_ak=1, stride_bn=1, EPILOGUE=epilogue, BATCHED=batched, UPCAST=False, BLOCK_M=bm,
-                      BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, DOT_PRECISION="tf32")  # fmt: skip
-    ints = dict(M=16384, N=8192, K=512 if batched else 256, T=512, stride_am=512 if batched else 256,
-                stride_bk=8192, seed=12345)  # fmt: skip
+    B, T, N, d = 32, 512, 8192, 256
+    ints = dict(M=B * T, N=N, K=d, T=T, stride_am=d, stride_bk=N, a_batch=0, b_batch=0, seed=12345)
+    unit = dict(stride_ak=1, stride_bn=1)  # strides equal to 1, which the JIT makes constants
+    if epilogue == ROPE_BACKWARD:  # (B, T, T) @ (T, N) per sequence
+        ints.update(K=T, stride_am=T, a_batch=T * T, b_batch=T * N)
+    elif epilogue == SCORES:  # (T, N) @ (N, T) per sequence, B = RoPE(x)ᵀ
+        ints.update(N=T, K=N, stride_am=N, stride_bn=N, a_batch=T * N, b_batch=T * N)
+        del ints["stride_bk"]
+        unit = dict(stride_ak=1, stride_bk=1)
+    constexprs = dict(**unit, EPILOGUE=epilogue, BATCHED=epilogue in (ROPE_BACKWARD, SCORES), UPCAST=False,
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, DOT_PRECISION="tf32")  # fmt: skip
     ptrs = {"*": dtype, "cos_ptr": "fp32", "sin_ptr": "fp32", "grad_add_ptr": "fp32"}
     return _compile(_neuron_gemm, constexprs, ints, arch, ptrs, num_warps=warps, num_stages=stages)
 
@@ -165,7 +171,7 @@ def main() -> None:
     if args.bdh:
         from recruit.models.bdh_triton import _CONFIGS
 
-        for epilogue, name in enumerate(("ENCODE", "GATE", "GATE_BACKWARD", "ROPE_BACKWARD")):
+        for epilogue, name in enumerate(("ENCODE", "GATE", "GATE_BACKWARD", "ROPE_BACKWARD", "SCORES")):
             for config in _CONFIGS:
                 k = compile_bdh_gemm(epilogue, config, args.arch, args.dtype)
                 r = resources(k, waves=False)

@@ -4,7 +4,7 @@ One head of the parallel form (see :meth:`recruit.models.bdh.BDH._layer_fast`) t
 B·T × N neurons (x, RoPE(x), y and x ⊙ y), 268 MB each in bf16 at the paper's training batch, and plain torch
 spends a pass over memory on every element-wise step between its GEMMs (ReLU, RoPE, x ⊙ y, dropout, and
 their gradients). Here one kernel, :func:`_neuron_gemm`, computes a (M × N) product tile by tile and applies
-one of four epilogues before anything reaches memory:
+one of five epilogues before anything reaches memory:
 
 ====================  =========================  ================================================================
 epilogue              product                    stores
@@ -13,9 +13,11 @@ epilogue              product                    stores
 ``GATE``              LN(a) · D_y                y = ReLU(·) and dropout(x ⊙ y)
 ``GATE_BACKWARD``     g · Eᵀ (= ∂x⊙y)            ∂y before its ReLU, and the x-part of ∂x (∂(x⊙y) ⊙ y)
 ``ROPE_BACKWARD``     (Gg + Ggᵀ) · RoPE(x)       ∂x before its ReLU: RoPE⁻¹(·) + the x-part, masked by x > 0
+``SCORES``            RoPE(x) · RoPE(x)ᵀ         the scores strictly below the diagonal (tiles above it skipped)
 ====================  =========================  ================================================================
 
-The products with d-wide outputs (x ⊙ y · E and the weight gradients) and the T × T scores stay torch GEMMs.
+The products with d-wide outputs (x ⊙ y · E, the attention's T × T by T × d products and the weight
+gradients) stay torch GEMMs.
 Dropout draws its mask from Philox keyed by (seed, element), so the backward regenerates it instead of
 storing it. Values are rounded to the compute dtype where the torch form rounds them, so in fp32 the head
 equals :class:`~recruit.models.bdh._CausalLinearAttention`'s form to float tolerance (tests, through
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-ENCODE, GATE, GATE_BACKWARD, ROPE_BACKWARD = 0, 1, 2, 3
+ENCODE, GATE, GATE_BACKWARD, ROPE_BACKWARD, SCORES = 0, 1, 2, 3, 4
 
 # Launch configurations tried by the autotuner on a GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). The
 # interpreter takes the small fixed blocks of _INTERPRETED instead (it runs every program in Python).
@@ -80,12 +82,12 @@ def _keep(seed, m, pid_n, N, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
 
 @triton.jit
 def _neuron_gemm(
-    a_ptr,  # (M, K), or (B, T, T) when BATCHED
-    b_ptr,  # (K, N) with strides (stride_bk, stride_bn), or (B·T, N) when BATCHED
-    out0_ptr,  # (M, N): x | y | ∂y | ∂x
-    out1_ptr,  # (M, N): RoPE(x) | dropout(x ⊙ y) | the x-part of ∂x | unused
-    in0_ptr,  # (M, N): unused | x | x | the x-part of ∂x
-    in1_ptr,  # (M, N): unused | unused | y | x
+    a_ptr,  # (M, K) with strides (stride_am, stride_ak); BATCHED: sequence s's block starts at s·a_batch
+    b_ptr,  # (K, N) with strides (stride_bk, stride_bn); BATCHED: sequence s's block starts at s·b_batch
+    out0_ptr,  # (M, N): x | y | ∂y | ∂x | scores
+    out1_ptr,  # (M, N): RoPE(x) | dropout(x ⊙ y) | the x-part of ∂x | unused | unused
+    in0_ptr,  # (M, N): unused | x | x | the x-part of ∂x | unused
+    in1_ptr,  # (M, N): unused | unused | y | x | unused
     cos_ptr,  # (T, N/2) fp32: cos of each position's pair angles (ENCODE, ROPE_BACKWARD)
     sin_ptr,  # (T, N/2) fp32
     M,
@@ -96,11 +98,13 @@ def _neuron_gemm(
     stride_ak,
     stride_bk,
     stride_bn,
+    a_batch,  # BATCHED: elements between the A blocks of consecutive sequences
+    b_batch,  # BATCHED: ... and between their B blocks
     p_drop,  # dropout probability (GATE, GATE_BACKWARD); 0 = none
     seed,  # Philox seed of the dropout mask
     grad_add_ptr,  # () fp32: added to ∂y (GATE_BACKWARD) or ∂x (ROPE_BACKWARD) before its ReLU (activity penalty)
     EPILOGUE: tl.constexpr,
-    BATCHED: tl.constexpr,  # A is sequence m // T's T × T matrix and B its T rows of (B·T, N): K = T
+    BATCHED: tl.constexpr,  # row m multiplies sequence m // T's block of B (and its A rows lie in its A block)
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (for fp32 operands; 16-bit ones multiply exactly either way)
     UPCAST: tl.constexpr,  # multiply in fp32 (the interpreter's dot mistakes bf16 operands; products are exact)
     BLOCK_M: tl.constexpr,
@@ -121,15 +125,19 @@ def _neuron_gemm(
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     m_ok, n_ok = m < M, n < N
     m64 = m.to(tl.int64)
-    if BATCHED:  # a row block lies in one sequence (the launcher makes BLOCK_M divide T)
-        seq = (pid_m * BLOCK_M) // T
-        a_rows = a_ptr + seq.to(tl.int64) * T * T + (m64 - seq * T)[:, None] * stride_am  # (BLOCK_M, 1)
-        b_base = b_ptr + seq.to(tl.int64) * T * stride_bk
+    seq = (pid_m * BLOCK_M) // T  # BATCHED: a row block lies in one sequence (the launcher makes BLOCK_M divide T)
+    t = m - seq * T  # (BLOCK_M,) positions of the rows in their sequence (when BATCHED)
+    if BATCHED:
+        a_rows = a_ptr + seq.to(tl.int64) * a_batch + t.to(tl.int64)[:, None] * stride_am  # (BLOCK_M, 1)
+        b_base = b_ptr + seq.to(tl.int64) * b_batch
     else:
         a_rows = a_ptr + m64[:, None] * stride_am
         b_base = b_ptr
+    k_end = K
+    if EPILOGUE == 4:  # causal scores: a tile wholly on or above the diagonal (no column j < row t) is all 0
+        k_end = tl.where(pid_n * BLOCK_N < pid_m * BLOCK_M - seq * T + BLOCK_M - 1, K, 0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
         k_ok = k < K
         a = tl.load(a_rows + k[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
@@ -176,6 +184,8 @@ def _neuron_gemm(
         gy = (g * x).to(dt).to(tl.float32) + tl.load(grad_add_ptr)
         tl.store(out0_ptr + tile, tl.where(y > 0, gy, 0.0).to(dt), mask=ok)
         tl.store(out1_ptr + tile, (g * y).to(dt), mask=ok)
+    elif EPILOGUE == 4:  # scores RoPE(x)·RoPE(x)ᵀ strictly below the diagonal (column j < row t), else 0
+        tl.store(out0_ptr + tile, tl.where(n[None, :] < t[:, None], acc, 0.0).to(dt), mask=ok)
     else:  # ∂x before its ReLU: RoPE⁻¹((Gg + Ggᵀ)·RoPE(x)) + ∂(x ⊙ y) ⊙ y, where x > 0
         ge, go = _pairs(acc.to(dt), BLOCK_M, BLOCK_N)
         turned = _interleave(ge * c + go * s, go * c - ge * s, BLOCK_M, BLOCK_N).to(dt)
@@ -211,20 +221,24 @@ def _launch(
     ins: tuple[torch.Tensor, torch.Tensor],
     trig: tuple[torch.Tensor, torch.Tensor],
     T: int,
-    batched: bool = False,
+    batch: tuple[int, int] | None = None,
     p_drop: float = 0.0,
     seed: int = 0,
     grad_add: torch.Tensor | None = None,
 ) -> None:
-    """Run :func:`_neuron_gemm` with ``a`` (M, K) or (B, T, T) and ``b`` (K, N) or (B·T, N) into ``outs``."""
+    """Run :func:`_neuron_gemm` on ``a`` (…, K) and ``b`` (K, N) into ``outs`` (M, N) each.
+
+    ``batch`` = (a_batch, b_batch) makes the product per sequence: rows m of sequence s = m // T take their A
+    rows from ``a``'s block s (element offset s·a_batch; ``a`` may be (B, T, K)) and multiply B's block s.
+    """
     M, N = outs[0].shape
-    K = T if batched else a.shape[1]
+    K, batched = a.shape[-1], batch is not None
     if grad_add is None:
         grad_add = torch.zeros((), device=a.device, dtype=torch.float32)
     # fp32 operands follow torch's TF32 switch; 16-bit ones ignore the setting ("tf32" is Triton's default)
     precision = "ieee" if a.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     args = (a, b, *outs, *ins, *trig, M, N, K, T, a.stride(-2), a.stride(-1), b.stride(0), b.stride(1),
-            p_drop, seed, grad_add)  # fmt: skip
+            *(batch or (0, 0)), p_drop, seed, grad_add)  # fmt: skip
     if interpreting():
         grid = (triton.cdiv(M, 16) * triton.cdiv(N, 16),)
         _neuron_gemm[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION="ieee", UPCAST=True,
@@ -251,17 +265,13 @@ def supports(v: torch.Tensor, n_neurons: int) -> bool:
     )
 
 
-def _ln_backward(g: torch.Tensor, normed: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    """∂a of ``normed = (a − mean(a))·rstd`` (no affine) from ∂normed ``g``; all (…, d) but rstd (…, 1), fp32."""
-    return rstd * (g - g.mean(-1, keepdim=True) - normed * (g * normed).mean(-1, keepdim=True))
-
-
 class _FusedHead(torch.autograd.Function):
     """One head's ``dropout(x ⊙ y)·E`` from the stream v, forward and backward through :func:`_neuron_gemm`.
 
     Inputs: v (B, T, d), D_x and D_y (d, N), E (N, d), all in the compute dtype, cos and sin (T, N/2) fp32,
     the dropout probability and seed, and whether to also return the means of x and y (for the activity
-    penalty). Saves x, RoPE(x), y, dropout(x ⊙ y) (each B·T × N) and the (B, T, T) scores.
+    penalty). Saves x, RoPE(x), y, dropout(x ⊙ y) (each B·T × N), the (B, T, T) scores and the attention's
+    (B, T, d) output with its layer-norm statistics.
     """
 
     @staticmethod
@@ -271,17 +281,16 @@ class _FusedHead(torch.autograd.Function):
         v2 = v.reshape(B * T, d)
         x, xr = (torch.empty(B * T, N, device=v.device, dtype=v.dtype) for _ in range(2))
         _launch(ENCODE, v2, dx_w, (x, xr), (x, x), (c, s), T)
-        xrb = xr.view(B, T, N)
-        scores = torch.matmul(xrb, xrb.mT).tril_(-1)  # (B, T, T)
+        scores = torch.empty(B, T, T, device=v.device, dtype=v.dtype)  # RoPE(x)·RoPE(x)ᵀ below the diagonal
+        flat = scores.view(B * T, T)
+        _launch(SCORES, xr, xr.mT, (flat, flat), (flat, flat), (c, s), T, batch=(T * N, T * N))
         a = torch.matmul(scores, v).float()  # (B, T, d)
-        mu, var = a.mean(-1, keepdim=True), a.var(-1, unbiased=False, keepdim=True)
-        rstd = torch.rsqrt(var + 1e-5)
-        normed = (a - mu) * rstd  # = F.layer_norm(a, (d,))
-        an = normed.to(v.dtype).reshape(B * T, d)
+        normed, mean, rstd = torch.native_layer_norm(a, (d,), None, None, 1e-5)  # F.layer_norm, and its stats
+        an = normed.to(v.dtype).view(B * T, d)
         y, xy = (torch.empty_like(x) for _ in range(2))
         _launch(GATE, an, dy_w, (y, xy), (x, x), (c, s), T, p_drop=p_drop, seed=seed)
         out = (xy @ e_w).view(B, T, d)
-        ctx.save_for_backward(v, dx_w, dy_w, e_w, c, s, x, xr, y, xy, scores, normed, rstd)
+        ctx.save_for_backward(v, dx_w, dy_w, e_w, c, s, x, xr, y, xy, scores, a, mean, rstd, an)
         ctx.p_drop, ctx.seed, ctx.means = p_drop, seed, means
         if means:
             return out, x.mean(dtype=torch.float32), y.mean(dtype=torch.float32)
@@ -291,9 +300,9 @@ class _FusedHead(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_xmean, g_ymean):
-        v, dx_w, dy_w, e_w, c, s, x, xr, y, xy, scores, normed, rstd = ctx.saved_tensors
+        v, dx_w, dy_w, e_w, c, s, x, xr, y, xy, scores, a, mean, rstd, an = ctx.saved_tensors
         B, T, d = v.shape
-        dt = v.dtype
+        N, dt = x.shape[1], v.dtype
         add_x, add_y = (None if g is None or not ctx.means else g.float() / x.numel() for g in (g_xmean, g_ymean))
         g2 = g_out.reshape(B * T, d).to(dt).contiguous()
         gy, gx_part = torch.empty_like(x), torch.empty_like(x)
@@ -301,14 +310,14 @@ class _FusedHead(torch.autograd.Function):
         _launch(GATE_BACKWARD, g2, e_w.mT.contiguous(), (gy, gx_part), (x, y), (c, s), T, p_drop=ctx.p_drop,
                 seed=ctx.seed, grad_add=add_y)  # fmt: skip
         d_e = xy.mT @ g2  # (N, d)
-        an = normed.to(dt).reshape(B * T, d)
         d_dy = an.mT @ gy  # (d, N)
         d_an = (gy @ dy_w.mT).view(B, T, d).float()
-        d_a = _ln_backward(d_an, normed, rstd).to(dt)  # (B, T, d)
+        d_a = torch.ops.aten.native_layer_norm_backward(d_an, a, (d,), mean, rstd, None, None, [True, False, False])
+        d_a = d_a[0].to(dt)  # (B, T, d)
         gram = torch.matmul(d_a, v.mT).tril_(-1)  # ∂scores (B, T, T)
         d_v = torch.matmul(scores.mT, d_a)  # (B, T, d)
         gx = torch.empty_like(x)
-        _launch(ROPE_BACKWARD, gram + gram.mT, xr, (gx, gx), (gx_part, x), (c, s), T, batched=True,
+        _launch(ROPE_BACKWARD, gram + gram.mT, xr, (gx, gx), (gx_part, x), (c, s), T, batch=(T * T, T * N),
                 grad_add=add_x)  # fmt: skip
         v2 = v.reshape(B * T, d)
         d_dx = v2.mT @ gx  # (d, N)
