@@ -4,6 +4,8 @@
 #   OUT=DIR bash benchmarks/device_session.sh          # on the GPU machine (the device tool sets OUT)
 #   DEVICE=cpu QUICK=1 OUT=/tmp/dry bash benchmarks/device_session.sh   # dry run of the script here
 #   BDH=0 OUT=DIR bash benchmarks/device_session.sh    # FFF and the GPU tests only (about 2 minutes)
+#   FFF=0 OUT=DIR bash benchmarks/device_session.sh    # BDH and the GPU tests only
+#   PROFILE=0 ...                                      # without the BDH profile (benchmarks/bdh_profile.py)
 #
 # Records land in $OUT/bdh-speed.jsonl, $OUT/fff.jsonl and $OUT/fff-model.jsonl (copy them to results/gpu/ and
 # rebuild docs/results.md with the command on its first line, the GPU files in place of results/recovered/'s);
@@ -35,12 +37,23 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "step $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
-step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
-step fff-model "${FFF_MODEL_LIMIT:-150}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
 if [ "$DEVICE" = cuda ]; then
   step gpu-tests 150 $py -m pytest -m gpu -q -p no:cacheprovider tests/
 fi
-# bdh-speed, with the fast form also compiled in max-autotune mode (BDH_MODES='' leaves that out)
+if [ "${FFF:-1}" != 0 ]; then
+  step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
+  step fff-model "${FFF_MODEL_LIMIT:-150}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
+fi
+# where a fused BDH step spends its time (a diagnostic log, $OUT/bdh-profile.txt; on the CPU a dry run)
+if [ "${BDH:-1}" != 0 ] && [ "${PROFILE:-1}" != 0 ]; then
+  if [ "$DEVICE" = cuda ]; then
+    step bdh-profile "${PROFILE_LIMIT:-150}" $py benchmarks/bdh_profile.py --out "$OUT"
+  else
+    step bdh-profile 300 env TRITON_INTERPRET=1 $py benchmarks/bdh_profile.py --device cpu --quick --out "$OUT"
+  fi
+fi
+# bdh-speed; BDH_MODES=max-autotune-no-cudagraphs also times the fast and fused forms compiled in that mode
+# (about three minutes more of compiling)
 [ "${BDH:-1}" = 0 ] || step bdh-speed "${BDH_LIMIT:-$((470 - SECONDS))}" $py -c "
 import os, sys
 from recruit.benchmarks import BenchOptions
@@ -49,7 +62,7 @@ from recruit.records import write_records
 from dataclasses import replace
 cuda = '$DEVICE' == 'cuda'
 cfg = QUICK if '$QUICK' else (SpeedConfig() if cuda else CPU)
-modes = tuple(m for m in os.environ.get('BDH_MODES', 'max-autotune-no-cudagraphs').split(',') if m and cuda)
+modes = tuple(m for m in os.environ.get('BDH_MODES', '').split(',') if m and cuda)
 recs = run(BenchOptions(device='$DEVICE', progress=False), replace(cfg, extra_modes=modes))
 write_records('$OUT/bdh-speed.jsonl', recs)
 print(len(recs), 'records')
