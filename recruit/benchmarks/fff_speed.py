@@ -63,9 +63,10 @@ CPU_CASES = (
     + tuple(SpeedCase(768, 8, b, trees=8) for b in (1, 8, 128))  # a forest of about width 4095 (fff-quality's kind)
     + tuple(SpeedCase(768, 9, b, trees=3) for b in (1, 128))  # 3069 neurons against BERT-base's 3072-wide FF
 )
-GPU_CASES = tuple(SpeedCase(768, 11, b) for b in (1, 128, 1024, 4096)) + tuple(
-    SpeedCase(4096, 13, b)
-    for b in (1, 8, 128, 1024, 4096)  # 1024: where the token and block kernels cross
+GPU_CASES = (
+    tuple(SpeedCase(768, 11, b) for b in (1, 128, 1024, 4096))
+    + tuple(SpeedCase(4096, 13, b) for b in (1, 8, 128, 1024, 4096))  # 1024: where the token and block kernels cross
+    + tuple(SpeedCase(768, 8, b, trees=8) for b in (1, 128, 4096))  # the CPU's forest case
 )
 QUICK_CASES = (SpeedCase(64, 5, 1), SpeedCase(64, 5, 33), SpeedCase(64, 3, 5, trees=4))
 
