@@ -6,6 +6,9 @@
 #   BDH=0 OUT=DIR bash benchmarks/device_session.sh    # FFF and the GPU tests only (about 2 minutes)
 #   FFF=0 OUT=DIR bash benchmarks/device_session.sh    # BDH and the GPU tests only
 #   PROFILE=0 ...                                      # without the BDH profile (benchmarks/bdh_profile.py)
+#   COMPARE=1 CORPUS=.corpus/debian ...                # also bdh-compare's GPU size (bdh-ref vs gpt-medium, ~4 min);
+#                                                      #   the GPU machine has no corpus: copy ~/.cache/recruit/corpus/
+#                                                      #   debian (60 MiB) to .corpus/ here and carry it there
 #
 # Records land in $OUT/bdh-speed.jsonl, $OUT/fff.jsonl and $OUT/fff-model.jsonl (copy them to results/gpu/ and
 # rebuild docs/results.md with the command on its first line, the GPU files in place of results/recovered/'s);
@@ -67,4 +70,9 @@ recs = run(BenchOptions(device='$DEVICE', progress=False), replace(cfg, extra_mo
 write_records('$OUT/bdh-speed.jsonl', recs)
 print(len(recs), 'records')
 "
+# the larger size of the BDH-vs-GPT comparison, opt-in (minutes of training)
+if [ "${COMPARE:-0}" != 0 ]; then
+  step bdh-compare "${COMPARE_LIMIT:-300}" recruit bench bdh-compare -q --device "$DEVICE" --out "$OUT" $QUICK \
+    --corpus "${CORPUS:-debian}"
+fi
 tail -n 25 "$LOG"

@@ -30,6 +30,18 @@ def test_bdh_compare_ratios_and_equal_flops(opts, tmp_path):
     assert bdh_flops > gpt_flops  # BDH does more work per token at equal parameters
 
 
+def test_bdh_compare_without_equal_flops_and_with_bdh_fields(opts, tmp_path):
+    """The GPU configuration's switches: no equal-FLOPs run, BDH config fields in its run and record cases."""
+    cfg = dataclasses.replace(bdh_compare.QUICK, out_dir=str(tmp_path / "runs"), eval_bytes=512, equal_flops=False,
+                              bdh_args=(("impl", "fused"),))  # fmt: skip
+    recs = bdh_compare.run(opts, cfg)
+    assert not [r for r in recs if r.params.get("budget") == "equal-flops"]
+    assert metric(recs, "bpb", model="bdh-nano", impl="fused", lang="de") > 0
+    assert metric(recs, "bpb_ratio", budget="equal-tokens", lang="de") > 0
+    assert list((tmp_path / "runs").glob("*/bdh-nano-lr0.003-implfused"))
+    assert bdh_compare.GPU.sizes == (("bdh-ref", "gpt-medium"),)
+
+
 def test_fff_quality_three_arms(opts, tmp_path):
     cfg = dataclasses.replace(fff_quality.QUICK, out_dir=str(tmp_path / "runs"), eval_bytes=512)
     recs = fff_quality.run(opts, cfg)

@@ -5,7 +5,8 @@ parameter count (``bdh-mini``/``gpt-mini``, 215k; ``bdh-tiny``/``gpt-tiny``, 823
 same number of tokens, then a second GPT run with as many training FLOPs as the BDH run used (the
 equal-compute view: BDH does several times the work per token). Held-out bits per byte per language and the
 ratios BDH ÷ GPT are records; so are each run's training FLOPs and measured throughput (tokens per second,
-the equal-wall-clock view).
+the equal-wall-clock view). On CUDA the default is :data:`GPU`, the larger size: the paper's ``bdh-ref`` and
+``gpt-medium`` (25.3M parameters each) on 2^23 tokens of 512, without the equal-FLOPs run.
 
 Runs live under ``runs/bdh-compare/`` and resume like any training run, so an interrupted benchmark continues.
 Both models train without dropout (the budget is far below one epoch), at a peak learning rate of 3e-3. The
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from recruit.benchmarks import Bench, BenchOptions, register
 from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm, train_flops_per_token
 from recruit.records import Record
+from recruit.train import resolve_device
 
 BENCH = "bdh-compare"
 
@@ -34,6 +36,8 @@ class CompareConfig:
     sizes: tuple[tuple[str, str], ...] = (("bdh-mini", "gpt-mini"), ("bdh-tiny", "gpt-tiny"))  # (BDH, GPT) presets
     gpt_lr: float = 3e-3
     bdh_lr: float = 3e-3
+    bdh_args: tuple[tuple[str, object], ...] = ()  # BDH config fields, e.g. (("impl", "fused"),) on a GPU
+    equal_flops: bool = True  # also the GPT run with the BDH run's training FLOPs
     out_dir: str = "runs/bdh-compare"
     eval_bytes: int = 32768  # held-out bytes scored per language
 
@@ -43,6 +47,18 @@ class CompareConfig:
         if not self.sizes:
             raise ValueError("sizes must name at least one (BDH, GPT) preset pair")
 
+
+GPU = CompareConfig(
+    tokens=2**23,
+    seq_len=512,
+    batch_size=32,
+    sizes=(("bdh-ref", "gpt-medium"),),  # 25.3M parameters each
+    bdh_lr=1e-3,  # the paper's, at its size (3e-3 was measured only at the CPU sizes)
+    gpt_lr=1e-3,
+    equal_flops=False,  # it would train the GPT on about 7x the tokens: minutes more of a GPU session
+    out_dir="runs/bdh-compare-gpu",
+)
+"""The larger size, on a GPU (``recruit bench bdh-compare --device cuda``): the paper's BDH and the GPT of its size."""
 
 QUICK = CompareConfig(
     tokens=4 * 32 * 4,
@@ -56,7 +72,9 @@ QUICK = CompareConfig(
 
 def run(opts: BenchOptions, cfg: CompareConfig | None = None) -> list[Record]:
     """Train the three runs of every size (resuming any that exist) and measure them on the test split."""
-    cfg = cfg or (QUICK if opts.quick else CompareConfig())
+    if cfg is None:
+        cuda = resolve_device(opts.device).type == "cuda"
+        cfg = QUICK if opts.quick else (GPU if cuda else CompareConfig())
     corpus, device, env, steps = prepare(opts, cfg)
     recs: list[Record] = []
     for bdh, gpt in cfg.sizes:
@@ -69,23 +87,27 @@ def _compare(
 ) -> list[Record]:
     """BDH ``bdh`` vs GPT ``gpt`` at equal tokens (``steps`` each), plus the GPT at BDH's training FLOPs."""
     out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
-    bdh_arm = Arm(f"{bdh}-lr{cfg.bdh_lr:g}", bdh, cfg.bdh_lr)
+    args = dict(cfg.bdh_args)
+    tag = "".join(f"-{k}{v}" for k, v in args.items())  # runs with other BDH fields get their own directories
+    bdh_arm = Arm(f"{bdh}-lr{cfg.bdh_lr:g}{tag}", bdh, cfg.bdh_lr, model_args=args)
     runs = {k: train_arm(corpus, a, steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
             for k, a in (("bdh", bdh_arm), ("gpt", Arm(gpt, gpt, cfg.gpt_lr)))}  # fmt: skip
     fpt = {k: train_flops_per_token(t.model, cfg.seq_len, device) for k, t in runs.items()}
-    eq_steps = max(1, round(steps * fpt["bdh"] / fpt["gpt"]))
-    eq_arm = Arm(f"{gpt}-eqflops", gpt, cfg.gpt_lr)
-    runs["gpt_eqflops"] = train_arm(corpus, eq_arm, eq_steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
-    fpt["gpt_eqflops"] = fpt["gpt"]
+    if cfg.equal_flops:
+        eq_steps = max(1, round(steps * fpt["bdh"] / fpt["gpt"]))
+        eq_arm = Arm(f"{gpt}-eqflops", gpt, cfg.gpt_lr)
+        runs["gpt_eqflops"] = train_arm(corpus, eq_arm, eq_steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
+        fpt["gpt_eqflops"] = fpt["gpt"]
     recs: list[Record] = []
     bpb: dict[str, dict[str, float]] = {}
     for key, t in runs.items():
         preset, lr = (bdh, cfg.bdh_lr) if key == "bdh" else (gpt, cfg.gpt_lr)
         budget = "equal-flops" if key == "gpt_eqflops" else "equal-tokens"
-        r, bpb[key] = score_arm(BENCH, f"model={preset},budget={budget},lr={lr:g}", t, corpus, cfg.eval_bytes, device,
-                                env, fpt[key])  # fmt: skip
+        extra = "".join(f",{k}={v}" for k, v in args.items()) if key == "bdh" else ""
+        r, bpb[key] = score_arm(BENCH, f"model={preset},budget={budget},lr={lr:g}{extra}", t, corpus, cfg.eval_bytes,
+                                device, env, fpt[key])  # fmt: skip
         recs += r
-    for ref, budget in (("gpt", "equal-tokens"), ("gpt_eqflops", "equal-flops")):
+    for ref, budget in (("gpt", "equal-tokens"), ("gpt_eqflops", "equal-flops"))[: 2 if cfg.equal_flops else 1]:
         case = f"{bdh}_vs_{gpt},budget={budget},bdh_train_tokens={cfg.tokens},bdh_lr={cfg.bdh_lr:g}"
         recs += ratio_records(BENCH, case, bpb["bdh"], bpb[ref], env)
     return recs
