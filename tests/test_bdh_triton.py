@@ -44,6 +44,9 @@ for impl in ("fused", "fast"):
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten()) + m.activity_loss()
     loss.backward()
     out[impl] = dict(logits=logits.detach(), grads={k: p.grad for k, p in m.named_parameters()})
+m = BDH(bdh_config("bdh-nano", dropout=0.0, impl="fused")).eval()  # compiled: the heads run between graphs
+m.load_state_dict(model.state_dict())
+out["compiled"] = torch.compile(m)(idx).detach()
 m = BDH(bdh_config("bdh-nano", dropout=0.1, impl="fused")).train()  # dropout inside the whole model
 out["trained"] = [float(torch.nn.functional.cross_entropy(m(idx).flatten(0, 1), tgt.flatten()).backward() or 0)
                   for _ in range(2)]
@@ -140,6 +143,10 @@ def test_fused_model_equals_fast_model(interpreted):
     assert fused["grads"].keys() == fast["grads"].keys()
     for k in fast["grads"]:
         torch.testing.assert_close(fused["grads"][k], fast["grads"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_compiled_fused_model_equals_fast_model(interpreted):
+    torch.testing.assert_close(interpreted["compiled"], interpreted["fast"]["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_fused_model_trains_with_dropout(interpreted):

@@ -232,6 +232,7 @@ class BDH(RecruitModel):
         self.lm_head = nn.Parameter(torch.empty(d, V).normal_(std=0.02))  # untied (d, V)
         self.drop = nn.Dropout(config.dropout)
         self._activity: list[torch.Tensor] | None = None  # filled by a training forward when activity_l1 > 0
+        self._triton = config.impl == "fused" and triton_available()  # checked once: the forward may be compiled
 
     def loss_terms(self) -> list:
         """:class:`ActivityL1` when the config sets ``activity_l1`` > 0."""
@@ -292,7 +293,7 @@ class BDH(RecruitModel):
         """
         dev = v.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else v.dtype
-        if not triton_available():
+        if not self._triton:
             return self._layer_fast(v, c, s)
         from recruit.models import bdh_triton
 
