@@ -1,3 +1,8 @@
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -52,3 +57,23 @@ def tokens():
     """A deterministic byte stream with some structure, as uint16 like a corpus split."""
     text = ("The quick brown fox jumps over the lazy dog. Der schnelle braune Fuchs. " * 200).encode()
     return np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
+
+
+@pytest.fixture(scope="session")
+def resources_tool():
+    """``benchmarks/triton_resources.py`` as a module: compiles Triton kernels for sm_90 without a GPU."""
+    pytest.importorskip("triton")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_resources.py"
+    spec = importlib.util.spec_from_file_location("triton_resources", path)
+    tool = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("triton_resources", tool)  # its dataclass looks itself up there
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.fixture(scope="session")
+def cuobjdump(resources_tool):
+    """The resources tool, when this Triton build ships ``cuobjdump`` (which reading a kernel's resources needs)."""
+    if not os.path.exists(resources_tool._tool("cuobjdump")):
+        pytest.skip("this triton build ships no cuobjdump")
+    return resources_tool

@@ -163,6 +163,23 @@ def test_fused_falls_back_to_fast_without_a_gpu():
     torch.testing.assert_close(fused(idx), fast(idx), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("config", [(128, 128, 64, 8, 3), (64, 64, 64, 4, 4)])
+def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
+    """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).
+
+    No registers spilled, and operand tiles copied asynchronously (the software pipeline: a non-unit stride
+    once made every operand a plain register load).
+    """
+    from recruit.models import bdh_triton
+
+    for epilogue in range(5):
+        kernel = cuobjdump.compile_bdh_gemm(epilogue, config)
+        used = cuobjdump.resources(kernel, waves=False)
+        assert used.local_bytes == 0, (epilogue, used)
+        assert kernel.asm["ptx"].count("cp.async.cg") >= 8, epilogue
+    assert config in bdh_triton._CONFIGS
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_model_equals_fast_model_on_cuda():

@@ -459,25 +459,12 @@ def test_triton_cuda_dense_top_levels_equal_reference(dtype, top):
     check(fff_triton, tuple(t[:3] if i == 0 else t for i, t in enumerate(case)), 11, 2, top=top)
 
 
-def _resources_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_resources.py"
-    spec = importlib.util.spec_from_file_location("triton_resources", path)
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("triton_resources", tool)  # its dataclass looks itself up there
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def _sass(*lines: str) -> str:
     return "\n".join(f"        /*{16 * i:04x}*/   {line} ;" for i, line in enumerate(lines))
 
 
-def test_load_waves_counts_loads_issued_after_a_wait():
-    pytest.importorskip("triton")
-    tool = _resources_tool()
+def test_load_waves_counts_loads_issued_after_a_wait(resources_tool):
+    tool = resources_tool
     head = ["MOV R1, R2", "IADD3 R3, R3, 0x1, RZ"]  # 0x0000, 0x0010: the loop starts at 0x0010
     one = ["@P0 LDG.E.128 R8, desc[UR4][R2.64]", "LDG.E.U16 R12, desc[UR4][R4.64]", "FFMA R20, R8, R9, RZ",
            "FADD R21, R12, R20"]  # fmt: skip
@@ -489,16 +476,13 @@ def test_load_waves_counts_loads_issued_after_a_wait():
     assert tool.load_waves(_sass(*two, *head, "@P1 BRA 0x40", "EXIT")) == 1  # loads before the loop: not counted
 
 
-def test_token_kernel_compiles_for_sm90_without_spills():
+def test_token_kernel_compiles_for_sm90_without_spills(cuobjdump):
     """The default small-batch launches at the GPU benchmark's shapes, compiled ahead of time for an H100/H200.
 
     No registers spilled, the row reads vectorised to 128-bit loads (a scalar-load layout once hid here), and
     each routing step's loads issued in one wave (the ptxas of Triton 3.6 once split them in five).
     """
-    pytest.importorskip("triton")
-    tool = _resources_tool()
-    if not os.path.exists(tool._tool("cuobjdump")):
-        pytest.skip("this triton build ships no cuobjdump")
+    tool = cuobjdump
     for hidden, depth in tool.SHAPES:
         used = tool.resources(tool.compile_token(hidden, depth))
         assert used.local_bytes == 0, (hidden, depth, used)
