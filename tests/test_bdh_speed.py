@@ -73,3 +73,19 @@ def test_a_failing_compiler_is_recorded_not_fatal(monkeypatch):
     failed = [case for case, metric, *_ in recs if metric == "failed"]
     assert len(failed) == 2 and all("compiled=1" in c for c in failed)
     assert sum(metric == "train_speedup" for _, metric, *_ in recs) == 1  # eager fast vs eager reference
+
+
+def test_a_failing_fused_form_is_recorded_not_fatal(monkeypatch):
+    from recruit.benchmarks import bdh_speed
+
+    def broken(self, v, c, s):
+        raise RuntimeError("no GPU kernel here")
+
+    monkeypatch.setattr(bdh_speed, "_impls", lambda device: ("reference", "fast", "fused"))
+    monkeypatch.setattr(BDH, "_layer_fused", broken)
+    recs = []
+    bdh_speed._training(QUICK, torch.device("cpu"), lambda *a: recs.append(a), progress=False)
+    assert [case for case, metric, *_ in recs if metric == "failed"] == [
+        "model=bdh-nano,B=2,T=32,precision=fp32,impl=fused,compiled=0"
+    ]
+    assert sum(metric == "train_speedup" for _, metric, *_ in recs) == 1  # fast vs reference, still measured
