@@ -123,6 +123,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{b.name:12} {b.summary}")
         return 0
     bench = benchmarks.get(args.name)
+    overrides = {}
+    for item in args.set:
+        field, eq, value = item.partition("=")
+        if not eq or not field:
+            raise RecruitError(f"--set takes FIELD=VALUE, got {item!r}")
+        overrides[field.strip().replace("-", "_")] = value
     opts = benchmarks.BenchOptions(
         model=args.model,
         corpus=args.corpus,
@@ -130,6 +136,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         max_bytes=args.max_bytes,
         progress=not args.quiet,
+        overrides=overrides,
     )
     records = bench.run(opts)
     path = write_records(benchmarks.out_file(args.out, bench.name), records)
@@ -229,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--list", action="store_true", help="list the benchmarks")
             p.add_argument("--model", help="checkpoint directory (default: the shipped one)")
             p.add_argument("--out", default="results", help="output directory (default: results)")
+            p.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="FIELD=VALUE",
+                help="change a field of the benchmark's config (repeatable); sequences as JSON or a,b,c",
+            )
         else:
             p.add_argument("--out", default="report", help="output directory (default: report)")
             p.add_argument("--include", nargs="*", default=[], help="more record files to add to the page")

@@ -2,7 +2,8 @@
 
 Every config in the library is a ``@dataclass`` whose fields are its hyperparameters. :func:`from_dict`
 checks keys (an unknown key is an error that lists the valid ones) and types (``int``, ``float``, ``str``,
-``bool``, ``Literal[...]``, ``X | None``, ``dict``), then the dataclass's own ``__post_init__`` checks values.
+``bool``, ``Literal[...]``, ``X | None``, ``dict``, ``tuple[...]``), then the dataclass's own ``__post_init__``
+checks values; :func:`with_overrides` does the same for some fields of an existing config.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             return value
         raise RecruitError(f"{name} must be a string, got {value!r}")
+    if origin is tuple or tp is tuple:
+        return _coerce_tuple(name, value, get_args(tp))
     if origin is dict or tp is dict:
         if isinstance(value, str):
             try:
@@ -90,6 +93,50 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             return dict(value)
         raise RecruitError(f"{name} must be a mapping, got {value!r}")
     return value
+
+
+def _coerce_tuple(name: str, value: Any, args: tuple) -> tuple:
+    """A tuple from a tuple or list, or from a JSON array or comma-separated items on the command line.
+
+    ``args`` are the annotation's: ``(X, ...)`` for any length, ``(A, B)`` for exactly two, ``()`` for any items.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = [v.strip() for v in value.split(",")] if value.strip() else []
+        if isinstance(value, str | int | float):
+            value = [value]
+    if not isinstance(value, list | tuple):
+        raise RecruitError(f"{name} must be a sequence, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        kinds = [args[0]] * len(value)
+    elif args:
+        if len(value) != len(args):
+            raise RecruitError(f"{name} must have {len(args)} items, got {len(value)}: {value!r}")
+        kinds = list(args)
+    else:
+        kinds = [Any] * len(value)
+    return tuple(v if k is Any or k is object else _coerce(f"{name}[{i}]", v, k)
+                 for i, (v, k) in enumerate(zip(value, kinds, strict=True)))  # fmt: skip
+
+
+def with_overrides(cfg: T, overrides: dict[str, Any], what: str | None = None) -> T:
+    """``cfg`` (a dataclass) with fields replaced by ``overrides`` (strings converted to each field's type).
+
+    An unknown key is an error that lists the valid ones; the dataclass's ``__post_init__`` checks the values.
+    """
+    if not overrides:
+        return cfg
+    what = what or type(cfg).__name__
+    hints, valid = get_type_hints(type(cfg)), field_names(type(cfg))
+    unknown = [k for k in overrides if k not in valid]
+    if unknown:
+        raise RecruitError(f"unknown {what} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
+    try:
+        return dataclasses.replace(cfg, **{k: _coerce(f"{what}.{k}", v, hints[k]) for k, v in overrides.items()})
+    except (ValueError, TypeError) as e:
+        raise RecruitError(f"invalid {what}: {e}") from None
 
 
 def from_dict(cls: type[T], data: dict[str, Any], what: str | None = None) -> T:

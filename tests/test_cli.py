@@ -220,3 +220,22 @@ def test_fff_train_and_bench_cli(text_corpus, tmp_path, capsys):
     assert {r["metric"] for r in recs} >= {"latency_ms", "speedup"}
     assert main(["fff", "train", "--preset", "gpt-nano", "--model.fff_mode", "both", "--corpus", text_corpus]) == 2
     assert "fff_mode" in capsys.readouterr().err
+
+
+def test_bench_set_changes_config_fields(text_corpus, tmp_path, capsys):
+    """``--set FIELD=VALUE`` reaches the benchmark's config (typed); bad fields are one-line errors."""
+    out = tmp_path / "res"
+    args = ["bench", "bdh-compare", "--corpus", text_corpus, "--out", str(out), "--quick", "-q",
+            "--set", "equal_flops=false", "--set", f"out_dir={tmp_path / 'runs'}", "--set", "eval_bytes=512",
+            "--set", 'bdh_args=[["impl", "fused"]]']  # fmt: skip
+    assert main(args) == 0
+    recs = read_records(out / "bdh-compare.jsonl")
+    assert not [r for r in recs if r.params.get("budget") == "equal-flops"]
+    assert {r.params.get("impl") for r in recs if r.params.get("model") == "bdh-nano"} == {"fused"}
+    capsys.readouterr()
+    for bad, why in ((["--set", "tokens=many"], "must be an int"), (["--set", "speed=9"], "valid keys"),
+                     (["--set", "tokens"], "FIELD=VALUE")):  # fmt: skip
+        assert main(["bench", "bdh-compare", "--corpus", text_corpus, "--quick", "-q", *bad]) == 2
+        assert why in capsys.readouterr().err
+    assert main(["bench", "fff", "--quick", "-q", "--set", "hidden=8"]) == 2
+    assert "takes no --set" in capsys.readouterr().err

@@ -1,17 +1,23 @@
 """Benchmarks: each technique registers one, and ``recruit bench NAME --out DIR`` runs it.
 
 A benchmark is a function ``run(opts) -> list[Record]`` plus, optionally, a report section that turns its
-records into HTML. Benchmarks time the dense baseline in the same run and report ratios.
+records into HTML. Benchmarks time the dense baseline in the same run and report ratios. One with a config
+dataclass picks its defaults (quick, CPU or GPU sizes) and passes them through :func:`configure`, so that
+``recruit bench NAME --set FIELD=VALUE`` can change any field; one with fixed cases calls :func:`fixed_cases`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+from recruit.config import with_overrides
 from recruit.errors import RecruitError
 from recruit.records import Record
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -25,6 +31,8 @@ class BenchOptions:
         quick: Smaller sizes and fewer repeats (tests, smoke runs).
         max_bytes: Bytes of held-out text scored per language.
         progress: Show progress bars.
+        overrides: Fields of the benchmark's config to replace (``recruit bench NAME --set FIELD=VALUE``);
+            strings are converted to each field's type. Applied by :func:`configure`.
     """
 
     model: str | None = None
@@ -33,6 +41,7 @@ class BenchOptions:
     quick: bool = False
     max_bytes: int = 32768
     progress: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_bytes <= 0:
@@ -48,6 +57,17 @@ class Bench:
     section: Callable[[list[Record]], str] | None = None  # records -> HTML for the report
     summary: str = ""
     in_report: bool = False  # run by ``recruit report`` on the shipped defaults
+
+
+def configure(opts: BenchOptions, cfg: T, bench: str) -> T:
+    """The config ``cfg`` a benchmark picked, with ``opts.overrides`` applied (unknown fields are errors)."""
+    return with_overrides(cfg, opts.overrides, f"{bench} config")
+
+
+def fixed_cases(opts: BenchOptions, bench: str) -> None:
+    """Refuse ``--set`` for a benchmark whose cases are fixed (it has no config dataclass)."""
+    if opts.overrides:
+        raise RecruitError(f"{bench} takes no --set (its cases are fixed in code); got {', '.join(opts.overrides)}")
 
 
 BENCHES: dict[str, Bench] = {}

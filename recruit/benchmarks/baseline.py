@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recruit import checkpoints, measure
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, fixed_cases, register
 from recruit.errors import RecruitError
 from recruit.models import GPT, load_model
 from recruit.records import Record, environment
@@ -101,6 +101,7 @@ def run(opts: BenchOptions) -> list[Record]:
     """Quality per language and cost of the model (the shipped ``gpt-tiny`` unless ``opts.model`` is given)."""
     from recruit.data.corpus import Corpus
 
+    fixed_cases(opts, BENCH)
     model, name, device = _load(opts)
     env = environment(device)
     recs: list[Record] = []

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.data.probes import probe_accuracy
 from recruit.errors import RecruitError
 from recruit.interp.bdh import activation_density
@@ -221,7 +221,7 @@ def run(opts: BenchOptions, cfg: BDHBenchConfig | None = None) -> list[Record]:
     """All BDH figures (see the module docstring); ``cfg`` defaults to :data:`QUICK` with ``opts.quick``."""
     from recruit.data.corpus import Corpus
 
-    cfg = cfg or (QUICK if opts.quick else BDHBenchConfig())
+    cfg = configure(opts, cfg or (QUICK if opts.quick else BDHBenchConfig()), BENCH)
     device = resolve_device(opts.device)
     env = environment(device)
     recs: list[Record] = []

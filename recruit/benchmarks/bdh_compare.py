@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm, train_flops_per_token
 from recruit.records import Record
 from recruit.train import resolve_device
@@ -75,6 +75,7 @@ def run(opts: BenchOptions, cfg: CompareConfig | None = None) -> list[Record]:
     if cfg is None:
         cuda = resolve_device(opts.device).type == "cuda"
         cfg = QUICK if opts.quick else (GPU if cuda else CompareConfig())
+    cfg = configure(opts, cfg, BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
     recs: list[Record] = []
     for bdh, gpt in cfg.sizes:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.benchmarks.equal_budget import Arm, prepare, score_arm, train_arm
 from recruit.data.probes import probe_accuracy, prompt_tokens
 from recruit.records import Record
@@ -66,7 +66,7 @@ QUICK = MemoryConfig(presets=("bdh-nano", "gpt-nano"), tokens=4 * 64 * 2, seq_le
 
 def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:
     """Train (or resume) each model with episodes mixed in, then score probes at every distance it can read."""
-    cfg = cfg or (QUICK if opts.quick else MemoryConfig())
+    cfg = configure(opts, cfg or (QUICK if opts.quick else MemoryConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
     out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
     recs: list[Record] = []

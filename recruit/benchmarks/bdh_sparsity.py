@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm
 from recruit.interp.bdh import activation_density
 from recruit.records import Record
@@ -76,7 +76,7 @@ def _case(preset: str, weight: str, warmup: float, lr: float) -> str:
 
 def run(opts: BenchOptions, cfg: SparsityConfig | None = None) -> list[Record]:
     """Train (or resume) every run, then record density per layer and test bits per byte."""
-    cfg = cfg or (QUICK if opts.quick else SparsityConfig())
+    cfg = configure(opts, cfg or (QUICK if opts.quick else SparsityConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
     out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
     recs: list[Record] = []

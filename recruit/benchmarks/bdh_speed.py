@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.models import BDH, bdh_config
 from recruit.records import Record, environment
 from recruit.train import resolve_device
@@ -227,6 +227,7 @@ def run(opts: BenchOptions, cfg: SpeedConfig | None = None) -> list[Record]:
     device = resolve_device(opts.device)
     if cfg is None:
         cfg = QUICK if opts.quick else (SpeedConfig() if device.type == "cuda" else CPU)
+    cfg = configure(opts, cfg, BENCH)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the reference trainer does
     env = environment(device)

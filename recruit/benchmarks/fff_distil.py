@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.benchmarks.fff_mlm import hf_data
 from recruit.data.stream import TokenStream
 from recruit.data.tokenizer import ByteTokenizer
@@ -107,7 +107,7 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     """Train the dense decoder, distil its MLPs, fine-tune both, and score every arm on the test split."""
     from recruit.fff.decoder import distil_decoder, drop_decoder_mlps
 
-    cfg = cfg or (QUICK if opts.quick else DistilConfig())
+    cfg = configure(opts, cfg or (QUICK if opts.quick else DistilConfig()), BENCH)
     corpus, device, env, steps, stream, windows = hf_data(opts, cfg)
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"model=llama,hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"

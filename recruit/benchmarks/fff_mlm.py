@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.benchmarks.equal_budget import prepare
 from recruit.data.stream import TokenStream, spread_windows
 from recruit.data.tokenizer import ByteTokenizer
@@ -135,7 +135,7 @@ def train(model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progre
 
 def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
     """Train the three arms on the same batches and masks, then score each on the test split."""
-    cfg = cfg or (QUICK if opts.quick else MLMConfig())
+    cfg = configure(opts, cfg or (QUICK if opts.quick else MLMConfig()), BENCH)
     _, device, env, steps, stream, windows = hf_data(opts, cfg)
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, fixed_cases, register
 from recruit.fff.decoder import drop_decoder_mlps, replace_decoder_mlps
 from recruit.models import GPT
 from recruit.models.gpt import GPTConfig
@@ -173,6 +173,7 @@ def measure_models(
 
 def run(opts: BenchOptions, shapes: tuple[ModelShape, ...] | None = None) -> list[Record]:
     """Time the three decoders of each shape (default: :data:`DEFAULT_SHAPES`, quick: :data:`QUICK_SHAPES`)."""
+    fixed_cases(opts, BENCH)
     device = resolve_device(opts.device)
     env = environment(device)
     recs: list[Record] = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm, train_flops_per_token
 from recruit.models import build_model
 from recruit.records import Record
@@ -53,7 +53,7 @@ def _forest(depth: int, trees: int) -> str:
 
 def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
     """Train dense / FFF / no-FF arms (resuming any that exist) and score them on the test split."""
-    cfg = cfg or (QUICK if opts.quick else QualityConfig())
+    cfg = configure(opts, cfg or (QUICK if opts.quick else QualityConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
     arms = [
         Arm("dense", cfg.preset, cfg.lr),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, register
+from recruit.benchmarks import Bench, BenchOptions, fixed_cases, register
 from recruit.fff.fff import pack_rows
 from recruit.fff.kernels import fff_gather, fff_prepare, fff_route
 from recruit.fff.kernels.cpu import advise_huge_pages, cpu_kernel_available, row_reader
@@ -287,6 +287,7 @@ def measure_case(
 
 def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[Record]:
     """Time every case on ``opts.device`` (CPU: fp32; CUDA: bf16, with a sweep of Triton launch configs)."""
+    fixed_cases(opts, BENCH)
     device = resolve_device(opts.device)
     env = environment(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
