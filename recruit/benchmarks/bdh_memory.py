@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.benchmarks.equal_budget import Arm, prepare, score_arm, train_arm
 from recruit.data.probes import probe_accuracy, prompt_tokens
+from recruit.models import BDH, PRESETS
 from recruit.records import Record
 
 BENCH = "bdh-memory"
@@ -45,6 +46,7 @@ class MemoryConfig:
     batch_size: int = 8
     lr: float = 3e-3
     probe_mix: float = 1.0  # fraction of training windows carrying an episode
+    bdh_args: tuple[tuple[str, object], ...] = ()  # BDH config fields, e.g. (("activity_l1", 0.5),); GPTs ignore them
     distances: tuple[int, ...] = (16, 64, 128, 256, 1024, 4096)  # filler bytes between key and question
     probes: int = 20  # probes per distance
     key_len: int = 6
@@ -72,10 +74,13 @@ def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:
     recs: list[Record] = []
     for preset in tqdm(cfg.presets, desc="bdh memory", disable=not opts.progress):
         mix = {"probe_mix": cfg.probe_mix}
-        arm = Arm(f"{preset}-lr{cfg.lr:g}-mix{cfg.probe_mix:g}", preset, cfg.lr, train_args=mix)
+        args = dict(cfg.bdh_args) if PRESETS[preset][0] is BDH else {}
+        tag = "".join(f"-{k}{v}" for k, v in args.items())  # runs with other BDH fields get their own directories
+        arm = Arm(f"{preset}-lr{cfg.lr:g}-mix{cfg.probe_mix:g}{tag}", preset, cfg.lr, model_args=args, train_args=mix)
         trainer = train_arm(corpus, arm, steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
         model = trainer.model
-        case = f"model={preset},probe_mix={cfg.probe_mix:g},lr={cfg.lr:g},train_T={cfg.seq_len}"
+        extra = "".join(f",{k}={v}" for k, v in args.items())
+        case = f"model={preset},probe_mix={cfg.probe_mix:g},lr={cfg.lr:g},train_T={cfg.seq_len}{extra}"
         r, _ = score_arm(BENCH, case, trainer, corpus, cfg.eval_bytes, device, env, 0.0)
         recs += [x for x in r if x.metric != "train_flops"]
         recurrent = hasattr(model, "new_state")  # BDH: any length; a GPT: its context only
@@ -104,6 +109,12 @@ def section(records: list[Record]) -> str:
     rs = [r for r in records if r.bench == BENCH]
     if not rs:
         return ""
+    known = {"model", "probe_mix", "lr", "train_T", "train_tokens", "mode", "distance", "training_windows", "n",
+             "split", "lang"}  # fmt: skip
+
+    def label(r: Record) -> str:  # the model, with any BDH config fields its run set (bdh_args)
+        return " ".join([r.params["model"], *(f"{k}={v}" for k, v in r.params.items() if k not in known)])
+
     setups: dict[tuple[str, ...], list[Record]] = {}
     for r in rs:
         key = tuple(r.params.get(k, "") for k in ("train_T", "probe_mix", "train_tokens", "lr"))
@@ -116,10 +127,10 @@ def section(records: list[Record]) -> str:
     )
     for (train_t, mix, tokens, lr), group in sorted(setups.items(), key=lambda kv: [int(kv[0][2] or 0), kv[0]]):
         probes = [r for r in group if "distance" in r.params]
-        acc = {(r.params["model"], int(r.params["distance"]), r.metric): r.value for r in probes}
+        acc = {(label(r), int(r.params["distance"]), r.metric): r.value for r in probes}
         where = {int(r.params["distance"]): r.params["training_windows"] for r in probes}
-        models = sorted({r.params["model"] for r in group})
-        bpb = {r.params["model"]: r.value for r in group if r.metric == "bpb" and r.params.get("lang") == "mean"}
+        models = sorted({label(r) for r in group})
+        bpb = {label(r): r.value for r in group if r.metric == "bpb" and r.params.get("lang") == "mean"}
 
         def cell(m: str, d: int, acc=acc) -> str:
             if (m, d, "probe_exact") not in acc:
