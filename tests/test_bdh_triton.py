@@ -163,6 +163,21 @@ def test_fused_falls_back_to_fast_without_a_gpu():
     torch.testing.assert_close(fused(idx), fast(idx), rtol=0, atol=0)
 
 
+def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
+    """A batched product needs BLOCK_M | T; small row blocks only when nothing larger divides T (T = 48, 16)."""
+    pytest.importorskip("triton")
+    from recruit.models.bdh_triton import _prune, _tuned
+
+    def kept(T, N, batched):
+        return sorted((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in _prune(_tuned.configs, {"T": T, "N": N},
+                                                                                 BATCHED=batched))  # fmt: skip
+
+    assert kept(512, 8192, True) == kept(512, 8192, False) == [(64, 64), (64, 128), (128, 64), (128, 128), (128, 256)]
+    assert kept(48, 8192, True) == [(16, 64)]
+    assert kept(32, 48, True) == [(16, 64), (32, 64)]
+    assert all(m >= 64 for m, _ in kept(48, 8192, False))
+
+
 @pytest.mark.parametrize("config", [(128, 128, 64, 8, 3), (64, 64, 64, 4, 4)])
 def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
     """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).

@@ -45,6 +45,8 @@ _CONFIGS = [
     (128, 64, 64, 4, 4),
     (64, 128, 64, 4, 4),
     (64, 64, 64, 4, 4),
+    (32, 64, 64, 4, 3),  # small row blocks: only for the batched products of sequences of 16 or 48 tokens ...
+    (16, 64, 64, 4, 3),  # ... which no larger BLOCK_M divides (see _prune)
 ]
 _INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2)
 
@@ -196,11 +198,16 @@ def _neuron_gemm(
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep the configs whose BLOCK_N is even and fits N, and whose BLOCK_M divides T when BATCHED."""
+    """The configs worth timing for these arguments.
+
+    When BATCHED, BLOCK_M must divide T (a row block lies in one sequence); row blocks under 64 only when no
+    larger one does; and BLOCK_N at most N rounded up to a power of two, where any config has it.
+    """
     T, N, batched = named_args["T"], named_args["N"], kwargs.get("BATCHED", named_args.get("BATCHED"))
     keep = [c for c in configs if not batched or T % c.kwargs["BLOCK_M"] == 0]
-    small = [c for c in keep if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(N))]
-    return small or keep
+    keep = [c for c in keep if c.kwargs["BLOCK_M"] >= 64] or keep
+    narrow = [c for c in keep if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(N))]
+    return narrow or keep
 
 
 _tuned = triton.autotune(
