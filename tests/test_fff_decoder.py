@@ -211,3 +211,21 @@ def test_cli_converts_a_hugging_face_decoder_and_saves_it_with_its_tokenizer(cor
         (tmp_path / "llama" / name).unlink(missing_ok=True)
     assert main(args[:3] + ["--out", str(tmp_path / "again")] + args[5:]) != 0
     assert "no tokenizer files" in capsys.readouterr().err and not (tmp_path / "again").exists()
+
+
+def test_parameters_on_meta_takes_no_memory_for_weights_but_keeps_buffers():
+    from recruit.fff.decoder import parameters_on_meta
+
+    class WithBuffer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+            self.register_buffer("freq", torch.arange(3.0), persistent=False)
+
+    with parameters_on_meta():
+        m = WithBuffer()
+        ff = FastFeedForward(8, 8, 2)
+    assert all(p.is_meta for p in [*m.parameters(), *ff.parameters()])
+    assert not m.freq.is_meta and m.freq.tolist() == [0.0, 1.0, 2.0]
+    assert m.lin.weight.requires_grad  # parameters keep requires_grad
+    assert not torch.nn.Linear(2, 2).weight.is_meta  # outside, modules are built as usual

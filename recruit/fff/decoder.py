@@ -29,6 +29,7 @@ byte before and after.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -198,8 +199,10 @@ def save_fff_decoder(model: nn.Module, out: str | Path, tokenizer=None) -> Path:
 def load_fff_decoder(root: str | Path, config, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The model saved by :func:`save_fff_decoder` in ``root``, whose ``config`` carries ``recruit_fff``.
 
-    Built from its config with FFFs in place of the dense feed-forwards, then its safetensors weights loaded
-    (every key must match; tied embeddings are re-tied). What ``load_hf_causal_lm`` calls.
+    Built from its config with FFFs in place of the dense feed-forwards, its parameters on the meta device
+    (:func:`parameters_on_meta`: the dense MLPs and the random initial weights take no memory), then its
+    safetensors weights loaded in their place (every key must match; tied embeddings are re-tied), in
+    ``dtype``. What ``load_hf_causal_lm`` calls.
 
     Raises:
         RecruitError: When the entry is malformed, or the weights are missing or do not match.
@@ -211,8 +214,9 @@ def load_fff_decoder(root: str | Path, config, dtype: torch.dtype = torch.float3
     if not (isinstance(depth, int) and isinstance(n_trees, int) and depth >= 0 and n_trees >= 1):
         raise RecruitError(f"{root / 'config.json'}: {CONFIG_KEY} must be {{'depth': D >= 0, 'n_trees': K >= 1}}, "
                            f"got {spec!r}")  # fmt: skip
-    model = AutoModelForCausalLM.from_config(config).to(dtype)
-    replace_decoder_mlps(model, depth, n_trees)
+    with parameters_on_meta():  # no memory for weights that the file's replace (the dense MLPs above all)
+        model = AutoModelForCausalLM.from_config(config)
+        replace_decoder_mlps(model, depth, n_trees)
     index = root / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else None
     state: dict[str, torch.Tensor] = {}
@@ -221,7 +225,7 @@ def load_fff_decoder(root: str | Path, config, dtype: torch.dtype = torch.float3
             raise RecruitError(f"missing weights file {root / name}")
         state.update(load_file(root / name))
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # a tensor of another shape: another depth, width or model
         first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:200])
         raise RecruitError(f"weights in {root} do not match an FFF decoder of {spec}: {first}") from None
@@ -231,4 +235,29 @@ def load_fff_decoder(root: str | Path, config, dtype: torch.dtype = torch.float3
         raise RecruitError(f"weights in {root} do not match an FFF decoder of {spec}: missing {missing[:4]}, "
                            f"unexpected {unexpected[:4]}")  # fmt: skip
     model.tie_weights()
-    return model.eval()
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise RecruitError(f"weights in {root} leave parameters without values: {left[:4]}")
+    return model.to(dtype).eval()
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Modules built inside keep their parameters on the meta device (no memory); buffers stay real.
+
+    For models whose weights are then loaded with ``load_state_dict(..., assign=True)``: a parameter exists
+    in memory only while its module's constructor makes it. Buffers (rotary frequencies, masks) are computed
+    by the constructors as usual, since a checkpoint need not hold them.
+    """
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
