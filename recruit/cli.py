@@ -236,13 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--list", action="store_true", help="list the benchmarks")
             p.add_argument("--model", help="checkpoint directory (default: the shipped one)")
             p.add_argument("--out", default="results", help="output directory (default: results)")
-            p.add_argument(
-                "--set",
-                action="append",
-                default=[],
-                metavar="FIELD=VALUE",
-                help="change a field of the benchmark's config (repeatable); sequences as JSON or a,b,c",
-            )
+            add_set_arg(p)
         else:
             p.add_argument("--out", default="report", help="output directory (default: report)")
             p.add_argument("--include", nargs="*", default=[], help="more record files to add to the page")
@@ -256,6 +250,17 @@ def add_train_args(p: argparse.ArgumentParser, preset_help: str) -> None:
     p.add_argument("--preset", help=preset_help)
     p.add_argument("--config", help="JSON or TOML file of training config fields")
     p.set_defaults(accepts_overrides=True)
+
+
+def add_set_arg(p: argparse.ArgumentParser) -> None:
+    """``--set FIELD=VALUE`` (repeatable): fields of a benchmark's config, for the commands that run one."""
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of the benchmark's config (repeatable); sequences as JSON or a,b,c",
+    )
 
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:

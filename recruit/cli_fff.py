@@ -213,7 +213,7 @@ def _convert_hf(args: argparse.Namespace) -> int:
 
 def add_fff_parser(subs) -> None:
     """Add ``fff`` with its actions ``train``, ``bench`` and ``convert`` to the subparsers ``subs``."""
-    from recruit.cli import _sub, add_measure_args, add_train_args
+    from recruit.cli import _sub, add_measure_args, add_set_arg, add_train_args
 
     fff = subs.add_parser("fff", help="Fast Feedforward: train, benchmark, convert a dense GPT's MLPs",
                           description=(__doc__ or "").strip())  # fmt: skip
@@ -225,6 +225,7 @@ def add_fff_parser(subs) -> None:
     p = _sub(fsubs, "bench", cmd_fff_bench)
     p.add_argument("--quality", action="store_true", help="dense vs FFF vs no MLP at equal budget (trains)")
     p.add_argument("--out", default="results", help="output directory (default: results)")
+    add_set_arg(p)  # fields of fff-quality's config (with --quality); the speed cases are fixed
     add_measure_args(p)
 
     p = _sub(fsubs, "convert", cmd_fff_convert)

@@ -9,10 +9,9 @@
    ``torch.compile`` (the reference trainer compiles its model; the fused heads stay outside the graph).
    Same weights, same batch, bf16 autocast on CUDA, fp32 on the CPU. ``train_speedup`` = a form ÷ the faster
    of the reference's two variants (so the baseline gets its best), and ``peak_memory_ratio`` is taken against
-   that same variant. Peak memory on
-   CUDA is the whole allocation peak of a step (weights, optimiser state, batch, activations), the figure
-   the issue quotes for the reference code; on the CPU, where the process's resident set holds much else,
-   it is what one step adds (:func:`recruit.measure.peak_memory`).
+   that same variant. Peak memory on CUDA is the whole allocation peak of a step (weights, optimiser state,
+   batch, activations), the figure the issue quotes for the reference code; on the CPU, where the process's
+   resident set holds much else, it is what one step adds (:func:`recruit.measure.peak_memory`).
 2. **Generation** at contexts 1k and 8k: ms per new token of the recurrent form (state filled to the context,
    eager and replayed from a CUDA graph) against re-running the whole prefix through the parallel form, as
    the reference's ``generate`` does (bf16 autocast on CUDA; the faster of the two parallel forms).
@@ -265,8 +264,8 @@ def section(records: list[Record]) -> str:
     note += ", ".join(f"{d} {v:.3g}x" for d, v in best.items())
     note = note + "." if best else ""
     return (
-        "<p>Training: one optimiser step of BDH's fast parallel form against the Appendix-E form (best of eager "
-        f"and compiled), same weights and batch (<code>recruit bench bdh-speed</code>).{note}</p>"
+        "<p>Training: one optimiser step of BDH's fast (and, on CUDA, fused) parallel forms against the Appendix-E "
+        f"form (best of eager and compiled), same weights and batch (<code>recruit bench bdh-speed</code>).{note}</p>"
         + table(["device", "case", "metric", "value", "unit"], rows_t)
         + "<p>Generation: the recurrent form against re-running the prefix, per new token.</p>"
         + table(["device", "case", "metric", "value", "unit"], rows_g)
