@@ -182,8 +182,8 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
 def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
     """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).
 
-    No registers spilled, and operand tiles copied asynchronously (the software pipeline: a non-unit stride
-    once made every operand a plain register load).
+    No registers spilled, and operand tiles copied asynchronously (the software pipeline: Eᵀ passed as a
+    transposed view once kept GATE_BACKWARD's B operand out of it).
     """
     from recruit.models import bdh_triton
 
