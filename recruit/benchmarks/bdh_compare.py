@@ -19,7 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recruit.benchmarks import Bench, BenchOptions, configure, register
-from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm, train_flops_per_token
+from recruit.benchmarks.equal_budget import (
+    Arm,
+    field_suffixes,
+    prepare,
+    ratio_records,
+    score_arm,
+    train_arm,
+    train_flops_per_token,
+)
 from recruit.records import Record
 from recruit.train import resolve_device
 
@@ -89,7 +97,7 @@ def _compare(
     """BDH ``bdh`` vs GPT ``gpt`` at equal tokens (``steps`` each), plus the GPT at BDH's training FLOPs."""
     out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
     args = dict(cfg.bdh_args)
-    tag = "".join(f"-{k}{v}" for k, v in args.items())  # runs with other BDH fields get their own directories
+    tag, extra = field_suffixes(args)
     bdh_arm = Arm(f"{bdh}-lr{cfg.bdh_lr:g}{tag}", bdh, cfg.bdh_lr, model_args=args)
     runs = {k: train_arm(corpus, a, steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
             for k, a in (("bdh", bdh_arm), ("gpt", Arm(gpt, gpt, cfg.gpt_lr)))}  # fmt: skip
@@ -104,11 +112,12 @@ def _compare(
     for key, t in runs.items():
         preset, lr = (bdh, cfg.bdh_lr) if key == "bdh" else (gpt, cfg.gpt_lr)
         budget = "equal-flops" if key == "gpt_eqflops" else "equal-tokens"
-        extra = "".join(f",{k}={v}" for k, v in args.items()) if key == "bdh" else ""
-        r, bpb[key] = score_arm(BENCH, f"model={preset},budget={budget},lr={lr:g}{extra}", t, corpus, cfg.eval_bytes,
-                                device, env, fpt[key])  # fmt: skip
+        case = f"model={preset},budget={budget},lr={lr:g}{extra if key == 'bdh' else ''}"
+        r, bpb[key] = score_arm(BENCH, case, t, corpus, cfg.eval_bytes, device, env, fpt[key])
         recs += r
-    for ref, budget in (("gpt", "equal-tokens"), ("gpt_eqflops", "equal-flops"))[: 2 if cfg.equal_flops else 1]:
+    for ref, budget in (("gpt", "equal-tokens"), ("gpt_eqflops", "equal-flops")):
+        if ref not in bpb:  # no equal-FLOPs run
+            continue
         case = f"{bdh}_vs_{gpt},budget={budget},bdh_train_tokens={cfg.tokens},bdh_lr={cfg.bdh_lr:g}"
         recs += ratio_records(BENCH, case, bpb["bdh"], bpb[ref], env)
     return recs

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recruit.benchmarks import Bench, BenchOptions, configure, register
-from recruit.benchmarks.equal_budget import Arm, prepare, score_arm, train_arm
+from recruit.benchmarks.equal_budget import Arm, field_suffixes, prepare, score_arm, train_arm
 from recruit.data.probes import probe_accuracy, prompt_tokens
 from recruit.models import BDH, PRESETS
 from recruit.records import Record
@@ -75,11 +75,10 @@ def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:
     for preset in tqdm(cfg.presets, desc="bdh memory", disable=not opts.progress):
         mix = {"probe_mix": cfg.probe_mix}
         args = dict(cfg.bdh_args) if PRESETS[preset][0] is BDH else {}
-        tag = "".join(f"-{k}{v}" for k, v in args.items())  # runs with other BDH fields get their own directories
+        tag, extra = field_suffixes(args)
         arm = Arm(f"{preset}-lr{cfg.lr:g}-mix{cfg.probe_mix:g}{tag}", preset, cfg.lr, model_args=args, train_args=mix)
         trainer = train_arm(corpus, arm, steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
         model = trainer.model
-        extra = "".join(f",{k}={v}" for k, v in args.items())
         case = f"model={preset},probe_mix={cfg.probe_mix:g},lr={cfg.lr:g},train_T={cfg.seq_len}{extra}"
         r, _ = score_arm(BENCH, case, trainer, corpus, cfg.eval_bytes, device, env, 0.0)
         recs += [x for x in r if x.metric != "train_flops"]

@@ -36,6 +36,15 @@ class Arm:
     train_args: dict[str, Any] = field(default_factory=dict)
 
 
+def field_suffixes(fields: dict[str, Any]) -> tuple[str, str]:
+    """Config fields a run sets beyond its preset, as (run directory suffix ``-kv...``, record case suffix ``,k=v...``).
+
+    Runs that differ in such fields (``bdh_args`` of ``bdh-compare`` and ``bdh-memory``) get their own directories
+    and record cases.
+    """
+    return "".join(f"-{k}{v}" for k, v in fields.items()), "".join(f",{k}={v}" for k, v in fields.items())
+
+
 def prepare(opts: BenchOptions, cfg: Any) -> tuple[Any, torch.device, dict, int]:
     """What every comparison starts from: (corpus, device, environment of its records, steps per arm).
 

@@ -28,6 +28,7 @@ This module imports ``triton`` at import time: import it lazily (:mod:`recruit.m
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -220,6 +221,12 @@ _tuned = triton.autotune(
 )(_neuron_gemm)
 
 
+@functools.cache
+def _zero(device: torch.device) -> torch.Tensor:
+    """A () fp32 zero on ``device``, made once: the ``grad_add`` of launches without an activity penalty."""
+    return torch.zeros((), device=device, dtype=torch.float32)
+
+
 def _launch(
     epilogue: int,
     a: torch.Tensor,
@@ -241,7 +248,7 @@ def _launch(
     M, N = outs[0].shape
     K, batched = a.shape[-1], batch is not None
     if grad_add is None:
-        grad_add = torch.zeros((), device=a.device, dtype=torch.float32)
+        grad_add = _zero(a.device)
     # fp32 operands follow torch's TF32 switch; 16-bit ones ignore the setting ("tf32" is Triton's default)
     precision = "ieee" if a.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     args = (a, b, *outs, *ins, *trig, M, N, K, T, a.stride(-2), a.stride(-1), b.stride(0), b.stride(1),
