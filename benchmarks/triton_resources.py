@@ -6,10 +6,10 @@
 
 Triton ships ``ptxas`` and ``cuobjdump``, so the kernel compiles to a cubin for any NVIDIA architecture on a
 machine without a GPU. For each shape this prints the registers per thread, the local (spilled) bytes, the
-instruction count, the global loads, shuffles and barriers in the SASS, and the load waves of the routing
-loop (:func:`load_waves`): what decides a latency-bound launch before a GPU is at hand. Run it under the
-Triton the GPU machine has (``pip install --target DIR triton==X`` and ``PYTHONPATH=DIR``): its ``ptxas``
-schedules differently. The launch is exactly :func:`recruit.fff.kernels.triton_fff.token_launch`'s,
+instruction count, the global loads, shuffles, barriers and L2 prefetches (``CCTL``) in the SASS, and the load
+waves of the routing loop (:func:`load_waves`): what decides a latency-bound launch before a GPU is at hand.
+Run it under the Triton the GPU machine has (``pip install --target DIR triton==X`` and ``PYTHONPATH=DIR``):
+its ``ptxas`` schedules differently. The launch is exactly :func:`recruit.fff.kernels.triton_fff.token_launch`'s,
 with the integer arguments marked divisible by 16 where they are, as Triton's JIT specialises them.
 """
 
@@ -75,7 +75,8 @@ def _compile(fn, constexprs: dict, ints: dict, arch: int, ptr_dtypes: dict, **op
 
 def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype: str = "bf16", **options):
     """The compiled token kernel (a ``triton.compile`` result) for ``token_launch(batch, hidden, hidden, ...)``."""
-    launch = token_launch(batch, hidden, hidden, depth, 1, **options)
+    itemsize = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
+    launch = token_launch(batch, hidden, hidden, depth, 1, itemsize=itemsize, **options)
     compile_options = dict(num_warps=launch.num_warps)
     if launch.maxnreg:
         compile_options["maxnreg"] = launch.maxnreg
@@ -153,7 +154,7 @@ def resources(kernel, waves: bool = True) -> Resources:
         sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True)
     m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", usage.stdout)
     assert m, f"no resource usage in cuobjdump's output: {usage.stdout[-500:]}"
-    ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+)", sass.stdout))
+    ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+|CCTL[A-Z0-9_.]*)", sass.stdout))
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass.stdout, re.M))
     return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())),
                      load_waves(sass.stdout) if waves else 0)  # fmt: skip
@@ -165,7 +166,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
-    for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll", "maxnreg"):
+    for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll", "maxnreg", "prefetch"):
         p.add_argument(f"--{name}", type=int)
     args = p.parse_args()
     if args.bdh:
@@ -179,7 +180,7 @@ def main() -> None:
                       f"{k.metadata.shared} shared bytes, {r.instructions} instructions, "
                       f"{k.asm['ptx'].count('cp.async.cg')} async copies")  # fmt: skip
         return
-    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg")
+    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch")
     options = {k: v for k in keys if (v := getattr(args, k)) is not None}
     for hidden, depth in SHAPES:
         r = resources(compile_token(hidden, depth, args.batch, args.arch, args.dtype, **options))

@@ -328,6 +328,7 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (5, 1, 130, 12, 6, dict(kernel="token")),  # the token kernel above SMALL_BATCH tokens
     (5, 1, 3, 12, 6, dict(kernel="block")),  # the block kernel at a small batch
     (5, 1, 2, 12, 6, dict(maxnreg=0)),  # ptxas' own register choice (a compile option the interpreter ignores)
+    (5, 1, 2, 12, 6, dict(prefetch=2)),  # L2 prefetching (PTX, a hint, which the interpreter leaves out)
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 129, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -384,6 +385,84 @@ def test_triton_interpreted_equals_reference(interpreted, dtype, name):
     torch.testing.assert_close(out, fff_reference(*case, depth, n_trees), **TOL[dtype])
 
 
+PREFETCH_ADDRESSES = """
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import numpy as np, torch
+from recruit.fff.kernels import triton_fff
+
+issued = []  # (addresses, mask) of every prefetch call, as the interpreter hands them over
+triton_fff._prefetch_l2 = lambda ptrs, mask: issued.append((np.array(ptrs.handle.data), np.array(mask.handle.data)))
+depth, trees, spec, split, ahead, d_in, d_out, block_o = (int(a) for a in sys.argv[1:])
+m, levels = 2 ** (depth + 1) - 1, depth + 1
+g = torch.Generator().manual_seed(depth + spec)
+shapes = ((1, d_in), (trees * m, d_in), (trees * m,), (trees * m, d_out))
+x, w_in, b_in, w_out = (torch.randn(*shape, generator=g) for shape in shapes)
+out = torch.empty(1, d_out)
+triton_fff._launch_token(x, w_in, b_in, w_out, out, depth, trees, spec=spec, split=split, block_o=block_o,
+                         prefetch=ahead)
+paths = []  # the token's walk down each tree, as global rows
+for k in range(trees):
+    node, path = 0, []
+    for _ in range(levels):
+        path.append(k * m + node)
+        node = 2 * node + 1 + int((x[0] @ w_in[k * m + node] + b_in[k * m + node]).item() > 0)
+    paths.append(path)
+line = 128 // 4
+def lines_of(t, width):  # the (row, line) pairs of the prefetched addresses inside t
+    base, size = t.data_ptr(), t.numel() * 4
+    got = set()
+    for ptrs, mask in issued:
+        for a in ptrs[mask.astype(bool)].ravel().tolist():
+            if base <= a < base + size:
+                got.add(divmod((a - base) // 4, width))
+    return {(r, c // line) for r, c in got}
+total = sum(int(mask.astype(bool).sum()) for _, mask in issued)
+fetched_in, fetched_out = lines_of(w_in, d_in), lines_of(w_out, d_out)
+assert len(fetched_in) + len(fetched_out) > 0
+outside = total - sum(1 for ptrs, mask in issued for a in ptrs[mask.astype(bool)].ravel().tolist()
+                      if any(t.data_ptr() <= a < t.data_ptr() + t.numel() * 4 for t in (w_in, w_out)))
+assert outside == 0, f"{outside} addresses outside w_in and w_out"
+# every w_in row that a step `ahead` steps below another loads was prefetched, all its lines
+for k, path in enumerate(paths):
+    for first in range(split + spec * ahead, levels, spec):
+        root = path[first] - k * m
+        for h in range(min(spec, levels - first)):
+            for node in range(root * 2**h + 2**h - 1, (root + 1) * 2**h + 2**h - 1):
+                missing = {(k * m + node, c) for c in range(-(-d_in // line))} - fetched_in
+                assert not missing, (k, first, h, node, sorted(missing)[:3])
+# and every path row's output columns, all of them over the column programs
+path = sum(paths, [])
+missing = {(row, c) for row in path for c in range(-(-d_out // line))} - fetched_out
+assert not missing, sorted(missing)[:5]
+a = torch.stack([x[0] @ w_in[row] + b_in[row] for row in path])
+torch.testing.assert_close(out[0], torch.nn.functional.gelu(a) @ w_out[path])
+print("ok", len(issued), len(fetched_in), len(fetched_out))
+"""
+
+
+@pytest.mark.parametrize(
+    "depth,trees,spec,split,ahead,d_in,d_out,block_o",
+    [
+        (7, 1, 2, 0, 1, 100, 70, 16),  # 4 steps, 5 column programs sharing out the candidates, masked tails
+        (8, 1, 3, 0, 2, 40, 33, None),  # 3 steps; the prefetch 2 steps on reaches only the last
+        (9, 1, 2, 3, 1, 64, 48, 16),  # subtree programs: each prefetches below its own level-3 root
+        (5, 3, 2, 0, 1, 48, 40, None),  # three trees, walked one after another
+    ],
+)
+def test_token_kernel_prefetches_the_rows_its_walk_reads_later(depth, trees, spec, split, ahead, d_in, d_out,
+                                                               block_o):  # fmt: skip
+    """The L2 prefetch asks for the right lines: every w_in row of a step ``ahead`` steps after the one that asks,
+    and the output columns of every path row, none outside the weights (under the interpreter, with the PTX
+    replaced by a recorder; the result is also the walk's)."""
+    pytest.importorskip("triton")
+    args = [str(a) for a in (depth, trees, spec, split, ahead, d_in, d_out, block_o or 0)]
+    done = subprocess.run([sys.executable, "-c", PREFETCH_ADDRESSES, *args], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok"), done.stdout
+
+
 @pytest.mark.parametrize(
     "launch,batch,n_trees,why",
     [
@@ -396,6 +475,8 @@ def test_triton_interpreted_equals_reference(interpreted, dtype, name):
         (dict(kernel="warp"), 1, 1, "kernel must be"),
         (dict(maxnreg=128), 129, 1, "token kernel"),
         (dict(maxnreg=256), 1, 1, "maxnreg must be in 0..255"),
+        (dict(prefetch=1, block_b=1), 1, 1, "prefetch needs the token kernel"),
+        (dict(prefetch=4), 1, 1, "prefetch must be in 0..3"),
     ],
 )
 def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):
@@ -425,7 +506,16 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "launch",
-    [dict(split=3), dict(split=6, spec=1), dict(split=7, spec=3), dict(block_b=1), dict(maxnreg=0)],
+    [
+        dict(split=3),
+        dict(split=6, spec=1),
+        dict(split=7, spec=3),
+        dict(block_b=1),
+        dict(maxnreg=0),
+        dict(prefetch=1),
+        dict(prefetch=2, spec=3),
+        dict(prefetch=1, split=3),
+    ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
     pytest.importorskip("triton")
@@ -488,3 +578,21 @@ def test_token_kernel_compiles_for_sm90_without_spills(cuobjdump):
         assert used.local_bytes == 0, (hidden, depth, used)
         assert used.load_waves == 1, (hidden, depth, used)
         assert used.ops.get("LDG.E.128", 0) >= 8, (hidden, depth, used)
+        assert "CCTL.E.PF2" not in used.ops, (hidden, depth, used)  # no prefetch unless asked for
+
+
+@pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, spec=3)])
+def test_token_kernel_prefetch_compiles_for_sm90_as_hints(cuobjdump, launch):
+    """With L2 prefetching, at the GPU benchmark's shapes for an H100/H200: the prefetches are there (the w_in
+    rows ahead and the w_out rows, as ``CCTL.E.PF2``), and they cost no spill and no extra load or load wave."""
+    tool = cuobjdump
+    for hidden, depth in tool.SHAPES:
+        plain = tool.resources(
+            tool.compile_token(hidden, depth, **{k: v for k, v in launch.items() if k != "prefetch"})
+        )
+        used = tool.resources(tool.compile_token(hidden, depth, **launch))
+        assert used.local_bytes == 0, (hidden, depth, used)
+        assert used.load_waves == 1, (hidden, depth, used)
+        assert used.ops.get("CCTL.E.PF2", 0) >= 2, (hidden, depth, used)
+        loads = {k: v for k, v in used.ops.items() if k.startswith("LDG")}
+        assert loads == {k: v for k, v in plain.ops.items() if k.startswith("LDG")}, (hidden, depth, used, plain)

@@ -153,8 +153,8 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     The first is the default; the others vary the levels per routing step (``spec``), the levels routed
     densely (``top``), the subtrees walked side by side (``split``, small batches), the kernel (``block_b``
     asks for the block kernel, the small-batch default before the token kernel; ``kernel`` token, the
-    token kernel at large batches), the register ceiling (``maxnreg`` 0: ptxas' own), the tiles, the
-    unrolling and the warps.
+    token kernel at large batches), the register ceiling (``maxnreg`` 0: ptxas' own), L2 prefetching
+    (``prefetch``, small batches), the tiles, the unrolling and the warps.
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
@@ -174,6 +174,10 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(block_o=512),
             dict(block_o=2048),
             *(launch for launch in splits if launch["split"] <= depth),
+            dict(prefetch=1),
+            dict(prefetch=2),
+            dict(prefetch=1, block_d=1024),
+            dict(prefetch=1, spec=3),
         ]
     return (
         [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]
@@ -203,16 +207,22 @@ def _calls_beyond_l2(case: SpeedCase, device: torch.device, dtype: torch.dtype) 
 
 
 def _time_cycled(
-    case: SpeedCase, device: torch.device, dtype: torch.dtype, g: torch.Generator, layers: _Layers
+    case: SpeedCase,
+    device: torch.device,
+    dtype: torch.dtype,
+    g: torch.Generator,
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]],
 ) -> dict[str, float]:
-    """Milliseconds per call of dense and the default FFF, each in a CUDA graph of many distinct inputs.
+    """Milliseconds per call of each of ``fns`` (input batch -> output), in a CUDA graph of many distinct inputs.
 
     As many calls as :func:`_calls_beyond_l2` asks, so that the FFF's rows come from memory, not L2.
     """
     calls = _calls_beyond_l2(case, device, dtype)
     xs = torch.randn(calls, case.batch, case.hidden, generator=g).to(device, dtype)  # (calls, B, hidden)
-    fns = {"dense": lambda i: layers.dense(xs[i]), "fff": lambda i: layers.fff(xs[i])}
-    return {name: measure.time_cuda_graph(fn, device, calls=calls).median * 1e3 for name, fn in fns.items()}
+    return {
+        name: measure.time_cuda_graph(lambda i, fn=fn: fn(xs[i]), device, calls=calls).median * 1e3
+        for name, fn in fns.items()
+    }
 
 
 def measure_case(
@@ -226,6 +236,8 @@ def measure_case(
     through distinct random batches. The 16 calls of ``cuda_graph`` touch a few MB of FFF rows at small
     batches, which stay in L2 from one replay to the next; ``cuda_graph_cycled`` touches twice the L2 in
     rows, so that the deep levels come from memory as they would in a model whose other layers evict them.
+    With ``tune``, both CUDA-graph timings also hold each of :func:`_launches` as ``triton:LABEL``: the
+    fastest launch from L2 need not be the fastest from memory (L2 prefetching only pays there).
     """
     g = torch.Generator().manual_seed(case.hidden * 1000 + case.depth)
     layers = _layers(case.hidden, case.depth, dtype, device, g, case.trees)
@@ -261,7 +273,7 @@ def measure_case(
             calls = min(n, 16)
             for name in ("dense", "fff"):
                 graph[name] = measure.time_cuda_graph(fns[name], device, calls=calls).median * 1e3
-            out["cuda_graph_cycled"] = _time_cycled(case, device, dtype, g, layers)
+            cycled_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"dense": layers.dense, "fff": layers.fff}
             if tune:
                 from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton
 
@@ -269,8 +281,11 @@ def measure_case(
                 for launch in _launches(case.batch <= SMALL_BATCH, case.depth):
                     label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
 
-                    def tuned(i: int, launch=launch) -> torch.Tensor:
-                        return fff_triton(xs[i % n], *fff, case.depth, case.trees, **launch)
+                    def launched(x: torch.Tensor, launch=launch) -> torch.Tensor:
+                        return fff_triton(x, *fff, case.depth, case.trees, **launch)
+
+                    def tuned(i: int, launched=launched) -> torch.Tensor:
+                        return launched(xs[i % n])
 
                     try:
                         agree = _agree(tuned(0).float(), expect)
@@ -282,6 +297,8 @@ def measure_case(
                                     100 * (1 - agree))  # fmt: skip
                         continue
                     graph[f"triton:{label}"] = measure.time_cuda_graph(tuned, device, calls=calls).median * 1e3
+                    cycled_fns[f"triton:{label}"] = launched
+            out["cuda_graph_cycled"] = _time_cycled(case, device, dtype, g, cycled_fns)
     return out
 
 
@@ -336,13 +353,14 @@ def section(records: list[Record]) -> str:
              r.params.get("timing", "wall"), r.params["impl"] + (f" ({r.params['launch']})" if "launch" in r.params
              else ""), f"{r.value:.3g}x"] for r in rs]  # fmt: skip
     return (
-        "<p>Dense FF (torch, aligned width) time ÷ FFF time, same run, distinct random input per token "
-        "(<code>recruit bench fff</code>). Below 1 means FFF is slower. Timing <code>wall</code>: single "
-        "synchronised calls; <code>cuda_graph</code>: GPU time per call in a graph of 16 calls, whose FFF rows "
-        "stay in L2 at small batches; <code>cuda_graph_cycled</code>: the same over enough distinct inputs to "
-        "touch twice the L2 in rows. <code>memory-floor</code> (CPU) is no FFF: it only reads, once each, the "
-        "weight rows the batch's paths visit, every address known in advance, so its speed-up estimates the "
-        "most an exact FFF kernel can reach on that machine (a timing like the others, with their noise).</p>"
+        "<p>Dense FF (torch, aligned width) time ÷ FFF time, same run, distinct random input per token (<code>recruit"
+        " bench fff</code>). Below 1 means FFF is slower. Timing <code>wall</code>: single synchronised calls; "
+        "<code>cuda_graph</code>: GPU time per call in a graph of 16 calls, whose FFF rows stay in L2 at small "
+        "batches; <code>cuda_graph_cycled</code>: the same over enough distinct inputs to touch twice the L2 in rows."
+        " <code>triton-tuned</code>: the fastest of the Triton launch configurations tried (named in brackets), "
+        "picked per row, so a best of several timings. <code>memory-floor</code> (CPU) is no FFF: it only reads, once"
+        " each, the weight rows the batch's paths visit, every address known in advance, so its speed-up estimates "
+        "the most an exact FFF kernel can reach on that machine (a timing like the others, with their noise).</p>"
         + table(["device", "hidden", "depth", "tokens", "timing", "FFF implementation", "speed-up"], rows)
     )
 

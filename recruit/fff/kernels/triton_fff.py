@@ -3,7 +3,8 @@
 Two kernels. The token kernel (small batches, :func:`_fff_token_kernel`) gives each program one token and
 keeps its path in registers, then gathers all the path's ``w_out_t`` rows at once, so that the output
 costs one round trip to memory instead of one per level; it can also split the walk over subtree
-programs (``split``, see there). The block kernel (:func:`_fff_kernel`, large batches) is described below.
+programs (``split``, see there), and ask L2 ahead of time for the rows its walk may read (``prefetch``, see
+there). The block kernel (:func:`_fff_kernel`, large batches) is described below.
 
 In the block kernel, one program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. A
 routing step evaluates ``SPEC`` levels at once: all 2^SPEC − 1 nodes of the subtree below each token's
@@ -51,6 +52,7 @@ _UNROLL_ALL_FEATURES = 16384  # ... of a row of at most this many features (sm_9
 # low by issuing a routing step's loads in up to five waves, each waiting for the one before: 11.4 against
 # 6.9 µs per call at hidden 4096, 1 token, on an H200. With a ceiling it issues them all before the first use.
 TOKEN_MAXNREG = 255
+MAX_PREFETCH = 3  # most routing steps ahead that the token kernel L2-prefetches (2^(spec·p) subtrees per step)
 
 
 @triton.jit
@@ -180,6 +182,31 @@ def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, d0, D_IN, BLOCK_D: t
 
 
 @triton.jit
+def _prefetch_l2(ptrs, mask):
+    """Ask the L2 cache to fetch the lines holding ``ptrs`` where ``mask`` is true (PTX ``prefetch.global.L2``).
+
+    A hint: nothing is loaded into registers and nothing waits for it, so it does not lengthen the chain of
+    dependent loads; a later load of those lines finds them in L2 instead of memory. Inline PTX, which
+    Triton's interpreter cannot run: the launcher turns prefetching off there (it changes no result).
+    """
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; }\n mov.u32 $0, 0;",
+        "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
+
+
+@triton.jit
+def _prefetch_rows(base_ptr, rows, live, col_start, col_end, stride, LINE: tl.constexpr, LINES_P: tl.constexpr):
+    """L2-prefetch columns [col_start, col_end) of the rows ``rows`` (R,) where ``live`` of a row-major matrix.
+
+    One address per ``LINE`` elements (a 128-byte line), at most ``LINES_P`` per row.
+    """
+    col = col_start + tl.arange(0, LINES_P) * LINE  # (LINES_P,)
+    ptrs = base_ptr + rows[:, None].to(tl.int64) * stride + col[None, :]  # (R, LINES_P)
+    _prefetch_l2(ptrs, live[:, None] & (col < col_end)[None, :])
+
+
+@triton.jit
 def _fff_token_kernel(
     x_ptr,  # (B, D_in)
     w_in_ptr,  # (K·M, D_in)
@@ -202,6 +229,10 @@ def _fff_token_kernel(
     BLOCK_O: tl.constexpr,
     UNROLL: tl.constexpr,  # unroll factor of the loop over feature chunks (loads in flight)
     D_CHUNKS: tl.constexpr,  # ⌈D_in / BLOCK_D⌉ when the loop over them is unrolled in full, else 0
+    PREFETCH: tl.constexpr,  # L2 prefetch (0: none): w_in subtrees this many steps ahead, and w_out path rows
+    LINE: tl.constexpr,  # elements per 128-byte line (prefetch address spacing)
+    IN_LINES_P: tl.constexpr,  # next power of two ≥ lines per w_in row (1 without prefetch)
+    OUT_LINES_P: tl.constexpr,  # next power of two ≥ lines per program's slice of a w_out_t row (1 without)
 ):
     """One token per program: the path stays in registers, and the output is one gather of all its rows.
 
@@ -210,6 +241,12 @@ def _fff_token_kernel(
     program repeats) and SPEC levels of the walk down p's subtree side by side, so the chain of dependent
     loads is max(⌈s / SPEC⌉, ⌈(LEVELS − s) / SPEC⌉) steps instead of ⌈LEVELS / SPEC⌉; only the program
     whose subtree the token enters writes its output (the others computed a walk it does not take).
+
+    With PREFETCH = p > 0, each step first asks L2 for rows it will need without waiting for them: the
+    w_out_t slices of this step's subtree rows (the path's output rows are among them, so the output gather
+    after the walk finds them in L2), and the w_in rows of every subtree the walk may enter p steps below
+    (2^(SPEC·p) of them, shared out over the column programs). The walk's own loads stay one round trip per
+    step; what changes is whether that round trip ends in L2 or in memory.
     """
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1).to(tl.int64)
@@ -222,6 +259,10 @@ def _fff_token_kernel(
     slot = tl.arange(0, PATH_P)  # (PATH_P,) path slot k·LEVELS + level
     path_rows = tl.zeros((PATH_P,), dtype=tl.int64)  # global rows of the visited nodes
     path_a = tl.zeros((PATH_P,), dtype=tl.float32)  # their pre-activations (GELU after the walk, off its chain)
+    col_start = tl.program_id(2) * COLS_PER_PROGRAM  # this program's output columns
+    col_end = tl.minimum(col_start + COLS_PER_PROGRAM, D_OUT)
+    sub_local = tl.arange(0, SUB)  # (SUB,) a subtree's local heap indices, for the prefetch ahead
+    sub_depth, sub_scale, sub_real = _subtree_lanes(sub_local, SPEC)
     chosen = root * 0 - 1  # the level-SPLIT node that the walk above SPLIT enters
     if SPLIT == 0:  # there is no walk above: every program's subtree is the whole tree
         chosen = root
@@ -235,6 +276,18 @@ def _fff_token_kernel(
             start = tl.where(is_top, first, SPLIT + first)
             rows = k * N_NODES + node * lane_scale + local  # (LANES,)
             live = lane_real & (start + lane_depth < limit)
+            if PREFETCH > 0:
+                # this step's output rows (those of the path among them), this program's columns
+                _prefetch_rows(w_out_ptr, rows, live, col_start, col_end, D_OUT, LINE, OUT_LINES_P)
+                ahead = SPEC * PREFETCH  # levels below this step's first, to the root of a later step
+                if SPLIT + first + ahead < LEVELS:
+                    # w_in of every subtree that the walk below SPLIT may enter PREFETCH steps on, its
+                    # candidates shared out over the column programs (they all read the same rows)
+                    base = sub * (1 << ahead) + (1 << ahead) - 1  # leftmost candidate root
+                    for c in range(tl.program_id(2), 1 << ahead, tl.num_programs(2)):
+                        ahead_rows = k * N_NODES + (base + c) * sub_scale + sub_local  # (SUB,)
+                        ahead_live = sub_real & (SPLIT + first + ahead + sub_depth < LEVELS)
+                        _prefetch_rows(w_in_ptr, ahead_rows, ahead_live, 0, D_IN, D_IN, LINE, IN_LINES_P)
             bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
             # the bias starts the sum (column 0), so that ptxas issues its load with the rows' instead of after
             # them: left for the end, it was fetched once the rows had arrived, a second round trip per step
@@ -270,8 +323,6 @@ def _fff_token_kernel(
     # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
     used = slot < N_TREES * LEVELS
     path_g = _gelu(path_a)  # (PATH_P,)
-    col_start = tl.program_id(2) * COLS_PER_PROGRAM
-    col_end = tl.minimum(col_start + COLS_PER_PROGRAM, D_OUT)
     for o0 in range(col_start, col_end, BLOCK_O):
         o = o0 + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
         # only the program whose subtree the token enters writes (compared as a vector: Triton's interpreter
@@ -306,6 +357,7 @@ def fff_triton(
     split: int | None = None,
     maxnreg: int | None = None,
     kernel: str | None = None,
+    prefetch: int | None = None,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
@@ -348,6 +400,11 @@ def fff_triton(
         maxnreg: Token kernel only: the register ceiling handed to ptxas (default ``TOKEN_MAXNREG``; 0 leaves
             ptxas its own choice, which may issue a step's loads in several waves).
         kernel: ``"token"`` or ``"block"``: that kernel whatever the batch size (default: as described above).
+        prefetch: Token kernel only: L2 prefetch, 0 to ``MAX_PREFETCH`` (default 0, off). p > 0 asks L2, at
+            each routing step, for the w_in rows of every subtree the walk may enter p steps on (2^(spec·p)
+            subtrees) and for the w_out_t rows of the step's nodes, so that deep levels, which a model's other
+            layers evict from L2 between two calls, cost an L2 round trip instead of one to memory. A hint
+            with no effect on the result; ignored under Triton's interpreter, which cannot run it.
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -377,10 +434,15 @@ def fff_triton(
     why = "needs the token kernel: at most SMALL_BATCH tokens or kernel='token', no block_b or top"
     assert token or not split, f"split {why}"
     assert token or maxnreg is None, f"maxnreg {why}"
+    assert token or not prefetch, f"prefetch {why}"
     if token:
+        prefetch = prefetch or 0
+        if x.device.type != "cuda":  # Triton's interpreter: the prefetch is inline PTX, and only a hint
+            assert 0 <= prefetch <= MAX_PREFETCH, f"prefetch must be in 0..{MAX_PREFETCH}, got {prefetch}"
+            prefetch = 0
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
-                             maxnreg=maxnreg)  # fmt: skip
+                             maxnreg=maxnreg, prefetch=prefetch)  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -446,13 +508,17 @@ def token_launch(
     num_warps: int | None = None,
     unroll: int | None = None,
     maxnreg: int | None = None,
+    prefetch: int = 0,
+    itemsize: int = 2,
 ) -> TokenLaunch:
     """The token kernel's launch for n tokens of d_in features into d_out columns.
 
     A pure function of the shapes and options, shared by :func:`fff_triton` and by the ahead-of-time resource
-    check (``benchmarks/triton_resources.py``), which compiles exactly what would be launched.
+    check (``benchmarks/triton_resources.py``), which compiles exactly what would be launched. ``itemsize``
+    is the bytes per element of the weights (it spaces the prefetch addresses a line apart).
     """
     assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
+    assert 0 <= prefetch <= MAX_PREFETCH, f"prefetch must be in 0..{MAX_PREFETCH}, got {prefetch}"
     assert split == 0 or n_trees == 1, f"split > 0 needs a single tree, got {n_trees}"
     levels = depth + 1
     sub = triton.next_power_of_2(2**spec - 1)
@@ -467,9 +533,12 @@ def token_launch(
     chunks = triton.cdiv(d_in, block_d)
     unroll_all = chunks <= _UNROLL_ALL and d_in <= _UNROLL_ALL_FEATURES
     ints = dict(D_IN=d_in, D_OUT=d_out, N_NODES=2**levels - 1, N_STEPS=steps, COLS_PER_PROGRAM=cols_per_program)
+    line = max(1, 128 // itemsize)  # elements per 128-byte line
+    lines = (triton.next_power_of_2(triton.cdiv(n, line)) if prefetch else 1 for n in (d_in, cols_per_program))
     constexprs = dict(
         N_TREES=n_trees, LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0,
         PATH_P=path_p, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
+        PREFETCH=prefetch, LINE=line, IN_LINES_P=next(lines), OUT_LINES_P=next(lines),
     )  # fmt: skip
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
     if maxnreg is None:
@@ -492,7 +561,7 @@ def _launch_token(
 
     ``options`` are :func:`token_launch`'s.
     """
-    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, **options)
+    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, itemsize=w_in.element_size(), **options)
     _fff_token_kernel[launch.grid](
         x, w_in, b_in, w_out_t, out, **launch.ints, **launch.constexprs, num_warps=launch.num_warps,
         maxnreg=launch.maxnreg,
