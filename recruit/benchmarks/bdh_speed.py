@@ -123,7 +123,7 @@ def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool | str, device: to
 
 def _impls(device: torch.device) -> tuple[str, ...]:
     """The parallel forms to time: the fused form only where its Triton kernels run (elsewhere it is the fast one)."""
-    from recruit.fff.kernels import triton_available
+    from recruit.triton_support import triton_available
 
     return ("reference", "fast") + (("fused",) if device.type == "cuda" and triton_available() else ())
 

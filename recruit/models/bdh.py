@@ -26,9 +26,9 @@ from torch import nn
 
 from recruit.cuda_graphs import capture_cuda_graph
 from recruit.errors import RecruitError
-from recruit.fff.kernels import triton_available
 from recruit.models.base import RecruitModel, register_model
 from recruit.models.sampling import check_sampling, decode_loop
+from recruit.triton_support import triton_available
 
 
 @dataclass

@@ -10,13 +10,13 @@ is installed, the C++ kernel on the CPU (built at first use), and the pure-torch
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable
 
 import torch
 
 from recruit.fff.kernels.cpu import CpuKernel, cpu_kernel_available, fff_cpu
 from recruit.fff.kernels.reference import check_shapes, fff_gather, fff_reference, fff_route, n_nodes
+from recruit.triton_support import triton_available
 
 __all__ = [
     "CpuKernel",
@@ -31,15 +31,6 @@ __all__ = [
     "n_nodes",
     "triton_available",
 ]
-
-
-@functools.cache
-def triton_available() -> bool:
-    """Whether ``triton`` can be imported (checked without importing it)."""
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):  # ValueError: sys.modules["triton"] is None (import blocked)
-        return False
 
 
 def fff_infer(
