@@ -242,11 +242,11 @@ def _fff_token_kernel(
     loads is max(⌈s / SPEC⌉, ⌈(LEVELS − s) / SPEC⌉) steps instead of ⌈LEVELS / SPEC⌉; only the program
     whose subtree the token enters writes its output (the others computed a walk it does not take).
 
-    With PREFETCH = p > 0, each step first asks L2 for rows it will need without waiting for them: the
+    With PREFETCH = p > 0, each step also asks L2 for rows needed later, without waiting for them: the
     w_out_t slices of this step's subtree rows (the path's output rows are among them, so the output gather
-    after the walk finds them in L2), and the w_in rows of every subtree the walk may enter p steps below
-    (2^(SPEC·p) of them, shared out over the column programs). The walk's own loads stay one round trip per
-    step; what changes is whether that round trip ends in L2 or in memory.
+    after the walk finds them in L2), and the w_in rows of every subtree the walk may enter p steps on,
+    SPEC·p levels down (2^(SPEC·p) of them, shared out over the column programs). The walk's own loads stay
+    one round trip per step; what changes is whether that round trip ends in L2 or in memory.
     """
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1).to(tl.int64)
@@ -534,7 +534,7 @@ def token_launch(
     unroll_all = chunks <= _UNROLL_ALL and d_in <= _UNROLL_ALL_FEATURES
     ints = dict(D_IN=d_in, D_OUT=d_out, N_NODES=2**levels - 1, N_STEPS=steps, COLS_PER_PROGRAM=cols_per_program)
     line = max(1, 128 // itemsize)  # elements per 128-byte line
-    lines = (triton.next_power_of_2(triton.cdiv(n, line)) if prefetch else 1 for n in (d_in, cols_per_program))
+    lines = (triton.next_power_of_2(triton.cdiv(w, line)) if prefetch else 1 for w in (d_in, cols_per_program))
     constexprs = dict(
         N_TREES=n_trees, LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0,
         PATH_P=path_p, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
