@@ -5,14 +5,15 @@
 #   DEVICE=cpu QUICK=1 OUT=/tmp/dry bash benchmarks/device_session.sh   # dry run of the script here
 #   BDH=0 OUT=DIR bash benchmarks/device_session.sh    # FFF and the GPU tests only (about 2 minutes)
 #   FFF=0 OUT=DIR bash benchmarks/device_session.sh    # BDH and the GPU tests only
-#   PROFILE=0 ...                                      # without the BDH profile (benchmarks/bdh_profile.py)
+#   PROFILE=0 ...                                      # without the diagnostics (benchmarks/*_profile.py)
 #   COMPARE=1 CORPUS=.corpus/debian ...                # also bdh-compare's GPU size (bdh-ref vs gpt-medium, ~4 min);
 #                                                      #   the GPU machine has no corpus: copy ~/.cache/recruit/corpus/
 #                                                      #   debian (60 MiB) to .corpus/ here and carry it there
 #
 # Records land in $OUT/bdh-speed.jsonl, $OUT/fff.jsonl and $OUT/fff-model.jsonl (copy them to results/gpu/ and
-# rebuild docs/results.md with the command on its first line, the GPU files in place of results/recovered/'s);
-# logs in $OUT/session.log. Each step has its own time limit so that one slow step cannot eat the others.
+# rebuild docs/results.md with the command on its third line, the GPU files in place of results/recovered/'s);
+# logs in $OUT/session.log, diagnostics in $OUT/bdh-profile.txt and $OUT/fff-profile.txt. Each step has its own
+# time limit so that one slow step cannot eat the others.
 set -u
 OUT=${OUT:?set OUT to the output folder}
 DEVICE=${DEVICE:-cuda}
@@ -46,6 +47,15 @@ fi
 if [ "${FFF:-1}" != 0 ]; then
   step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
   step fff-model "${FFF_MODEL_LIMIT:-150}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
+  # the token kernel's cost per routing step at 1 token, from L2 and from memory (a diagnostic log,
+  # $OUT/fff-profile.txt; on the CPU a dry run)
+  if [ "${PROFILE:-1}" = 0 ]; then
+    :
+  elif [ "$DEVICE" = cuda ]; then
+    step fff-profile "${PROFILE_LIMIT:-150}" $py benchmarks/fff_profile.py --out "$OUT"
+  else
+    step fff-profile 300 env TRITON_INTERPRET=1 $py benchmarks/fff_profile.py --device cpu --quick --out "$OUT"
+  fi
 fi
 # where a fused BDH step spends its time (a diagnostic log, $OUT/bdh-profile.txt; on the CPU a dry run)
 if [ "${BDH:-1}" != 0 ] && [ "${PROFILE:-1}" != 0 ]; then
