@@ -52,7 +52,7 @@ if [ "${FFF:-1}" != 0 ]; then
   if [ "${PROFILE:-1}" = 0 ]; then
     :
   elif [ "$DEVICE" = cuda ]; then
-    step fff-profile "${PROFILE_LIMIT:-150}" $py benchmarks/fff_profile.py --out "$OUT"
+    step fff-profile "${FFF_PROFILE_LIMIT:-200}" $py benchmarks/fff_profile.py --out "$OUT"
   else
     step fff-profile 300 env TRITON_INTERPRET=1 $py benchmarks/fff_profile.py --device cpu --quick --out "$OUT"
   fi
