@@ -6,6 +6,7 @@
 #   BDH=0 OUT=DIR bash benchmarks/device_session.sh    # FFF and the GPU tests only (about 2 minutes)
 #   FFF=0 OUT=DIR bash benchmarks/device_session.sh    # BDH and the GPU tests only
 #   PROFILE=0 ...                                      # without the diagnostics (benchmarks/*_profile.py)
+#   FOCUS=1 ...                                        # the open figures first, fewer cases (see below)
 #   COMPARE=1 CORPUS=.corpus/debian ...                # also bdh-compare's GPU size (bdh-ref vs gpt-medium, ~4 min);
 #                                                      #   the GPU machine has no corpus: copy ~/.cache/recruit/corpus/
 #                                                      #   debian (60 MiB) to .corpus/ here and carry it there
@@ -41,35 +42,59 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "step $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
-if [ "$DEVICE" = cuda ]; then
-  step gpu-tests 150 $py -m pytest -m gpu -q -p no:cacheprovider tests/
+# FOCUS=1: the two open figures first (the device time of a session is short): bdh-speed's training of the
+# reference and fused forms, then fff at hidden 4096, 1 and 4096 tokens, with the launch sweep; the GPU tests of
+# the kernels before them, the diagnostics after, no fff-model
+if [ "${FOCUS:-0}" != 0 ]; then
+  TESTS=(tests/test_bdh_triton.py tests/test_fff_kernels.py tests/test_bdh_speed.py)
+  BDH_SET=(--set impls=reference,fused --set generation=false)
+  if [ -n "$QUICK" ]; then FFF_SET=(--set batches=1); else FFF_SET=(--set hidden=4096 --set batches=1,4096); fi
+else
+  TESTS=(tests/) BDH_SET=() FFF_SET=()
 fi
-if [ "${FFF:-1}" != 0 ]; then
-  step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK
-  step fff-model "${FFF_MODEL_LIMIT:-150}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
-  # the token kernel's cost per routing step at 1 token, from L2 and from memory (a diagnostic log,
-  # $OUT/fff-profile.txt; on the CPU a dry run)
-  if [ "${PROFILE:-1}" = 0 ]; then
-    :
-  elif [ "$DEVICE" = cuda ]; then
+
+fff() {
+  step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK "${FFF_SET[@]}"
+  [ "${FOCUS:-0}" != 0 ] ||
+    step fff-model "${FFF_MODEL_LIMIT:-150}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
+}
+fff_profile() {  # the token kernel's cost per routing step at 1 token, from L2 and from memory ($OUT/fff-profile.txt)
+  if [ "$DEVICE" = cuda ]; then
     step fff-profile "${FFF_PROFILE_LIMIT:-200}" $py benchmarks/fff_profile.py --out "$OUT"
   else
     step fff-profile 300 env TRITON_INTERPRET=1 $py benchmarks/fff_profile.py --device cpu --quick --out "$OUT"
   fi
-fi
-# where a fused BDH step spends its time (a diagnostic log, $OUT/bdh-profile.txt; on the CPU a dry run)
-if [ "${BDH:-1}" != 0 ] && [ "${PROFILE:-1}" != 0 ]; then
+}
+bdh_profile() {  # where a fused BDH step spends its time ($OUT/bdh-profile.txt)
   if [ "$DEVICE" = cuda ]; then
     step bdh-profile "${PROFILE_LIMIT:-150}" $py benchmarks/bdh_profile.py --out "$OUT"
   else
     step bdh-profile 300 env TRITON_INTERPRET=1 $py benchmarks/bdh_profile.py --device cpu --quick --out "$OUT"
   fi
+}
+bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fused forms compiled in that mode
+  # (about three minutes more of compiling); by default the time a 600 s call has left, at least 2 minutes
+  local left=$((570 - SECONDS))
+  [ "$left" -lt 120 ] && left=120
+  step bdh-speed "${BDH_LIMIT:-$left}" recruit bench bdh-speed -q --device "$DEVICE" --out "$OUT" $QUICK \
+    "${BDH_SET[@]}" ${BDH_MODES:+--set "extra_modes=$BDH_MODES"}
+}
+on() { [ "${!1:-1}" != 0 ]; }  # on NAME: the part NAME (FFF, BDH, PROFILE) is not switched off
+
+if [ "$DEVICE" = cuda ]; then
+  step gpu-tests 150 $py -m pytest -m gpu -q -p no:cacheprovider "${TESTS[@]}"
 fi
-# bdh-speed; BDH_MODES=max-autotune-no-cudagraphs also times the fast and fused forms compiled in that mode
-# (about three minutes more of compiling)
-left=$((570 - SECONDS)) && [ "$left" -lt 120 ] && left=120  # what a 600 s call has left, at least 2 minutes
-[ "${BDH:-1}" = 0 ] || step bdh-speed "${BDH_LIMIT:-$left}" recruit bench bdh-speed -q --device "$DEVICE" \
-  --out "$OUT" $QUICK ${BDH_MODES:+--set "extra_modes=$BDH_MODES"}
+if [ "${FOCUS:-0}" != 0 ]; then
+  on BDH && bdh_speed
+  on FFF && fff
+  on FFF && on PROFILE && fff_profile
+  on BDH && on PROFILE && bdh_profile
+else
+  on FFF && fff
+  on FFF && on PROFILE && fff_profile
+  on BDH && on PROFILE && bdh_profile
+  on BDH && bdh_speed
+fi
 # the larger size of the BDH-vs-GPT comparison, opt-in (minutes of training)
 if [ "${COMPARE:-0}" != 0 ]; then
   step bdh-compare "${COMPARE_LIMIT:-300}" recruit bench bdh-compare -q --device "$DEVICE" --out "$OUT" $QUICK \

@@ -225,7 +225,7 @@ def add_fff_parser(subs) -> None:
     p = _sub(fsubs, "bench", cmd_fff_bench)
     p.add_argument("--quality", action="store_true", help="dense vs FFF vs no MLP at equal budget (trains)")
     p.add_argument("--out", default="results", help="output directory (default: results)")
-    add_set_arg(p)  # fields of fff-quality's config (with --quality); the speed cases are fixed
+    add_set_arg(p)  # fields of fff-quality's config (with --quality), else the speed cases' selection
     add_measure_args(p)
 
     p = _sub(fsubs, "convert", cmd_fff_convert)

@@ -3,6 +3,7 @@ import torch
 
 from recruit.benchmarks import BenchOptions, get
 from recruit.benchmarks.bdh_speed import QUICK, run, section
+from recruit.errors import RecruitError
 from recruit.models import BDH, bdh_config
 
 
@@ -81,7 +82,7 @@ def test_a_failing_fused_form_is_recorded_not_fatal(monkeypatch):
     def broken(self, v, c, s):
         raise RuntimeError("no GPU kernel here")
 
-    monkeypatch.setattr(bdh_speed, "_impls", lambda device: ("reference", "fast", "fused"))
+    monkeypatch.setattr(bdh_speed, "_impls", lambda cfg, device: ("reference", "fast", "fused"))
     monkeypatch.setattr(BDH, "_layer_fused", broken)
     recs = []
     bdh_speed._training(QUICK, torch.device("cpu"), lambda *a: recs.append(a), progress=False)
@@ -89,3 +90,15 @@ def test_a_failing_fused_form_is_recorded_not_fatal(monkeypatch):
         "model=bdh-nano,B=2,T=32,precision=fp32,impl=fused,compiled=0"
     ]
     assert sum(metric == "train_speedup" for _, metric, *_ in recs) == 1  # fast vs reference, still measured
+
+
+def test_speed_bench_times_the_forms_asked_for_and_can_skip_generation():
+    """``--set impls=reference,fast --set generation=false``: those forms' training, no generation records; every
+    form is timed against the reference, so leaving it out is an error, as is an unknown form."""
+    opts = BenchOptions(device="cpu", quick=True, progress=False, overrides={"impls": "reference", "generation": "0"})
+    recs = run(opts)
+    assert {r.params["impl"] for r in recs} == {"reference"}
+    assert not [r for r in recs if r.metric in ("ms_per_token", "generate_speedup", "train_speedup")]
+    for bad, why in (("fast", "must include 'reference'"), ("reference,turbo", "must be among")):
+        with pytest.raises(RecruitError, match=why):
+            run(BenchOptions(device="cpu", quick=True, progress=False, overrides={"impls": bad}))

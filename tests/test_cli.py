@@ -237,5 +237,16 @@ def test_bench_set_changes_config_fields(text_corpus, tmp_path, capsys):
                      (["--set", "tokens"], "FIELD=VALUE")):  # fmt: skip
         assert main(["bench", "bdh-compare", "--corpus", text_corpus, "--quick", "-q", *bad]) == 2
         assert why in capsys.readouterr().err
-    assert main(["bench", "fff", "--quick", "-q", "--set", "hidden=8"]) == 2
+    assert main(["bench", "baseline", "--quick", "-q", "--set", "hidden=8"]) == 2
     assert "takes no --set" in capsys.readouterr().err
+
+
+def test_bench_fff_set_selects_cases(tmp_path, capsys):
+    """``recruit bench fff --set batches=...`` times only those cases; a selection that matches none is an error."""
+    out = tmp_path / "res"
+    assert main(["bench", "fff", "--quick", "-q", "--out", str(out), "--set", "batches=1,5"]) == 0
+    recs = read_records(out / "fff.jsonl")
+    assert recs and {r.params["B"] for r in recs} == {"1", "5"}
+    capsys.readouterr()
+    assert main(["bench", "fff", "--quick", "-q", "--set", "hidden=4096"]) == 2
+    assert "no fff case has hidden in (4096,)" in capsys.readouterr().err

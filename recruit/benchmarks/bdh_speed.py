@@ -41,6 +41,7 @@ from recruit.train import resolve_device
 
 log = logging.getLogger(__name__)
 BENCH = "bdh-speed"
+IMPLS = ("reference", "fast", "fused")
 
 
 @dataclass
@@ -54,6 +55,8 @@ class SpeedConfig:
     steps: int = 10  # timed training steps
     compile: bool = True  # also time both forms under torch.compile
     extra_modes: tuple[str, ...] = ()  # further torch.compile modes to time the fast form in (e.g. max-autotune)
+    impls: tuple[str, ...] = ()  # parallel forms to time (empty: every one the device runs); "reference" among them
+    generation: bool = True  # also time generation (part 2)
     contexts: tuple[int, ...] = (1024, 8192)  # generation contexts
     gen_repeats: int = 10  # timed decode steps per context and method
 
@@ -63,6 +66,10 @@ class SpeedConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.warmup < 0 or not self.contexts or any(c <= 0 for c in self.contexts):
             raise ValueError("warmup must be >= 0 and contexts positive")
+        if unknown := set(self.impls) - set(IMPLS):
+            raise ValueError(f"impls must be among {', '.join(IMPLS)}, got {', '.join(sorted(unknown))}")
+        if self.impls and "reference" not in self.impls:
+            raise ValueError("impls must include 'reference': every form is timed against it in the same run")
 
 
 CPU = SpeedConfig(preset="bdh-tiny", batch=8, seq_len=256, warmup=1, steps=3, compile=False, gen_repeats=5)
@@ -121,15 +128,18 @@ def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool | str, device: to
     return {"step_s": timing.median, "peak_bytes": peak, "first_step_s": first, "params": measure.count_params(model)}
 
 
-def _impls(device: torch.device) -> tuple[str, ...]:
-    """The parallel forms to time: the fused form only where its Triton kernels run (elsewhere it is the fast one)."""
+def _impls(cfg: SpeedConfig, device: torch.device) -> tuple[str, ...]:
+    """The parallel forms to time: those asked for, and the fused form only where its Triton kernels run."""
     from recruit.triton_support import triton_available
 
-    return ("reference", "fast") + (("fused",) if device.type == "cuda" and triton_available() else ())
+    runs = ("reference", "fast") + (("fused",) if device.type == "cuda" and triton_available() else ())
+    if "fused" in cfg.impls and "fused" not in runs:
+        log.warning("the fused form needs CUDA and triton; left out")
+    return tuple(impl for impl in runs if not cfg.impls or impl in cfg.impls)
 
 
 def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> None:
-    impls = _impls(device)
+    impls = _impls(cfg, device)
     variants: list[tuple[str, bool | str]] = [
         (impl, c) for c in ([False, True] if cfg.compile else [False]) for impl in impls
     ]
@@ -236,7 +246,8 @@ def run(opts: BenchOptions, cfg: SpeedConfig | None = None) -> list[Record]:
         recs.append(Record(BENCH, case, metric, value, unit, env))
 
     _training(cfg, device, add, opts.progress)
-    _generation(cfg, device, add, opts.progress)
+    if cfg.generation:
+        _generation(cfg, device, add, opts.progress)
     return recs
 
 

@@ -12,6 +12,9 @@ called as :class:`~recruit.fff.FastFeedForward` calls it: through :func:`~recrui
 weights bound once (on the CPU a :class:`~recruit.fff.kernels.cpu.CpuKernel`, which puts them on 2 MiB pages
 where Linux allows; the dense FF's and the gather walk's weights get the same pages, so neither gains on the TLB
 alone; the ``fastfeedforward`` peer keeps its own).
+
+``--set hidden=4096 --set batches=1,4096`` times only those of the device's cases; ``--set tune=false`` leaves out
+the sweep of Triton launch configurations on CUDA.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, fixed_cases, register
+from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.errors import RecruitError
 from recruit.fff.fff import pack_rows
 from recruit.fff.kernels import fff_gather, fff_prepare, fff_route
 from recruit.fff.kernels.cpu import advise_huge_pages, cpu_kernel_available, row_reader
@@ -69,6 +73,29 @@ GPU_CASES = (
     + tuple(SpeedCase(768, 8, b, trees=8) for b in (1, 128, 4096))  # the CPU's forest case
 )
 QUICK_CASES = (SpeedCase(64, 5, 1), SpeedCase(64, 5, 33), SpeedCase(64, 3, 5, trees=4))
+
+
+@dataclass
+class Selection:
+    """Which of the device's cases to time (``--set hidden=4096 --set batches=1,4096``; empty: all of them)."""
+
+    hidden: tuple[int, ...] = ()
+    batches: tuple[int, ...] = ()
+    tune: bool = True  # on CUDA (not --quick), also time the sweep of Triton launch configurations
+
+    def __post_init__(self) -> None:
+        if any(v <= 0 for v in self.hidden + self.batches):
+            raise ValueError(f"hidden and batches must be positive, got {self.hidden}, {self.batches}")
+
+    def pick(self, cases: tuple[SpeedCase, ...]) -> tuple[SpeedCase, ...]:
+        """The cases whose width and batch are selected; none is an error that lists what there is."""
+        picked = tuple(c for c in cases if (not self.hidden or c.hidden in self.hidden)
+                       and (not self.batches or c.batch in self.batches))  # fmt: skip
+        if not picked:
+            raise RecruitError(f"no {BENCH} case has hidden in {self.hidden or 'any'} and batch in "
+                               f"{self.batches or 'any'}; the cases here: hidden {sorted({c.hidden for c in cases})}, "
+                               f"batches {sorted({c.batch for c in cases})}")  # fmt: skip
+        return picked
 
 
 @dataclass(frozen=True)
@@ -303,19 +330,23 @@ def measure_case(
 
 
 def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[Record]:
-    """Time every case on ``opts.device`` (CPU: fp32; CUDA: bf16, with a sweep of Triton launch configs)."""
-    fixed_cases(opts, BENCH)
+    """Time every case on ``opts.device`` (CPU: fp32; CUDA: bf16, with a sweep of Triton launch configs).
+
+    ``--set`` fields (:class:`Selection`) narrow the cases down and can turn the sweep off.
+    """
+    select = configure(opts, Selection(), BENCH)
     device = resolve_device(opts.device)
     env = environment(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if cases is None:
         cases = QUICK_CASES if opts.quick else (GPU_CASES if device.type == "cuda" else CPU_CASES)
+    cases = select.pick(cases)
     recs: list[Record] = []
     fused = "cpp" if device.type == "cpu" else "triton"
     for case in tqdm(cases, desc="fff speed", disable=not opts.progress):
         gather = case.batch <= 4096 and case.hidden <= 768 or case.batch <= 128
         ms = measure_case(case, device, dtype, repeats=3 if opts.quick else 7, gather=gather,
-                          tune=device.type == "cuda" and not opts.quick)  # fmt: skip
+                          tune=device.type == "cuda" and not opts.quick and select.tune)  # fmt: skip
         forest = f"trees={case.trees}," if case.trees > 1 else ""
         c = (f"hidden={case.hidden},depth={case.depth},{forest}width={case.nodes},dense_width={case.dense_width},"
              f"B={case.batch},dtype={str(dtype).split('.')[-1]}")  # fmt: skip
