@@ -11,6 +11,9 @@
 #                                                      #   the GPU machine has no corpus: copy ~/.cache/recruit/corpus/
 #                                                      #   debian (60 MiB) to .corpus/ here and carry it there
 #
+# The GPU machine has a CUDA torch, triton, transformers and pytest but no network: the fff benchmark's peer comes
+# as a wheel, `pip download --no-deps -d .whl fastfeedforward==0.2.1` here and carry `.whl` (installed below).
+#
 # Records land in $OUT/bdh-speed.jsonl, $OUT/fff.jsonl and $OUT/fff-model.jsonl (copy them to results/gpu/ and
 # rebuild docs/results.md with the command on its third line, the GPU files in place of results/recovered/'s);
 # logs in $OUT/session.log, diagnostics in $OUT/bdh-profile.txt and $OUT/fff-profile.txt. Each step has its own
@@ -82,7 +85,7 @@ bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fu
 on() { [ "${!1:-1}" != 0 ]; }  # on NAME: the part NAME (FFF, BDH, PROFILE) is not switched off
 
 if [ "$DEVICE" = cuda ]; then
-  step gpu-tests 150 $py -m pytest -m gpu -q -p no:cacheprovider "${TESTS[@]}"
+  step gpu-tests "${TESTS_LIMIT:-150}" $py -m pytest -m gpu -q -p no:cacheprovider "${TESTS[@]}"
 fi
 if [ "${FOCUS:-0}" != 0 ]; then
   on BDH && bdh_speed
