@@ -291,12 +291,12 @@ class BDH(RecruitModel):
         fp32 or bf16, T and N multiples of 16) and ``triton`` is installed; elsewhere it is :meth:`_layer_fast`.
         Dropout draws a Philox mask, a different draw from :meth:`_layer_fast`'s of the same distribution.
         """
-        dev = v.device.type
-        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else v.dtype
         if not self._triton:
             return self._layer_fast(v, c, s)
         from recruit.models import bdh_triton
 
+        dev = v.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else v.dtype
         vin, N = v.to(dt), self.config.n_neurons
         if not bdh_triton.supports(vin, N):
             return self._layer_fast(v, c, s)
