@@ -113,9 +113,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a registered benchmark and write its result records to OUT/NAME.jsonl (--list shows them all)."""
+    """Run a registered benchmark and write its result records to OUT/NAME.jsonl (--list shows them all).
+
+    While it runs, each record is appended to OUT/NAME.partial.jsonl as it is measured; that file is deleted once
+    NAME.jsonl is written, and kept if the run stops early.
+    """
     from recruit import benchmarks
-    from recruit.records import write_records
+    from recruit.records import PartialFile, write_records
     from recruit.report import format_records
 
     if args.list or not args.name:
@@ -137,9 +141,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         progress=not args.quiet,
         overrides=overrides,
+        sink=(partial := PartialFile(benchmarks.partial_file(args.out, bench.name))),
     )
-    records = bench.run(opts)
+    try:
+        records = bench.run(opts)
+    except BaseException:
+        partial.close()
+        if partial.count:
+            print(f"{bench.name} stopped; the {partial.count} records it had measured are in {partial.path}",
+                  file=sys.stderr)  # fmt: skip
+        raise
     path = write_records(benchmarks.out_file(args.out, bench.name), records)
+    partial.finish()
     print(format_records(records))
     print(f"{len(records)} records written to {path}")
     return 0

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -128,6 +129,66 @@ class Record:
     def to_json(self) -> str:
         """The record as one JSON line (no trailing newline)."""
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+
+class Recorder:
+    """A benchmark's records in the order they are measured, each also handed to ``sink`` as it comes.
+
+    ``recruit bench`` passes a sink that appends every record to a file at once, so that a run cut short (a time
+    limit, a crash, Ctrl-C) keeps what it had measured. Without a sink this is a plain list.
+
+    Attributes:
+        records: Every record added so far.
+    """
+
+    def __init__(self, sink: Callable[[Record], None] | None = None) -> None:
+        self.records: list[Record] = []
+        self._sink = sink
+
+    def add(self, record: Record) -> None:
+        """Keep ``record`` and pass it to the sink."""
+        self.records.append(record)
+        if self._sink is not None:
+            self._sink(record)
+
+    def extend(self, records: Iterable[Record]) -> None:
+        """:meth:`add` each of ``records`` in turn."""
+        for r in records:
+            self.add(r)
+
+
+class PartialFile:
+    """A sink for :class:`Recorder` that appends each record to ``path`` as one JSON line, flushed at once.
+
+    The file is created at the first record (a run that measures nothing leaves none), replacing an earlier
+    one; a line once written survives the process being killed, even by ``SIGKILL``. :meth:`finish` closes and
+    deletes it, once the complete records are safely elsewhere.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._file: Any = None
+
+    def __call__(self, record: Record) -> None:
+        """Append ``record`` to the file (created at the first call) and flush it."""
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (open until finish/close)
+        self._file.write(record.to_json() + "\n")
+        self._file.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        """Close the file, keeping it."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> None:
+        """Close the file and delete it."""
+        self.close()
+        self.path.unlink(missing_ok=True)
 
 
 def write_records(path: str | os.PathLike, records: list[Record]) -> Path:

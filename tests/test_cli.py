@@ -230,6 +230,7 @@ def test_bench_set_changes_config_fields(text_corpus, tmp_path, capsys):
             "--set", 'bdh_args=[["impl", "fused"]]']  # fmt: skip
     assert main(args) == 0
     recs = read_records(out / "bdh-compare.jsonl")
+    assert read_records(out / "bdh-compare.jsonl") and not (out / "bdh-compare.partial.jsonl").exists()
     assert not [r for r in recs if r.params.get("budget") == "equal-flops"]
     assert {r.params.get("impl") for r in recs if r.params.get("model") == "bdh-nano"} == {"fused"}
     capsys.readouterr()
@@ -250,3 +251,70 @@ def test_bench_fff_set_selects_cases(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bench", "fff", "--quick", "-q", "--set", "hidden=4096"]) == 2
     assert "no fff case has hidden in (4096,)" in capsys.readouterr().err
+
+
+def _register_bench(monkeypatch, run) -> None:
+    from recruit import benchmarks
+
+    benchmarks.all_benches()  # the real ones first, so that the fake one is not replaced by a later import
+    monkeypatch.setitem(benchmarks.BENCHES, "fake", benchmarks.Bench("fake", run))
+
+
+def test_bench_keeps_the_records_of_a_run_that_stops(tmp_path, monkeypatch, capsys):
+    """Each record reaches NAME.partial.jsonl as it is measured; a run that fails leaves them there, not NAME.jsonl."""
+    from recruit.records import Record
+
+    out = tmp_path / "res"
+    seen_during_run = []
+
+    def run(opts):
+        recs = opts.recorder()
+        recs.add(Record("fake", "case=a", "latency_ms", 1.5, "ms"))
+        recs.extend([Record("fake", "case=b", "latency_ms", 2.5, "ms")])
+        seen_during_run.extend(read_records(out / "fake.partial.jsonl"))
+        if opts.overrides.get("fail"):
+            raise RuntimeError("out of memory")
+        return recs.records
+
+    _register_bench(monkeypatch, run)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["bench", "fake", "-q", "--out", str(out), "--set", "fail=1"])
+    assert [r.case for r in seen_during_run] == ["case=a", "case=b"]
+    assert [r.value for r in read_records(out / "fake.partial.jsonl")] == [1.5, 2.5]
+    assert not (out / "fake.jsonl").exists()
+    assert f"the 2 records it had measured are in {out / 'fake.partial.jsonl'}" in capsys.readouterr().err
+
+    assert main(["bench", "fake", "-q", "--out", str(out)]) == 0
+    assert [r.case for r in read_records(out / "fake.jsonl")] == ["case=a", "case=b"]
+    assert not (out / "fake.partial.jsonl").exists()
+
+
+def test_bench_records_survive_sigkill(tmp_path):
+    """A benchmark killed mid-run (a device time limit, the OOM killer) leaves the records measured before it."""
+    out, started = tmp_path / "res", tmp_path / "started"
+    script = f"""
+import time
+from recruit import benchmarks
+from recruit.cli import main
+from recruit.records import Record
+
+def run(opts):
+    recs = opts.recorder()
+    recs.add(Record("slow", "case=first", "latency_ms", 3.0, "ms"))
+    open({str(started)!r}, "w").close()
+    time.sleep(120)
+    return recs.records
+
+benchmarks.all_benches()
+benchmarks.register(benchmarks.Bench("slow", run))
+main(["bench", "slow", "-q", "--out", {str(out)!r}])
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert started.exists(), "the benchmark never started"
+    assert [(r.case, r.value) for r in read_records(out / "slow.partial.jsonl")] == [("case=first", 3.0)]
+    assert not (out / "slow.jsonl").exists()

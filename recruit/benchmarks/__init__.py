@@ -1,9 +1,11 @@
 """Benchmarks: each technique registers one, and ``recruit bench NAME --out DIR`` runs it.
 
 A benchmark is a function ``run(opts) -> list[Record]`` plus, optionally, a report section that turns its
-records into HTML. Benchmarks time the dense baseline in the same run and report ratios. One with a config
-dataclass picks its defaults (quick, CPU or GPU sizes) and passes them through :func:`configure`, so that
-``recruit bench NAME --set FIELD=VALUE`` can change any field; one with fixed cases calls :func:`fixed_cases`.
+records into HTML. It collects its records in ``opts.recorder()`` as it measures them, so that ``recruit bench``
+can keep them in ``NAME.partial.jsonl`` should the run not finish. Benchmarks time the dense baseline in the same
+run and report ratios. One with a config dataclass picks its defaults (quick, CPU or GPU sizes) and passes them
+through :func:`configure`, so that ``recruit bench NAME --set FIELD=VALUE`` can change any field; one with fixed
+cases calls :func:`fixed_cases`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, TypeVar
 
 from recruit.config import with_overrides
 from recruit.errors import RecruitError
-from recruit.records import Record
+from recruit.records import Record, Recorder
 
 T = TypeVar("T")
 
@@ -33,6 +35,8 @@ class BenchOptions:
         progress: Show progress bars.
         overrides: Fields of the benchmark's config to replace (``recruit bench NAME --set FIELD=VALUE``);
             strings are converted to each field's type. Applied by :func:`configure`.
+        sink: Called with each record as soon as it is measured (``recruit bench`` appends it to
+            ``NAME.partial.jsonl``); benchmarks collect their records in :meth:`recorder`.
     """
 
     model: str | None = None
@@ -42,10 +46,15 @@ class BenchOptions:
     max_bytes: int = 32768
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
+    sink: Callable[[Record], None] | None = None
 
     def __post_init__(self) -> None:
         if self.max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
+
+    def recorder(self) -> Recorder:
+        """An empty :class:`~recruit.records.Recorder` that passes each record on to :attr:`sink`."""
+        return Recorder(self.sink)
 
 
 @dataclass
@@ -112,3 +121,8 @@ def _load_all() -> None:
 def out_file(out: str | Path, name: str) -> Path:
     """Where ``recruit bench NAME --out DIR`` writes its records: ``DIR/NAME.jsonl``."""
     return Path(out) / f"{name}.jsonl"
+
+
+def partial_file(out: str | Path, name: str) -> Path:
+    """Where ``recruit bench NAME --out DIR`` appends each record while it runs: ``DIR/NAME.partial.jsonl``."""
+    return Path(out) / f"{name}.partial.jsonl"

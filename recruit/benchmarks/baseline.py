@@ -104,10 +104,10 @@ def run(opts: BenchOptions) -> list[Record]:
     fixed_cases(opts, BENCH)
     model, name, device = _load(opts)
     env = environment(device)
-    recs: list[Record] = []
+    recs = opts.recorder()
 
     def add(case: str, metric: str, value: float, unit: str = "") -> None:
-        recs.append(Record(BENCH, f"model={name}" + (f",{case}" if case else ""), metric, value, unit, env))
+        recs.add(Record(BENCH, f"model={name}" + (f",{case}" if case else ""), metric, value, unit, env))
 
     corpus = Corpus.load(opts.corpus)
     _training(opts.model or checkpoints.path(), add)
@@ -120,7 +120,7 @@ def run(opts: BenchOptions) -> list[Record]:
         step(model, opts, device, seq, add)
     bar.update(1)
     bar.close()
-    return recs
+    return recs.records
 
 
 def section(records: list[Record]) -> str:

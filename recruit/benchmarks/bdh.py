@@ -224,10 +224,10 @@ def run(opts: BenchOptions, cfg: BDHBenchConfig | None = None) -> list[Record]:
     cfg = configure(opts, cfg or (QUICK if opts.quick else BDHBenchConfig()), BENCH)
     device = resolve_device(opts.device)
     env = environment(device)
-    recs: list[Record] = []
+    recs = opts.recorder()
 
     def add(case: str, metric: str, value: float, unit: str = "") -> None:
-        recs.append(Record(BENCH, case, metric, value, unit, env))
+        recs.add(Record(BENCH, case, metric, value, unit, env))
 
     corpus = Corpus.load(opts.corpus)
     model, name = _bdh_model(opts, cfg, device)
@@ -241,7 +241,7 @@ def run(opts: BenchOptions, cfg: BDHBenchConfig | None = None) -> list[Record]:
     for label, fn in tqdm(steps, desc="bdh", disable=not opts.progress, leave=False):
         log.info("bdh bench: %s", label)
         fn()
-    return recs
+    return recs.records
 
 
 def section(records: list[Record]) -> str:

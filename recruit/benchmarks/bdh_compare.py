@@ -85,10 +85,10 @@ def run(opts: BenchOptions, cfg: CompareConfig | None = None) -> list[Record]:
         cfg = QUICK if opts.quick else (GPU if cuda else CompareConfig())
     cfg = configure(opts, cfg, BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
-    recs: list[Record] = []
+    recs = opts.recorder()
     for bdh, gpt in cfg.sizes:
-        recs += _compare(bdh, gpt, cfg, corpus, device, env, steps, opts)
-    return recs
+        recs.extend(_compare(bdh, gpt, cfg, corpus, device, env, steps, opts))
+    return recs.records
 
 
 def _compare(

@@ -71,7 +71,7 @@ def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:
     cfg = configure(opts, cfg or (QUICK if opts.quick else MemoryConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
     out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
-    recs: list[Record] = []
+    recs = opts.recorder()
     for preset in tqdm(cfg.presets, desc="bdh memory", disable=not opts.progress):
         mix = {"probe_mix": cfg.probe_mix}
         args = dict(cfg.bdh_args) if PRESETS[preset][0] is BDH else {}
@@ -81,7 +81,7 @@ def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:
         model = trainer.model
         case = f"model={preset},probe_mix={cfg.probe_mix:g},lr={cfg.lr:g},train_T={cfg.seq_len}{extra}"
         r, _ = score_arm(BENCH, case, trainer, corpus, cfg.eval_bytes, device, env, 0.0)
-        recs += [x for x in r if x.metric != "train_flops"]
+        recs.extend(x for x in r if x.metric != "train_flops")
         recurrent = hasattr(model, "new_state")  # BDH: any length; a GPT: its context only
         limit = None if recurrent else model.config.max_seq_len
         distances = [d for d in cfg.distances if limit is None or prompt_tokens(d, cfg.key_len) + cfg.key_len <= limit]
@@ -96,9 +96,9 @@ def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:
         for s in probe_accuracy(generate, corpus, distances, cfg.probes, split="test", key_len=cfg.key_len):
             where = "inside" if prompt_tokens(s.distance, cfg.key_len) + cfg.key_len <= cfg.seq_len else "beyond"
             pc = f"{case},train_tokens={tokens},mode={mode},distance={s.distance},training_windows={where},n={s.n}"
-            recs.append(Record(BENCH, pc, "probe_exact", s.exact, "fraction", env))
-            recs.append(Record(BENCH, pc, "probe_char_acc", s.char, "fraction", env))
-    return recs
+            recs.add(Record(BENCH, pc, "probe_exact", s.exact, "fraction", env))
+            recs.add(Record(BENCH, pc, "probe_char_acc", s.char, "fraction", env))
+    return recs.records
 
 
 def section(records: list[Record]) -> str:

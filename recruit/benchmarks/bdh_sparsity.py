@@ -79,23 +79,24 @@ def run(opts: BenchOptions, cfg: SparsityConfig | None = None) -> list[Record]:
     cfg = configure(opts, cfg or (QUICK if opts.quick else SparsityConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
     out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
-    recs: list[Record] = []
+    recs = opts.recorder()
     bpb: dict[tuple[float, float], dict[str, float]] = {}
     for (w, f), arm in tqdm(arms(cfg), desc="bdh sparsity", disable=not opts.progress):
         trainer = train_arm(corpus, arm, steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
         case = _case(cfg.preset, f"{w:g}", f, cfg.lr)
         r, bpb[w, f] = score_arm(BENCH, case, trainer, corpus, cfg.eval_bytes, device, env, 0.0)
-        recs += [x for x in r if x.metric != "train_flops"]
+        recs.extend(x for x in r if x.metric != "train_flops")
         dens = activation_density(trainer.model, corpus.tokens("test"), cfg.seq_len, cfg.density_windows)
         for kind, values in dens.items():
             for layer, v in enumerate(values):
-                recs.append(Record(BENCH, f"{case},neurons={kind},layer={layer}", "density", v, "fraction", env))
-            recs.append(Record(BENCH, f"{case},neurons={kind},layer=mean", "density", sum(values) / len(values),
-                               "fraction", env))  # fmt: skip
+                recs.add(Record(BENCH, f"{case},neurons={kind},layer={layer}", "density", v, "fraction", env))
+            recs.add(Record(BENCH, f"{case},neurons={kind},layer=mean", "density", sum(values) / len(values),
+                            "fraction", env))  # fmt: skip
     for w, f in bpb:
         if w:
-            recs += ratio_records(BENCH, _case(cfg.preset, f"{w:g}_vs_0", f, cfg.lr), bpb[w, f], bpb[0.0, 0.0], env)
-    return recs
+            case = _case(cfg.preset, f"{w:g}_vs_0", f, cfg.lr)
+            recs.extend(ratio_records(BENCH, case, bpb[w, f], bpb[0.0, 0.0], env))
+    return recs.records
 
 
 def section(records: list[Record]) -> str:

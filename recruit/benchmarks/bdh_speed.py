@@ -242,15 +242,15 @@ def run(opts: BenchOptions, cfg: SpeedConfig | None = None) -> list[Record]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the reference trainer does
     env = environment(device)
-    recs: list[Record] = []
+    recs = opts.recorder()
 
     def add(case: str, metric: str, value: float, unit: str = "") -> None:
-        recs.append(Record(BENCH, case, metric, value, unit, env))
+        recs.add(Record(BENCH, case, metric, value, unit, env))
 
     _training(cfg, device, add, opts.progress)
     if cfg.generation:
         _generation(cfg, device, add, opts.progress)
-    return recs
+    return recs.records
 
 
 def section(records: list[Record]) -> str:

@@ -133,22 +133,23 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
         train_steps(m, lambda step, ft=ft: ft.batch(step)[0], ft_steps, cfg.lr / 4, _next_byte_loss, device,
                     opts.progress, f"fff-distil {arm}")  # fmt: skip
         loss[arm] = held_out_loss(m, windows, cfg.batch_size)
-    recs = [Record(BENCH, f"{base},ff={arm},split=test", "loss", value, "nats/byte", env)
-            for arm, value in loss.items()]  # fmt: skip
+    recs = opts.recorder()
+    recs.extend(Record(BENCH, f"{base},ff={arm},split=test", "loss", value, "nats/byte", env)
+                for arm, value in loss.items())  # fmt: skip
     ft_tokens = f"finetune_tokens={ft_steps * cfg.seq_len * cfg.batch_size}"
     pairs = [("none", "dense", "")] + [(name, "dense", "") for name in shapes]
     pairs += [(f"{name}+ft", "dense+ft", f",{ft_tokens}") for name in shapes]
     for arm, ref, extra in pairs:
-        recs.append(Record(BENCH, f"{base},ff={arm}_vs_{ref}{extra},split=test", "loss_ratio", loss[arm] / loss[ref],
-                           "x", env))  # fmt: skip
+        recs.add(Record(BENCH, f"{base},ff={arm}_vs_{ref}{extra},split=test", "loss_ratio", loss[arm] / loss[ref],
+                        "x", env))  # fmt: skip
     for name, (depth, trees) in shapes.items():
         forest = f",trees={trees}" if trees > 1 else ""
         case = f"{base},ff={name},depth={depth}{forest},distil_steps={cfg.distil_steps}"
         for i, r in enumerate(reports[name]):
-            recs.append(Record(BENCH, f"{case},layer={i},stage=before", "rel_error", r.initial_rel_error, "", env))
-            recs.append(Record(BENCH, f"{case},layer={i},stage=after", "rel_error", r.final_rel_error, "", env))
-        recs.append(Record(BENCH, case, "density", (depth + 1) / (2 ** (depth + 1) - 1), "fraction", env))
-    return recs
+            recs.add(Record(BENCH, f"{case},layer={i},stage=before", "rel_error", r.initial_rel_error, "", env))
+            recs.add(Record(BENCH, f"{case},layer={i},stage=after", "rel_error", r.final_rel_error, "", env))
+        recs.add(Record(BENCH, case, "density", (depth + 1) / (2 ** (depth + 1) - 1), "fraction", env))
+    return recs.records
 
 
 def section(records: list[Record]) -> str:

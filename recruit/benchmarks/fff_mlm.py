@@ -139,21 +139,21 @@ def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
     _, device, env, steps, stream, windows = hf_data(opts, cfg)
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
-    recs: list[Record] = []
+    recs = opts.recorder()
     loss: dict[str, float] = {}
     for arm in ARMS:
         model = build(cfg, arm)
         train(model, stream, steps, cfg, device, opts.progress, f"fff-mlm {arm}")
         loss[arm] = held_out_loss(model, windows, cfg, device)
         case = f"{base},ff={arm}"
-        recs.append(Record(BENCH, case, "params", sum(p.numel() for p in model.parameters()), "", env))
-        recs.append(Record(BENCH, f"{case},split=test", "mlm_loss", loss[arm], "nats/masked byte", env))
+        recs.add(Record(BENCH, case, "params", sum(p.numel() for p in model.parameters()), "", env))
+        recs.add(Record(BENCH, f"{case},split=test", "mlm_loss", loss[arm], "nats/masked byte", env))
     for arm in ("fff", "none"):
-        recs.append(Record(BENCH, f"{base},ff={arm}_vs_dense,split=test", "mlm_loss_ratio", loss[arm] / loss["dense"],
-                           "x", env))  # fmt: skip
+        recs.add(Record(BENCH, f"{base},ff={arm}_vs_dense,split=test", "mlm_loss_ratio", loss[arm] / loss["dense"],
+                        "x", env))  # fmt: skip
     used = (cfg.fff_depth + 1) / (2 ** (cfg.fff_depth + 1) - 1)
-    recs.append(Record(BENCH, f"{base},ff=fff,depth={cfg.fff_depth}", "density", used, "fraction", env))
-    return recs
+    recs.add(Record(BENCH, f"{base},ff=fff,depth={cfg.fff_depth}", "density", used, "fraction", env))
+    return recs.records
 
 
 def section(records: list[Record]) -> str:

@@ -176,14 +176,14 @@ def run(opts: BenchOptions, shapes: tuple[ModelShape, ...] | None = None) -> lis
     fixed_cases(opts, BENCH)
     device = resolve_device(opts.device)
     env = environment(device)
-    recs: list[Record] = []
+    recs = opts.recorder()
     for shape in shapes or (QUICK_SHAPES if opts.quick else DEFAULT_SHAPES):
         log.info("fff-model: building three %s decoders", shape.label)
         models = build_models(shape, device)
         ms = measure_models(models, shape, device, repeats=5 if opts.quick else 60)
-        recs += _records(shape, models, ms, env)
+        recs.extend(_records(shape, models, ms, env))
         del models
-    return recs
+    return recs.records
 
 
 def _records(

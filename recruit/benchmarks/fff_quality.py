@@ -60,7 +60,7 @@ def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
         Arm("fff", cfg.preset, cfg.lr, {"mlp": "fff", "fff_trees": cfg.fff_trees}),
         Arm("none", cfg.preset, cfg.lr, {"mlp": "none"}),
     ] + [Arm(_forest(d, k), cfg.preset, cfg.lr, {"mlp": "fff", "fff_depth": d, "fff_trees": k}) for d, k in cfg.forests]
-    recs: list[Record] = []
+    recs = opts.recorder()
     bpb: dict[str, dict[str, float]] = {}
     for arm in arms:
         t = train_arm(corpus, arm, steps, cfg.seq_len, cfg.batch_size, cfg.out_dir, opts)
@@ -68,18 +68,18 @@ def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
         r, bpb[arm.name] = score_arm(
             BENCH, case, t, corpus, cfg.eval_bytes, device, env, train_flops_per_token(t.model, cfg.seq_len, device)
         )
-        recs += r
+        recs.extend(r)
     mc = build_model(cfg.preset, {"mlp": "fff", "fff_trees": cfg.fff_trees}).config
     for name, depth, trees in [("fff", mc.fff_depth, cfg.fff_trees), *((_forest(d, k), d, k) for d, k in cfg.forests)]:
         width = trees * (2 ** (depth + 1) - 1)
         used = (depth + 1) * trees
         case = f"model={cfg.preset},ff={name},depth={depth},trees={trees},width={width}"
-        recs.append(Record(BENCH, case, "neurons_per_token", used, "", env))
-        recs.append(Record(BENCH, case, "density", used / width, "fraction", env))
-    recs.append(Record(BENCH, f"model={cfg.preset},ff=dense,width={mc.d_ff}", "density", 1.0, "fraction", env))
+        recs.add(Record(BENCH, case, "neurons_per_token", used, "", env))
+        recs.add(Record(BENCH, case, "density", used / width, "fraction", env))
+    recs.add(Record(BENCH, f"model={cfg.preset},ff=dense,width={mc.d_ff}", "density", 1.0, "fraction", env))
     for arm in ("fff", "none", *(_forest(d, k) for d, k in cfg.forests)):
-        recs += ratio_records(BENCH, f"model={cfg.preset},ff={arm}_vs_dense", bpb[arm], bpb["dense"], env)
-    return recs
+        recs.extend(ratio_records(BENCH, f"model={cfg.preset},ff={arm}_vs_dense", bpb[arm], bpb["dense"], env))
+    return recs.records
 
 
 def section(records: list[Record]) -> str:

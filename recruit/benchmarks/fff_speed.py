@@ -341,7 +341,7 @@ def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[
     if cases is None:
         cases = QUICK_CASES if opts.quick else (GPU_CASES if device.type == "cuda" else CPU_CASES)
     cases = select.pick(cases)
-    recs: list[Record] = []
+    recs = opts.recorder()
     fused = "cpp" if device.type == "cpu" else "triton"
     for case in tqdm(cases, desc="fff speed", disable=not opts.progress):
         gather = case.batch <= 4096 and case.hidden <= 768 or case.batch <= 128
@@ -350,10 +350,10 @@ def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[
         forest = f"trees={case.trees}," if case.trees > 1 else ""
         c = (f"hidden={case.hidden},depth={case.depth},{forest}width={case.nodes},dense_width={case.dense_width},"
              f"B={case.batch},dtype={str(dtype).split('.')[-1]}")  # fmt: skip
-        recs.append(Record(BENCH, c, "flops_ratio", (case.depth + 1) / 2 ** (case.depth + 1), "x", env))
+        recs.add(Record(BENCH, c, "flops_ratio", (case.depth + 1) / 2 ** (case.depth + 1), "x", env))
         for timing, per_impl in ms.items():
             dense = per_impl["dense"]
-            recs.append(Record(BENCH, f"{c},timing={timing},impl=dense", "latency_ms", dense, "ms", env))
+            recs.add(Record(BENCH, f"{c},timing={timing},impl=dense", "latency_ms", dense, "ms", env))
             tuned = {k: v for k, v in per_impl.items() if k.startswith("triton:")}
             if tuned and fused == "triton":  # the default launch is a candidate even where it was not re-timed
                 tuned.setdefault("triton:default", per_impl["fff"])
@@ -361,15 +361,15 @@ def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[
                 if name == "dense":
                     continue
                 impl = fused if name == "fff" else name.replace("triton:", "triton,launch=")
-                recs.append(Record(BENCH, f"{c},timing={timing},impl={impl}", "latency_ms", value, "ms", env))
+                recs.add(Record(BENCH, f"{c},timing={timing},impl={impl}", "latency_ms", value, "ms", env))
                 if not name.startswith("triton:"):
-                    recs.append(Record(BENCH, f"{c},timing={timing},impl={impl}", "speedup", dense / value, "x", env))
+                    recs.add(Record(BENCH, f"{c},timing={timing},impl={impl}", "speedup", dense / value, "x", env))
             if tuned:
                 best = min(tuned, key=tuned.get)
                 case = f"{c},timing={timing},impl=triton-tuned,launch={best.split(':', 1)[1]}"
-                recs.append(Record(BENCH, case, "latency_ms", tuned[best], "ms", env))
-                recs.append(Record(BENCH, case, "speedup", dense / tuned[best], "x", env))
-    return recs
+                recs.add(Record(BENCH, case, "latency_ms", tuned[best], "ms", env))
+                recs.add(Record(BENCH, case, "speedup", dense / tuned[best], "x", env))
+    return recs.records
 
 
 def section(records: list[Record]) -> str:
