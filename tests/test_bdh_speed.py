@@ -5,6 +5,7 @@ from recruit.benchmarks import BenchOptions, get
 from recruit.benchmarks.bdh_speed import QUICK, run, section
 from recruit.errors import RecruitError
 from recruit.models import BDH, bdh_config
+from recruit.records import Record
 
 
 def test_speed_bench_records_are_consistent():
@@ -14,6 +15,8 @@ def test_speed_bench_records_are_consistent():
     assert set(tps) == {"reference", "fast"} and all(v > 0 for v in tps.values())
     (speedup,) = [r.value for r in recs if r.metric == "train_speedup"]
     assert speedup == pytest.approx(tps["fast"] / tps["reference"])
+    loss = {r.params["impl"]: r.value for r in recs if r.metric == "first_step_loss"}
+    assert loss["fast"] == pytest.approx(loss["reference"], rel=0.02)  # same weights and batch, other dropout masks
     for c in QUICK.contexts:
         ms = {(r.params["method"], r.params["impl"]): r.value for r in recs
               if r.metric == "ms_per_token" and r.params["context"] == str(c)}  # fmt: skip
@@ -74,6 +77,11 @@ def test_a_failing_compiler_is_recorded_not_fatal(monkeypatch):
     failed = [case for case, metric, *_ in recs if metric == "failed"]
     assert len(failed) == 2 and all("compiled=1" in c for c in failed)
     assert sum(metric == "train_speedup" for _, metric, *_ in recs) == 1  # eager fast vs eager reference
+    # the reference's variants first; a form's ratios come as soon as it is timed, before the next form is tried
+    order = [(metric, Record("bdh-speed", case, metric, 0.0).params["impl"]) for case, metric, *_ in recs]
+    first_other = next(i for i, (_, impl) in enumerate(order) if impl != "reference")
+    assert first_other > 0 and all(impl != "reference" for _, impl in order[first_other:])
+    assert order.index(("train_speedup", "fast")) < order.index(("failed", "fast"))
 
 
 def test_a_failing_fused_form_is_recorded_not_fatal(monkeypatch):

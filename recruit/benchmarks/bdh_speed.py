@@ -9,9 +9,12 @@
    ``torch.compile`` (the reference trainer compiles its model; the fused heads stay outside the graph).
    Same weights, same batch, bf16 autocast on CUDA, fp32 on the CPU. ``train_speedup`` = a form ÷ the faster
    of the reference's two variants (so the baseline gets its best), and ``peak_memory_ratio`` is taken against
-   that same variant. Peak memory on CUDA is the whole allocation peak of a step (weights, optimiser state,
-   batch, activations), the figure the issue quotes for the reference code; on the CPU, where the process's
-   resident set holds much else, it is what one step adds (:func:`recruit.measure.peak_memory`).
+   that same variant; both are recorded as soon as a form is timed (the reference's variants are timed first), so
+   a run cut short keeps whole comparisons. ``first_step_loss``, the loss of each variant's first step (same
+   weights, same batch; dropout masks differ), shows that the forms compute the same model. Peak memory on CUDA
+   is the whole allocation peak of a step (weights, optimiser state, batch, activations), the figure the issue
+   quotes for the reference code; on the CPU, where the process's resident set holds much else, it is what one
+   step adds (:func:`recruit.measure.peak_memory`).
 2. **Generation** at contexts 1k and 8k: ms per new token of the recurrent form (state filled to the context,
    eager and replayed from a CUDA graph) against re-running the whole prefix through the parallel form, as
    the reference's ``generate`` does (bf16 autocast on CUDA; the faster of the two parallel forms).
@@ -108,16 +111,16 @@ def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool | str, device: to
     idx = torch.randint(0, V, (cfg.batch, cfg.seq_len + 1), generator=g).to(device)
     x, y = idx[:, :-1], idx[:, 1:]
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         with _autocast(device):
             loss = F.cross_entropy(fwd(x).float().flatten(0, 1), y.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
     t0 = time.perf_counter()
-    step()  # the first step compiles
-    measure.sync(device)
+    first_loss = step().item()  # the first step compiles
     first = time.perf_counter() - t0
     timing = measure.time_fn(step, device, warmup=cfg.warmup, repeats=cfg.steps)
     if device.type == "cuda":
@@ -127,7 +130,8 @@ def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool | str, device: to
         peak = float(torch.cuda.max_memory_allocated(device))
     else:
         peak = float(measure.peak_memory(step, device) or 0)
-    return {"step_s": timing.median, "peak_bytes": peak, "first_step_s": first, "params": measure.count_params(model)}
+    return {"step_s": timing.median, "peak_bytes": peak, "first_step_s": first, "first_loss": first_loss,
+            "params": measure.count_params(model)}  # fmt: skip
 
 
 def _impls(cfg: SpeedConfig, device: torch.device) -> tuple[str, ...]:
@@ -142,10 +146,13 @@ def _impls(cfg: SpeedConfig, device: torch.device) -> tuple[str, ...]:
 
 def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> None:
     impls = _impls(cfg, device)
-    variants: list[tuple[str, bool | str]] = [
-        (impl, c) for c in ([False, True] if cfg.compile else [False]) for impl in impls
-    ]
-    variants += [(impl, mode) for mode in cfg.extra_modes for impl in impls if impl != "reference"]
+    others = [impl for impl in impls if impl != "reference"]
+    compiles = [False, True] if cfg.compile else [False]
+    # the reference first, so that each other form's ratios are recorded as soon as it is timed (against the
+    # faster reference variant): a run cut short keeps whole comparisons
+    variants: list[tuple[str, bool | str]] = [("reference", c) for c in compiles]
+    variants += [(impl, c) for c in compiles for impl in others]
+    variants += [(impl, mode) for mode in cfg.extra_modes for impl in others]
     res: dict[tuple[str, bool | str], dict[str, float]] = {}
 
     def tag(compiled: bool | str) -> str:
@@ -171,16 +178,15 @@ def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> No
         add(case, "train_step_ms", r["step_s"] * 1e3, "ms")
         add(case, "peak_memory_bytes", r["peak_bytes"], "bytes")
         add(case, "first_step_s", r["first_step_s"], "s")
+        add(case, "first_step_loss", r["first_loss"], "nats")
         add(case, "params", r["params"], "")
-    refs = [k for k in res if k[0] == "reference"]
-    fasts = [k for k in res if k[0] != "reference"]
-    if not refs or not fasts:
-        return
-    best_ref = min(refs, key=lambda k: res[k]["step_s"])
-    for k in fasts:
-        case = f"{base},impl={k[0]},compiled={tag(k[1])},vs=reference,vs_compiled={tag(best_ref[1])}"
-        add(case, "train_speedup", res[best_ref]["step_s"] / res[k]["step_s"], "x")
-        add(case, "peak_memory_ratio", res[k]["peak_bytes"] / max(res[best_ref]["peak_bytes"], 1.0), "x")
+        refs = [k for k in res if k[0] == "reference"]
+        if impl == "reference" or not refs:
+            continue
+        best = min(refs, key=lambda k: res[k]["step_s"])
+        case = f"{base},impl={impl},compiled={tag(compiled)},vs=reference,vs_compiled={tag(best[1])}"
+        add(case, "train_speedup", res[best]["step_s"] / r["step_s"], "x")
+        add(case, "peak_memory_ratio", r["peak_bytes"] / max(res[best]["peak_bytes"], 1.0), "x")
 
 
 @torch.no_grad()
@@ -265,7 +271,7 @@ def section(records: list[Record]) -> str:
         return str(r.env.get("device_name", r.env.get("device")))
 
     train = [r for r in rs if r.metric in ("train_tokens_per_s", "peak_memory_bytes", "train_speedup",
-                                            "peak_memory_ratio")]  # fmt: skip
+                                            "peak_memory_ratio", "first_step_loss")]  # fmt: skip
     gen = [r for r in rs if r.metric in ("ms_per_token", "generate_speedup")]
     rows_t = [[dev(r), r.case, r.metric, f"{r.value:.4g}", r.unit] for r in train]
     rows_g = [[dev(r), r.case, r.metric, f"{r.value:.4g}", r.unit] for r in gen]
