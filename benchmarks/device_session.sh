@@ -17,7 +17,8 @@
 # Records land in $OUT/bdh-speed.jsonl, $OUT/fff.jsonl and $OUT/fff-model.jsonl (copy them to results/gpu/ and
 # rebuild docs/results.md with the command on its third line, the GPU files in place of results/recovered/'s);
 # logs in $OUT/session.log, diagnostics in $OUT/bdh-profile.txt and $OUT/fff-profile.txt. Each step has its own
-# time limit so that one slow step cannot eat the others.
+# time limit so that one slow step cannot eat the others; a benchmark cut off by its limit leaves the records it
+# had measured in $OUT/NAME.partial.jsonl (bdh-speed: each form with its ratios to the reference, which goes first).
 set -u
 OUT=${OUT:?set OUT to the output folder}
 DEVICE=${DEVICE:-cuda}
@@ -76,8 +77,11 @@ bdh_profile() {  # where a fused BDH step spends its time ($OUT/bdh-profile.txt)
   fi
 }
 bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fused forms compiled in that mode
-  # (about three minutes more of compiling); by default the time a 600 s call has left, at least 2 minutes
-  local left=$((570 - SECONDS))
+  # (about three minutes more of compiling); by default the time a 600 s call has left, at least 2 minutes, less
+  # FFF_RESERVE seconds (150) under FOCUS=1, where fff runs after it
+  local reserve=0
+  [ "${FOCUS:-0}" != 0 ] && on FFF && reserve=${FFF_RESERVE:-150}
+  local left=$((570 - SECONDS - reserve))
   [ "$left" -lt 120 ] && left=120
   step bdh-speed "${BDH_LIMIT:-$left}" recruit bench bdh-speed -q --device "$DEVICE" --out "$OUT" $QUICK \
     "${BDH_SET[@]}" ${BDH_MODES:+--set "extra_modes=$BDH_MODES"}
