@@ -10,11 +10,12 @@
    Same weights, same batch, bf16 autocast on CUDA, fp32 on the CPU. ``train_speedup`` = a form ÷ the faster
    of the reference's two variants (so the baseline gets its best), and ``peak_memory_ratio`` is taken against
    that same variant; both are recorded as soon as a form is timed (the reference's variants are timed first), so
-   a run cut short keeps whole comparisons. ``first_step_loss``, the loss of each variant's first step (same
-   weights, same batch; dropout masks differ), shows that the forms compute the same model. Peak memory on CUDA
-   is the whole allocation peak of a step (weights, optimiser state, batch, activations), the figure the issue
-   quotes for the reference code; on the CPU, where the process's resident set holds much else, it is what one
-   step adds (:func:`recruit.measure.peak_memory`).
+   a run cut short keeps whole comparisons. ``first_step_loss`` and ``last_step_loss``, the loss of each
+   variant's first step and of its last, after the same number of AdamW steps on the same batch (same initial
+   weights; dropout masks differ), show that the forms compute the same model and the same gradients. Peak
+   memory on CUDA is the whole allocation peak of a step (weights, optimiser state, batch, activations), the
+   figure the issue quotes for the reference code; on the CPU, where the process's resident set holds much
+   else, it is what one step adds (:func:`recruit.measure.peak_memory`).
 2. **Generation** at contexts 1k and 8k: ms per new token of the recurrent form (state filled to the context,
    eager and replayed from a CUDA graph) against re-running the whole prefix through the parallel form, as
    the reference's ``generate`` does (bf16 autocast on CUDA; the faster of the two parallel forms).
@@ -130,8 +131,9 @@ def _train_variant(cfg: SpeedConfig, impl: str, compiled: bool | str, device: to
         peak = float(torch.cuda.max_memory_allocated(device))
     else:
         peak = float(measure.peak_memory(step, device) or 0)
+    last_loss = step().item()  # every variant has taken as many steps on the same batch by now
     return {"step_s": timing.median, "peak_bytes": peak, "first_step_s": first, "first_loss": first_loss,
-            "params": measure.count_params(model)}  # fmt: skip
+            "last_loss": last_loss, "params": measure.count_params(model)}  # fmt: skip
 
 
 def _impls(cfg: SpeedConfig, device: torch.device) -> tuple[str, ...]:
@@ -179,6 +181,7 @@ def _training(cfg: SpeedConfig, device: torch.device, add, progress: bool) -> No
         add(case, "peak_memory_bytes", r["peak_bytes"], "bytes")
         add(case, "first_step_s", r["first_step_s"], "s")
         add(case, "first_step_loss", r["first_loss"], "nats")
+        add(case, "last_step_loss", r["last_loss"], "nats")
         add(case, "params", r["params"], "")
         refs = [k for k in res if k[0] == "reference"]
         if impl == "reference" or not refs:
@@ -271,7 +274,7 @@ def section(records: list[Record]) -> str:
         return str(r.env.get("device_name", r.env.get("device")))
 
     train = [r for r in rs if r.metric in ("train_tokens_per_s", "peak_memory_bytes", "train_speedup",
-                                            "peak_memory_ratio", "first_step_loss")]  # fmt: skip
+                                            "peak_memory_ratio", "first_step_loss", "last_step_loss")]  # fmt: skip
     gen = [r for r in rs if r.metric in ("ms_per_token", "generate_speedup")]
     rows_t = [[dev(r), r.case, r.metric, f"{r.value:.4g}", r.unit] for r in train]
     rows_g = [[dev(r), r.case, r.metric, f"{r.value:.4g}", r.unit] for r in gen]
