@@ -5,7 +5,9 @@ aligned width: an odd width slows vendor GEMMs several-fold, and a weak baseline
 FFF kernel of depth ``depth`` (2^(depth+1) − 1 nodes, depth + 1 of them used per token), and the pure-torch
 gather walk as a peer. Every token gets its own random input, so routing spreads over the tree instead of
 following one cache-hot path. Times are medians after warm-up with the device synchronised;
-``speedup`` = dense time ÷ FFF time.
+``speedup`` = dense time ÷ FFF time. ``tokens_agreeing_with_reference`` is the fraction of the first
+:data:`CHECK_TOKENS` tokens on which the timed fused FFF's output equals the float64 oracle's
+(:func:`~recruit.fff.kernels.fff_reference`, same weights) to 5% of the output's scale.
 
 On the CPU the fused kernel is the C++ one (``recruit.fff.kernels.cpu``); on CUDA the Triton one, in bf16. It is
 called as :class:`~recruit.fff.FastFeedForward` calls it: through :func:`~recruit.fff.kernels.fff_prepare`, the
@@ -32,7 +34,7 @@ from recruit import measure
 from recruit.benchmarks import Bench, BenchOptions, configure, register
 from recruit.errors import RecruitError
 from recruit.fff.fff import pack_rows
-from recruit.fff.kernels import fff_gather, fff_prepare, fff_route
+from recruit.fff.kernels import fff_gather, fff_prepare, fff_reference, fff_route
 from recruit.fff.kernels.cpu import advise_huge_pages, cpu_kernel_available, row_reader
 from recruit.records import Record, environment
 from recruit.train import resolve_device
@@ -214,6 +216,9 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     )
 
 
+CHECK_TOKENS = 32  # tokens of each case's first batch checked against the float64 oracle
+
+
 def _agree(got: torch.Tensor, expect: torch.Tensor) -> float:
     """Fraction of tokens (rows) on which two FFF outputs agree to 5% of the output's scale.
 
@@ -252,19 +257,33 @@ def _time_cycled(
     }
 
 
+@dataclass
+class CaseResult:
+    """What :func:`measure_case` measured on one case.
+
+    Attributes:
+        ms: ``{"wall": {impl: ms}, "cuda_graph": {impl: ms}, "cuda_graph_cycled": {impl: ms}}`` (the last two on
+            CUDA only).
+        agreement: Fraction of the first :data:`CHECK_TOKENS` tokens of the first batch on which the fused FFF
+            (``impl`` ``fff``, the path timed) agrees with :func:`~recruit.fff.kernels.fff_reference`.
+    """
+
+    ms: dict[str, dict[str, float]]
+    agreement: float
+
+
 def measure_case(
     case: SpeedCase, device: torch.device, dtype: torch.dtype, repeats: int, gather: bool, tune: bool = False
-) -> dict[str, dict[str, float]]:
-    """Milliseconds per call of dense, fused FFF and peers on one case, by timing method.
+) -> CaseResult:
+    """Milliseconds per call of dense, fused FFF and peers on one case, by timing method, and a correctness check.
 
-    Returns ``{"wall": {impl: ms}, "cuda_graph": {impl: ms}, "cuda_graph_cycled": {impl: ms}}`` (the last two
-    on CUDA only): wall-clock time of single synchronised calls as a user sees them, GPU time per call inside
-    a CUDA graph of 16 calls, and the same over :func:`_calls_beyond_l2` calls. Successive calls cycle
-    through distinct random batches. The 16 calls of ``cuda_graph`` touch a few MB of FFF rows at small
-    batches, which stay in L2 from one replay to the next; ``cuda_graph_cycled`` touches twice the L2 in
-    rows, so that the deep levels come from memory as they would in a model whose other layers evict them.
-    With ``tune``, both CUDA-graph timings also hold each of :func:`_launches` as ``triton:LABEL``: the
-    fastest launch from L2 need not be the fastest from memory (L2 prefetching only pays there).
+    Times (:attr:`CaseResult.ms`): wall-clock time of single synchronised calls as a user sees them, GPU time
+    per call inside a CUDA graph of 16 calls, and the same over :func:`_calls_beyond_l2` calls. Successive calls
+    cycle through distinct random batches. The 16 calls of ``cuda_graph`` touch a few MB of FFF rows at small
+    batches, which stay in L2 from one replay to the next; ``cuda_graph_cycled`` touches twice the L2 in rows,
+    so that the deep levels come from memory as they would in a model whose other layers evict them. With
+    ``tune``, both CUDA-graph timings also hold each of :func:`_launches` as ``triton:LABEL``: the fastest launch
+    from L2 need not be the fastest from memory (L2 prefetching only pays there).
     """
     g = torch.Generator().manual_seed(case.hidden * 1000 + case.depth)
     layers = _layers(case.hidden, case.depth, dtype, device, g, case.trees)
@@ -282,6 +301,9 @@ def measure_case(
         fns["fastfeedforward"] = lambda i: peer.eval_forward(xs[i % n])
     out: dict[str, dict[str, float]] = {"wall": {}}
     with torch.no_grad():
+        check = xs[0][:CHECK_TOKENS]
+        oracle = fff_reference(check, layers.w_in, layers.b_in, layers.w_out_t, case.depth, case.trees)
+        agreement = _agree(fns["fff"](0)[:CHECK_TOKENS].float(), oracle.float())
         counter = itertools.count()
         cycled = {name: lambda fn=fn: fn(next(counter)) for name, fn in fns.items()}
         # Dense and FFF in alternating blocks, so a slow spell of a shared machine hits both; the peers are
@@ -326,7 +348,7 @@ def measure_case(
                     graph[f"triton:{label}"] = measure.time_cuda_graph(tuned, device, calls=calls).median * 1e3
                     cycled_fns[f"triton:{label}"] = launched
             out["cuda_graph_cycled"] = _time_cycled(case, device, dtype, g, cycled_fns)
-    return out
+    return CaseResult(out, agreement)
 
 
 def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[Record]:
@@ -345,13 +367,15 @@ def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[
     fused = "cpp" if device.type == "cpu" else "triton"
     for case in tqdm(cases, desc="fff speed", disable=not opts.progress):
         gather = case.batch <= 4096 and case.hidden <= 768 or case.batch <= 128
-        ms = measure_case(case, device, dtype, repeats=3 if opts.quick else 7, gather=gather,
-                          tune=device.type == "cuda" and not opts.quick and select.tune)  # fmt: skip
+        result = measure_case(case, device, dtype, repeats=3 if opts.quick else 7, gather=gather,
+                              tune=device.type == "cuda" and not opts.quick and select.tune)  # fmt: skip
         forest = f"trees={case.trees}," if case.trees > 1 else ""
         c = (f"hidden={case.hidden},depth={case.depth},{forest}width={case.nodes},dense_width={case.dense_width},"
              f"B={case.batch},dtype={str(dtype).split('.')[-1]}")  # fmt: skip
         recs.add(Record(BENCH, c, "flops_ratio", (case.depth + 1) / 2 ** (case.depth + 1), "x", env))
-        for timing, per_impl in ms.items():
+        recs.add(Record(BENCH, f"{c},impl={fused},tokens={CHECK_TOKENS}", "tokens_agreeing_with_reference",
+                        result.agreement, "fraction", env))  # fmt: skip
+        for timing, per_impl in result.ms.items():
             dense = per_impl["dense"]
             recs.add(Record(BENCH, f"{c},timing={timing},impl=dense", "latency_ms", dense, "ms", env))
             tuned = {k: v for k, v in per_impl.items() if k.startswith("triton:")}
@@ -383,6 +407,11 @@ def section(records: list[Record]) -> str:
              r.params["depth"] + (f" x {r.params['trees']} trees" if "trees" in r.params else ""), r.params["B"],
              r.params.get("timing", "wall"), r.params["impl"] + (f" ({r.params['launch']})" if "launch" in r.params
              else ""), f"{r.value:.3g}x"] for r in rs]  # fmt: skip
+    agree = [r.value for r in records if r.bench == BENCH and r.metric == "tokens_agreeing_with_reference"]
+    span = (f"{min(agree):.0%} of them in every case" if min(agree) == max(agree)
+            else f"{min(agree):.0%} to {max(agree):.0%} of them, by case") if agree else ""  # fmt: skip
+    checked = (f" Each case's fused FFF was checked in the same run against the float64 oracle on the first "
+               f"{CHECK_TOKENS} tokens of its first batch: it agreed on {span}." if agree else "")  # fmt: skip
     return (
         "<p>Dense FF (torch, aligned width) time ÷ FFF time, same run, distinct random input per token (<code>recruit"
         " bench fff</code>). Below 1 means FFF is slower. Timing <code>wall</code>: single synchronised calls; "
@@ -391,7 +420,9 @@ def section(records: list[Record]) -> str:
         " <code>triton-tuned</code>: the fastest of the Triton launch configurations tried (named in brackets), "
         "picked per row, so a best of several timings. <code>memory-floor</code> (CPU) is no FFF: it only reads, once"
         " each, the weight rows the batch's paths visit, every address known in advance, so its speed-up estimates "
-        "the most an exact FFF kernel can reach on that machine (a timing like the others, with their noise).</p>"
+        "the most an exact FFF kernel can reach on that machine (a timing like the others, with their noise)."
+        + checked
+        + "</p>"
         + table(["device", "hidden", "depth", "tokens", "timing", "FFF implementation", "speed-up"], rows)
     )
 
