@@ -47,8 +47,10 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 # FOCUS=1: the two open figures first (the device time of a session is short): bdh-speed's training of the
-# reference and fused forms, then fff at hidden 4096, 1 and 4096 tokens, with the launch sweep; the GPU tests of
-# the kernels before them, the diagnostics after, no fff-model
+# reference and fused forms, then fff at hidden 4096, 1 and 4096 tokens, with the launch sweep; then the GPU tests
+# of the kernels, then the diagnostics; no fff-model. The benchmarks check their own kernels in the same run
+# (fff: tokens_agreeing_with_reference; bdh-speed: first_step_loss and last_step_loss per form), so the figures
+# need not wait for the tests.
 if [ "${FOCUS:-0}" != 0 ]; then
   TESTS=(tests/test_bdh_triton.py tests/test_fff_kernels.py tests/test_bdh_speed.py)
   BDH_SET=(--set impls=reference,fused --set generation=false)
@@ -57,8 +59,14 @@ else
   TESTS=(tests/) BDH_SET=() FFF_SET=()
 fi
 
-fff() {
-  step fff "${FFF_LIMIT:-300}" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK "${FFF_SET[@]}"
+fff() {  # FFF_LIMIT (300 s); under FOCUS=1 no more than the call has left before TESTS_RESERVE, at least a minute
+  local limit=${FFF_LIMIT:-300}
+  if [ "${FOCUS:-0}" != 0 ]; then
+    local left=$((570 - SECONDS - ${TESTS_RESERVE:-100}))
+    [ "$left" -lt 60 ] && left=60
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
+  step fff "$limit" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK "${FFF_SET[@]}"
   [ "${FOCUS:-0}" != 0 ] ||
     step fff-model "${FFF_MODEL_LIMIT:-150}" recruit bench fff-model -q --device "$DEVICE" --out "$OUT" $QUICK
 }
@@ -77,10 +85,13 @@ bdh_profile() {  # where a fused BDH step spends its time ($OUT/bdh-profile.txt)
   fi
 }
 bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fused forms compiled in that mode
-  # (about three minutes more of compiling); by default the time a 600 s call has left, at least 2 minutes, less
-  # FFF_RESERVE seconds (150) under FOCUS=1, where fff runs after it
+  # (about three minutes more of compiling); by default the time a 600 s call has left, at least 2 minutes; under
+  # FOCUS=1 less FFF_RESERVE (150 s, for fff after it) and TESTS_RESERVE (100 s, for the GPU tests after that)
   local reserve=0
-  [ "${FOCUS:-0}" != 0 ] && on FFF && reserve=${FFF_RESERVE:-150}
+  if [ "${FOCUS:-0}" != 0 ]; then
+    on FFF && reserve=${FFF_RESERVE:-150}
+    reserve=$((reserve + ${TESTS_RESERVE:-100}))
+  fi
   local left=$((570 - SECONDS - reserve))
   [ "$left" -lt 120 ] && left=120
   step bdh-speed "${BDH_LIMIT:-$left}" recruit bench bdh-speed -q --device "$DEVICE" --out "$OUT" $QUICK \
@@ -88,15 +99,18 @@ bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fu
 }
 on() { [ "${!1:-1}" != 0 ]; }  # on NAME: the part NAME (FFF, BDH, PROFILE) is not switched off
 
-if [ "$DEVICE" = cuda ]; then
-  step gpu-tests "${TESTS_LIMIT:-150}" $py -m pytest -m gpu -q -p no:cacheprovider "${TESTS[@]}"
-fi
+gpu_tests() {
+  [ "$DEVICE" = cuda ] && step gpu-tests "${TESTS_LIMIT:-150}" $py -m pytest -m gpu -q -p no:cacheprovider "${TESTS[@]}"
+}
+
 if [ "${FOCUS:-0}" != 0 ]; then
   on BDH && bdh_speed
   on FFF && fff
+  gpu_tests
   on FFF && on PROFILE && fff_profile
   on BDH && on PROFILE && bdh_profile
 else
+  gpu_tests
   on FFF && fff
   on FFF && on PROFILE && fff_profile
   on BDH && on PROFILE && bdh_profile
