@@ -7,8 +7,17 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from recruit.models.base import load_model
+from recruit.models.bdh import BDH, bdh_config
 from recruit.models.gpt import GPT, gpt_config
-from recruit.models.hf_auto import RecruitGPTConfig, RecruitGPTForCausalLM, from_hf, register_auto_classes, to_hf
+from recruit.models.hf_auto import (
+    RecruitBDHConfig,
+    RecruitBDHForCausalLM,
+    RecruitGPTConfig,
+    RecruitGPTForCausalLM,
+    from_hf,
+    register_auto_classes,
+    to_hf,
+)
 from recruit.models.kv_cache import KVCache
 
 
@@ -119,3 +128,100 @@ def test_fresh_model_init_matches_gpt_scheme():
     assert abs(std - 0.02 / 4) < 1e-3  # 0.02 / sqrt(2 * n_layer)
     assert abs(model.blocks[0].attn.q_proj.weight.std().item() - 0.02) < 2e-3
     assert torch.equal(model.norm_f.weight, torch.ones_like(model.norm_f.weight))
+
+
+# ---- BDH --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_bdh(tmp_path):
+    torch.manual_seed(0)
+    bdh = BDH(bdh_config("bdh-nano", dropout=0.0, max_seq_len=32)).eval()
+    bdh.save_pretrained(tmp_path)
+    register_auto_classes()
+    return bdh, tmp_path
+
+
+def test_bdh_checkpoint_loads_with_logits_loss_and_hidden_states_of_the_parallel_form(saved_bdh):
+    bdh, path = saved_bdh
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    assert isinstance(cfg, RecruitBDHConfig) and cfg.to_bdh_config() == bdh.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (32, 2, 2)
+    model = _load(path)
+    assert isinstance(model, RecruitBDHForCausalLM)
+    ids = torch.randint(0, bdh.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        ref = bdh(ids)
+        out = model(input_ids=ids, labels=ids, output_hidden_states=True)
+    torch.testing.assert_close(out.logits, ref)
+    assert out.cache_params is None and len(out.hidden_states) == bdh.config.n_layer + 1
+    expected = F.cross_entropy(ref[:, :-1].reshape(-1, ref.shape[-1]), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_bdh_cache_params_run_the_recurrent_form_in_pieces(saved_bdh):
+    """Given a state, forward feeds the tokens into it: the logits equal the parallel form's, piece by piece."""
+    bdh, path = saved_bdh
+    model = _load(path)
+    ids = torch.randint(0, bdh.config.vocab_size, (2, 12))
+    state = model.new_state(2)
+    with torch.no_grad():
+        first = model(input_ids=ids[:, :5], cache_params=state)
+        assert first.cache_params is state and state.pos == 5
+        rest = model(input_ids=ids[:, 5:], cache_params=state, logits_to_keep=1)
+        ref = bdh(ids)
+    torch.testing.assert_close(first.logits, ref[:, :5], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rest.logits, ref[:, -1:], rtol=1e-4, atol=1e-4)
+    assert state.pos == 12
+    with pytest.raises(ValueError, match="parallel form"):
+        model(input_ids=ids, cache_params=model.new_state(2), output_hidden_states=True)
+
+
+def test_bdh_generate_is_recurrent_past_the_training_length(saved_bdh):
+    """HF's generate with the state equals BDH.generate beyond max_seq_len (32), without HF warnings; without
+    the cache it re-runs the prefix in the parallel form, the same tokens within max_seq_len."""
+    bdh, path = saved_bdh
+    model = _load(path)
+    ids = torch.randint(0, bdh.config.vocab_size, (2, 12))
+    handler, hf_logger = _Records(), logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        out = model.generate(ids, do_sample=False, max_new_tokens=40)  # 52 tokens: past max_seq_len
+    finally:
+        hf_logger.removeHandler(handler)
+    assert not handler.records, [r.getMessage() for r in handler.records]
+    expected = bdh.generate(ids, 40, greedy=True)
+    assert torch.equal(out, expected)
+    assert torch.equal(model.generate(ids, do_sample=False, max_new_tokens=15, use_cache=False), expected[:, :27])
+    sampled = model.generate(ids, do_sample=True, top_k=5, max_new_tokens=4, num_return_sequences=3)
+    assert sampled.shape == (6, 16) and torch.equal(sampled[::3, :12], ids)
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model.generate(ids, num_beams=2, max_new_tokens=3)
+    assert model.generate(ids, num_beams=2, max_new_tokens=3, use_cache=False).shape == (2, 15)
+
+
+def test_bdh_wrapper_runs_with_the_parameters_it_holds(saved_bdh):
+    """HF may replace a parameter object when it loads weights; the forward must use whichever the wrapper holds."""
+    bdh, path = saved_bdh
+    model = _load(path)
+    ids = torch.randint(0, bdh.config.vocab_size, (1, 6))
+    model.lm_head = torch.nn.Parameter(torch.zeros_like(model.lm_head))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, torch.zeros(1, 6, bdh.config.vocab_size))
+
+
+def test_bdh_conversions_round_trip(tmp_path):
+    bdh = BDH(bdh_config("bdh-nano", dropout=0.0)).eval()
+    ids = torch.randint(0, bdh.config.vocab_size, (1, 9))
+    model = to_hf(bdh)
+    assert isinstance(model, RecruitBDHForCausalLM) and not model.training
+    back = from_hf(model)
+    assert isinstance(back, BDH) and back.config == bdh.config
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, bdh(ids))
+        torch.testing.assert_close(back(ids), bdh(ids))
+    model.save_pretrained(tmp_path / "hf")  # HF's own save loads back through the Auto classes
+    register_auto_classes()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, bdh(ids))

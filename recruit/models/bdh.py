@@ -373,23 +373,32 @@ class BDH(RecruitModel):
         return BDHState([torch.zeros(shape, device=dev, dtype=torch.float32) for _ in range(cfg.n_layer)])
 
     @torch.no_grad()
-    def _chunk(self, idx: torch.Tensor, state: BDHState) -> torch.Tensor:
-        """Consume tokens idx (B, C) after ``state.pos`` tokens, update ``state``; the last logits (B, V)."""
+    def _chunk(self, idx: torch.Tensor, state: BDHState, every: bool = False) -> torch.Tensor:
+        """Consume tokens idx (B, C) after ``state.pos`` tokens and update ``state``.
+
+        Returns the last token's logits (B, V), or with ``every`` each token's (B, C, V).
+        """
         if state.synapses[0].shape[0] != idx.shape[0]:
             raise RecruitError(f"state holds {state.synapses[0].shape[0]} sequences, got a batch of {idx.shape[0]}")
-        logits = self._chunk_at(idx, torch.arange(state.pos, state.pos + idx.shape[1], device=idx.device), state)
+        positions = torch.arange(state.pos, state.pos + idx.shape[1], device=idx.device)
+        logits = self._chunk_at(idx, positions, state, every)
         state.pos += idx.shape[1]
         return logits
 
     @torch.no_grad()
-    def _chunk_at(self, idx: torch.Tensor, positions: torch.Tensor, state: BDHState) -> torch.Tensor:
-        """Tokens idx (B, C) at ``positions`` (C,) into the synapses (``state.pos`` untouched); logits (B, V)."""
+    def _chunk_at(
+        self, idx: torch.Tensor, positions: torch.Tensor, state: BDHState, every: bool = False
+    ) -> torch.Tensor:
+        """Tokens idx (B, C) at ``positions`` (C,) into the synapses (``state.pos`` untouched).
+
+        Returns the last token's logits (B, V), or with ``every`` each token's (B, C, V).
+        """
         cfg = self.config
         cos, sin = rope_tables(positions, cfg.n_neurons, cfg.rope_theta)  # (C, N) each
         v = _ln(self.embed(idx))  # (B, C, d)
         for S in state.synapses:
             v = self._layer(v, partial(_stateful_attention, S=S, cos=cos, sin=sin))
-        return v[:, -1] @ self.lm_head  # (B, V)
+        return (v if every else v[:, -1]) @ self.lm_head
 
     @torch.no_grad()
     def cuda_graph_step(self, state: BDHState) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -423,16 +432,16 @@ class BDH(RecruitModel):
         """Feed one token per sequence, idx_t (B,); returns its next-token logits (B, V), updating ``state``."""
         return self._chunk(idx_t[:, None], state)
 
-    def prefill(self, idx: torch.Tensor, state: BDHState, chunk: int = 256) -> torch.Tensor:
+    def prefill(self, idx: torch.Tensor, state: BDHState, chunk: int = 256, every: bool = False) -> torch.Tensor:
         """Feed a prompt idx (B, T) in chunks of ``chunk`` tokens; returns the last token's logits (B, V).
 
-        Work per chunk is bounded and memory does not grow with the prompt's length.
+        Work per chunk is bounded and memory does not grow with the prompt's length (with ``every``, each token's
+        logits come back, (B, T, V): the recurrent form of :meth:`forward`, continuing from ``state``).
         """
         if idx.shape[1] == 0 or chunk <= 0:
             raise RecruitError(f"prefill needs a non-empty prompt and chunk > 0, got T={idx.shape[1]}, chunk={chunk}")
-        for s in range(0, idx.shape[1], chunk):
-            logits = self._chunk(idx[:, s : s + chunk], state)
-        return logits
+        logits = [self._chunk(idx[:, s : s + chunk], state, every) for s in range(0, idx.shape[1], chunk)]
+        return torch.cat(logits, dim=1) if every else logits[-1]
 
     @torch.no_grad()
     def generate(

@@ -1,8 +1,11 @@
-"""Load recruit GPT checkpoints with Hugging Face's Auto classes (``AutoConfig``, ``AutoModelForCausalLM``).
+"""Load recruit checkpoints with Hugging Face's Auto classes (``AutoConfig``, ``AutoModelForCausalLM``).
 
 :class:`RecruitGPTForCausalLM` holds a :class:`~recruit.models.gpt.GPT`'s modules under the GPT's own names, so
 a directory written by ``GPT.save_pretrained`` loads as it is (tied ``lm_head`` re-tied by HF), and its forward
-runs the GPT's. Nothing is registered at import: call :func:`register_auto_classes` first.
+runs the GPT's. :class:`RecruitBDHForCausalLM` does the same for a :class:`~recruit.models.bdh.BDH`, and
+generates in BDH's recurrent form: its cache is the synaptic state (``cache_params``, constant in size), so HF's
+``generate`` runs past the training length at a fixed cost per token. Nothing is registered at import: call
+:func:`register_auto_classes` first.
 
 Example:
     >>> register_auto_classes()
@@ -20,7 +23,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import ModelOutput
 
+from recruit.models.bdh import BDH, BDHConfig, BDHState
 from recruit.models.gpt import GPT, GPTConfig
 from recruit.models.kv_cache import KVCache
 
@@ -145,8 +150,7 @@ class RecruitGPTForCausalLM(PreTrainedModel, GenerationMixin):
         Returns:
             ``CausalLMOutputWithPast`` with ``logits`` (B, T, V), ``loss``, ``past_key_values``, ``hidden_states``.
         """
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("recruit GPT does not support padding: attention_mask must be all ones")
+        _no_padding(attention_mask, "GPT")
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if past_key_values is None and use_cache:
             past_key_values = DynamicCache(config=self.config)
@@ -157,21 +161,207 @@ class RecruitGPTForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values, hidden_states=states)
 
 
+_BDH_FIELDS = [f.name for f in dataclasses.fields(BDHConfig)]
+
+
+def _no_padding(attention_mask: torch.Tensor | None, model: str) -> None:
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError(f"recruit {model} does not support padding: attention_mask must be all ones")
+
+
+class RecruitBDHConfig(PretrainedConfig):
+    """HF config holding the :class:`BDHConfig` fields (validated by ``BDHConfig`` itself).
+
+    HF-style aliases (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``) read the recruit fields.
+    ``max_seq_len`` bounds the parallel form only, so it is no ``max_position_embeddings``: the recurrent form
+    that ``generate`` uses has no length limit. ``lm_head`` is BDH's own untied (d, V) matrix.
+    """
+
+    model_type = BDH.model_type  # "recruit-bdh"
+    attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head"}
+
+    def __init__(self, use_cache: bool = True, **kwargs: Any) -> None:
+        bdh = BDHConfig(**{k: kwargs.pop(k) for k in _BDH_FIELDS if k in kwargs})  # raises on invalid values
+        for name in _BDH_FIELDS:
+            setattr(self, name, getattr(bdh, name))
+        self.use_cache = use_cache
+        kwargs["tie_word_embeddings"] = False
+        super().__init__(**kwargs)
+
+    def to_bdh_config(self) -> BDHConfig:
+        """The :class:`BDHConfig` this config describes."""
+        return BDHConfig(**{k: getattr(self, k) for k in _BDH_FIELDS})
+
+
+@dataclasses.dataclass
+class BDHCausalLMOutput(ModelOutput):
+    """What :meth:`RecruitBDHForCausalLM.forward` returns.
+
+    Attributes:
+        loss: Shifted next-token cross-entropy when ``labels`` were given.
+        logits: (B, T, V), or the last ``logits_to_keep`` positions.
+        cache_params: The synaptic state after these tokens (recurrent form only): pass it back to continue.
+        hidden_states: The stream after the embedding norm and after each layer, (B, T, d) each (parallel form).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache_params: BDHState | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
+    """A :class:`BDH` as a Hugging Face causal LM; state-dict keys equal the BDH's (``encoder``, ``embed.weight``...).
+
+    ``forward`` runs the parallel form, or, given ``cache_params`` (a :class:`BDHState`, e.g. from
+    :meth:`new_state`), the recurrent form from that state, which it advances. ``generate`` uses the recurrent
+    form by default (``use_cache=False``: the parallel form over the whole prefix, up to ``max_seq_len``). Greedy
+    search and sampling work; beam search needs ``use_cache=False`` (the state is not reordered per beam).
+    Padding is not supported: ``attention_mask`` must be all ones.
+    """
+
+    config_class = RecruitBDHConfig
+    _is_stateful = True  # HF's generate makes no key-value cache for it; the state comes from prepare_inputs
+    _no_split_modules = ["BDH"]
+
+    def __init__(self, config: RecruitBDHConfig) -> None:
+        super().__init__(config)
+        bdh = BDH(config.to_bdh_config())
+        for name, param in bdh.named_parameters(recurse=False):  # same names: checkpoints load as they are
+            self.register_parameter(name, param)
+        for name, module in bdh.named_children():
+            self.add_module(name, module)
+        object.__setattr__(self, "_bdh", bdh)  # runs forward; not a submodule, so no duplicate state-dict keys
+        self.post_init()
+
+    @property
+    def bdh(self) -> BDH:
+        """The wrapped :class:`BDH`, holding this model's current parameters (HF may replace them when loading)."""
+        for name, param in self._parameters.items():
+            self._bdh._parameters[name] = param
+        self._bdh.train(self.training)
+        return self._bdh
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BDH's init, N(0, 0.02) for every weight (HF calls it for weights a checkpoint lacks)."""
+        params = list(module.parameters(recurse=False)) if module is not self else list(self._parameters.values())
+        for param in params:
+            nn.init.normal_(param, std=0.02)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding ``embed``."""
+        return self.embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        """Replace the token embedding (here and in the wrapped BDH)."""
+        self.embed = self._bdh.embed = value
+
+    def new_state(self, batch: int = 1) -> BDHState:
+        """An empty synaptic state for ``batch`` sequences, to pass as ``cache_params``."""
+        return self.bdh.new_state(batch)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        cache_params: BDHState | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs: Any,
+    ) -> BDHCausalLMOutput:
+        """Logits, and the shifted next-token loss when ``labels`` are given.
+
+        Args:
+            input_ids: (B, T) token ids; with ``cache_params``, the tokens after those the state has seen.
+            attention_mask: Optional (B, S) mask; must be all ones (no padding).
+            cache_params: A :class:`BDHState` to continue from (recurrent form, no gradients); advanced in place.
+            labels: (B, T) targets aligned with ``input_ids`` (HF shifts them; ``-100`` is ignored).
+            output_hidden_states: Also return the stream after the embedding norm and after each layer (parallel
+                form only).
+            logits_to_keep: Return the logits of the last this-many positions only (0: all).
+            **kwargs: Other arguments HF's generation utilities pass (e.g. ``use_cache``, ``cache_position``);
+                ignored.
+
+        Returns:
+            :class:`BDHCausalLMOutput`.
+        """
+        _no_padding(attention_mask, "BDH")
+        bdh, hidden = self.bdh, None
+        if cache_params is not None:
+            if output_hidden_states:
+                raise ValueError("hidden states come from the parallel form: call without cache_params")
+            if logits_to_keep == 1:
+                logits = bdh.prefill(input_ids, cache_params)[:, None]  # (B, 1, V)
+            else:
+                logits = bdh.prefill(input_ids, cache_params, every=True)  # (B, T, V)
+        else:
+            logits, hidden = bdh(input_ids, return_hidden=True)
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        loss = None if labels is None else self.loss_function(logits, labels, vocab_size=self.config.vocab_size)
+        states = tuple(hidden) if output_hidden_states and hidden is not None else None
+        return BDHCausalLMOutput(loss=loss, logits=logits, cache_params=cache_params, hidden_states=states)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        cache_params: BDHState | None = None,
+        use_cache: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The forward's inputs at a generation step: the tokens the state has not seen, and the state.
+
+        The first step makes a fresh state (when ``use_cache``) and feeds the whole prompt; later steps feed only
+        the tokens after ``cache_params.pos``, i.e. the one just generated.
+        """
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if cache_params is not None:
+            input_ids = input_ids[:, cache_params.pos :]
+        elif use_cache:
+            cache_params = self.new_state(input_ids.shape[0])
+        inputs = {"input_ids": input_ids, "cache_params": cache_params, "attention_mask": attention_mask}
+        if logits_to_keep is not None:
+            inputs["logits_to_keep"] = logits_to_keep
+        return inputs
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """HF's ``generate``; beam search is refused with the recurrent state (pass ``use_cache=False``)."""
+        config = kwargs.get("generation_config") or self.generation_config
+        beams = kwargs.get("num_beams", config.num_beams)
+        use_cache = kwargs.get("use_cache", config.use_cache)
+        if beams > 1 and use_cache is not False:
+            raise ValueError("beam search needs use_cache=False with BDH: its synaptic state is not reordered per beam")
+        return super().generate(*args, **kwargs)
+
+
 def register_auto_classes() -> None:
-    """Register :class:`RecruitGPTConfig` and :class:`RecruitGPTForCausalLM` with HF's Auto classes (idempotent)."""
+    """Register recruit's GPT and BDH configs and causal LMs with HF's Auto classes (idempotent)."""
     AutoConfig.register(GPT.model_type, RecruitGPTConfig, exist_ok=True)
     AutoModelForCausalLM.register(RecruitGPTConfig, RecruitGPTForCausalLM, exist_ok=True)
+    AutoConfig.register(BDH.model_type, RecruitBDHConfig, exist_ok=True)
+    AutoModelForCausalLM.register(RecruitBDHConfig, RecruitBDHForCausalLM, exist_ok=True)
 
 
-def to_hf(gpt: GPT) -> RecruitGPTForCausalLM:
-    """An HF model with a copy of ``gpt``'s weights (same mode, device and dtype)."""
-    model = RecruitGPTForCausalLM(RecruitGPTConfig.from_gpt_config(gpt.config))
-    model.to(next(gpt.parameters())).load_state_dict(gpt.state_dict())
-    return model.train(gpt.training)
+def to_hf(model: GPT | BDH) -> RecruitGPTForCausalLM | RecruitBDHForCausalLM:
+    """An HF model with a copy of ``model``'s weights (same mode, device and dtype)."""
+    if isinstance(model, BDH):
+        hf: RecruitGPTForCausalLM | RecruitBDHForCausalLM = RecruitBDHForCausalLM(
+            RecruitBDHConfig(**dataclasses.asdict(model.config))
+        )
+    else:
+        hf = RecruitGPTForCausalLM(RecruitGPTConfig.from_gpt_config(model.config))
+    hf.to(next(model.parameters())).load_state_dict(model.state_dict())
+    return hf.train(model.training)
 
 
-def from_hf(model: RecruitGPTForCausalLM) -> GPT:
-    """A :class:`GPT` with a copy of ``model``'s weights (same mode, device and dtype)."""
-    gpt = GPT(model.config.to_gpt_config())
-    gpt.to(next(model.parameters())).load_state_dict(model.state_dict())
-    return gpt.train(model.training)
+def from_hf(model: RecruitGPTForCausalLM | RecruitBDHForCausalLM) -> GPT | BDH:
+    """The recruit :class:`GPT` or :class:`BDH` with a copy of ``model``'s weights (same mode, device and dtype)."""
+    if isinstance(model, RecruitBDHForCausalLM):
+        native: GPT | BDH = BDH(model.config.to_bdh_config())
+    else:
+        native = GPT(model.config.to_gpt_config())
+    native.to(next(model.parameters())).load_state_dict(model.state_dict())
+    return native.train(model.training)
