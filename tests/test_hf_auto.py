@@ -4,14 +4,16 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from recruit.data.tokenizer import ByteTokenizer
 from recruit.models.base import load_model
 from recruit.models.bdh import BDH, bdh_config
 from recruit.models.gpt import GPT, gpt_config
 from recruit.models.hf_auto import (
     RecruitBDHConfig,
     RecruitBDHForCausalLM,
+    RecruitByteTokenizer,
     RecruitGPTConfig,
     RecruitGPTForCausalLM,
     from_hf,
@@ -225,3 +227,38 @@ def test_bdh_conversions_round_trip(tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=ids).logits, bdh(ids))
+
+
+# ---- the byte tokenizer -----------------------------------------------------------------------------------------
+
+
+def test_auto_tokenizer_of_a_recruit_checkpoint_is_the_byte_tokenizer(saved, tmp_path):
+    """Same ids as ByteTokenizer, specials written in the text included; decoding is lossless UTF-8."""
+    _, path = saved
+    tok = AutoTokenizer.from_pretrained(path)
+    assert isinstance(tok, RecruitByteTokenizer) and len(tok) == tok.vocab_size == 288
+    bt = ByteTokenizer()
+    text = "<lang:pl><kind:prose>Zażółć gęślą jaźń <task:3>€"
+    ids = tok(text).input_ids
+    expected = [bt.lang_id("pl"), bt.kind_id("prose"), *bt.encode("Zażółć gęślą jaźń "), bt.special_id("<task:3>")]
+    assert ids == expected + bt.encode("€")
+    assert tok.decode(ids) == text and tok.decode(ids, skip_special_tokens=True) == "Zażółć gęślą jaźń €"
+    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (bt.pad_id, bt.eos_id, bt.bos_id)
+    assert tok.decode([0xC5, 0x7A]) == "\ufffdz"  # a broken UTF-8 sequence, as ByteTokenizer.decode gives it
+    assert tok.convert_ids_to_tokens([65, bt.eos_id]) == ["<0x41>", "<eos>"]
+    tok.save_pretrained(tmp_path / "tok")
+    assert AutoTokenizer.from_pretrained(tmp_path / "tok")(text).input_ids == ids
+
+
+def test_text_generation_pipeline_runs_a_bdh_checkpoint(saved_bdh):
+    """Nothing recruit-specific after register_auto_classes(): HF's pipeline tokenizes, generates and decodes."""
+    from transformers import pipeline
+
+    bdh, path = saved_bdh
+    tok = AutoTokenizer.from_pretrained(path)
+    generate = pipeline("text-generation", model=_load(path), tokenizer=tok)
+    prompt = "<lang:en><kind:manual>ls"
+    text = generate(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    bt = ByteTokenizer()
+    ids = torch.tensor([[bt.lang_id("en"), bt.kind_id("manual"), *bt.encode("ls")]])
+    assert text == tok.decode(bdh.generate(ids, 8, greedy=True)[0])

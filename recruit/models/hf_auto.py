@@ -4,11 +4,14 @@
 a directory written by ``GPT.save_pretrained`` loads as it is (tied ``lm_head`` re-tied by HF), and its forward
 runs the GPT's. :class:`RecruitBDHForCausalLM` does the same for a :class:`~recruit.models.bdh.BDH`, and
 generates in BDH's recurrent form: its cache is the synaptic state (``cache_params``, constant in size), so HF's
-``generate`` runs past the training length at a fixed cost per token. Nothing is registered at import: call
-:func:`register_auto_classes` first.
+``generate`` runs past the training length at a fixed cost per token. :class:`RecruitByteTokenizer` is recruit's
+byte-level tokenizer as an HF tokenizer, so ``AutoTokenizer`` and ``pipeline`` work on these checkpoints as well.
+Nothing is registered at import: call :func:`register_auto_classes` first.
 
 Example:
     >>> register_auto_classes()
+    >>> tok = AutoTokenizer.from_pretrained("ckpt_dir")  # recruit checkpoints hold no tokenizer file: none needed
+    >>> ids = tok("<lang:de><kind:manual>NAME", return_tensors="pt").input_ids
     >>> AutoModelForCausalLM.from_pretrained("ckpt_dir", local_files_only=True).generate(ids, max_new_tokens=20)
 """
 
@@ -20,11 +23,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizer,
+)
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
+from recruit.data.tokenizer import SPECIALS, ByteTokenizer
 from recruit.models.bdh import BDH, BDHConfig, BDHState
 from recruit.models.gpt import GPT, GPTConfig
 from recruit.models.kv_cache import KVCache
@@ -337,12 +349,74 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
         return super().generate(*args, **kwargs)
 
 
+class RecruitByteTokenizer(PreTrainedTokenizer):
+    """:class:`~recruit.data.tokenizer.ByteTokenizer` as a Hugging Face tokenizer: the same ids, no vocabulary file.
+
+    A UTF-8 byte b is the token ``<0xBB>`` (id b); the 32 specials follow (``<pad>``, ``<bos>``, ``<eos>``,
+    ``<sep>``, ``<mask>``, ``<lang:de>``, ``<kind:manual>``, ``<task:3>``...), and written in a text they become
+    their ids, so ``tok("<lang:de><kind:manual>NAME")`` gives the tagged prompt recruit's models were trained on.
+    No tokens are added around a text. Decoding joins the bytes as UTF-8 (invalid sequences become U+FFFD).
+    """
+
+    vocab_files_names: dict[str, str] = {}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._bytes = ByteTokenizer()
+        named = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "sep_token": "<sep>",
+                 "mask_token": "<mask>"}  # fmt: skip
+        for key, token in named.items():
+            kwargs.setdefault(key, token)
+        kwargs.setdefault("additional_special_tokens", [t for t in SPECIALS if t not in named.values()])
+        kwargs.setdefault("clean_up_tokenization_spaces", False)
+        super().__init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        """256 bytes and the 32 specials: 288, the vocabulary of recruit's models."""
+        return self._bytes.vocab_size
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token -> id for all 288 tokens."""
+        return {self._convert_id_to_token(i): i for i in range(self.vocab_size)}
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        return [f"<0x{b:02X}>" for b in text.encode("utf-8")]
+
+    def _convert_token_to_id(self, token: str) -> int:
+        if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            return int(token[3:5], 16)
+        return self._bytes.special_id(token)
+
+    def _convert_id_to_token(self, index: int) -> str:
+        if self._bytes.is_byte(index):
+            return f"<0x{index:02X}>"
+        return SPECIALS[index - ByteTokenizer.n_bytes]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """The bytes of byte tokens as UTF-8, with any special token kept as its own text."""
+        out, run = [], bytearray()
+        for token in tokens:
+            i = self._convert_token_to_id(token)
+            if self._bytes.is_byte(i):
+                run.append(i)
+            else:
+                out += [run.decode("utf-8", errors="replace"), token]
+                run = bytearray()
+        return "".join(out) + run.decode("utf-8", errors="replace")
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Nothing to save: the vocabulary is fixed."""
+        return ()
+
+
 def register_auto_classes() -> None:
-    """Register recruit's GPT and BDH configs and causal LMs with HF's Auto classes (idempotent)."""
-    AutoConfig.register(GPT.model_type, RecruitGPTConfig, exist_ok=True)
-    AutoModelForCausalLM.register(RecruitGPTConfig, RecruitGPTForCausalLM, exist_ok=True)
-    AutoConfig.register(BDH.model_type, RecruitBDHConfig, exist_ok=True)
-    AutoModelForCausalLM.register(RecruitBDHConfig, RecruitBDHForCausalLM, exist_ok=True)
+    """Register recruit's GPT and BDH configs, causal LMs and byte tokenizer with HF's Auto classes (idempotent)."""
+    for model_type, config, model in ((GPT.model_type, RecruitGPTConfig, RecruitGPTForCausalLM),
+                                      (BDH.model_type, RecruitBDHConfig, RecruitBDHForCausalLM)):  # fmt: skip
+        AutoConfig.register(model_type, config, exist_ok=True)
+        AutoModelForCausalLM.register(config, model, exist_ok=True)
+        AutoTokenizer.register(config, slow_tokenizer_class=RecruitByteTokenizer, exist_ok=True)
 
 
 def to_hf(model: GPT | BDH) -> RecruitGPTForCausalLM | RecruitBDHForCausalLM:
