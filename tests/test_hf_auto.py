@@ -107,21 +107,30 @@ def test_padding_is_rejected(saved):
         model(input_ids=torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1]]))
 
 
-def test_conversions_round_trip(tmp_path):
-    gpt = GPT(gpt_config("gpt-nano", mlp="swiglu", norm="rmsnorm", bias=True)).eval()
-    ids = torch.randint(0, gpt.config.vocab_size, (1, 9))
-    model = to_hf(gpt)
+@pytest.mark.parametrize(
+    "make",
+    [lambda: GPT(gpt_config("gpt-nano", mlp="swiglu", norm="rmsnorm", bias=True)),
+     lambda: BDH(bdh_config("bdh-nano", dropout=0.0))],
+    ids=["gpt", "bdh"],
+)  # fmt: skip
+def test_conversions_round_trip(tmp_path, make):
+    native = make().eval()
+    ids = torch.randint(0, native.config.vocab_size, (1, 9))
+    model = to_hf(native)
+    assert not model.training
     back = from_hf(model)
+    assert type(back) is type(native) and back.config == native.config
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, gpt(ids))
-        torch.testing.assert_close(back(ids), gpt(ids))
+        torch.testing.assert_close(model(input_ids=ids).logits, native(ids))
+        torch.testing.assert_close(back(ids), native(ids))
     model.save_pretrained(tmp_path / "hf")  # HF's own save loads back through the Auto classes
     register_auto_classes()
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    assert type(again) is type(model)
     with torch.no_grad():
-        torch.testing.assert_close(again(input_ids=ids).logits, gpt(ids))
-    gpt.save_pretrained(tmp_path / "recruit")
-    assert isinstance(load_model(tmp_path / "recruit"), GPT)  # the recruit loader is unaffected
+        torch.testing.assert_close(again(input_ids=ids).logits, native(ids))
+    native.save_pretrained(tmp_path / "recruit")
+    assert type(load_model(tmp_path / "recruit")) is type(native)  # the recruit loader is unaffected
 
 
 def test_fresh_model_init_matches_gpt_scheme():
@@ -210,23 +219,6 @@ def test_bdh_wrapper_runs_with_the_parameters_it_holds(saved_bdh):
     model.lm_head = torch.nn.Parameter(torch.zeros_like(model.lm_head))
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, torch.zeros(1, 6, bdh.config.vocab_size))
-
-
-def test_bdh_conversions_round_trip(tmp_path):
-    bdh = BDH(bdh_config("bdh-nano", dropout=0.0)).eval()
-    ids = torch.randint(0, bdh.config.vocab_size, (1, 9))
-    model = to_hf(bdh)
-    assert isinstance(model, RecruitBDHForCausalLM) and not model.training
-    back = from_hf(model)
-    assert isinstance(back, BDH) and back.config == bdh.config
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, bdh(ids))
-        torch.testing.assert_close(back(ids), bdh(ids))
-    model.save_pretrained(tmp_path / "hf")  # HF's own save loads back through the Auto classes
-    register_auto_classes()
-    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(again(input_ids=ids).logits, bdh(ids))
 
 
 # ---- the byte tokenizer -----------------------------------------------------------------------------------------
