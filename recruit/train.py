@@ -247,27 +247,14 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Atomically write model, optimiser, step, RNG states and history to ``ckpt.pt``."""
-        state = {
-            "step": self.step,
-            "config": dataclasses.asdict(self.cfg),
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": self.history,
-        }
-        atomic_save_with(self.ckpt_path, lambda tmp: torch.save(state, tmp))
+        _save_state(self.ckpt_path, self.model, self.opt, step=self.step, config=dataclasses.asdict(self.cfg),
+                    history=self.history)  # fmt: skip
 
     def try_resume(self) -> bool:
         """Load ``ckpt.pt`` if present; a checkpoint of a different config or a corrupt file is an error."""
         if not self.ckpt_path.exists():
             return False
-        try:
-            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        except Exception as e:  # torch raises many types for truncated/corrupt pickles
-            raise RecruitError(
-                f"corrupt or truncated checkpoint {self.ckpt_path} ({type(e).__name__}); delete it to start over"
-            ) from None
+        state = _load_state(self.ckpt_path, self.device)
         free = ("max_steps", "eval_every", "ckpt_every", "log_every", "device", "threads")  # may change on resume
         # A field added to TrainConfig after the run was saved had its default then (probe_mix, say)
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -279,11 +266,7 @@ class Trainer:
                 f"{self.out} holds a run with a different config ({', '.join(diff)} differ); "
                 "use another --out_dir or delete it"
             )
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_torch"].cpu())
-        if state.get("rng_cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        _restore_state(state, self.model, self.opt)
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         log.info("resumed %s at step %d", self.out, self.step)
@@ -437,6 +420,37 @@ class Trainer:
         atomic_write_text(self.out / "log.csv", buf.getvalue())
 
 
+def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, **extra: Any) -> None:
+    """Atomically write model, optimiser and RNG states (and ``extra``: step, config...) to ``path``."""
+    state = {
+        **extra,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    atomic_save_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_state(path: Path, device: str | torch.device) -> dict[str, Any]:
+    """A state written by :func:`_save_state`; a file torch cannot read is a one-line error."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # torch raises many types for truncated/corrupt pickles
+        raise RecruitError(
+            f"corrupt or truncated checkpoint {path} ({type(e).__name__}); delete it to start over"
+        ) from None
+
+
+def _restore_state(state: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Put a saved state's model, optimiser and RNG states back."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_torch"].cpu())
+    if state.get("rng_cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+
 def train_steps(
     model: torch.nn.Module,
     batch: Callable[[int], Any],
@@ -446,12 +460,21 @@ def train_steps(
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str = "train",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 100,
+    meta: dict[str, Any] | None = None,
 ) -> None:
     """AdamW (weight decay 0.01) on ``loss_of(model, batch(step))`` for ``steps`` steps, on ``device``.
 
     Linear warm-up over 5% of the steps, then cosine decay to 10% of ``lr``; the model is left in train mode. For
     models the :class:`Trainer` (recruit models on a corpus, with checkpoints and evaluation) does not train:
     Hugging Face models in the benchmarks, and a converted model's fine-tuning in ``recruit fff convert``.
+
+    With ``checkpoint``, the run resumes exactly: model, optimiser and RNG states are saved there atomically every
+    ``checkpoint_every`` steps and after the last, and a run that finds the file continues from it, on the same
+    batches (``batch`` must depend on the step alone) to the same weights; a finished run's file makes a rerun
+    skip the training. ``meta`` (the run's settings, e.g. its config as a dict) is saved with it, and a file saved
+    with other settings, another ``steps`` or ``lr`` is refused.
 
     Args:
         model: Any module whose parameters all train.
@@ -462,11 +485,28 @@ def train_steps(
         device: Where the model trains.
         progress: Show a progress bar.
         desc: The progress bar's label.
+        checkpoint: File to resume from and save to; ``None``: no checkpoints.
+        checkpoint_every: Steps between saves.
+        meta: Settings the checkpoint must have been saved with.
     """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    settings = {"steps": steps, "lr": lr, **(meta or {})}
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = _load_state(Path(checkpoint), device)
+        if state.get("meta") != settings:
+            saved = state.get("meta") or {}
+            diff = sorted(k for k in {**saved, **settings} if saved.get(k) != settings.get(k))
+            raise RecruitError(f"{checkpoint} holds a run with other settings ({', '.join(diff)} differ); delete it "
+                               "or train elsewhere")  # fmt: skip
+        _restore_state(state, model, opt)
+        start = int(state["step"])
+        log.info("resumed %s at step %d of %d", checkpoint, start, steps)
     warm = max(1, steps // 20)
-    for step in tqdm(range(steps), desc=desc, disable=not progress):
+    for step in tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps):
         frac = (step + 1) / warm if step < warm else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / steps))
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, frac)
@@ -474,6 +514,8 @@ def train_steps(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            _save_state(Path(checkpoint), model, opt, step=step + 1, meta=settings)
 
 
 def _tensorboard(out: Path):

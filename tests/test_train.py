@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recruit.errors import RecruitError
-from recruit.train import TrainConfig, Trainer, lr_at, make_config
+from recruit.train import TrainConfig, Trainer, lr_at, make_config, train_steps
 
 
 def nano(tmp_path, **kw):
@@ -153,3 +153,45 @@ def test_probe_mix_trains_on_key_retrieval_episodes(tmp_path, tokens):
 def test_seq_len_longer_than_context_is_refused(tmp_path, tokens):
     with pytest.raises(RecruitError, match="longer than the model's context"):
         Trainer(nano(tmp_path, seq_len=100), tokens, tokens[:2000], progress=False)
+
+
+def _small_run(seed: int = 0):
+    """A model with dropout (so the RNG state matters), batches that depend on the step alone, and a loss."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+    data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    return model, lambda step: data[(4 * step) % 64 :][:4], lambda m, x: m(x).pow(2).mean()
+
+
+def test_train_steps_resumes_exactly_from_its_checkpoint(tmp_path):
+    """Killed after its save at step 15, a rerun continues there and ends on the straight run's weights; once
+    finished, a rerun trains nothing; a checkpoint of other settings or a corrupt one is refused."""
+    straight, batch, loss_of = _small_run()
+    train_steps(straight, batch, 30, 1e-2, loss_of, progress=False)
+    ckpt, run = tmp_path / "run.pt", dict(progress=False, checkpoint=tmp_path / "run.pt", checkpoint_every=5)
+
+    def killed_at_17(step):
+        if step == 17:
+            raise KeyboardInterrupt
+        return batch(step)
+
+    model, _, _ = _small_run()
+    with pytest.raises(KeyboardInterrupt):
+        train_steps(model, killed_at_17, 30, 1e-2, loss_of, meta={"arm": "a"}, **run)
+    resumed, seen = _small_run(seed=5)[0], []  # other initial weights: the checkpoint's count
+    train_steps(resumed, lambda step: seen.append(step) or batch(step), 30, 1e-2, loss_of, meta={"arm": "a"}, **run)
+    assert seen == list(range(15, 30))
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    again = _small_run(seed=6)[0]
+    train_steps(again, lambda step: pytest.fail("a finished run trained again"), 30, 1e-2, loss_of,
+                meta={"arm": "a"}, **run)  # fmt: skip
+    assert torch.equal(again[0].weight, straight[0].weight)
+    with pytest.raises(RecruitError, match="arm differ"):
+        train_steps(again, batch, 30, 1e-2, loss_of, meta={"arm": "b"}, **run)
+    with pytest.raises(RecruitError, match="steps differ"):
+        train_steps(again, batch, 31, 1e-2, loss_of, meta={"arm": "a"}, **run)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(RecruitError, match="corrupt or truncated"):
+        train_steps(again, batch, 30, 1e-2, loss_of, meta={"arm": "a"}, **run)
