@@ -97,9 +97,17 @@ def test_bdh_memory_probes_each_model_where_it_can_read(opts, tmp_path):
         bdh_memory.MemoryConfig(probe_mix=0.0)
 
 
-def test_fff_mlm_three_encoders(opts):
+def test_fff_mlm_three_encoders(opts, tmp_path, monkeypatch):
     pytest.importorskip("transformers")
-    recs = fff_mlm.run(opts, fff_mlm.QUICK)
+    from recruit.data.stream import TokenStream
+
+    cfg = dataclasses.replace(fff_mlm.QUICK, out_dir=str(tmp_path / "runs"))
+    recs = fff_mlm.run(opts, cfg)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["dense.pt", "fff.pt", "none.pt"]
+    batches = []
+    monkeypatch.setattr(TokenStream, "batch", lambda self, step: batches.append(step))
+    again = fff_mlm.run(opts, cfg)  # every arm finished: nothing is trained again, the same figures come out
+    assert not batches and [(r.case, r.metric, r.value) for r in again] == [(r.case, r.metric, r.value) for r in recs]
     losses = {ff: metric(recs, "mlm_loss", ff=ff) for ff in fff_mlm.ARMS}
     assert len(set(losses.values())) == 3 and all(0 < v < 10 for v in losses.values())
     assert metric(recs, "mlm_loss_ratio", ff="fff_vs_dense") == pytest.approx(losses["fff"] / losses["dense"])

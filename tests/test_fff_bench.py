@@ -114,11 +114,23 @@ def test_fff_model_bench_times_three_decoders_that_differ_only_in_their_mlp():
         fff_model.ModelShape(family="bert")
 
 
-def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir):
-    from recruit.benchmarks import fff_distil
+def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir, tmp_path, monkeypatch):
+    import dataclasses
 
-    recs = fff_distil.run(BenchOptions(device="cpu", quick=True, progress=False, corpus=str(corpus_dir)))
+    from recruit.benchmarks import fff_distil
+    from recruit.data.stream import TokenStream
+
+    opts = BenchOptions(device="cpu", quick=True, progress=False, corpus=str(corpus_dir))
+    cfg = dataclasses.replace(fff_distil.QUICK, out_dir=str(tmp_path / "runs"))
+    recs = fff_distil.run(opts, cfg)
     assert get("fff-distil").run is fff_distil.run
+    saved = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert saved == ["dense+ft.pt", "dense.pt", "fff+ft.pt", "fff-d3k4+ft.pt"]
+    batch = TokenStream.batch
+    steps = []
+    monkeypatch.setattr(TokenStream, "batch", lambda self, step: steps.append(step) or batch(self, step))
+    again = fff_distil.run(opts, cfg)  # the training is done: only the recording for the distillations reads a batch
+    assert steps == [0] and [(r.case, r.value) for r in again] == [(r.case, r.value) for r in recs]
     loss = {r.params["ff"]: r.value for r in recs if r.metric == "loss"}
     arms = {"dense", "fff", "none", "dense+ft", "fff+ft", "fff-d3k4", "fff-d3k4+ft"}  # QUICK's forest: 4 x depth 3
     assert set(loss) == arms and all(v > 0 for v in loss.values()) and len(set(loss.values())) == len(arms)

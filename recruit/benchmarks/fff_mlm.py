@@ -9,13 +9,16 @@ of each arm and ``mlm_loss_ratio`` against dense: the encoder counterpart of ``f
 comparison).
 
 Masking follows BERT: 15% of the positions are predicted; of those 80% become ``<mask>``, 10% a random
-byte and 10% stay. Training is a plain AdamW loop (warm-up, cosine decay) in this module: the library's
-:class:`~recruit.train.Trainer` trains next-token models.
+byte and 10% stay; a training step's masks are drawn from a generator seeded by the step. Training is
+:func:`~recruit.train.train_steps` (AdamW, warm-up, cosine decay; the library's :class:`~recruit.train.Trainer`
+trains next-token models), checkpointed per arm in ``out_dir``: a run stopped part-way resumes where it was, and
+a finished arm is not trained again (delete ``out_dir`` to start over).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -45,6 +48,7 @@ class MLMConfig:
     mask_prob: float = 0.15
     eval_windows: int = 512  # test windows scored, spread evenly over the test split (all its languages)
     seed: int = 0
+    out_dir: str = "runs/fff-mlm"  # each arm's training checkpoint, ARM.pt
 
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
@@ -59,7 +63,7 @@ class MLMConfig:
 
 
 QUICK = MLMConfig(hidden=32, layers=1, heads=2, intermediate=64, tokens=4 * 32 * 4, seq_len=32, batch_size=4,
-                  eval_windows=4)  # fmt: skip
+                  eval_windows=4, out_dir="runs/fff-mlm-quick")  # fmt: skip
 
 
 def build(cfg: MLMConfig, arm: str):
@@ -122,15 +126,23 @@ def hf_data(opts: BenchOptions, cfg) -> tuple:
     return corpus, device, env, steps, stream, windows
 
 
-def train(model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str) -> None:
-    """:func:`~recruit.train.train_steps` on the MLM loss over the stream's batches, masks drawn from ``cfg.seed``."""
-    g = torch.Generator().manual_seed(cfg.seed)
+def train(
+    model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str, arm: str | None = None
+) -> None:
+    """:func:`~recruit.train.train_steps` on the MLM loss over the stream's batches.
 
-    def loss_of(model, ids: torch.Tensor) -> torch.Tensor:
-        inputs, labels = mask(ids, cfg, g)
+    Step s masks its batch with a generator seeded by ``cfg.seed`` and s (apart from the held-out masks), so a
+    resumed run draws what an uninterrupted one would. With ``arm``, checkpoints go to ``cfg.out_dir/ARM.pt``.
+    """
+
+    def loss_of(model, batch: tuple[int, torch.Tensor]) -> torch.Tensor:
+        step, ids = batch
+        inputs, labels = mask(ids, cfg, torch.Generator().manual_seed((cfg.seed << 32) + 2 + step))
         return model(input_ids=inputs.to(device), labels=labels.to(device)).loss
 
-    train_steps(model, lambda step: stream.batch(step)[0], steps, cfg.lr, loss_of, device, progress, desc)
+    meta = {**{k: v for k, v in asdict(cfg).items() if k not in ("eval_windows", "out_dir")}, "arm": arm}
+    train_steps(model, lambda step: (step, stream.batch(step)[0]), steps, cfg.lr, loss_of, device, progress, desc,
+                checkpoint=None if arm is None else Path(cfg.out_dir) / f"{arm}.pt", meta=meta)  # fmt: skip
 
 
 def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
@@ -143,7 +155,7 @@ def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
     loss: dict[str, float] = {}
     for arm in ARMS:
         model = build(cfg, arm)
-        train(model, stream, steps, cfg, device, opts.progress, f"fff-mlm {arm}")
+        train(model, stream, steps, cfg, device, opts.progress, f"fff-mlm {arm}", arm)
         loss[arm] = held_out_loss(model, windows, cfg, device)
         case = f"{base},ff={arm}"
         recs.add(Record(BENCH, case, "params", sum(p.numel() for p in model.parameters()), "", env))
