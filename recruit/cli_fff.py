@@ -71,7 +71,8 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     Each layer's MLP inputs are recorded on training windows of the corpus (from the dense model), each FFF is
     fitted to its MLP's outputs, then held-out bits per byte is measured before and after; with
     --finetune-tokens N the converted model then trains end to end on N more tokens of the corpus (AdamW, warm-up
-    and cosine decay from --finetune-lr) and is measured again. MODEL may also be a
+    and cosine decay from --finetune-lr) and is measured again; stopped part-way, the same command resumes the
+    fine-tuning from OUT/finetune-ckpt.pt (deleted once the model is saved). MODEL may also be a
     Hugging Face decoder directory (``save_pretrained`` layout with its tokenizer): its ``mlp`` blocks are
     distilled on the corpus text tokenized by its own tokenizer, and the result is saved so that
     ``recruit.models.hf.load_hf_causal_lm`` loads it with its FFFs.
@@ -108,13 +109,15 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     if args.finetune_tokens:
         stream = TokenStream(corpus.tokens("train"), seq, FINETUNE_BATCH, seed=4321)
         train_steps(model, stream.batch, _finetune_steps(args, seq), args.finetune_lr,
-                    lambda m, xy: lm_loss(m(xy[0]), xy[1]), progress=not args.quiet, desc="fff finetune")  # fmt: skip
+                    lambda m, xy: lm_loss(m(xy[0]), xy[1]), progress=not args.quiet, desc="fff finetune",
+                    **_finetune_checkpoint(args))  # fmt: skip
         model.eval()
         with torch.no_grad():
             scores["fff+ft bpb"] = score(model)
     _print_scores(scores)
     model.save_pretrained(args.out)
     _write_scores(args, scores)
+    _finetune_checkpoint(args)["checkpoint"].unlink(missing_ok=True)
     print(f"FFF model saved to {Path(args.out)}")
     return 0
 
@@ -130,6 +133,12 @@ FINETUNE_BATCH = 16  # windows per fine-tuning step
 
 def _finetune_steps(args: argparse.Namespace, seq: int) -> int:
     return max(1, args.finetune_tokens // (seq * FINETUNE_BATCH))
+
+
+def _finetune_checkpoint(args: argparse.Namespace) -> dict:
+    """:func:`~recruit.train.train_steps`'s ``checkpoint`` and ``meta`` for the fine-tuning of ``fff convert``."""
+    names = ("model", "corpus", "depth", "trees", "steps", "windows", "finetune_tokens", "finetune_lr")
+    return {"checkpoint": Path(args.out) / "finetune-ckpt.pt", "meta": {k: getattr(args, k) for k in names}}
 
 
 def _print_scores(columns: dict[str, dict[str, tuple[float, int]]]) -> None:
@@ -200,13 +209,14 @@ def _convert_hf(args: argparse.Namespace) -> int:
         tune = tune if len(tune) else calibrate
         batch = lambda step: tune[torch.arange(step * FINETUNE_BATCH, (step + 1) * FINETUNE_BATCH) % len(tune)]  # noqa: E731
         train_steps(lm.model, batch, ft_steps, args.finetune_lr, lambda m, ids: m(input_ids=ids, labels=ids).loss,
-                    progress=not args.quiet, desc="fff finetune")  # fmt: skip
+                    progress=not args.quiet, desc="fff finetune", **_finetune_checkpoint(args))  # fmt: skip
         lm.model.eval()
         with torch.no_grad():
             scores["fff+ft bpb"] = score()
     _print_scores(scores)
     save_fff_decoder(lm.model, args.out, lm.tokenizer)
     _write_scores(args, scores)
+    _finetune_checkpoint(args)["checkpoint"].unlink(missing_ok=True)
     print(f"FFF model saved to {Path(args.out)} (load it with recruit.models.hf.load_hf_causal_lm)")
     return 0
 

@@ -204,6 +204,33 @@ def test_fff_convert_cli(text_corpus, tmp_path, capsys):
     assert {r.params["lang"] for r in recs} == {"de"} and recs[0].params["finetune_tokens"] == "4096"
     assert main([*args[:4], str(tmp_path / "y"), *args[5:], "--finetune-lr", "0"]) == 2  # refused before any work
     assert "finetune-lr > 0" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert not (tmp_path / "tuned" / "finetune-ckpt.pt").exists()  # gone once the model is saved
+
+
+def test_fff_convert_resumes_its_fine_tuning(text_corpus, tmp_path, monkeypatch):
+    """Stopped after the fine-tuning (here while printing), the same command trains no step again."""
+    import recruit.cli_fff
+    import recruit.train
+    from recruit.models import GPT, gpt_config
+
+    GPT(gpt_config("gpt-nano")).save_pretrained(tmp_path / "dense")
+    args = ["fff", "convert", str(tmp_path / "dense"), "--out", str(tmp_path / "fff"), "--corpus", text_corpus,
+            "--depth", "3", "--steps", "5", "--windows", "2", "--max-bytes", "500", "--finetune-tokens", "4096",
+            "-q"]  # fmt: skip
+    printing = recruit.cli_fff._print_scores
+
+    def stop(scores):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recruit.cli_fff, "_print_scores", stop)
+    assert main(args) == 130
+    assert (tmp_path / "fff" / "finetune-ckpt.pt").exists() and not (tmp_path / "fff" / "config.json").exists()
+    monkeypatch.setattr(recruit.cli_fff, "_print_scores", printing)
+    steps, loss = [], recruit.train.lm_loss
+    monkeypatch.setattr(recruit.train, "lm_loss", lambda *a: steps.append(1) or loss(*a))
+    assert main(args) == 0
+    assert not steps and (tmp_path / "fff" / "config.json").exists()
+    assert not (tmp_path / "fff" / "finetune-ckpt.pt").exists()
 
 
 def test_fff_train_and_bench_cli(text_corpus, tmp_path, capsys):
