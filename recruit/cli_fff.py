@@ -88,7 +88,8 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
         raise RecruitError("need --depth >= 0, --steps > 0, --windows > 0, --finetune-tokens >= 0, --finetune-lr > 0")
     if _is_hf_checkpoint(args.model):
         return _convert_hf(args)
-    model = load_model(args.model or checkpoints.path())
+    model_dir = args.model or checkpoints.path()
+    model = load_model(model_dir)
     if not isinstance(model, GPT) or model.config.mlp not in ("gelu", "swiglu"):
         raise RecruitError("fff convert needs a recruit-gpt checkpoint with dense (gelu or swiglu) MLPs")
     corpus = Corpus.load(args.corpus)
@@ -110,7 +111,7 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
         stream = TokenStream(corpus.tokens("train"), seq, FINETUNE_BATCH, seed=4321)
         train_steps(model, stream.batch, _finetune_steps(args, seq), args.finetune_lr,
                     lambda m, xy: lm_loss(m(xy[0]), xy[1]), progress=not args.quiet, desc="fff finetune",
-                    **_finetune_checkpoint(args))  # fmt: skip
+                    **_finetune_checkpoint(args, model_dir, corpus))  # fmt: skip
         model.eval()
         with torch.no_grad():
             scores["fff+ft bpb"] = score(model)
@@ -135,10 +136,20 @@ def _finetune_steps(args: argparse.Namespace, seq: int) -> int:
     return max(1, args.finetune_tokens // (seq * FINETUNE_BATCH))
 
 
-def _finetune_checkpoint(args: argparse.Namespace) -> dict:
-    """:func:`~recruit.train.train_steps`'s ``checkpoint`` and ``meta`` for the fine-tuning of ``fff convert``."""
-    names = ("model", "corpus", "depth", "trees", "steps", "windows", "finetune_tokens", "finetune_lr")
-    return {"checkpoint": Path(args.out) / "finetune-ckpt.pt", "meta": {k: getattr(args, k) for k in names}}
+def _finetune_checkpoint(args: argparse.Namespace, model_dir: str | Path | None = None, corpus=None) -> dict:
+    """:func:`~recruit.train.train_steps`'s ``checkpoint`` and ``meta`` for the fine-tuning of ``fff convert``.
+
+    The meta holds the options and what the model directory's files and the corpus build are (names, sizes and
+    times; the corpus's fingerprint), so that a checkpoint left by a run on another model or corpus is refused.
+    """
+    names = ("depth", "trees", "steps", "windows", "finetune_tokens", "finetune_lr")
+    meta: dict = {k: getattr(args, k) for k in names}
+    if model_dir is not None:
+        files = sorted(f for f in Path(model_dir).iterdir() if f.is_file())
+        meta["model_files"] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    if corpus is not None:
+        meta["corpus"] = corpus.fingerprint
+    return {"checkpoint": Path(args.out) / "finetune-ckpt.pt", "meta": meta}
 
 
 def _print_scores(columns: dict[str, dict[str, tuple[float, int]]]) -> None:
@@ -209,7 +220,8 @@ def _convert_hf(args: argparse.Namespace) -> int:
         tune = tune if len(tune) else calibrate
         batch = lambda step: tune[torch.arange(step * FINETUNE_BATCH, (step + 1) * FINETUNE_BATCH) % len(tune)]  # noqa: E731
         train_steps(lm.model, batch, ft_steps, args.finetune_lr, lambda m, ids: m(input_ids=ids, labels=ids).loss,
-                    progress=not args.quiet, desc="fff finetune", **_finetune_checkpoint(args))  # fmt: skip
+                    progress=not args.quiet, desc="fff finetune",
+                    **_finetune_checkpoint(args, args.model, corpus))  # fmt: skip
         lm.model.eval()
         with torch.no_grad():
             scores["fff+ft bpb"] = score()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -449,6 +450,11 @@ def _restore_state(state: dict[str, Any], model: torch.nn.Module, opt: torch.opt
     torch.set_rng_state(state["rng_torch"].cpu())
     if state.get("rng_cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of ``settings`` (JSON-like values): names a checkpoint after the run it holds."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def train_steps(

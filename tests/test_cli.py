@@ -207,8 +207,9 @@ def test_fff_convert_cli(text_corpus, tmp_path, capsys):
     assert not (tmp_path / "tuned" / "finetune-ckpt.pt").exists()  # gone once the model is saved
 
 
-def test_fff_convert_resumes_its_fine_tuning(text_corpus, tmp_path, monkeypatch):
-    """Stopped after the fine-tuning (here while printing), the same command trains no step again."""
+def test_fff_convert_resumes_its_fine_tuning(text_corpus, tmp_path, monkeypatch, capsys):
+    """Stopped after the fine-tuning (here while printing), the same command trains no step again; the checkpoint
+    of a run on another model is refused."""
     import recruit.cli_fff
     import recruit.train
     from recruit.models import GPT, gpt_config
@@ -231,6 +232,12 @@ def test_fff_convert_resumes_its_fine_tuning(text_corpus, tmp_path, monkeypatch)
     assert main(args) == 0
     assert not steps and (tmp_path / "fff" / "config.json").exists()
     assert not (tmp_path / "fff" / "finetune-ckpt.pt").exists()
+
+    monkeypatch.setattr(recruit.cli_fff, "_print_scores", stop)
+    assert main(args) == 130 and steps  # a new fine-tuning, stopped again
+    monkeypatch.setattr(recruit.cli_fff, "_print_scores", printing)
+    GPT(gpt_config("gpt-nano")).save_pretrained(tmp_path / "dense")  # another model at the same path
+    assert main(args) == 2 and "model_files differ" in capsys.readouterr().err
 
 
 def test_fff_train_and_bench_cli(text_corpus, tmp_path, capsys):

@@ -99,15 +99,19 @@ def test_bdh_memory_probes_each_model_where_it_can_read(opts, tmp_path):
 
 def test_fff_mlm_three_encoders(opts, tmp_path, monkeypatch):
     pytest.importorskip("transformers")
+    from recruit.data.corpus import Corpus
     from recruit.data.stream import TokenStream
 
     cfg = dataclasses.replace(fff_mlm.QUICK, out_dir=str(tmp_path / "runs"))
     recs = fff_mlm.run(opts, cfg)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["dense.pt", "fff.pt", "none.pt"]
-    batches = []
-    monkeypatch.setattr(TokenStream, "batch", lambda self, step: batches.append(step))
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir()) == ["dense", "fff", "none"]
+    batches, batch = [], TokenStream.batch
+    monkeypatch.setattr(TokenStream, "batch", lambda self, step: batches.append(step) or batch(self, step))
     again = fff_mlm.run(opts, cfg)  # every arm finished: nothing is trained again, the same figures come out
     assert not batches and [(r.case, r.metric, r.value) for r in again] == [(r.case, r.metric, r.value) for r in recs]
+    monkeypatch.setattr(Corpus, "fingerprint", "another build")
+    fff_mlm.run(opts, cfg)  # another corpus: trained anew, beside the first runs
+    assert batches and len(list((tmp_path / "runs").iterdir())) == 6
     losses = {ff: metric(recs, "mlm_loss", ff=ff) for ff in fff_mlm.ARMS}
     assert len(set(losses.values())) == 3 and all(0 < v < 10 for v in losses.values())
     assert metric(recs, "mlm_loss_ratio", ff="fff_vs_dense") == pytest.approx(losses["fff"] / losses["dense"])

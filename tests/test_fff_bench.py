@@ -124,13 +124,16 @@ def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir, tmp_pat
     cfg = dataclasses.replace(fff_distil.QUICK, out_dir=str(tmp_path / "runs"))
     recs = fff_distil.run(opts, cfg)
     assert get("fff-distil").run is fff_distil.run
-    saved = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert saved == ["dense+ft.pt", "dense.pt", "fff+ft.pt", "fff-d3k4+ft.pt"]
+    saved = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir())
+    assert saved == ["dense", "dense+ft", "fff+ft", "fff-d3k4+ft"]
     batch = TokenStream.batch
     steps = []
     monkeypatch.setattr(TokenStream, "batch", lambda self, step: steps.append(step) or batch(self, step))
     again = fff_distil.run(opts, cfg)  # the training is done: only the recording for the distillations reads a batch
     assert steps == [0] and [(r.case, r.value) for r in again] == [(r.case, r.value) for r in recs]
+    steps.clear()
+    fff_distil.run(opts, dataclasses.replace(cfg, finetune_tokens=4 * 32 * 4))  # the same dense model, new fine-tunes
+    assert steps.count(0) == 1 + 3 and len(list((tmp_path / "runs").iterdir())) == 7
     loss = {r.params["ff"]: r.value for r in recs if r.metric == "loss"}
     arms = {"dense", "fff", "none", "dense+ft", "fff+ft", "fff-d3k4", "fff-d3k4+ft"}  # QUICK's forest: 4 x depth 3
     assert set(loss) == arms and all(v > 0 for v in loss.values()) and len(set(loss.values())) == len(arms)

@@ -17,9 +17,9 @@ over the test split) of:
   the MLP's width (more neurons per token: (D + 1)·K), and its fine-tuned copy;
 
 their ratios to ``dense`` (``dense+ft`` for the ``+ft`` arms), and each layer's held-out relative error of each
-distillation. The dense training and each fine-tuning are checkpointed in ``out_dir``: a run stopped part-way
-resumes there, and finished training is not repeated (the distillations, minutes at most, run again; delete
-``out_dir`` to start over).
+distillation. The dense training and each fine-tuning are checkpointed in ``out_dir``, each under a name that
+hashes what it depends on (its part of the config and the corpus build): a run stopped part-way resumes there,
+finished training is not repeated (the distillations, minutes at most, run again), and other settings train anew.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from recruit.benchmarks.fff_mlm import hf_data
 from recruit.data.stream import TokenStream
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.records import Record
-from recruit.train import train_steps
+from recruit.train import settings_key, train_steps
 
 BENCH = "fff-distil"
 
@@ -58,7 +58,7 @@ class DistilConfig:
     forests: tuple[tuple[int, int], ...] = ((5, 8),)  # further conversions: (depth, trees) of about the MLP's width
     eval_windows: int = 512  # test windows scored, spread evenly over the test split (all its languages)
     seed: int = 0
-    out_dir: str = "runs/fff-distil"  # training checkpoints: dense.pt and one per fine-tuned arm
+    out_dir: str = "runs/fff-distil"  # training checkpoints, dense-KEY.pt and one per fine-tuned arm ("": none)
 
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
@@ -76,7 +76,7 @@ class DistilConfig:
 
 QUICK = DistilConfig(hidden=32, layers=1, heads=2, intermediate=64, tokens=4 * 32 * 4, seq_len=32, batch_size=4,
                      record_windows=8, distil_steps=20, finetune_tokens=2 * 32 * 4, eval_windows=4,
-                     forests=((3, 4),), out_dir="runs/fff-distil-quick")  # fmt: skip
+                     forests=((3, 4),), out_dir="")  # fmt: skip
 
 
 def build(cfg: DistilConfig):
@@ -99,6 +99,12 @@ def _next_byte_loss(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _checkpoint(cfg: DistilConfig, name: str, settings: dict) -> dict:
+    """:func:`~recruit.train.train_steps`'s ``checkpoint`` (NAME-KEY.pt in ``cfg.out_dir``, if set) and ``meta``."""
+    meta = {**settings, "run": name}
+    return {"checkpoint": Path(cfg.out_dir) / f"{name}-{settings_key(meta)}.pt" if cfg.out_dir else None, "meta": meta}
+
+
 def held_out_loss(model, windows: torch.Tensor, batch_size: int) -> float:
     """Mean next-byte cross-entropy (nats) over ``windows`` (W, T), every window weighted by its T − 1 targets."""
     model.eval()
@@ -117,10 +123,11 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     base = f"model=llama,hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
     model = build(cfg)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("eval_windows", "out_dir")}
+    settings["corpus"] = corpus.fingerprint
     dense_settings = {k: settings[k] for k in ("hidden", "layers", "heads", "intermediate", "tokens", "seq_len",
-                                                "batch_size", "lr", "seed")}  # fmt: skip
+                                                "batch_size", "lr", "seed", "corpus")}  # fmt: skip
     train_steps(model, lambda step: stream.batch(step)[0], steps, cfg.lr, _next_byte_loss, device, opts.progress,
-                "fff-distil dense", checkpoint=Path(cfg.out_dir) / "dense.pt", meta=dense_settings)  # fmt: skip
+                "fff-distil dense", **_checkpoint(cfg, "dense", dense_settings))  # fmt: skip
     model.eval()
     loss = {"dense": held_out_loss(model, windows, cfg.batch_size)}
     loss["none"] = held_out_loss(drop_decoder_mlps(copy.deepcopy(model)), windows, cfg.batch_size)
@@ -138,8 +145,7 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     for arm, m in (("dense+ft", dense), *((f"{name}+ft", m) for name, m in converted.items())):  # the same batches
         ft = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed + 3)
         train_steps(m, lambda step, ft=ft: ft.batch(step)[0], ft_steps, cfg.lr / 4, _next_byte_loss, device,
-                    opts.progress, f"fff-distil {arm}", checkpoint=Path(cfg.out_dir) / f"{arm}.pt",
-                    meta={**settings, "arm": arm})  # fmt: skip
+                    opts.progress, f"fff-distil {arm}", **_checkpoint(cfg, arm, settings))  # fmt: skip
         loss[arm] = held_out_loss(m, windows, cfg.batch_size)
     recs = opts.recorder()
     recs.extend(Record(BENCH, f"{base},ff={arm},split=test", "loss", value, "nats/byte", env)

@@ -11,8 +11,9 @@ comparison).
 Masking follows BERT: 15% of the positions are predicted; of those 80% become ``<mask>``, 10% a random
 byte and 10% stay; a training step's masks are drawn from a generator seeded by the step. Training is
 :func:`~recruit.train.train_steps` (AdamW, warm-up, cosine decay; the library's :class:`~recruit.train.Trainer`
-trains next-token models), checkpointed per arm in ``out_dir``: a run stopped part-way resumes where it was, and
-a finished arm is not trained again (delete ``out_dir`` to start over).
+trains next-token models), checkpointed per arm in ``out_dir`` under a name that hashes everything the training
+depends on (the config, the arm and the corpus build): a run stopped part-way resumes where it was, a finished
+arm is not trained again, and other settings train anew.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from recruit.benchmarks.equal_budget import prepare
 from recruit.data.stream import TokenStream, spread_windows
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.records import Record
-from recruit.train import train_steps
+from recruit.train import settings_key, train_steps
 
 BENCH = "fff-mlm"
 ARMS = ("dense", "fff", "none")
@@ -48,7 +49,7 @@ class MLMConfig:
     mask_prob: float = 0.15
     eval_windows: int = 512  # test windows scored, spread evenly over the test split (all its languages)
     seed: int = 0
-    out_dir: str = "runs/fff-mlm"  # each arm's training checkpoint, ARM.pt
+    out_dir: str = "runs/fff-mlm"  # each arm's training checkpoint, ARM-KEY.pt ("": none)
 
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
@@ -63,7 +64,7 @@ class MLMConfig:
 
 
 QUICK = MLMConfig(hidden=32, layers=1, heads=2, intermediate=64, tokens=4 * 32 * 4, seq_len=32, batch_size=4,
-                  eval_windows=4, out_dir="runs/fff-mlm-quick")  # fmt: skip
+                  eval_windows=4, out_dir="")  # fmt: skip
 
 
 def build(cfg: MLMConfig, arm: str):
@@ -127,12 +128,14 @@ def hf_data(opts: BenchOptions, cfg) -> tuple:
 
 
 def train(
-    model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str, arm: str | None = None
-) -> None:
+    model, stream: TokenStream, steps: int, cfg: MLMConfig, device, progress: bool, desc: str,
+    arm: str | None = None, corpus: str = "",
+) -> None:  # fmt: skip
     """:func:`~recruit.train.train_steps` on the MLM loss over the stream's batches.
 
     Step s masks its batch with a generator seeded by ``cfg.seed`` and s (apart from the held-out masks), so a
-    resumed run draws what an uninterrupted one would. With ``arm``, checkpoints go to ``cfg.out_dir/ARM.pt``.
+    resumed run draws what an uninterrupted one would. With ``arm`` and ``cfg.out_dir``, checkpoints go to
+    ``cfg.out_dir/ARM-KEY.pt``, KEY a hash of the config, the arm and ``corpus`` (the corpus's fingerprint).
     """
 
     def loss_of(model, batch: tuple[int, torch.Tensor]) -> torch.Tensor:
@@ -140,22 +143,24 @@ def train(
         inputs, labels = mask(ids, cfg, torch.Generator().manual_seed((cfg.seed << 32) + 2 + step))
         return model(input_ids=inputs.to(device), labels=labels.to(device)).loss
 
-    meta = {**{k: v for k, v in asdict(cfg).items() if k not in ("eval_windows", "out_dir")}, "arm": arm}
+    meta = {**{k: v for k, v in asdict(cfg).items() if k not in ("eval_windows", "out_dir")}, "arm": arm,
+            "corpus": corpus}  # fmt: skip
+    ckpt = Path(cfg.out_dir) / f"{arm}-{settings_key(meta)}.pt" if arm and cfg.out_dir else None
     train_steps(model, lambda step: (step, stream.batch(step)[0]), steps, cfg.lr, loss_of, device, progress, desc,
-                checkpoint=None if arm is None else Path(cfg.out_dir) / f"{arm}.pt", meta=meta)  # fmt: skip
+                checkpoint=ckpt, meta=meta)  # fmt: skip
 
 
 def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
     """Train the three arms on the same batches and masks, then score each on the test split."""
     cfg = configure(opts, cfg or (QUICK if opts.quick else MLMConfig()), BENCH)
-    _, device, env, steps, stream, windows = hf_data(opts, cfg)
+    corpus, device, env, steps, stream, windows = hf_data(opts, cfg)
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
     recs = opts.recorder()
     loss: dict[str, float] = {}
     for arm in ARMS:
         model = build(cfg, arm)
-        train(model, stream, steps, cfg, device, opts.progress, f"fff-mlm {arm}", arm)
+        train(model, stream, steps, cfg, device, opts.progress, f"fff-mlm {arm}", arm, corpus.fingerprint)
         loss[arm] = held_out_loss(model, windows, cfg, device)
         case = f"{base},ff={arm}"
         recs.add(Record(BENCH, case, "params", sum(p.numel() for p in model.parameters()), "", env))

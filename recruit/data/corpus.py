@@ -294,6 +294,11 @@ class Corpus:
                 raise RecruitError(f"{bad} ({split}.bin has {sizes[split] // 2} ids, its index says {offsets[-1]})")
         return cls(path, manifest, docs)
 
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the manifest: the same for one build of a corpus, another for any rebuild or other text."""
+        return hashlib.sha1(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:12]
+
     def _check(self, split: str) -> None:
         if split not in SPLITS:
             raise RecruitError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
