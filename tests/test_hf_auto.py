@@ -204,6 +204,8 @@ def test_bdh_generate_is_recurrent_past_the_training_length(saved_bdh):
     expected = bdh.generate(ids, 40, greedy=True)
     assert torch.equal(out, expected)
     assert torch.equal(model.generate(ids, do_sample=False, max_new_tokens=15, use_cache=False), expected[:, :27])
+    with pytest.raises(ValueError, match="use_cache=True"):
+        model.generate(ids, do_sample=False, max_new_tokens=30, use_cache=False)  # past max_seq_len (32)
     sampled = model.generate(ids, do_sample=True, top_k=5, max_new_tokens=4, num_return_sequences=3)
     assert sampled.shape == (6, 16) and torch.equal(sampled[::3, :12], ids)
     with pytest.raises(ValueError, match="use_cache=False"):
@@ -212,13 +214,24 @@ def test_bdh_generate_is_recurrent_past_the_training_length(saved_bdh):
 
 
 def test_bdh_wrapper_runs_with_the_parameters_it_holds(saved_bdh):
-    """HF may replace a parameter object when it loads weights; the forward must use whichever the wrapper holds."""
+    """HF may replace a parameter object when it loads weights, and a DataParallel replica holds its weights as plain
+    attributes: the forward must use whichever the module holds, and a replica must leave the original alone."""
     bdh, path = saved_bdh
     model = _load(path)
     ids = torch.randint(0, bdh.config.vocab_size, (1, 6))
+    zeros = torch.zeros(1, 6, bdh.config.vocab_size)
+    replica = model._replicate_for_data_parallel()  # what nn.parallel.replicate makes, before it sets the weights
+    for name, param in model.named_parameters(recurse=False):
+        setattr(replica, name, torch.zeros_like(param) if name == "lm_head" else param.detach().clone())
+    with torch.no_grad():
+        assert torch.equal(replica(input_ids=ids).logits, zeros)
+        torch.testing.assert_close(model(input_ids=ids).logits, bdh(ids))
     model.lm_head = torch.nn.Parameter(torch.zeros_like(model.lm_head))
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids).logits, torch.zeros(1, 6, bdh.config.vocab_size))
+        assert torch.equal(model(input_ids=ids).logits, zeros)
+    with pytest.raises(ValueError, match="fixed at 288"):
+        model.resize_token_embeddings(300)
+    assert model.embed.num_embeddings == 288
 
 
 # ---- the byte tokenizer -----------------------------------------------------------------------------------------

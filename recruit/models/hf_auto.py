@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any
@@ -229,12 +230,12 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
     :meth:`new_state`), the recurrent form from that state, which it advances. ``generate`` uses the recurrent
     form by default (``use_cache=False``: the parallel form over the whole prefix, up to ``max_seq_len``). Greedy
     search and sampling work; beam search needs ``use_cache=False`` (the state is not reordered per beam).
-    Padding is not supported: ``attention_mask`` must be all ones.
+    Padding is not supported: ``attention_mask`` must be all ones. The vocabulary is fixed: ``lm_head`` is a
+    (d, V) matrix, not a linear module, and ``resize_token_embeddings`` is refused.
     """
 
     config_class = RecruitBDHConfig
     _is_stateful = True  # HF's generate makes no key-value cache for it; the state comes from prepare_inputs
-    _no_split_modules = ["BDH"]
 
     def __init__(self, config: RecruitBDHConfig) -> None:
         super().__init__(config)
@@ -243,16 +244,24 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
             self.register_parameter(name, param)
         for name, module in bdh.named_children():
             self.add_module(name, module)
-        object.__setattr__(self, "_bdh", bdh)  # runs forward; not a submodule, so no duplicate state-dict keys
+        self._param_names = tuple(name for name, _ in bdh.named_parameters(recurse=False))
+        self._child_names = tuple(name for name, _ in bdh.named_children())
+        object.__setattr__(self, "_bdh", bdh)  # the template of `bdh`; not a submodule: no duplicate state-dict keys
         self.post_init()
 
     @property
     def bdh(self) -> BDH:
-        """The wrapped :class:`BDH`, holding this model's current parameters (HF may replace them when loading)."""
-        for name, param in self._parameters.items():
-            self._bdh._parameters[name] = param
-        self._bdh.train(self.training)
-        return self._bdh
+        """A :class:`BDH` that runs on this module's parameters and submodules as they are now.
+
+        A shallow copy of the BDH built at construction, made at each call: HF replaces parameter objects when it
+        loads weights, and ``nn.DataParallel``'s replicas hold theirs as plain attributes, so they are read from
+        ``self`` every time rather than kept.
+        """
+        bdh = copy.copy(self._bdh)
+        bdh._parameters = {name: getattr(self, name) for name in self._param_names}
+        bdh._modules = {name: getattr(self, name) for name in self._child_names}
+        bdh.training = self.training
+        return bdh
 
     def _init_weights(self, module: nn.Module) -> None:
         """BDH's init, N(0, 0.02) for every weight (HF calls it for weights a checkpoint lacks)."""
@@ -265,8 +274,18 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
         return self.embed
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
-        """Replace the token embedding (here and in the wrapped BDH)."""
-        self.embed = self._bdh.embed = value
+        """Replace the token embedding."""
+        self.embed = value
+
+    def get_output_embeddings(self) -> None:
+        """None: BDH's ``lm_head`` is a bare (d, V) matrix, which HF's embedding utilities cannot handle."""
+        return None
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """Refused: BDH's vocabulary (``embed`` and the (d, V) ``lm_head``) is fixed at ``config.vocab_size``."""
+        raise ValueError(
+            f"a recruit BDH's vocabulary is fixed at {self.config.vocab_size} tokens; it cannot be resized"
+        )
 
     def new_state(self, batch: int = 1) -> BDHState:
         """An empty synaptic state for ``batch`` sequences, to pass as ``cache_params``."""
@@ -308,6 +327,10 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
             else:
                 logits = bdh.prefill(input_ids, cache_params, every=True)  # (B, T, V)
         else:
+            if input_ids.shape[1] > self.config.max_seq_len:
+                raise ValueError(f"{input_ids.shape[1]} tokens exceed max_seq_len={self.config.max_seq_len}, the "
+                                 "parallel form's limit: generate with use_cache=True, or pass cache_params (the "
+                                 "recurrent form has no length limit)")  # fmt: skip
             logits, hidden = bdh(input_ids, return_hidden=True)
         if logits_to_keep:
             logits = logits[:, -logits_to_keep:]
