@@ -160,13 +160,15 @@ class Recorder:
 class PartialFile:
     """A sink for :class:`Recorder` that appends each record to ``path`` as one JSON line, flushed at once.
 
-    The file is created at the first record (a run that measures nothing leaves none), replacing an earlier
-    one; a line once written survives the process being killed, even by ``SIGKILL``. :meth:`finish` closes and
-    deletes it, once the complete records are safely elsewhere.
+    An earlier run's file there is deleted at construction (it is not this run's); the file is created at the
+    first record, so a run that measures nothing leaves none. A line once written survives the process being
+    killed, even by ``SIGKILL``. :meth:`finish` closes and deletes it, once the complete records are safely
+    elsewhere.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self.path.unlink(missing_ok=True)
         self.count = 0
         self._file: Any = None
 

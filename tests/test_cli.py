@@ -302,6 +302,8 @@ def test_bench_keeps_the_records_of_a_run_that_stops(tmp_path, monkeypatch, caps
     seen_during_run = []
 
     def run(opts):
+        if opts.overrides.get("broken"):
+            raise RuntimeError("no device")
         recs = opts.recorder()
         recs.add(Record("fake", "case=a", "latency_ms", 1.5, "ms"))
         recs.extend([Record("fake", "case=b", "latency_ms", 2.5, "ms")])
@@ -317,6 +319,9 @@ def test_bench_keeps_the_records_of_a_run_that_stops(tmp_path, monkeypatch, caps
     assert [r.value for r in read_records(out / "fake.partial.jsonl")] == [1.5, 2.5]
     assert not (out / "fake.jsonl").exists()
     assert f"the 2 records it had measured are in {out / 'fake.partial.jsonl'}" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="no device"):  # a run that measures nothing leaves no partial file, and
+        main(["bench", "fake", "-q", "--out", str(out), "--set", "broken=1"])  # not the earlier run's either
+    assert not (out / "fake.partial.jsonl").exists()
 
     assert main(["bench", "fake", "-q", "--out", str(out)]) == 0
     assert [r.case for r in read_records(out / "fake.jsonl")] == ["case=a", "case=b"]

@@ -66,15 +66,19 @@ def fff_reference(
     """
     check_shapes(x, w_in, b_in, w_out_t, depth, n_trees)
     m = n_nodes(depth)
-    xd, wi, bi, wo = (t.detach().double().cpu() for t in (x, w_in, b_in, w_out_t))
+    xd = x.detach().double().cpu()
+
+    def row_of(w: torch.Tensor, i: int) -> torch.Tensor:  # one row in float64, read when the walk reaches it
+        return w[i].detach().double().cpu()
+
     out = torch.zeros(x.shape[0], w_out_t.shape[1], dtype=torch.float64)  # (B, D_out)
     for t in range(x.shape[0]):
         for k in range(n_trees):
             n = 0
             for _ in range(depth + 1):
                 row = k * m + n
-                a = torch.dot(xd[t], wi[row]) + bi[row]
-                out[t] += F.gelu(a) * wo[row]
+                a = torch.dot(xd[t], row_of(w_in, row)) + row_of(b_in, row)
+                out[t] += F.gelu(a) * row_of(w_out_t, row)
                 n = 2 * n + 1 + int(a.item() > 0)
     return out.to(device=x.device, dtype=x.dtype)
 
