@@ -110,8 +110,9 @@ def test_padding_is_rejected(saved):
 @pytest.mark.parametrize(
     "make",
     [lambda: GPT(gpt_config("gpt-nano", mlp="swiglu", norm="rmsnorm", bias=True)),
+     lambda: GPT(gpt_config("gpt-nano", tie_embeddings=False)),
      lambda: BDH(bdh_config("bdh-nano", dropout=0.0))],
-    ids=["gpt", "bdh"],
+    ids=["gpt", "gpt-untied", "bdh"],
 )  # fmt: skip
 def test_conversions_round_trip(tmp_path, make):
     native = make().eval()
@@ -131,6 +132,10 @@ def test_conversions_round_trip(tmp_path, make):
         torch.testing.assert_close(again(input_ids=ids).logits, native(ids))
     native.save_pretrained(tmp_path / "recruit")
     assert type(load_model(tmp_path / "recruit")) is type(native)  # the recruit loader is unaffected
+    loaded = load_model(tmp_path / "hf")  # and reads HF's save too, its bookkeeping keys dropped
+    assert type(loaded) is type(native) and loaded.config == native.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), native(ids))
 
 
 def test_fresh_model_init_matches_gpt_scheme():
