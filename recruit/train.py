@@ -222,6 +222,7 @@ class Trainer:
         else:
             self.stream = TokenStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
         self.val = eval_windows(val_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T + 1)
+        self.data_key = data_key(train_tokens, val_tokens)  # a resumed run must continue on the same data
         self.extra_losses = list(extra_losses or [])
         named = {t.name for t in self.extra_losses}  # the model's own terms (its regularisers), unless given
         self.extra_losses += [t for t in getattr(self.model, "loss_terms", list)() if t.name not in named]
@@ -249,7 +250,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Atomically write model, optimiser, step, RNG states and history to ``ckpt.pt``."""
         _save_state(self.ckpt_path, self.model, self.opt, step=self.step, config=dataclasses.asdict(self.cfg),
-                    history=self.history)  # fmt: skip
+                    history=self.history, data=self.data_key)  # fmt: skip
 
     def try_resume(self) -> bool:
         """Load ``ckpt.pt`` if present; a checkpoint of a different config or a corrupt file is an error."""
@@ -265,6 +266,11 @@ class Trainer:
             diff = sorted(k for k in saved if saved[k] != now.get(k))
             raise RecruitError(
                 f"{self.out} holds a run with a different config ({', '.join(diff)} differ); "
+                "use another --out_dir or delete it"
+            )
+        if state.get("data", self.data_key) != self.data_key:  # checkpoints from before the key carry none
+            raise RecruitError(
+                f"{self.out} holds a run trained on other data (another corpus, or this one rebuilt since); "
                 "use another --out_dir or delete it"
             )
         _restore_state(state, self.model, self.opt)
@@ -450,6 +456,16 @@ def _restore_state(state: dict[str, Any], model: torch.nn.Module, opt: torch.opt
     torch.set_rng_state(state["rng_torch"].cpu())
     if state.get("rng_cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+
+def data_key(*arrays: np.ndarray) -> str:
+    """A short hash of token arrays (their dtypes, shapes and contents): the same data, the same key."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def settings_key(settings: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ def test_bdh_compare_without_equal_flops_and_with_bdh_fields(opts, tmp_path):
     assert not [r for r in recs if r.params.get("budget") == "equal-flops"]
     assert metric(recs, "bpb", model="bdh-nano", impl="fused", lang="de") > 0
     assert metric(recs, "bpb_ratio", budget="equal-tokens", lang="de") > 0
-    assert list((tmp_path / "runs").glob("*/bdh-nano-lr0.003-implfused"))
+    assert list((tmp_path / "runs").glob("*/bdh-nano-lr0.003-implfused-*"))  # one run directory per corpus build
     assert bdh_compare.GPU.sizes == (("bdh-ref", "gpt-medium"),)
 
 

@@ -56,6 +56,21 @@ def test_resume_refuses_a_different_config(tmp_path, tokens):
     assert Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).try_resume()
 
 
+def test_resume_refuses_other_data(tmp_path, tokens):
+    """A run continues only on the data it started on: another corpus, or the same one rebuilt, is refused."""
+    Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
+    other = tokens.copy()
+    other[-1] = (int(other[-1]) + 1) % 256  # one token of the training split differs
+    with pytest.raises(RecruitError, match="other data"):
+        Trainer(nano(tmp_path), other, tokens[:2000], progress=False).fit()
+    with pytest.raises(RecruitError, match="other data"):
+        Trainer(nano(tmp_path), tokens, tokens[:1999], progress=False).fit()
+    state = torch.load(tmp_path / "run/ckpt.pt", weights_only=False)
+    del state["data"]  # a checkpoint from before the data key: resumed as it was
+    torch.save(state, tmp_path / "run/ckpt.pt")
+    assert Trainer(nano(tmp_path), other, tokens[:2000], progress=False).try_resume()
+
+
 def test_truncated_training_checkpoint_is_a_clear_error(tmp_path, tokens):
     Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
     ckpt = tmp_path / "run/ckpt.pt"

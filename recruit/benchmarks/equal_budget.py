@@ -57,10 +57,14 @@ def prepare(opts: BenchOptions, cfg: Any) -> tuple[Any, torch.device, dict, int]
 
 
 def train_arm(corpus, arm: Arm, steps: int, seq_len: int, batch_size: int, out_dir: str, opts: BenchOptions) -> Trainer:
-    """Train ``arm`` for ``steps`` steps (resuming its run directory if present); the model comes back in eval mode."""
+    """Train ``arm`` for ``steps`` steps (resuming its run directory if present); the model comes back in eval mode.
+
+    The run directory is ``out_dir/NAME-FINGERPRINT``: runs on another build of the corpus train anew beside it.
+    """
     overrides = {
         "model": arm.preset, "model.dropout": 0.0, **{f"model.{k}": v for k, v in arm.model_args.items()},
-        "out_dir": f"{out_dir}/{arm.name}", "seq_len": seq_len, "batch_size": batch_size, "max_steps": steps,
+        "out_dir": f"{out_dir}/{arm.name}-{corpus.fingerprint}", "seq_len": seq_len, "batch_size": batch_size,
+        "max_steps": steps,
         "lr": arm.lr, "warmup_steps": max(1, steps // 20), "eval_every": steps, "ckpt_every": max(1, steps // 10),
         "log_every": max(1, steps // 50), "device": opts.device, **arm.train_args,
     }  # fmt: skip
