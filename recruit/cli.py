@@ -115,8 +115,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a registered benchmark and write its result records to OUT/NAME.jsonl (--list shows them all).
 
-    While it runs, each record is appended to OUT/NAME.partial.jsonl as it is measured; that file is deleted once
-    NAME.jsonl is written, and kept if the run stops early.
+    While it runs, each record is appended to OUT/NAME.partial.jsonl as it is measured (replacing an earlier run's
+    file at the first record); that file is deleted once NAME.jsonl is written, and kept if the run stops early.
     """
     from recruit import benchmarks
     from recruit.records import PartialFile, write_records
@@ -149,6 +149,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         partial.close()
         if partial.count:
             print(f"{bench.name} stopped; the {partial.count} records it had measured are in {partial.path}",
+                  file=sys.stderr)  # fmt: skip
+        elif partial.earlier:
+            print(f"{bench.name} stopped before measuring anything; {partial.path} is an earlier run's",
                   file=sys.stderr)  # fmt: skip
         raise
     path = write_records(benchmarks.out_file(args.out, bench.name), records)

@@ -82,7 +82,7 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     from recruit.data.stream import TokenStream
     from recruit.fff.convert import distil_all, record_inputs
     from recruit.models import GPT, load_model
-    from recruit.train import lm_loss, train_steps
+    from recruit.train import check_resumable, lm_loss, train_steps
 
     if args.depth < 0 or args.steps <= 0 or args.windows <= 0 or args.finetune_tokens < 0 or args.finetune_lr <= 0:
         raise RecruitError("need --depth >= 0, --steps > 0, --windows > 0, --finetune-tokens >= 0, --finetune-lr > 0")
@@ -94,6 +94,10 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
         raise RecruitError("fff convert needs a recruit-gpt checkpoint with dense (gelu or swiglu) MLPs")
     corpus = Corpus.load(args.corpus)
     seq = min(256, model.config.max_seq_len)
+    if args.finetune_tokens:  # a stopped fine-tuning of another run is refused before the distillation, not after
+        check_resumable(
+            steps=_finetune_steps(args, seq), lr=args.finetune_lr, **_finetune_checkpoint(args, model_dir, corpus)
+        )
     x, _ = TokenStream(corpus.tokens("train"), seq, args.windows, seed=1234).batch(0)  # (W, T)
     score = lambda m: measure.corpus_bits_per_byte(m, corpus, "test", seq_len=seq, max_bytes=args.max_bytes)  # noqa: E731
     with torch.no_grad():
@@ -142,14 +146,17 @@ def _finetune_checkpoint(args: argparse.Namespace, model_dir: str | Path | None 
     The meta holds the options and what the model directory's files and the corpus build are (names, sizes and
     times; the corpus's fingerprint), so that a checkpoint left by a run on another model or corpus is refused.
     """
-    names = ("depth", "trees", "steps", "windows", "finetune_tokens", "finetune_lr")
+    names = ("depth", "trees", "windows", "finetune_tokens", "finetune_lr")
     meta: dict = {k: getattr(args, k) for k in names}
-    if model_dir is not None:
-        files = sorted(f for f in Path(model_dir).iterdir() if f.is_file())
+    meta["distil_steps"] = args.steps
+    checkpoint = Path(args.out) / "finetune-ckpt.pt"
+    if model_dir is not None:  # what the model's files are: names, sizes, times (OUT's own outputs left out)
+        outputs = {checkpoint.name, "fff-convert.jsonl"}
+        files = sorted(f for f in Path(model_dir).iterdir() if f.is_file() and f.name not in outputs)
         meta["model_files"] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     if corpus is not None:
         meta["corpus"] = corpus.fingerprint
-    return {"checkpoint": Path(args.out) / "finetune-ckpt.pt", "meta": meta}
+    return {"checkpoint": checkpoint, "meta": meta}
 
 
 def _print_scores(columns: dict[str, dict[str, tuple[float, int]]]) -> None:
@@ -196,7 +203,7 @@ def _convert_hf(args: argparse.Namespace) -> int:
     from recruit.data.corpus import Corpus
     from recruit.fff.decoder import distil_decoder, save_fff_decoder
     from recruit.models.hf import load_hf_causal_lm
-    from recruit.train import train_steps
+    from recruit.train import check_resumable, train_steps
 
     lm = load_hf_causal_lm(args.model)
     if lm.tokenizer is None:
@@ -205,6 +212,8 @@ def _convert_hf(args: argparse.Namespace) -> int:
     corpus = Corpus.load(args.corpus)
     seq = min(256, getattr(lm.config.get_text_config(), "max_position_embeddings", 256) or 256)
     ft_steps = _finetune_steps(args, seq) if args.finetune_tokens else 0
+    if ft_steps:  # a stopped fine-tuning of another run is refused before the distillation, not after
+        check_resumable(steps=ft_steps, lr=args.finetune_lr, **_finetune_checkpoint(args, args.model, corpus))
     windows = _text_windows(corpus, lm.tokenizer, args.windows + ft_steps * FINETUNE_BATCH, seq)  # (W, T)
     calibrate, tune = windows[: args.windows], windows[args.windows :]  # the fine-tuning cycles through the rest
     score = lambda: measure.corpus_bits_per_byte(lm.forward, corpus, "test", seq_len=seq,  # noqa: E731

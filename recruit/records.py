@@ -160,16 +160,20 @@ class Recorder:
 class PartialFile:
     """A sink for :class:`Recorder` that appends each record to ``path`` as one JSON line, flushed at once.
 
-    An earlier run's file there is deleted at construction (it is not this run's); the file is created at the
-    first record, so a run that measures nothing leaves none. A line once written survives the process being
-    killed, even by ``SIGKILL``. :meth:`finish` closes and deletes it, once the complete records are safely
+    The file is created at the first record, replacing an earlier run's (:attr:`earlier` says whether there was
+    one), so a run that measures nothing leaves that one as it was. A line once written survives the process
+    being killed, even by ``SIGKILL``. :meth:`finish` closes and deletes it, once the complete records are safely
     elsewhere.
+
+    Attributes:
+        count: Records written by this run.
+        earlier: Whether an earlier run's file was at ``path`` when this one started.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.unlink(missing_ok=True)
         self.count = 0
+        self.earlier = self.path.exists()
         self._file: Any = None
 
     def __call__(self, record: Record) -> None:

@@ -473,6 +473,32 @@ def settings_key(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _step_settings(steps: int, lr: float, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """What a :func:`train_steps` checkpoint is saved with: ``meta``, and the run's own steps and peak rate."""
+    return {**(meta or {}), "steps": steps, "lr": lr}
+
+
+def _matching_state(checkpoint: Path, settings: dict[str, Any], device: str | torch.device) -> dict[str, Any] | None:
+    """The state saved at ``checkpoint`` (None if there is none); saved with other ``settings``, an error."""
+    if not checkpoint.exists():
+        return None
+    state = _load_state(checkpoint, device)
+    if state.get("meta") != settings:
+        saved = state.get("meta") or {}
+        diff = sorted(k for k in {**saved, **settings} if saved.get(k) != settings.get(k))
+        raise RecruitError(f"{checkpoint} holds a run with other settings ({', '.join(diff)} differ); delete it "
+                           "or train elsewhere")  # fmt: skip
+    return state
+
+
+def check_resumable(checkpoint: str | Path, steps: int, lr: float, meta: dict[str, Any] | None = None) -> None:
+    """Raise now the error :func:`train_steps` would raise for ``checkpoint`` (nothing if there is none).
+
+    For callers with long work before the training (a distillation, say) that would otherwise be lost.
+    """
+    _matching_state(Path(checkpoint), _step_settings(steps, lr, meta), "cpu")
+
+
 def train_steps(
     model: torch.nn.Module,
     batch: Callable[[int], Any],
@@ -515,15 +541,10 @@ def train_steps(
         raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    settings = {"steps": steps, "lr": lr, **(meta or {})}
+    settings = _step_settings(steps, lr, meta)
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = _load_state(Path(checkpoint), device)
-        if state.get("meta") != settings:
-            saved = state.get("meta") or {}
-            diff = sorted(k for k in {**saved, **settings} if saved.get(k) != settings.get(k))
-            raise RecruitError(f"{checkpoint} holds a run with other settings ({', '.join(diff)} differ); delete it "
-                               "or train elsewhere")  # fmt: skip
+    state = None if checkpoint is None else _matching_state(Path(checkpoint), settings, device)
+    if state is not None:
         _restore_state(state, model, opt)
         start = int(state["step"])
         log.info("resumed %s at step %d of %d", checkpoint, start, steps)

@@ -319,9 +319,10 @@ def test_bench_keeps_the_records_of_a_run_that_stops(tmp_path, monkeypatch, caps
     assert [r.value for r in read_records(out / "fake.partial.jsonl")] == [1.5, 2.5]
     assert not (out / "fake.jsonl").exists()
     assert f"the 2 records it had measured are in {out / 'fake.partial.jsonl'}" in capsys.readouterr().err
-    with pytest.raises(RuntimeError, match="no device"):  # a run that measures nothing leaves no partial file, and
-        main(["bench", "fake", "-q", "--out", str(out), "--set", "broken=1"])  # not the earlier run's either
-    assert not (out / "fake.partial.jsonl").exists()
+    with pytest.raises(RuntimeError, match="no device"):  # a run that measures nothing keeps the earlier run's file
+        main(["bench", "fake", "-q", "--out", str(out), "--set", "broken=1"])  # and says whose it is
+    assert len(read_records(out / "fake.partial.jsonl")) == 2
+    assert f"before measuring anything; {out / 'fake.partial.jsonl'} is an earlier run's" in capsys.readouterr().err
 
     assert main(["bench", "fake", "-q", "--out", str(out)]) == 0
     assert [r.case for r in read_records(out / "fake.jsonl")] == ["case=a", "case=b"]

@@ -124,6 +124,7 @@ def test_conversions_round_trip(tmp_path, make):
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, native(ids))
         torch.testing.assert_close(back(ids), native(ids))
+    model.config.pad_token_id, model.config.output_attentions = 256, True  # HF keys that HF's save then writes
     model.save_pretrained(tmp_path / "hf")  # HF's own save loads back through the Auto classes
     register_auto_classes()
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()

@@ -207,6 +207,8 @@ def test_train_steps_resumes_exactly_from_its_checkpoint(tmp_path):
         train_steps(again, batch, 30, 1e-2, loss_of, meta={"arm": "b"}, **run)
     with pytest.raises(RecruitError, match="steps differ"):
         train_steps(again, batch, 31, 1e-2, loss_of, meta={"arm": "a"}, **run)
+    with pytest.raises(RecruitError, match="steps differ"):  # meta cannot stand in for the run's own steps
+        train_steps(again, batch, 31, 1e-2, loss_of, meta={"arm": "a", "steps": 30}, **run)
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(RecruitError, match="corrupt or truncated"):
         train_steps(again, batch, 30, 1e-2, loss_of, meta={"arm": "a"}, **run)

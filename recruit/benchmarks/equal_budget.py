@@ -22,7 +22,8 @@ class Arm:
     """One training run of a comparison.
 
     Attributes:
-        name: Run directory name under the comparison's ``out_dir``; also used in record cases.
+        name: Run directory name under the comparison's ``out_dir`` (followed by the corpus's fingerprint); also
+            used in record cases.
         preset: Model preset.
         lr: Peak learning rate.
         model_args: Overrides of the preset's model config (dropout is always 0: budgets are below one epoch).

@@ -98,13 +98,13 @@ def _next_byte_loss(model, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, labels=ids).loss
 
 
-@torch.no_grad()
 def _checkpoint(cfg: DistilConfig, name: str, settings: dict) -> dict:
     """:func:`~recruit.train.train_steps`'s ``checkpoint`` (NAME-KEY.pt in ``cfg.out_dir``, if set) and ``meta``."""
     meta = {**settings, "run": name}
     return {"checkpoint": Path(cfg.out_dir) / f"{name}-{settings_key(meta)}.pt" if cfg.out_dir else None, "meta": meta}
 
 
+@torch.no_grad()
 def held_out_loss(model, windows: torch.Tensor, batch_size: int) -> float:
     """Mean next-byte cross-entropy (nats) over ``windows`` (W, T), every window weighted by its T − 1 targets."""
     model.eval()

@@ -21,8 +21,6 @@ from recruit.errors import RecruitError
 from recruit.io import atomic_save_with, atomic_write_json
 
 CONFIG_NAME = "config.json"
-HF_CONFIG_KEYS = ("transformers_version", "architectures", "dtype", "torch_dtype", "use_cache", "_name_or_path")
-"""Keys Hugging Face's ``save_pretrained`` adds to a recruit model's ``config.json``; :func:`read_config` drops them."""
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPES: dict[str, type[RecruitModel]] = {}
 """``model_type`` string -> model class; filled by :func:`register_model`."""
@@ -106,11 +104,11 @@ def read_config(path: str | Path) -> tuple[str, Any]:
     if model_type not in MODEL_TYPES:
         raise RecruitError(f"unknown model_type {model_type!r} in {cfg_file}; known: {', '.join(sorted(MODEL_TYPES))}")
     config_class = MODEL_TYPES[model_type].config_class
-    if "transformers_version" in data:  # saved by Hugging Face (recruit.models.hf_auto): its bookkeeping, not ours
-        tie = data.pop("tie_word_embeddings", None)
-        for key in HF_CONFIG_KEYS:
-            data.pop(key, None)
-        if tie is not None and "tie_embeddings" in {f.name for f in dataclasses.fields(config_class)}:
+    if "transformers_version" in data:  # saved by Hugging Face (recruit.models.hf_auto): keep our fields only
+        fields = {f.name for f in dataclasses.fields(config_class)}
+        tie = data.get("tie_word_embeddings")
+        data = {k: v for k, v in data.items() if k in fields}
+        if tie is not None and "tie_embeddings" in fields:
             data["tie_embeddings"] = tie
     return model_type, from_dict(config_class, data, what=f"{model_type} config")
 

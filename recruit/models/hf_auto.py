@@ -255,7 +255,8 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
 
         A shallow copy of the BDH built at construction, made at each call: HF replaces parameter objects when it
         loads weights, and ``nn.DataParallel``'s replicas hold theirs as plain attributes, so they are read from
-        ``self`` every time rather than kept.
+        ``self`` every time rather than kept. What a forward leaves on the BDH (the terms of the activity penalty,
+        which this wrapper's loss does not add: it is the language-model loss alone) stays on that copy.
         """
         bdh = copy.copy(self._bdh)
         bdh._parameters = {name: getattr(self, name) for name in self._param_names}
