@@ -273,3 +273,19 @@ def test_text_generation_pipeline_runs_a_bdh_checkpoint(saved_bdh):
     bt = ByteTokenizer()
     ids = torch.tensor([[bt.lang_id("en"), bt.kind_id("manual"), *bt.encode("ls")]])
     assert text == tok.decode(bdh.generate(ids, 8, greedy=True)[0])
+
+
+def test_bdh_training_loss_includes_the_activity_penalty():
+    """In training mode with activity_l1 > 0, the HF loss is BDH's language-model loss plus its activity penalty."""
+    bdh = BDH(bdh_config("bdh-nano", dropout=0.0, activity_l1=0.5)).train()
+    model = to_hf(bdh)
+    ids = torch.randint(0, bdh.config.vocab_size, (2, 12))
+    logits = bdh(ids)
+    lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    expected = lm + bdh.activity_loss()
+    out = model(input_ids=ids, labels=ids)
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert model.encoder.grad is not None and model.encoder.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(input_ids=ids, labels=ids).loss, lm)  # evaluation: the LM loss

@@ -255,8 +255,8 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
 
         A shallow copy of the BDH built at construction, made at each call: HF replaces parameter objects when it
         loads weights, and ``nn.DataParallel``'s replicas hold theirs as plain attributes, so they are read from
-        ``self`` every time rather than kept. What a forward leaves on the BDH (the terms of the activity penalty,
-        which this wrapper's loss does not add: it is the language-model loss alone) stays on that copy.
+        ``self`` every time rather than kept. What a forward leaves on the BDH (the terms of the activity penalty)
+        stays on that copy; :meth:`forward` adds the penalty to its loss itself.
         """
         bdh = copy.copy(self._bdh)
         bdh._parameters = {name: getattr(self, name) for name in self._param_names}
@@ -308,7 +308,9 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
             input_ids: (B, T) token ids; with ``cache_params``, the tokens after those the state has seen.
             attention_mask: Optional (B, S) mask; must be all ones (no padding).
             cache_params: A :class:`BDHState` to continue from (recurrent form, no gradients); advanced in place.
-            labels: (B, T) targets aligned with ``input_ids`` (HF shifts them; ``-100`` is ignored).
+            labels: (B, T) targets aligned with ``input_ids`` (HF shifts them; ``-100`` is ignored). In training mode
+                with ``activity_l1`` > 0 the loss includes BDH's activity penalty, at full weight: the
+                ``activity_warmup`` ramp needs recruit's trainer, which reports the run's progress.
             output_hidden_states: Also return the stream after the embedding norm and after each layer (parallel
                 form only).
             logits_to_keep: Return the logits of the last this-many positions only (0: all).
@@ -336,6 +338,8 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
         if logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         loss = None if labels is None else self.loss_function(logits, labels, vocab_size=self.config.vocab_size)
+        if loss is not None and self.training and self.config.activity_l1 > 0:
+            loss = loss + bdh.activity_loss()  # the config's activity penalty, at full weight (no warm-up ramp here)
         states = tuple(hidden) if output_hidden_states and hidden is not None else None
         return BDHCausalLMOutput(loss=loss, logits=logits, cache_params=cache_params, hidden_states=states)
 
