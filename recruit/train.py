@@ -171,10 +171,15 @@ def resolve_device(name: str) -> torch.device:
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then cosine to ``lr*min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    return warmup_cosine(step, cfg.max_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio)
+
+
+def warmup_cosine(step: int, steps: int, warmup: int, lr: float, min_ratio: float) -> float:
+    """The rate at 0-based ``step`` of ``steps``: linear warm-up over ``warmup`` steps, then cosine to lr·min_ratio."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 def lm_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -550,9 +555,8 @@ def train_steps(
         log.info("resumed %s at step %d of %d", checkpoint, start, steps)
     warm = max(1, steps // 20)
     for step in tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps):
-        frac = (step + 1) / warm if step < warm else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / steps))
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, frac)
+            group["lr"] = warmup_cosine(step, steps, warm, lr, 0.1)  # the Trainer's schedule
         loss = loss_of(model, batch(step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
