@@ -131,3 +131,15 @@ def test_mlm_masking_is_bert_like():
     assert (inputs[~picked] == ids[~picked]).all()
     masked = (inputs == 256 + 4)[picked].float().mean()  # <mask> is the fifth special
     assert 0.75 < masked < 0.85
+
+
+def test_run_root_keeps_runs_only_where_asked():
+    """A benchmark's runs go to its out_dir, or with "" (the quick configs) to a fresh temporary directory."""
+    import os
+
+    from recruit.benchmarks.equal_budget import run_root
+
+    assert run_root("runs/x") == "runs/x"
+    a, b = run_root(""), run_root("")
+    assert a != b and os.path.isdir(a) and not os.listdir(a)
+    assert {q.out_dir for q in (bdh_compare.QUICK, bdh_memory.QUICK, bdh_sparsity.QUICK, fff_quality.QUICK)} == {""}

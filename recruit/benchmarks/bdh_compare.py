@@ -24,6 +24,7 @@ from recruit.benchmarks.equal_budget import (
     field_suffixes,
     prepare,
     ratio_records,
+    run_root,
     score_arm,
     train_arm,
     train_flops_per_token,
@@ -46,7 +47,7 @@ class CompareConfig:
     bdh_lr: float = 3e-3
     bdh_args: tuple[tuple[str, object], ...] = ()  # BDH config fields, e.g. (("impl", "fused"),) on a GPU
     equal_flops: bool = True  # also the GPT run with the BDH run's training FLOPs
-    out_dir: str = "runs/bdh-compare"
+    out_dir: str = "runs/bdh-compare"  # the runs, resumed by a rerun ("": a temporary directory)
     eval_bytes: int = 32768  # held-out bytes scored per language
 
     def __post_init__(self) -> None:
@@ -73,7 +74,7 @@ QUICK = CompareConfig(
     seq_len=32,
     batch_size=4,
     sizes=(("bdh-nano", "gpt-nano"),),
-    out_dir="runs/bdh-compare-quick",
+    out_dir="",  # a temporary directory: quick runs train from scratch
     eval_bytes=2048,
 )
 
@@ -95,7 +96,7 @@ def _compare(
     bdh: str, gpt: str, cfg: CompareConfig, corpus, device, env: dict, steps: int, opts: BenchOptions
 ) -> list[Record]:
     """BDH ``bdh`` vs GPT ``gpt`` at equal tokens (``steps`` each), plus the GPT at BDH's training FLOPs."""
-    out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
+    out_dir = f"{run_root(cfg.out_dir)}/tokens-{cfg.tokens}"
     args = dict(cfg.bdh_args)
     tag, extra = field_suffixes(args)
     bdh_arm = Arm(f"{bdh}-lr{cfg.bdh_lr:g}{tag}", bdh, cfg.bdh_lr, model_args=args)

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recruit.benchmarks import Bench, BenchOptions, configure, register
-from recruit.benchmarks.equal_budget import Arm, field_suffixes, prepare, score_arm, train_arm
+from recruit.benchmarks.equal_budget import Arm, field_suffixes, prepare, run_root, score_arm, train_arm
 from recruit.data.probes import probe_accuracy, prompt_tokens
 from recruit.models import BDH, PRESETS
 from recruit.records import Record
@@ -51,7 +51,7 @@ class MemoryConfig:
     probes: int = 20  # probes per distance
     key_len: int = 6
     eval_bytes: int = 32768  # test bytes scored per language
-    out_dir: str = "runs/bdh-memory"
+    out_dir: str = "runs/bdh-memory"  # the runs, resumed by a rerun ("": a temporary directory)
 
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
@@ -63,14 +63,14 @@ class MemoryConfig:
 
 
 QUICK = MemoryConfig(presets=("bdh-nano", "gpt-nano"), tokens=4 * 64 * 2, seq_len=64, batch_size=2,
-                     distances=(4, 100), probes=2, eval_bytes=512, out_dir="runs/bdh-memory-quick")  # fmt: skip
+                     distances=(4, 100), probes=2, eval_bytes=512, out_dir="")  # fmt: skip
 
 
 def run(opts: BenchOptions, cfg: MemoryConfig | None = None) -> list[Record]:
     """Train (or resume) each model with episodes mixed in, then score probes at every distance it can read."""
     cfg = configure(opts, cfg or (QUICK if opts.quick else MemoryConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
-    out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
+    out_dir = f"{run_root(cfg.out_dir)}/tokens-{cfg.tokens}"
     recs = opts.recorder()
     for preset in tqdm(cfg.presets, desc="bdh memory", disable=not opts.progress):
         mix = {"probe_mix": cfg.probe_mix}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from recruit.benchmarks import Bench, BenchOptions, configure, register
-from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm
+from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, run_root, score_arm, train_arm
 from recruit.interp.bdh import activation_density
 from recruit.records import Record
 
@@ -43,7 +43,7 @@ class SparsityConfig:
     ramps: tuple[tuple[float, float], ...] = ((0.5, 0.5),)  # (activity_l1, activity_warmup) of ramped runs
     eval_bytes: int = 32768  # test bytes scored per language
     density_windows: int = 64  # test windows of seq_len tokens, spread over the split, on which density is measured
-    out_dir: str = "runs/bdh-compare"
+    out_dir: str = "runs/bdh-compare"  # the runs, resumed by a rerun ("": a temporary directory)
 
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
@@ -56,7 +56,7 @@ class SparsityConfig:
 
 QUICK = SparsityConfig(preset="bdh-nano", tokens=4 * 32 * 8, seq_len=32, batch_size=4, weights=(1.0,),
                        ramps=((1.0, 0.5),), eval_bytes=512, density_windows=2,
-                       out_dir="runs/bdh-sparsity-quick")  # fmt: skip
+                       out_dir="")  # fmt: skip
 
 
 def arms(cfg: SparsityConfig) -> list[tuple[tuple[float, float], Arm]]:
@@ -78,7 +78,7 @@ def run(opts: BenchOptions, cfg: SparsityConfig | None = None) -> list[Record]:
     """Train (or resume) every run, then record density per layer and test bits per byte."""
     cfg = configure(opts, cfg or (QUICK if opts.quick else SparsityConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
-    out_dir = f"{cfg.out_dir}/tokens-{cfg.tokens}"
+    out_dir = f"{run_root(cfg.out_dir)}/tokens-{cfg.tokens}"
     recs = opts.recorder()
     bpb: dict[tuple[float, float], dict[str, float]] = {}
     for (w, f), arm in tqdm(arms(cfg), desc="bdh sparsity", disable=not opts.progress):

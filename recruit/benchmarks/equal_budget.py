@@ -6,6 +6,9 @@ Benchmarks that compare architectures or layers (``bdh-compare``, ``fff-quality`
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +58,19 @@ def prepare(opts: BenchOptions, cfg: Any) -> tuple[Any, torch.device, dict, int]
 
     device = resolve_device(opts.device)
     return Corpus.load(opts.corpus), device, environment(device), cfg.tokens // (cfg.seq_len * cfg.batch_size)
+
+
+def run_root(out_dir: str) -> str:
+    """Where a benchmark's training runs go: ``out_dir``, or for "" a temporary directory.
+
+    The temporary directory is removed when the process exits: nothing is kept, so such a run (``--quick``, a smoke
+    test) trains from scratch every time.
+    """
+    if out_dir:
+        return out_dir
+    root = tempfile.mkdtemp(prefix="recruit-runs-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 def train_arm(corpus, arm: Arm, steps: int, seq_len: int, batch_size: int, out_dir: str, opts: BenchOptions) -> Trainer:

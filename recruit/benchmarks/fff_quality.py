@@ -15,7 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recruit.benchmarks import Bench, BenchOptions, configure, register
-from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, score_arm, train_arm, train_flops_per_token
+from recruit.benchmarks.equal_budget import (
+    Arm,
+    prepare,
+    ratio_records,
+    run_root,
+    score_arm,
+    train_arm,
+    train_flops_per_token,
+)
 from recruit.models import build_model
 from recruit.records import Record
 
@@ -33,7 +41,7 @@ class QualityConfig:
     lr: float = 3e-3
     fff_trees: int = 1
     forests: tuple[tuple[int, int], ...] = ((6, 4), (5, 8))  # further FFF arms: (depth, trees) of about the width
-    out_dir: str = "runs/fff-quality"
+    out_dir: str = "runs/fff-quality"  # the runs, resumed by a rerun ("": a temporary directory)
     eval_bytes: int = 32768
 
     def __post_init__(self) -> None:
@@ -43,7 +51,7 @@ class QualityConfig:
             raise ValueError(f"forests must be (depth >= 1, trees >= 1) pairs, got {self.forests}")
 
 
-QUICK = QualityConfig(tokens=4 * 32 * 4, seq_len=32, batch_size=4, preset="gpt-nano", out_dir="runs/fff-quality-quick",
+QUICK = QualityConfig(tokens=4 * 32 * 4, seq_len=32, batch_size=4, preset="gpt-nano", out_dir="",
                       eval_bytes=2048, forests=((3, 4),))  # fmt: skip
 
 
@@ -55,6 +63,7 @@ def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
     """Train dense / FFF / no-FF arms (resuming any that exist) and score them on the test split."""
     cfg = configure(opts, cfg or (QUICK if opts.quick else QualityConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
+    root = run_root(cfg.out_dir)
     arms = [
         Arm("dense", cfg.preset, cfg.lr),
         Arm("fff", cfg.preset, cfg.lr, {"mlp": "fff", "fff_trees": cfg.fff_trees}),
@@ -63,7 +72,7 @@ def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
     recs = opts.recorder()
     bpb: dict[str, dict[str, float]] = {}
     for arm in arms:
-        t = train_arm(corpus, arm, steps, cfg.seq_len, cfg.batch_size, cfg.out_dir, opts)
+        t = train_arm(corpus, arm, steps, cfg.seq_len, cfg.batch_size, root, opts)
         case = f"model={cfg.preset},ff={arm.name}"
         r, bpb[arm.name] = score_arm(
             BENCH, case, t, corpus, cfg.eval_bytes, device, env, train_flops_per_token(t.model, cfg.seq_len, device)
