@@ -473,9 +473,14 @@ def data_key(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def settings_key(settings: dict[str, Any]) -> str:
-    """A short stable hash of ``settings`` (JSON-like values): names a checkpoint after the run it holds."""
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def keyed_checkpoint(out_dir: str | Path, name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`train_steps`' ``checkpoint`` and ``meta`` for run ``name``: ``OUT_DIR/NAME-KEY.pt``.
+
+    KEY is a short stable hash of ``meta`` (JSON-like values), so that runs with other settings keep their own
+    files; without ``out_dir``, no checkpoint.
+    """
+    key = hashlib.sha1(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return {"checkpoint": Path(out_dir) / f"{name}-{key}.pt" if out_dir else None, "meta": meta}
 
 
 def _step_settings(steps: int, lr: float, meta: dict[str, Any] | None) -> dict[str, Any]:

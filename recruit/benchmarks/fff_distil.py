@@ -25,17 +25,16 @@ finished training is not repeated (the distillations, minutes at most, run again
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
 from recruit.benchmarks import Bench, BenchOptions, configure, register
-from recruit.benchmarks.fff_mlm import hf_data
+from recruit.benchmarks.fff_mlm import hf_data, training_settings
 from recruit.data.stream import TokenStream
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.records import Record
-from recruit.train import settings_key, train_steps
+from recruit.train import keyed_checkpoint, train_steps
 
 BENCH = "fff-distil"
 
@@ -98,12 +97,6 @@ def _next_byte_loss(model, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, labels=ids).loss
 
 
-def _checkpoint(cfg: DistilConfig, name: str, settings: dict) -> dict:
-    """:func:`~recruit.train.train_steps`'s ``checkpoint`` (NAME-KEY.pt in ``cfg.out_dir``, if set) and ``meta``."""
-    meta = {**settings, "run": name}
-    return {"checkpoint": Path(cfg.out_dir) / f"{name}-{settings_key(meta)}.pt" if cfg.out_dir else None, "meta": meta}
-
-
 @torch.no_grad()
 def held_out_loss(model, windows: torch.Tensor, batch_size: int) -> float:
     """Mean next-byte cross-entropy (nats) over ``windows`` (W, T), every window weighted by its T − 1 targets."""
@@ -122,12 +115,12 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     tokens = steps * cfg.seq_len * cfg.batch_size
     base = f"model=llama,hidden={cfg.hidden},layers={cfg.layers},width={cfg.intermediate},train_tokens={tokens}"
     model = build(cfg)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("eval_windows", "out_dir")}
-    settings["corpus"] = corpus.fingerprint
+    settings = training_settings(cfg, corpus.fingerprint)
     dense_settings = {k: settings[k] for k in ("hidden", "layers", "heads", "intermediate", "tokens", "seq_len",
                                                 "batch_size", "lr", "seed", "corpus")}  # fmt: skip
     train_steps(model, lambda step: stream.batch(step)[0], steps, cfg.lr, _next_byte_loss, device, opts.progress,
-                "fff-distil dense", **_checkpoint(cfg, "dense", dense_settings))  # fmt: skip
+                "fff-distil dense",
+                **keyed_checkpoint(cfg.out_dir, "dense", {**dense_settings, "run": "dense"}))  # fmt: skip
     model.eval()
     loss = {"dense": held_out_loss(model, windows, cfg.batch_size)}
     loss["none"] = held_out_loss(drop_decoder_mlps(copy.deepcopy(model)), windows, cfg.batch_size)
@@ -145,7 +138,8 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
     for arm, m in (("dense+ft", dense), *((f"{name}+ft", m) for name, m in converted.items())):  # the same batches
         ft = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed + 3)
         train_steps(m, lambda step, ft=ft: ft.batch(step)[0], ft_steps, cfg.lr / 4, _next_byte_loss, device,
-                    opts.progress, f"fff-distil {arm}", **_checkpoint(cfg, arm, settings))  # fmt: skip
+                    opts.progress, f"fff-distil {arm}",
+                    **keyed_checkpoint(cfg.out_dir, arm, {**settings, "run": arm}))  # fmt: skip
         loss[arm] = held_out_loss(m, windows, cfg.batch_size)
     recs = opts.recorder()
     recs.extend(Record(BENCH, f"{base},ff={arm},split=test", "loss", value, "nats/byte", env)

@@ -19,7 +19,6 @@ arm is not trained again, and other settings train anew.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -28,7 +27,7 @@ from recruit.benchmarks.equal_budget import prepare
 from recruit.data.stream import TokenStream, spread_windows
 from recruit.data.tokenizer import ByteTokenizer
 from recruit.records import Record
-from recruit.train import settings_key, train_steps
+from recruit.train import keyed_checkpoint, train_steps
 
 BENCH = "fff-mlm"
 ARMS = ("dense", "fff", "none")
@@ -143,11 +142,17 @@ def train(
         inputs, labels = mask(ids, cfg, torch.Generator().manual_seed((cfg.seed << 32) + 2 + step))
         return model(input_ids=inputs.to(device), labels=labels.to(device)).loss
 
-    meta = {**{k: v for k, v in asdict(cfg).items() if k not in ("eval_windows", "out_dir")}, "arm": arm,
-            "corpus": corpus}  # fmt: skip
-    ckpt = Path(cfg.out_dir) / f"{arm}-{settings_key(meta)}.pt" if arm and cfg.out_dir else None
+    meta = {**training_settings(cfg, corpus), "arm": arm}
     train_steps(model, lambda step: (step, stream.batch(step)[0]), steps, cfg.lr, loss_of, device, progress, desc,
-                checkpoint=ckpt, meta=meta)  # fmt: skip
+                **keyed_checkpoint(cfg.out_dir if arm else "", str(arm), meta))  # fmt: skip
+
+
+def training_settings(cfg, corpus: str) -> dict:
+    """What a benchmark's training depends on.
+
+    Its config's fields (not ``eval_windows``, ``out_dir``) and the corpus build (``corpus``, its fingerprint).
+    """
+    return {**{k: v for k, v in asdict(cfg).items() if k not in ("eval_windows", "out_dir")}, "corpus": corpus}
 
 
 def run(opts: BenchOptions, cfg: MLMConfig | None = None) -> list[Record]:
