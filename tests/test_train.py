@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from recruit.errors import RecruitError
+from recruit.models import load_model
 from recruit.train import TrainConfig, Trainer, lr_at, make_config, train_steps
 
 
@@ -25,6 +26,15 @@ def test_held_out_loss_falls(tmp_path, tokens):
     assert (tmp_path / "run/final/model.safetensors").exists()
     rows = list(csv.DictReader(open(tmp_path / "run/log.csv")))
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
+    load_model(tmp_path / "run/final")
+    with pytest.raises(RecruitError, match=r"training run directory.*its model is .*run/final"):
+        load_model(tmp_path / "run")  # the run directory a user may pass for its model
+
+
+def test_unfinished_run_directory_is_named_as_such(tmp_path, tokens):
+    Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
+    with pytest.raises(RecruitError, match="training run directory.*no finished model"):
+        load_model(tmp_path / "run")
 
 
 def test_resume_is_exact(tmp_path, tokens):

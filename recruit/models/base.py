@@ -99,6 +99,10 @@ def read_config(path: str | Path) -> tuple[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecruitError(f"corrupt checkpoint config {cfg_file}: {e}") from None
     if not isinstance(data, dict) or "model_type" not in data:
+        if isinstance(data, dict) and "max_steps" in data and "out_dir" in data:  # a TrainConfig: a run directory
+            final = path / "final"
+            hint = f"its model is {final}" if final.is_dir() else "it has no finished model (final/) yet"
+            raise RecruitError(f"{path} is a training run directory, not a model checkpoint: {hint}")
         raise RecruitError(f"{cfg_file} has no model_type; is it a Hugging Face checkpoint? use recruit.models.hf")
     model_type = data.pop("model_type")
     if model_type not in MODEL_TYPES:
