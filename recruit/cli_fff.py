@@ -52,17 +52,22 @@ def cmd_fff_bench(args: argparse.Namespace) -> int:
 
 
 def _is_hf_checkpoint(path: str | None) -> bool:
-    """Whether ``path`` is a model directory whose ``config.json`` names no recruit model type."""
+    """Whether ``path`` is a model directory whose ``config.json`` names a model type (or architectures) not recruit's.
+
+    A ``config.json`` that names neither (such as a training run directory's) is left to recruit's loader,
+    whose error says what it is.
+    """
     from recruit.models.base import MODEL_TYPES
 
     config = Path(path or "") / "config.json"
     if path is None or not config.is_file():
         return False
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        data = json.loads(config.read_text(encoding="utf-8"))
+        model_type = data.get("model_type")
     except (OSError, ValueError, AttributeError):
         return False
-    return model_type not in MODEL_TYPES
+    return model_type not in MODEL_TYPES and (model_type is not None or "architectures" in data)
 
 
 def cmd_fff_convert(args: argparse.Namespace) -> int:

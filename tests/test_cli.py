@@ -141,6 +141,11 @@ def test_train_eval_generate_bench_report(text_corpus, tmp_path, capsys):
     assert main(["generate", model, "--prompt", "Der", "--max-new-tokens", "10", "--lang", "de"]) == 0
     assert capsys.readouterr().out.startswith("Der")
     assert main(["generate", model, "--prompt", ""]) == 2
+    capsys.readouterr()
+    said = f"training run directory, not a model checkpoint: its model is {out / 'final'}"
+    for cmd in (["eval", str(out)], ["fff", "convert", str(out), "--out", str(tmp_path / "c")]):  # the run, not final/
+        assert main([*cmd, "--corpus", text_corpus]) == 2
+        assert said in capsys.readouterr().err
     assert (
         main(
             [
