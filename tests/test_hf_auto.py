@@ -11,6 +11,7 @@ from recruit.models.base import load_model
 from recruit.models.bdh import BDH, bdh_config
 from recruit.models.gpt import GPT, gpt_config
 from recruit.models.hf_auto import (
+    BDHActivityWarmup,
     RecruitBDHConfig,
     RecruitBDHForCausalLM,
     RecruitByteTokenizer,
@@ -289,3 +290,21 @@ def test_bdh_training_loss_includes_the_activity_penalty():
     assert model.encoder.grad is not None and model.encoder.grad.abs().sum() > 0
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(input_ids=ids, labels=ids).loss, lm)  # evaluation: the LM loss
+
+
+def test_bdh_activity_warmup_ramps_the_penalty_under_hf_trainer_callbacks():
+    """activity_warmup 0.5: HF's Trainer, through BDHActivityWarmup, scales the penalty by min(1, progress / 0.5)."""
+    from transformers import TrainerControl, TrainerState
+
+    bdh = BDH(bdh_config("bdh-nano", dropout=0.0, activity_l1=0.5, activity_warmup=0.5)).train()
+    model = to_hf(bdh).train()
+    ids = torch.randint(0, bdh.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    logits = bdh(ids)
+    lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    penalty = bdh.activity_loss()
+    torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, lm + penalty)  # no progress reported: full
+    wrapped = torch.nn.Sequential(model)  # the callback finds the BDH inside whatever HF's Trainer holds
+    for step, weight in ((0, 0.0), (10, 0.25), (20, 0.5), (40, 1.0), (80, 1.0)):
+        state = TrainerState(global_step=step, max_steps=80)
+        BDHActivityWarmup().on_step_begin(None, state, TrainerControl(), model=wrapped)
+        torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, lm + weight * penalty)

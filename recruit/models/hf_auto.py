@@ -32,13 +32,14 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizer,
+    TrainerCallback,
 )
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from recruit.data.tokenizer import SPECIALS, ByteTokenizer
-from recruit.models.bdh import BDH, BDHConfig, BDHState
+from recruit.models.bdh import BDH, ActivityL1, BDHConfig, BDHState
 from recruit.models.gpt import GPT, GPTConfig
 from recruit.models.kv_cache import KVCache
 
@@ -247,7 +248,16 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
         self._param_names = tuple(name for name, _ in bdh.named_parameters(recurse=False))
         self._child_names = tuple(name for name, _ in bdh.named_children())
         object.__setattr__(self, "_bdh", bdh)  # the template of `bdh`; not a submodule: no duplicate state-dict keys
+        self._activity_ramp = ActivityL1()  # the penalty's weight ramp (activity_warmup), fed by set_activity_progress
         self.post_init()
+
+    def set_activity_progress(self, fraction: float) -> None:
+        """The fraction of the training run done, in [0, 1], for the ``activity_warmup`` ramp of the penalty.
+
+        :class:`BDHActivityWarmup`, a callback of HF's ``Trainer``, calls it before each step; until something
+        does, the penalty has its full weight.
+        """
+        self._activity_ramp.set_progress(fraction)
 
     @property
     def bdh(self) -> BDH:
@@ -309,8 +319,9 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
             attention_mask: Optional (B, S) mask; must be all ones (no padding).
             cache_params: A :class:`BDHState` to continue from (recurrent form, no gradients); advanced in place.
             labels: (B, T) targets aligned with ``input_ids`` (HF shifts them; ``-100`` is ignored). In training mode
-                with ``activity_l1`` > 0 the loss includes BDH's activity penalty, at full weight: the
-                ``activity_warmup`` ramp needs recruit's trainer, which reports the run's progress.
+                with ``activity_l1`` > 0 the loss includes BDH's activity penalty, weighted by the
+                ``activity_warmup`` ramp at the progress given to :meth:`set_activity_progress` (full weight until
+                then; HF's ``Trainer`` gives it with the :class:`BDHActivityWarmup` callback).
             output_hidden_states: Also return the stream after the embedding norm and after each layer (parallel
                 form only).
             logits_to_keep: Return the logits of the last this-many positions only (0: all).
@@ -339,7 +350,7 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
             logits = logits[:, -logits_to_keep:]
         loss = None if labels is None else self.loss_function(logits, labels, vocab_size=self.config.vocab_size)
         if loss is not None and self.training and self.config.activity_l1 > 0:
-            loss = loss + bdh.activity_loss()  # the config's activity penalty, at full weight (no warm-up ramp here)
+            loss = loss + self._activity_ramp.scale(self.config.activity_warmup) * bdh.activity_loss()
         states = tuple(hidden) if output_hidden_states and hidden is not None else None
         return BDHCausalLMOutput(loss=loss, logits=logits, cache_params=cache_params, hidden_states=states)
 
@@ -375,6 +386,26 @@ class RecruitBDHForCausalLM(PreTrainedModel, GenerationMixin):
         if beams > 1 and use_cache is not False:
             raise ValueError("beam search needs use_cache=False with BDH: its synaptic state is not reordered per beam")
         return super().generate(*args, **kwargs)
+
+
+class BDHActivityWarmup(TrainerCallback):
+    """HF ``Trainer`` callback: ramps a BDH's activity penalty up over ``activity_warmup`` of the run.
+
+    Before each optimiser step it tells every :class:`RecruitBDHForCausalLM` in the trained model the fraction
+    of the run done (``global_step / max_steps``), as recruit's own trainer does, so that the penalty's weight is
+    ``activity_l1 · min(1, progress / activity_warmup)``. Without it the penalty has its full weight throughout.
+
+    Example:
+        >>> Trainer(model=model, args=args, train_dataset=data, callbacks=[BDHActivityWarmup()])
+    """
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
+        """Report ``state.global_step / state.max_steps`` to the BDHs in ``model``."""
+        if model is None or not state.max_steps:
+            return
+        for module in model.modules():
+            if isinstance(module, RecruitBDHForCausalLM):
+                module.set_activity_progress(min(1.0, state.global_step / state.max_steps))
 
 
 class RecruitByteTokenizer(PreTrainedTokenizer):
