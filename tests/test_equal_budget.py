@@ -30,6 +30,27 @@ def test_bdh_compare_ratios_and_equal_flops(opts, tmp_path):
     assert bdh_flops > gpt_flops  # BDH does more work per token at equal parameters
 
 
+def test_bdh_compare_hands_on_each_run_as_it_is_scored(opts, tmp_path, monkeypatch):
+    """A run stopped in its equal-FLOPs training keeps both equal-token runs' records and their ratios."""
+    cfg = dataclasses.replace(bdh_compare.QUICK, out_dir=str(tmp_path / "runs"), eval_bytes=512)
+    train = bdh_compare.train_arm
+
+    def stop_at_equal_flops(corpus, arm, *args, **kw):
+        if arm.name.endswith("-eqflops"):
+            raise KeyboardInterrupt
+        return train(corpus, arm, *args, **kw)
+
+    monkeypatch.setattr(bdh_compare, "train_arm", stop_at_equal_flops)
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        bdh_compare.run(dataclasses.replace(opts, sink=seen.append), cfg)
+    assert {(r.params["model"], r.params["budget"]) for r in seen if r.metric == "bpb"} == {
+        ("bdh-nano", "equal-tokens"),
+        ("gpt-nano", "equal-tokens"),
+    }
+    assert metric(seen, "bpb_ratio", budget="equal-tokens", lang="de") > 0
+
+
 def test_bdh_compare_without_equal_flops_and_with_bdh_fields(opts, tmp_path):
     """The GPU configuration's switches: no equal-FLOPs run, BDH config fields in its run and record cases."""
     cfg = dataclasses.replace(bdh_compare.QUICK, out_dir=str(tmp_path / "runs"), eval_bytes=512, equal_flops=False,

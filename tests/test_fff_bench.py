@@ -147,5 +147,18 @@ def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir, tmp_pat
         assert set(errors) == {("0", "before"), ("0", "after")} and errors[("0", "after")] < errors[("0", "before")]
     assert [r.params.get("trees") for r in recs if r.metric == "density"] == [None, "4"]
     assert "fff-distil" in fff_distil.section(recs)
+    seen = []  # a run stopped in its fine-tuning has already handed on everything measured before it
+    train = fff_distil.train_steps
+
+    def stop_at_finetuning(*args, **kw):
+        if args[-1].endswith("+ft"):
+            raise KeyboardInterrupt
+        return train(*args, **kw)
+
+    monkeypatch.setattr(fff_distil, "train_steps", stop_at_finetuning)
+    with pytest.raises(KeyboardInterrupt):
+        fff_distil.run(dataclasses.replace(opts, sink=seen.append), cfg)
+    before = [(r.case, r.value) for r in recs if "+ft" not in r.case]
+    assert [(r.case, r.value) for r in seen] == before and len(before) == 13  # 3 + 5 per distilled shape
     with pytest.raises(ValueError, match="forests"):
         fff_distil.DistilConfig(forests=((2, 0),))

@@ -29,7 +29,7 @@ from recruit.benchmarks.equal_budget import (
     train_arm,
     train_flops_per_token,
 )
-from recruit.records import Record
+from recruit.records import Record, Recorder
 from recruit.train import resolve_device
 
 BENCH = "bdh-compare"
@@ -88,40 +88,42 @@ def run(opts: BenchOptions, cfg: CompareConfig | None = None) -> list[Record]:
     corpus, device, env, steps = prepare(opts, cfg)
     recs = opts.recorder()
     for bdh, gpt in cfg.sizes:
-        recs.extend(_compare(bdh, gpt, cfg, corpus, device, env, steps, opts))
+        _compare(bdh, gpt, cfg, corpus, device, env, steps, opts, recs)
     return recs.records
 
 
 def _compare(
-    bdh: str, gpt: str, cfg: CompareConfig, corpus, device, env: dict, steps: int, opts: BenchOptions
-) -> list[Record]:
-    """BDH ``bdh`` vs GPT ``gpt`` at equal tokens (``steps`` each), plus the GPT at BDH's training FLOPs."""
+    bdh: str, gpt: str, cfg: CompareConfig, corpus, device, env: dict, steps: int, opts: BenchOptions, recs: Recorder
+) -> None:
+    """BDH ``bdh`` vs GPT ``gpt`` at equal tokens (``steps`` each), plus the GPT at BDH's training FLOPs.
+
+    Each run is scored as soon as it is trained, and each ratio recorded as soon as both its runs are, into ``recs``.
+    """
     out_dir = f"{run_root(cfg.out_dir)}/tokens-{cfg.tokens}"
     args = dict(cfg.bdh_args)
     tag, extra = field_suffixes(args)
+    bpb: dict[str, dict[str, float]] = {}
+    fpt: dict[str, float] = {}
+
+    def measure(key: str, arm: Arm, arm_steps: int, case: str) -> None:
+        t = train_arm(corpus, arm, arm_steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
+        fpt[key] = train_flops_per_token(t.model, cfg.seq_len, device)
+        r, bpb[key] = score_arm(BENCH, case, t, corpus, cfg.eval_bytes, device, env, fpt[key])
+        recs.extend(r)
+
+    def ratio(ref: str, budget: str) -> None:
+        case = f"{bdh}_vs_{gpt},budget={budget},bdh_train_tokens={cfg.tokens},bdh_lr={cfg.bdh_lr:g}"
+        recs.extend(ratio_records(BENCH, case, bpb["bdh"], bpb[ref], env))
+
     bdh_arm = Arm(f"{bdh}-lr{cfg.bdh_lr:g}{tag}", bdh, cfg.bdh_lr, model_args=args)
-    runs = {k: train_arm(corpus, a, steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
-            for k, a in (("bdh", bdh_arm), ("gpt", Arm(gpt, gpt, cfg.gpt_lr)))}  # fmt: skip
-    fpt = {k: train_flops_per_token(t.model, cfg.seq_len, device) for k, t in runs.items()}
+    measure("bdh", bdh_arm, steps, f"model={bdh},budget=equal-tokens,lr={cfg.bdh_lr:g}{extra}")
+    measure("gpt", Arm(gpt, gpt, cfg.gpt_lr), steps, f"model={gpt},budget=equal-tokens,lr={cfg.gpt_lr:g}")
+    ratio("gpt", "equal-tokens")
     if cfg.equal_flops:
         eq_steps = max(1, round(steps * fpt["bdh"] / fpt["gpt"]))
         eq_arm = Arm(f"{gpt}-eqflops", gpt, cfg.gpt_lr)
-        runs["gpt_eqflops"] = train_arm(corpus, eq_arm, eq_steps, cfg.seq_len, cfg.batch_size, out_dir, opts)
-        fpt["gpt_eqflops"] = fpt["gpt"]
-    recs: list[Record] = []
-    bpb: dict[str, dict[str, float]] = {}
-    for key, t in runs.items():
-        preset, lr = (bdh, cfg.bdh_lr) if key == "bdh" else (gpt, cfg.gpt_lr)
-        budget = "equal-flops" if key == "gpt_eqflops" else "equal-tokens"
-        case = f"model={preset},budget={budget},lr={lr:g}{extra if key == 'bdh' else ''}"
-        r, bpb[key] = score_arm(BENCH, case, t, corpus, cfg.eval_bytes, device, env, fpt[key])
-        recs += r
-    for ref, budget in (("gpt", "equal-tokens"), ("gpt_eqflops", "equal-flops")):
-        if ref not in bpb:  # no equal-FLOPs run
-            continue
-        case = f"{bdh}_vs_{gpt},budget={budget},bdh_train_tokens={cfg.tokens},bdh_lr={cfg.bdh_lr:g}"
-        recs += ratio_records(BENCH, case, bpb["bdh"], bpb[ref], env)
-    return recs
+        measure("gpt_eqflops", eq_arm, eq_steps, f"model={gpt},budget=equal-flops,lr={cfg.gpt_lr:g}")
+        ratio("gpt_eqflops", "equal-flops")
 
 
 def section(records: list[Record]) -> str:

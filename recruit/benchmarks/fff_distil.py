@@ -122,41 +122,45 @@ def run(opts: BenchOptions, cfg: DistilConfig | None = None) -> list[Record]:
                 "fff-distil dense",
                 **keyed_checkpoint(cfg.out_dir, "dense", {**dense_settings, "run": "dense"}))  # fmt: skip
     model.eval()
-    loss = {"dense": held_out_loss(model, windows, cfg.batch_size)}
-    loss["none"] = held_out_loss(drop_decoder_mlps(copy.deepcopy(model)), windows, cfg.batch_size)
+    recs, loss = opts.recorder(), {}
+
+    def score(arm: str, m) -> None:  # an arm's held-out loss, recorded as soon as it is measured
+        loss[arm] = held_out_loss(m, windows, cfg.batch_size)
+        recs.add(Record(BENCH, f"{base},ff={arm},split=test", "loss", loss[arm], "nats/byte", env))
+
+    def ratio(arm: str, ref: str, extra: str = "") -> None:
+        recs.add(Record(BENCH, f"{base},ff={arm}_vs_{ref}{extra},split=test", "loss_ratio", loss[arm] / loss[ref],
+                        "x", env))  # fmt: skip
+
+    score("dense", model)
+    score("none", drop_decoder_mlps(copy.deepcopy(model)))
+    ratio("none", "dense")
     dense = copy.deepcopy(model)
     record = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.record_windows, cfg.seed + 2).batch(0)[0]  # (W, T)
     shapes = {"fff": (cfg.fff_depth, 1), **{f"fff-d{d}k{k}": (d, k) for d, k in cfg.forests}}  # name -> (D, K)
-    converted, reports = {}, {}
+    converted = {}
     for name, (depth, trees) in shapes.items():  # each from the same trained model, on the same recorded inputs
         m = model if name == "fff" else copy.deepcopy(dense)
-        reports[name] = distil_decoder(m, record.to(device), depth, trees, steps=cfg.distil_steps,
-                                       progress=opts.progress)  # fmt: skip
-        loss[name] = held_out_loss(m, windows, cfg.batch_size)
+        report = distil_decoder(m, record.to(device), depth, trees, steps=cfg.distil_steps, progress=opts.progress)
+        score(name, m)
+        ratio(name, "dense")
+        forest = f",trees={trees}" if trees > 1 else ""
+        case = f"{base},ff={name},depth={depth}{forest},distil_steps={cfg.distil_steps}"
+        for i, r in enumerate(report):
+            recs.add(Record(BENCH, f"{case},layer={i},stage=before", "rel_error", r.initial_rel_error, "", env))
+            recs.add(Record(BENCH, f"{case},layer={i},stage=after", "rel_error", r.final_rel_error, "", env))
+        recs.add(Record(BENCH, case, "density", (depth + 1) / (2 ** (depth + 1) - 1), "fraction", env))
         converted[name] = m
     ft_steps = max(1, cfg.finetune_tokens // (cfg.seq_len * cfg.batch_size))
+    ft_tokens = f",finetune_tokens={ft_steps * cfg.seq_len * cfg.batch_size}"
     for arm, m in (("dense+ft", dense), *((f"{name}+ft", m) for name, m in converted.items())):  # the same batches
         ft = TokenStream(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed + 3)
         train_steps(m, lambda step, ft=ft: ft.batch(step)[0], ft_steps, cfg.lr / 4, _next_byte_loss, device,
                     opts.progress, f"fff-distil {arm}",
                     **keyed_checkpoint(cfg.out_dir, arm, {**settings, "run": arm}))  # fmt: skip
-        loss[arm] = held_out_loss(m, windows, cfg.batch_size)
-    recs = opts.recorder()
-    recs.extend(Record(BENCH, f"{base},ff={arm},split=test", "loss", value, "nats/byte", env)
-                for arm, value in loss.items())  # fmt: skip
-    ft_tokens = f"finetune_tokens={ft_steps * cfg.seq_len * cfg.batch_size}"
-    pairs = [("none", "dense", "")] + [(name, "dense", "") for name in shapes]
-    pairs += [(f"{name}+ft", "dense+ft", f",{ft_tokens}") for name in shapes]
-    for arm, ref, extra in pairs:
-        recs.add(Record(BENCH, f"{base},ff={arm}_vs_{ref}{extra},split=test", "loss_ratio", loss[arm] / loss[ref],
-                        "x", env))  # fmt: skip
-    for name, (depth, trees) in shapes.items():
-        forest = f",trees={trees}" if trees > 1 else ""
-        case = f"{base},ff={name},depth={depth}{forest},distil_steps={cfg.distil_steps}"
-        for i, r in enumerate(reports[name]):
-            recs.add(Record(BENCH, f"{case},layer={i},stage=before", "rel_error", r.initial_rel_error, "", env))
-            recs.add(Record(BENCH, f"{case},layer={i},stage=after", "rel_error", r.final_rel_error, "", env))
-        recs.add(Record(BENCH, case, "density", (depth + 1) / (2 ** (depth + 1) - 1), "fraction", env))
+        score(arm, m)
+        if arm != "dense+ft":
+            ratio(arm, "dense+ft", ft_tokens)
     return recs.records
 
 
