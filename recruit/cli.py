@@ -20,7 +20,7 @@ log = logging.getLogger("recruit")
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     """Build the text corpus from Debian packages (Python docs; man pages in en, de, fr, pl, ru, es) or your text.
 
-    The corpus goes to the cache directory ($RECRUIT_CACHE, default ~/.cache/recruit) under corpus/NAME.
+    The corpus goes to the cache directory (see --cache-dir) under corpus/NAME.
     """
     from recruit.data.corpus import Corpus, prepare_corpus
 
@@ -45,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     Pick a preset (--preset) and/or a JSON/TOML file (--config), then override any field with --FIELD VALUE;
     model config fields are --model.FIELD VALUE. Fields: model, model_args, corpus, out_dir, seq_len,
     batch_size, max_steps, lr, min_lr_ratio, warmup_steps, weight_decay, beta1, beta2, grad_clip, eval_every,
-    eval_windows, ckpt_every, log_every, seed, device, precision, threads.
+    eval_windows, ckpt_every, log_every, seed, device, precision, threads, probe_mix.
     """
     from recruit.config import load_config_file, parse_overrides
     from recruit.train import make_config
@@ -183,7 +183,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    p.add_argument("--cache-dir", help="cache directory (default $RECRUIT_CACHE or ~/.cache/recruit)")
+    where = "$RECRUIT_CACHE, else $XDG_CACHE_HOME/recruit, else ~/.cache/recruit"
+    p.add_argument("--cache-dir", help=f"cache directory (default {where})")
 
 
 def _sub(subs, name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:

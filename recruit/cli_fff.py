@@ -24,7 +24,8 @@ def cmd_fff_train(args: argparse.Namespace) -> int:
     """Train the baseline GPT with FFF trees instead of MLPs (resumes from OUT_DIR/ckpt.pt when present).
 
     --preset is a training preset (default gpt-tiny; out_dir runs/PRESET-fff); FFF fields are model fields:
-    --model.fff_depth D (default 8), --model.fff_trees K, --model.fff_mode hard|soft, --model.fff_hardening W
+    --model.fff_depth D (default: the deepest tree with no more nodes than the preset's d_ff, 8 for gpt-tiny),
+    --model.fff_trees K, --model.fff_mode hard|soft, --model.fff_hardening W
     (soft mode: weight of the entropy hardening loss, added to the training loss). Any other field as in
     'recruit train' (--FIELD VALUE, --model.FIELD VALUE).
     """

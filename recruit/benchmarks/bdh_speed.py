@@ -60,7 +60,7 @@ class SpeedConfig:
     warmup: int = 3  # untimed training steps (compilation happens here)
     steps: int = 10  # timed training steps
     compile: bool = True  # also time both forms under torch.compile
-    extra_modes: tuple[str, ...] = ()  # further torch.compile modes to time the fast form in (e.g. max-autotune)
+    extra_modes: tuple[str, ...] = ()  # further torch.compile modes to time the fast and fused forms in
     impls: tuple[str, ...] = ()  # parallel forms to time (empty: every one the device runs); "reference" among them
     generation: bool = True  # also time generation (part 2)
     contexts: tuple[int, ...] = (1024, 8192)  # generation contexts

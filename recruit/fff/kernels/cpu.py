@@ -181,8 +181,9 @@ class CpuKernel:
     What a layer calls at every step. :func:`fff_cpu` checks and converts all five tensors and builds the C
     call's plan every time, several µs a call, which is most of a one-token call's time. Here the weights are
     checked (and, where their layout needs it, copied) and the plan built at construction, and a call checks
-    ``x``, allocates the output and passes four arguments through :mod:`ctypes`. An ``x`` outside the fast path (another
-    dtype, not contiguous, not 2-D with ``D_in`` columns) goes to :func:`fff_cpu`, which converts or raises.
+    ``x``, allocates the output and passes four arguments through :mod:`ctypes` (a non-contiguous ``x`` is copied
+    first). An ``x`` outside the fast path (another dtype or device, not 2-D with ``D_in`` columns) goes to
+    :func:`fff_cpu`, which converts or raises.
 
     Args:
         w_in: Node input weights, (K·M, D_in), on the CPU.
