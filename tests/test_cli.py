@@ -45,6 +45,17 @@ def test_parser_lists_all_commands():
         assert name in text
 
 
+def test_train_help_lists_every_training_field(capsys):
+    import dataclasses
+
+    from recruit.train import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    listed = capsys.readouterr().out.split("Fields:")[1].split(".")[0].replace("\n", " ")
+    assert sorted(f.strip() for f in listed.split(",")) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+
+
 @pytest.fixture
 def text_corpus(tmp_path):
     d = tmp_path / "text"
