@@ -289,3 +289,15 @@ def test_gpt_with_fff_trains_with_the_trainer(tmp_path, tokens, mode):
     assert len(losses) == 30 and math.isfinite(losses[-1]["val_loss"])
     assert sum(m["loss"] for m in losses[-5:]) / 5 < losses[0]["loss"] - 0.5
     assert (losses[0]["fff_hardening"] > 0) == (mode == "soft")
+
+
+@pytest.mark.parametrize("depth", [None, 0, 2])
+def test_gpt_fff_depth_is_kept_as_given_and_saved(tmp_path, depth):
+    """fff_depth None picks the deepest tree that fits d_ff; any given depth, 0 included, is the one built and saved."""
+    from recruit.models import load_model
+
+    model = GPT(gpt_config("gpt-nano", mlp="fff", fff_depth=depth))  # d_ff 128: 127 nodes, depth 6
+    want = 6 if depth is None else depth
+    assert model.config.fff_depth == want and model.blocks[0].mlp.config.depth == want
+    model.save_pretrained(tmp_path / "m")
+    assert load_model(tmp_path / "m").config.fff_depth == want

@@ -32,7 +32,7 @@ class GPTConfig:
     d_model: int = 256  # residual width
     d_ff: int = 0  # MLP hidden width; 0 means 8/3*d_model rounded up to 64 (swiglu), else 4*d_model
     mlp: Literal["gelu", "swiglu", "fff", "none"] = "gelu"  # fff: a Fast Feedforward tree; none: no MLP at all
-    fff_depth: int = 0  # FFF tree depth; 0 means the depth whose 2^(D+1)-1 nodes come closest below d_ff
+    fff_depth: int | None = None  # FFF tree depth (0 to 30); None: the deepest whose 2^(D+1)-1 nodes fit in d_ff
     fff_trees: int = 1  # FFF parallel trees K
     fff_mode: Literal["hard", "soft"] = "hard"  # FFF training: masked hard routing or soft mixture
     fff_hardening: float = 0.0  # soft mode: weight of each FFF's entropy hardening loss (added by the Trainer)
@@ -59,10 +59,13 @@ class GPTConfig:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.mlp not in ("gelu", "swiglu", "fff", "none"):
             raise ValueError(f"mlp must be 'gelu', 'swiglu', 'fff' or 'none', got {self.mlp!r}")
-        if self.fff_depth == 0 and self.mlp == "fff":
+        if self.fff_depth is None and self.mlp == "fff":
             self.fff_depth = max(0, (self.d_ff + 1).bit_length() - 2)  # 512 -> 8 (511 nodes)
-        if self.fff_depth < 0 or self.fff_trees < 1 or self.fff_mode not in ("hard", "soft"):
-            raise ValueError("need fff_depth >= 0, fff_trees >= 1 and fff_mode 'hard' or 'soft'")
+        if self.fff_depth is not None and not 0 <= self.fff_depth <= 30:  # FFFConfig's range
+            raise ValueError(f"fff_depth must be in 0..30, got {self.fff_depth}")
+        if self.fff_trees < 1 or self.fff_mode not in ("hard", "soft"):
+            raise ValueError(f"need fff_trees >= 1 and fff_mode 'hard' or 'soft', got {self.fff_trees}, "
+                             f"{self.fff_mode!r}")  # fmt: skip
         if self.fff_hardening < 0 or (self.fff_hardening > 0 and self.fff_mode != "soft"):
             raise ValueError(f"fff_hardening must be >= 0 and needs fff_mode 'soft', got {self.fff_hardening}")
         if self.norm not in ("layernorm", "rmsnorm"):
