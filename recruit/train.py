@@ -278,6 +278,11 @@ class Trainer:
                 f"{self.out} holds a run trained on other data (another corpus, or this one rebuilt since); "
                 "use another --out_dir or delete it"
             )
+        if int(state["step"]) > self.cfg.max_steps:
+            raise RecruitError(
+                f"{self.out} holds a run already at step {int(state['step'])}, past max_steps={self.cfg.max_steps}; "
+                "give max_steps at least that to continue it, or use another --out_dir"
+            )
         _restore_state(state, self.model, self.opt)
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
@@ -358,8 +363,8 @@ class Trainer:
             The trained model.
         """
         self.out.mkdir(parents=True, exist_ok=True)
+        self.try_resume()  # before config.json: a refused resume leaves the run's files as they were
         atomic_write_json(self.out / "config.json", dataclasses.asdict(self.cfg))
-        self.try_resume()
         tb = _tensorboard(self.out)
         self.model.train()
         entered = [t for t in self.extra_losses if hasattr(t, "__enter__")]

@@ -55,8 +55,13 @@ def test_resume_is_exact(tmp_path, tokens):
 
 def test_resume_refuses_a_different_config(tmp_path, tokens):
     Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
+    written = (tmp_path / "run/config.json").read_text()
     with pytest.raises(RecruitError, match="different config"):
         Trainer(nano(tmp_path, lr=0.5), tokens, tokens[:2000], progress=False).fit()
+    assert (tmp_path / "run/config.json").read_text() == written  # the refused run's config not written over it
+    with pytest.raises(RecruitError, match="already at step 4, past max_steps=3"):
+        Trainer(nano(tmp_path, max_steps=3), tokens, tokens[:2000], progress=False).fit()
+    assert (tmp_path / "run/config.json").read_text() == written
     # a run saved before a config field existed (here beta2) had its default: it resumes with it, not another
     state = torch.load(tmp_path / "run/ckpt.pt", weights_only=False)
     del state["config"]["beta2"]
