@@ -209,8 +209,14 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     path = Path(path)
     if not path.is_file():
         raise RecruitError(f"no result file at {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecruitError(f"{path} is not a result file: not UTF-8 text (byte offset {e.start})") from None
+    except OSError as e:
+        raise RecruitError(f"cannot read {path}: {e.strerror or e}") from None
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -32,7 +32,7 @@ from recruit.config import from_dict
 from recruit.data.probes import ProbeMixStream
 from recruit.data.stream import TokenStream, eval_windows
 from recruit.errors import RecruitError
-from recruit.io import atomic_save_with, atomic_write_json, atomic_write_text
+from recruit.io import atomic_save_with, atomic_write_json, atomic_write_text, output_dir
 from recruit.models import PRESETS, RecruitModel, build_model
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,17 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "max_steps", "eval_every", "eval_windows", "ckpt_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+        if not (math.isfinite(self.lr) and self.lr > 0) or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.threads < 0:
-            raise ValueError("warmup_steps, weight_decay, grad_clip and threads must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not math.isfinite(self.weight_decay) or not math.isfinite(self.grad_clip):
+            raise ValueError(f"weight_decay and grad_clip must be finite, got {self.weight_decay}, {self.grad_clip}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.out_dir:
+            raise ValueError("out_dir must not be empty (the run's checkpoints and model go there)")
         if not 0 <= self.probe_mix <= 1:
             raise ValueError(f"probe_mix must be in [0, 1], got {self.probe_mix}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -163,7 +170,12 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else is checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise RecruitError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise RecruitError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RecruitError(f"device {name!r} asked for, but CUDA is not available here")
     return dev
@@ -222,6 +234,10 @@ class Trainer:
         max_len = getattr(self.model.config, "max_seq_len", None)
         if max_len is not None and cfg.seq_len > max_len:
             raise RecruitError(f"seq_len {cfg.seq_len} is longer than the model's context of {max_len}")
+        vocab = getattr(self.model.config, "vocab_size", None)
+        top = max((int(t.max()) for t in (train_tokens, val_tokens) if len(t)), default=-1)
+        if vocab is not None and top >= vocab:
+            raise RecruitError(f"the data holds token id {top}, beyond the model's vocab_size of {vocab}")
         if cfg.probe_mix > 0:
             self.stream = ProbeMixStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.probe_mix)
         else:
@@ -362,7 +378,7 @@ class Trainer:
         Returns:
             The trained model.
         """
-        self.out.mkdir(parents=True, exist_ok=True)
+        output_dir(self.out, "out_dir")
         self.try_resume()  # before config.json: a refused resume leaves the run's files as they were
         atomic_write_json(self.out / "config.json", dataclasses.asdict(self.cfg))
         tb = _tensorboard(self.out)

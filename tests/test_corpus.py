@@ -393,6 +393,13 @@ def test_missing_and_corrupt_corpora(text_dir: Path, tmp_path: Path) -> None:
         Corpus.load(path)
     with pytest.raises(RecruitError, match="unknown split"):
         Corpus.load(prepare_corpus("mine", cache_dir=tmp_path, text=text_dir, progress=False)).tokens("dev")
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["splits"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecruitError, match="corrupt corpus .*lacks its split sizes"):
+        Corpus.load(path)
+    prepare_corpus("mine", cache_dir=tmp_path, text=text_dir, progress=False)  # rebuilt, like any corrupt corpus
+    assert "train" in Corpus.load(path).summary()
 
 
 def test_default_cache_dir(monkeypatch, tmp_path: Path) -> None:

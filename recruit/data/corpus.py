@@ -288,6 +288,10 @@ class Corpus:
             raise RecruitError(f"{bad} ({type(e).__name__}: {e})") from None
         if not isinstance(manifest, dict) or manifest.get("tokenizer") != TOKENIZER:
             raise RecruitError(f"{bad} (manifest.json is not a {TOKENIZER} corpus manifest)")
+        try:  # the per-split sizes that summaries read
+            format_sizes(manifest)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise RecruitError(f"{bad} (manifest.json lacks its split sizes: {type(e).__name__}: {e})") from None
         for split, infos in docs.items():
             offsets = [0, *np.cumsum([i.length for i in infos]).tolist()]
             if any(i.offset != o for i, o in zip(infos, offsets, strict=False)) or sizes[split] != 2 * offsets[-1]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -9,10 +10,12 @@ import torch
 from recruit.errors import RecruitError
 
 
-def check_sampling(temperature: float, greedy: bool) -> None:
-    """Reject a temperature that cannot be used for sampling."""
-    if temperature <= 0 and not greedy:
-        raise RecruitError(f"temperature must be > 0 (or use greedy), got {temperature}")
+def check_sampling(temperature: float, greedy: bool, top_k: int | None = None) -> None:
+    """Reject a temperature or top-k that cannot be used for sampling."""
+    if not greedy and not (math.isfinite(temperature) and temperature > 0):
+        raise RecruitError(f"temperature must be a finite number > 0 (or use greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise RecruitError(f"top_k must be at least 1, got {top_k}")
 
 
 def next_token(

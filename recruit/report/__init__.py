@@ -39,6 +39,7 @@ def run_report(
     """
     opts = opts or BenchOptions()
     out = Path(out)
+    included = [r for f in include or [] for r in read_records(f)]  # read first: a bad file fails before any work
     if prepare:
         _ensure_corpus(opts)
     records: list[Record] = []
@@ -50,8 +51,7 @@ def run_report(
         log.info("running %s", bench.name)
         records += bench.run(opts)
         timings[bench.name] = time.perf_counter() - t0
-    for f in include or []:
-        records += read_records(f)
+    records += included
     write_records(out / "results.jsonl", records)
     sections = [("Summary", _summary(records, timings))]
     for bench in all_benches().values():
