@@ -6,9 +6,13 @@ Errors caused by input (missing corpus, bad config, corrupt checkpoint) print on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,8 +28,11 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     """
     from recruit.data.corpus import Corpus, prepare_corpus
 
+    if args.lang and not args.text:
+        raise RecruitError("--lang tags your own text: it goes with --text (the Debian corpus tags its languages)")
     name = args.name or ("text" if args.text else "debian")
-    path = prepare_corpus(name=name, text=args.text, lang=args.lang, force=args.force, progress=not args.quiet)
+    lang = args.lang or "xx"
+    path = prepare_corpus(name=name, text=args.text, lang=lang, force=args.force, progress=not args.quiet)
     print(Corpus.load(path).summary())
     print(f"corpus written to {path}")
     return 0
@@ -80,6 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     corpus = Corpus.load(args.corpus)
     seq = min(256, getattr(model.config, "max_seq_len", 256))
     res = measure.corpus_bits_per_byte(model, corpus, args.split, seq_len=seq, max_bytes=args.max_bytes, group=args.by)
+    if not res:
+        raise RecruitError(f"the {args.split} split of corpus {args.corpus!r} has no text to score")
     print(f"{args.by:>6}  bits/byte  bytes")
     for k, (bpb, n) in res.items():
         print(f"{k:>6}  {bpb:9.4f}  {n}")
@@ -91,14 +100,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from recruit import checkpoints
+    from recruit.cli_bdh import read_prompt
     from recruit.data.tokenizer import ByteTokenizer
     from recruit.models import load_model
 
-    if not args.prompt:
-        raise RecruitError("the prompt is empty: pass --prompt TEXT")
+    prompt = read_prompt(args)
     model = load_model(args.model or checkpoints.path())
     tok = ByteTokenizer()
-    ids = [tok.lang_id(args.lang), tok.kind_id(args.kind), *tok.encode(args.prompt)]
+    ids = [tok.lang_id(args.lang), tok.kind_id(args.kind), *tok.encode(prompt)]
     g = torch.Generator().manual_seed(args.seed)
     out = model.generate(
         torch.tensor([ids]),
@@ -119,6 +128,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     file at the first record); that file is deleted once NAME.jsonl is written, and kept if the run stops early.
     """
     from recruit import benchmarks
+    from recruit.io import output_dir
     from recruit.records import PartialFile, write_records
     from recruit.report import format_records
 
@@ -127,6 +137,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{b.name:12} {b.summary}")
         return 0
     bench = benchmarks.get(args.name)
+    output_dir(args.out, "--out", create=False)
+    for path in (benchmarks.out_file(args.out, bench.name), benchmarks.partial_file(args.out, bench.name)):
+        if path.is_dir():
+            raise RecruitError(f"{path} is a directory; the benchmark writes a file there")
     overrides = {}
     for item in args.set:
         field, eq, value = item.partition("=")
@@ -164,11 +178,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """The main job: measure the shipped defaults; write OUT/results.jsonl and OUT/index.html; print a table."""
     from recruit.benchmarks import BenchOptions
+    from recruit.io import output_dir, output_file
     from recruit.report import format_records, run_report
 
     opts = BenchOptions(
         corpus=args.corpus, device=args.device, quick=args.quick, max_bytes=args.max_bytes, progress=not args.quiet
     )
+    output_dir(args.out, "--out", create=False)
+    if args.markdown:
+        output_file(args.markdown, "--markdown", create=False)
     records, html_path = run_report(args.out, opts, include=args.include)
     if args.markdown:
         from recruit.io import atomic_write_text
@@ -178,6 +196,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(format_records(records))
     print(f"{len(records)} records in {Path(args.out) / 'results.jsonl'}; page: {html_path}")
     return 0
+
+
+def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in [low, high] (a bad value is argparse's one-line error, exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type``: a finite number (not nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -199,13 +253,15 @@ def _sub(subs, name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.A
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     """The tagging and sampling options shared by every ``generate`` command."""
-    p.add_argument("--lang", default="en", help="language tag of the prompt")
-    p.add_argument("--kind", default="manual", choices=["prose", "code", "manual", "text"])
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
+    from recruit.data.tokenizer import KINDS, LANGUAGES
+
+    p.add_argument("--lang", default="en", choices=LANGUAGES, help="language tag of the prompt")
+    p.add_argument("--kind", default="manual", choices=KINDS)
+    p.add_argument("--max-new-tokens", type=bounded_int(1), default=200)
+    p.add_argument("--temperature", type=finite_float, default=0.8)
+    p.add_argument("--top-k", type=bounded_int(1), default=None)
     p.add_argument("--greedy", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded_int(0), default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recruit", description="recruit: make transformers do less work per input (corpus, train, bench, report)."
     )
+    from recruit.data.tokenizer import LANGUAGES
+
     parser.add_argument("--version", action="version", version=f"recruit {_version()}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -221,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(dsubs, "prepare", cmd_data_prepare)
     p.add_argument("--name", help="corpus name (default: debian, or text with --text)")
     p.add_argument("--text", help="a file or directory of your own UTF-8 text instead of the Debian packages")
-    p.add_argument("--lang", default="xx", help="language tag of --text (en, de, fr, pl, ru, es; default xx)")
+    p.add_argument("--lang", choices=LANGUAGES, help="language tag of --text (default xx: other or unknown)")
     p.add_argument("--force", action="store_true", help="rebuild even if the corpus exists")
     p = _sub(dsubs, "info", cmd_data_info)
     p.add_argument("--name", default="debian", help="corpus name or directory")
@@ -233,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="debian")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--by", default="lang", choices=["lang", "kind"])
-    p.add_argument("--max-bytes", type=int, default=65536, help="bytes scored per group")
+    p.add_argument("--max-bytes", type=bounded_int(1), default=65536, help="bytes scored per group")
 
     p = _sub(subs, "generate", cmd_generate)
     p.add_argument("model", nargs="?", help="checkpoint directory (default: the shipped gpt-tiny)")
@@ -285,13 +343,24 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default="debian")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
-    p.add_argument("--max-bytes", type=int, default=32768, help="held-out bytes scored per language")
+    p.add_argument("--max-bytes", type=bounded_int(1), default=32768, help="held-out bytes scored per language")
 
 
 def _version() -> str:
     from recruit import __version__
 
     return __version__
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread: a command unwinds as on Ctrl-C instead of dying mid-write.
+
+    Temporary files are removed and partial records kept, as for ``KeyboardInterrupt``.
+    """
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,14 +371,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     args.argv = list(argv if argv is not None else sys.argv[1:])[1:]
-    if not hasattr(args, "fn"):
-        parser.parse_args([args.command, "--help"]) if args.command else parser.print_help()
+    if not hasattr(args, "fn"):  # a command without its action (recruit data, bdh, fff), or none: usage, status 2
+        if args.command:
+            with contextlib.suppress(SystemExit):  # argparse's --help exits 0
+                parser.parse_args([args.command, "--help"])
+        else:
+            parser.print_help()
         return 2
     quiet = getattr(args, "quiet", False)
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.cache_dir:
         os.environ["RECRUIT_CACHE"] = str(Path(args.cache_dir).expanduser().resolve())
+    previous = (
+        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return args.fn(args)
     except RecruitError as e:
@@ -318,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def bdh_train_config(preset: str | None, file_data: dict | None, overrides: dict
 
 def read_prompt(args: argparse.Namespace) -> str:
     """The prompt of ``--prompt`` or ``--prompt-file``; empty, unreadable or non-UTF-8 input is an error."""
-    if args.prompt_file is not None:
+    if getattr(args, "prompt_file", None) is not None:
         try:
             data = Path(args.prompt_file).read_bytes()
         except OSError as e:
@@ -65,7 +65,8 @@ def read_prompt(args: argparse.Namespace) -> str:
         except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
             raise RecruitError(f"the prompt is not valid UTF-8 (at character {e.start})") from None
     if not text:
-        raise RecruitError("the prompt is empty: pass --prompt TEXT or --prompt-file PATH")
+        hint = "--prompt TEXT or --prompt-file PATH" if hasattr(args, "prompt_file") else "--prompt TEXT"
+        raise RecruitError(f"the prompt is empty: pass {hint}")
     return text
 
 
@@ -100,8 +101,6 @@ def cmd_bdh_generate(args: argparse.Namespace) -> int:
     from recruit.train import resolve_device
 
     prompt = read_prompt(args)
-    if args.max_new_tokens <= 0:
-        raise RecruitError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     device = resolve_device(args.device)
     model = load_bdh(args.checkpoint, device)
     tok = ByteTokenizer()
@@ -137,10 +136,13 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
     from recruit.data.corpus import Corpus
     from recruit.interp import activation_density, language_neurons, neuron_graph_degrees
     from recruit.interp.concepts import cross_language_concept
+    from recruit.io import output_dir
     from recruit.records import Record, environment, write_records
     from recruit.train import resolve_device
 
     device = resolve_device(args.device)
+    if args.out:
+        output_dir(args.out, "--out", create=False)
     model = load_bdh(args.checkpoint, device)
     corpus = Corpus.load(args.corpus)
     seq = min(args.seq_len, model.config.max_seq_len)
@@ -205,7 +207,7 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
 
 def add_bdh_parser(subs) -> argparse.ArgumentParser:
     """Add ``bdh`` with its actions ``train``, ``generate`` and ``inspect`` to the subparsers ``subs``."""
-    from recruit.cli import _sub, add_generation_args, add_train_args
+    from recruit.cli import _sub, add_generation_args, add_train_args, bounded_int, finite_float
 
     bdh = subs.add_parser(
         "bdh",
@@ -224,7 +226,7 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
     add_generation_args(p)
-    p.add_argument("--chunk", type=int, default=256, help="prompt tokens fed to the state at once")
+    p.add_argument("--chunk", type=bounded_int(1), default=256, help="prompt tokens fed to the state at once")
     p.add_argument("--device", default="cpu")
 
     p = _sub(bsubs, "inspect", cmd_bdh_inspect)
@@ -232,12 +234,13 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the figures as records to OUT/bdh_inspect.jsonl")
     p.add_argument("--corpus", default="debian")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--seq-len", type=int, default=256, help="window length for the density")
-    p.add_argument("--max-windows", type=int, default=16, help="density windows, spread over the split")
+    p.add_argument("--seq-len", type=bounded_int(2), default=256, help="window length for the density")
+    p.add_argument("--max-windows", type=bounded_int(1), default=16, help="density windows, spread over the split")
     p.add_argument("--which", default="x", choices=["x", "y", "xy"], help="activation tested for language neurons")
-    p.add_argument("--top", type=int, default=5, help="neurons listed per language")
-    p.add_argument("--chunks", type=int, default=16, help="text chunks per language")
-    p.add_argument("--graph-z", type=float, default=3.0, help="edge threshold: mean + Z·std of G")
-    p.add_argument("--graph-top-k", type=int, default=None, help="instead, edges to the K largest entries per row")
+    p.add_argument("--top", type=bounded_int(1), default=5, help="neurons listed per language")
+    p.add_argument("--chunks", type=bounded_int(1), default=16, help="text chunks per language")
+    p.add_argument("--graph-z", type=finite_float, default=3.0, help="edge threshold: mean + Z·std of G")
+    p.add_argument("--graph-top-k", type=bounded_int(1), default=None,
+                   help="instead, edges to the K largest entries per row")  # fmt: skip
     p.add_argument("--device", default="cpu")
     return bdh

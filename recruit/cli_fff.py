@@ -87,11 +87,11 @@ def cmd_fff_convert(args: argparse.Namespace) -> int:
     from recruit.data.corpus import Corpus
     from recruit.data.stream import TokenStream
     from recruit.fff.convert import distil_all, record_inputs
+    from recruit.io import output_dir
     from recruit.models import GPT, load_model
     from recruit.train import check_resumable, lm_loss, train_steps
 
-    if args.depth < 0 or args.steps <= 0 or args.windows <= 0 or args.finetune_tokens < 0 or args.finetune_lr <= 0:
-        raise RecruitError("need --depth >= 0, --steps > 0, --windows > 0, --finetune-tokens >= 0, --finetune-lr > 0")
+    output_dir(args.out, "--out", create=False)
     if _is_hf_checkpoint(args.model):
         return _convert_hf(args)
     model_dir = args.model or checkpoints.path()
@@ -250,7 +250,7 @@ def _convert_hf(args: argparse.Namespace) -> int:
 
 def add_fff_parser(subs) -> None:
     """Add ``fff`` with its actions ``train``, ``bench`` and ``convert`` to the subparsers ``subs``."""
-    from recruit.cli import _sub, add_measure_args, add_set_arg, add_train_args
+    from recruit.cli import _sub, add_measure_args, add_set_arg, add_train_args, bounded_int, positive_float
 
     fff = subs.add_parser("fff", help="Fast Feedforward: train, benchmark, convert a dense GPT's MLPs",
                           description=(__doc__ or "").strip())  # fmt: skip
@@ -273,18 +273,21 @@ def add_fff_parser(subs) -> None:
         "Hugging Face decoder directory with its tokenizer",
     )
     p.add_argument("--out", required=True, help="where to save the converted model")
-    p.add_argument("--depth", type=int, default=8, help="FFF tree depth (default 8: 511 nodes)")
+    p.add_argument("--depth", type=bounded_int(0, 30), default=8, help="FFF tree depth (default 8: 511 nodes)")
     p.add_argument(
-        "--trees", type=int, default=1, help="K trees of --depth (a forest distils better: see fff-distil; default 1)"
+        "--trees",
+        type=bounded_int(1),
+        default=1,
+        help="K trees of --depth (a forest distils better: see fff-distil; default 1)",
     )
-    p.add_argument("--steps", type=int, default=2000, help="distillation steps per layer")
-    p.add_argument("--windows", type=int, default=64, help="training windows whose activations are recorded")
+    p.add_argument("--steps", type=bounded_int(1), default=2000, help="distillation steps per layer")
+    p.add_argument("--windows", type=bounded_int(1), default=64, help="training windows whose activations are recorded")
     p.add_argument(
         "--finetune-tokens",
-        type=int,
+        type=bounded_int(0),
         default=0,
         help="then train the converted model end to end on this many corpus tokens (default 0: none)",
     )
-    p.add_argument("--finetune-lr", type=float, default=3e-4, help="peak learning rate of that fine-tuning")
+    p.add_argument("--finetune-lr", type=positive_float, default=3e-4, help="peak learning rate of that fine-tuning")
     p.add_argument("--corpus", default="debian")
-    p.add_argument("--max-bytes", type=int, default=32768, help="held-out bytes scored per language")
+    p.add_argument("--max-bytes", type=bounded_int(1), default=32768, help="held-out bytes scored per language")

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from recruit.errors import RecruitError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
@@ -43,6 +45,54 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def output_dir(path: str | os.PathLike, what: str = "output directory", create: bool = True) -> Path:
+    """Make sure ``path`` is, or can become, a directory this process writes to; return it.
+
+    Commands call it before any work, so that a bad ``--out`` is a one-line error at once rather than a
+    traceback after minutes of work. ``what`` names the option in the message. With ``create`` the directory
+    (and its parents) is made now; without, the nearest existing ancestor must be a writable directory.
+
+    Raises:
+        RecruitError: ``path`` is empty, is a file, cannot be created, or is not writable.
+    """
+    if not str(path):
+        raise RecruitError(f"{what} is empty: give a directory")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise RecruitError(f"{what} {p} exists and is not a directory")
+    missing = []  # the directories made here, deepest last
+    base = p.absolute()
+    while not base.exists():
+        missing.append(base)
+        base = base.parent
+    if not base.is_dir():
+        raise RecruitError(f"cannot create {what} {p}: {base} is not a directory")
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+    except OSError as e:
+        raise RecruitError(f"cannot create {what} {p}: {e.strerror or e}") from None
+    finally:
+        if not create:  # only tried: leave the tree as it was
+            for d in missing:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+    if not os.access(p, os.W_OK | os.X_OK) and not missing:
+        raise RecruitError(f"{what} {p} is not writable")
+    return p
+
+
+def output_file(path: str | os.PathLike, what: str = "output file", create: bool = True) -> Path:
+    """Make sure a file can be written at ``path``: not a directory, in a directory that is (or can be) writable."""
+    if not str(path):
+        raise RecruitError(f"{what} is empty: give a file name")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise RecruitError(f"{what} {p} is a directory")
+    output_dir(p.parent, f"the directory of {what}", create)
+    return p
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -218,8 +218,10 @@ def test_fff_convert_cli(text_corpus, tmp_path, capsys):
     recs = read_records(tmp_path / "tuned" / "fff-convert.jsonl")
     assert {r.params["ff"] for r in recs} == {"dense", "fff", "fff+ft"} and all(r.metric == "bpb" for r in recs)
     assert {r.params["lang"] for r in recs} == {"de"} and recs[0].params["finetune_tokens"] == "4096"
-    assert main([*args[:4], str(tmp_path / "y"), *args[5:], "--finetune-lr", "0"]) == 2  # refused before any work
-    assert "finetune-lr > 0" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    with pytest.raises(SystemExit) as refused:  # by argparse, before any work
+        main([*args[:4], str(tmp_path / "y"), *args[5:], "--finetune-lr", "0"])
+    assert refused.value.code == 2 and not (tmp_path / "y").exists()
+    assert "--finetune-lr: must be positive" in capsys.readouterr().err
     assert not (tmp_path / "tuned" / "finetune-ckpt.pt").exists()  # gone once the model is saved
 
 
@@ -374,3 +376,77 @@ main(["bench", "slow", "-q", "--out", {str(out)!r}])
     assert started.exists(), "the benchmark never started"
     assert [(r.case, r.value) for r in read_records(out / "slow.partial.jsonl")] == [("case=first", 3.0)]
     assert not (out / "slow.jsonl").exists()
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    """SIGTERM mid-write: status 143, no temporary file left behind, the records measured so far kept."""
+    from recruit.io import atomic_open
+    from recruit.records import Record
+
+    out = tmp_path / "res"
+
+    def run(opts):
+        opts.recorder().add(Record("fake", "case=a", "latency_ms", 1.5, "ms"))
+        with atomic_open(tmp_path / "half.txt") as f:
+            f.write("half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        return []
+
+    _register_bench(monkeypatch, run)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["bench", "fake", "-q", "--out", str(out)]) == 143
+    assert "terminated" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".half.txt.*")) and not (tmp_path / "half.txt").exists()
+    assert [r.case for r in read_records(out / "fake.partial.jsonl")] == ["case=a"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only
+
+
+BAD_INPUT = [  # (arguments, what the one-line error says): refused before any work
+    (["generate", "--prompt", "hi", "--temperature", "nan"], "--temperature: must be finite"),
+    (["generate", "--prompt", "hi", "--top-k", "0"], "--top-k: must be at least 1"),
+    (["generate", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens: must be at least 1"),
+    (["generate", "--prompt", "hi", "--lang", "klingon"], "invalid choice: 'klingon'"),
+    (["generate", "--prompt", "\udcff"], "the prompt is not valid UTF-8"),
+    (["eval", "--max-bytes", "0"], "--max-bytes: must be at least 1"),
+    (["data", "prepare", "--lang", "de"], "--lang tags your own text"),
+    (["bench", "fff", "--quick", "--device", "banana"], "unknown device 'banana'"),
+    (["bench", "fff", "--quick", "--out", ""], "--out is empty"),
+    (["bench", "fff", "--quick", "--out", "{file}"], "exists and is not a directory"),
+    (["report", "--quick", "--out", "{file}"], "exists and is not a directory"),
+    (["report", "--quick", "--out", "{tmp}/r", "--markdown", "{tmp}"], "is a directory"),
+    (["report", "--quick", "--out", "{tmp}/r", "--include", "{binary}"], "not UTF-8 text"),
+    (["train", "--preset", "gpt-nano", "--lr", "nan", "--out_dir", "{tmp}/r"], "need lr > 0"),
+    (["train", "--preset", "gpt-nano", "--beta1", "2", "--out_dir", "{tmp}/r"], "beta1 and beta2 must be in [0, 1)"),
+    (["train", "--preset", "gpt-nano", "--seed", "-1", "--out_dir", "{tmp}/r"], "seed must be >= 0"),
+    (["train", "--preset", "gpt-nano", "--out_dir", ""], "out_dir must not be empty"),
+    (["train", "--preset", "gpt-nano", "--out_dir", "{file}"], "out_dir {file} exists and is not a directory"),
+    (["train", "--preset", "gpt-nano", "--model.vocab_size", "10", "--out_dir", "{tmp}/r"], "beyond the model's vocab"),
+    (["fff", "train", "--preset", "gpt-nano", "--model.fff_depth", "40"], "fff_depth must be in 0..30"),
+    (["fff", "convert", "--out", "{tmp}/c", "--depth", "40"], "--depth: must be in 0..30"),
+    (["fff", "convert", "--out", "{tmp}/c", "--trees", "0"], "--trees: must be at least 1"),
+    (["fff", "convert", "--out", "{tmp}/c", "--finetune-lr", "nan"], "--finetune-lr: must be finite"),
+    (["fff", "convert", "--out", "{file}"], "exists and is not a directory"),
+    (["bdh", "inspect", "ck", "--seq-len", "1"], "--seq-len: must be at least 2"),
+    (["bdh", "inspect", "ck", "--top", "0"], "--top: must be at least 1"),
+    (["bdh", "inspect", "ck", "--out", "{file}"], "exists and is not a directory"),
+    (["data"], "usage: recruit data"),
+]
+
+
+@pytest.mark.parametrize("args,said", BAD_INPUT, ids=lambda a: " ".join(a) if isinstance(a, list) else None)
+def test_bad_input_is_refused_in_one_line_before_any_work(args, said, text_corpus, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\n")
+    paths = {"tmp": tmp_path, "file": tmp_path / "file", "binary": tmp_path / "binary.jsonl"}
+    args = [a.format(**paths) for a in args]
+    if args[0] in ("train", "fff", "eval"):
+        args += ["--corpus", text_corpus]
+    try:
+        rc = main([*args, "-q"] if args != ["data"] else args)
+    except SystemExit as e:  # argparse's own refusals
+        rc = e.code
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert said.format(**paths) in captured.err + captured.out
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()  # nothing made on the way
