@@ -132,11 +132,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from recruit.records import PartialFile, write_records
     from recruit.report import format_records
 
+    if args.list and args.name:
+        raise RecruitError(f"--list lists every benchmark; to run {args.name}, leave --list out")
     if args.list or not args.name:
         for b in benchmarks.all_benches().values():
             print(f"{b.name:12} {b.summary}")
         return 0
     bench = benchmarks.get(args.name)
+    if args.model is not None and not bench.takes_model:
+        takers = ", ".join(b.name for b in benchmarks.all_benches().values() if b.takes_model)
+        raise RecruitError(f"{bench.name} builds its own models and takes no --model (those that do: {takers})")
     output_dir(args.out, "--out", create=False)
     for path in (benchmarks.out_file(args.out, bench.name), benchmarks.partial_file(args.out, bench.name)):
         if path.is_dir():

@@ -105,7 +105,6 @@ def checkpoints(tmp_path_factory):
         (["bdh", "--prompt-file", "bad.txt"], r"not valid UTF-8 \(byte 0xe9 at offset 3\)"),
         (["bdh", "--prompt", "caf\udce9"], "not valid UTF-8"),
         (["bdh", "--prompt-file", "missing.txt"], "cannot read the prompt file"),
-        (["bdh", "--prompt", "hi", "--max-new-tokens", "0"], "must be positive"),
         (["nowhere", "--prompt", "hi"], "no checkpoint directory"),
     ],
 )
@@ -115,6 +114,29 @@ def test_generate_rejects_bad_input(checkpoints, argv, message):
     args = parse("generate", str(checkpoints / first), *rest)
     with pytest.raises(RecruitError, match=message):
         args.fn(args)
+
+
+def test_a_damaged_training_log_adds_no_density_records(tmp_path, caplog):
+    from recruit.benchmarks.bdh import density_over_training
+
+    (tmp_path / "final").mkdir()
+    log = tmp_path / "log.csv"
+    found = []
+    log.write_text("step,tokens,density_x,density_y,density_xy\n10,640,0.5,0.4,0.2\n20,1280,0.3,0.2,0.1\n")
+    density_over_training(tmp_path / "final", lambda *rec: found.append(rec))
+    assert [r[2] for r in found if r[1] == "train_density_x"] == [0.5, 0.3]
+    found.clear()
+    for damaged in (b"step,density_x\n10,0.5\n20,half\n", b"step,density_x\n10,\xff\n"):
+        log.write_bytes(damaged)
+        density_over_training(tmp_path / "final", lambda *rec: found.append(rec))
+        assert not found and "not a readable training log" in caplog.text
+
+
+def test_generate_options_are_checked_by_the_parser(checkpoints, capsys):
+    for option, value in (("--max-new-tokens", "0"), ("--chunk", "0"), ("--top-k", "0"), ("--temperature", "nan")):
+        with pytest.raises(SystemExit) as e:
+            parse("generate", str(checkpoints / "bdh"), "--prompt", "hi", option, value)
+        assert e.value.code == 2 and f"argument {option}: must be" in capsys.readouterr().err
 
 
 def test_generate_continues_the_prompt_greedily(checkpoints, capsys):

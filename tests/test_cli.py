@@ -431,6 +431,8 @@ BAD_INPUT = [  # (arguments, what the one-line error says): refused before any w
     (["bdh", "inspect", "ck", "--top", "0"], "--top: must be at least 1"),
     (["bdh", "inspect", "ck", "--out", "{file}"], "exists and is not a directory"),
     (["data"], "usage: recruit data"),
+    (["bench", "fff", "--quick", "--model", "{tmp}"], "fff builds its own models and takes no --model"),
+    (["bench", "--list", "fff"], "--list lists every benchmark"),
 ]
 
 

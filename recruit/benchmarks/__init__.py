@@ -66,6 +66,7 @@ class Bench:
     section: Callable[[list[Record]], str] | None = None  # records -> HTML for the report
     summary: str = ""
     in_report: bool = False  # run by ``recruit report`` on the shipped defaults
+    takes_model: bool = False  # measures ``BenchOptions.model`` (``--model``); the others build their own models
 
 
 def configure(opts: BenchOptions, cfg: T, bench: str) -> T:

@@ -171,4 +171,5 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
-register(Bench(BENCH, run, section, summary="dense baseline: bits/byte per language and cost", in_report=True))
+register(Bench(BENCH, run, section, summary="dense baseline: bits/byte per language and cost", in_report=True,
+               takes_model=True))  # fmt: skip

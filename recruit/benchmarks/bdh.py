@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.data.probes import probe_accuracy
 from recruit.errors import RecruitError
 from recruit.interp.bdh import activation_density
@@ -53,16 +53,19 @@ class BDHBenchConfig:
     density_windows: int = 32
     probe_distances: tuple[int, ...] = (256, 1024, 4096)  # filler bytes between key and question
     probes: int = 20  # probes per distance
-    bpb_max_bytes: int | None = None  # held-out bytes per language; None: BenchOptions.max_bytes
+    bpb_max_bytes: int | None = None  # held-out bytes per language (> 0); None: BenchOptions.max_bytes (--max-bytes)
 
     def __post_init__(self) -> None:
+        checks.preset("bdh_preset", self.bdh_preset, "bdh")
+        checks.preset("gpt_preset", self.gpt_preset, "gpt")
         if not self.contexts or any(c <= 0 for c in self.contexts) or list(self.contexts) != sorted(set(self.contexts)):
             raise ValueError(f"contexts must be positive, ascending and distinct, got {self.contexts}")
-        for name in ("repeats", "seq_len", "density_windows", "probes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.warmup < 0 or any(d < 0 for d in self.probe_distances):
-            raise ValueError("warmup and probe distances must be >= 0")
+        checks.positive(self, "repeats", "seq_len", "density_windows", "probes")
+        checks.non_negative(self, "warmup")
+        if not self.probe_distances or any(d < 0 for d in self.probe_distances):
+            raise ValueError(f"probe_distances must be one or more filler lengths >= 0, got {self.probe_distances}")
+        if self.bpb_max_bytes is not None and self.bpb_max_bytes <= 0:
+            raise ValueError(f"bpb_max_bytes must be positive, or none for --max-bytes, got {self.bpb_max_bytes}")
 
 
 QUICK = BDHBenchConfig(
@@ -163,12 +166,17 @@ def density_over_training(checkpoint: Path, add) -> None:
     log_file = (checkpoint.parent if checkpoint.name == "final" else checkpoint) / "log.csv"
     if not log_file.is_file():
         return
-    with open(log_file, newline="") as f:
-        for row in csv.DictReader(f):
-            for k in ("x", "y", "xy"):
-                if row.get(f"density_{k}"):
-                    add(f"split=val,step={row['step']},tokens={row.get('tokens', '')}", f"train_density_{k}",
-                        float(row[f"density_{k}"]), "fraction")  # fmt: skip
+    try:  # read whole before anything is added: a damaged log adds nothing
+        with open(log_file, newline="", encoding="utf-8") as f:
+            found = [(f"split=val,step={row['step']},tokens={row.get('tokens', '')}", f"train_density_{k}",
+                      float(row[f"density_{k}"])) for row in csv.DictReader(f) for k in ("x", "y", "xy")
+                     if row.get(f"density_{k}")]  # fmt: skip
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, csv.Error) as e:
+        log.warning("%s is not a readable training log (%s: %s); density over training left out",
+                    log_file, type(e).__name__, e)  # fmt: skip
+        return
+    for case, metric, value in found:
+        add(case, metric, value, "fraction")
 
 
 def _density(model: BDH, name: str, corpus, cfg: BDHBenchConfig, add) -> None:
@@ -200,7 +208,7 @@ def _equivalence(model: BDH, name: str, corpus, cfg: BDHBenchConfig, device, add
 
 def _quality(model: BDH, name: str, corpus, opts: BenchOptions, cfg: BDHBenchConfig, device, add) -> None:
     seq = min(256, model.config.max_seq_len)
-    max_bytes = cfg.bpb_max_bytes or opts.max_bytes
+    max_bytes = opts.max_bytes if cfg.bpb_max_bytes is None else cfg.bpb_max_bytes
     res = measure.corpus_bits_per_byte(model, corpus, "test", seq_len=seq, max_bytes=max_bytes, device=device)
     for lang, (bpb, n) in res.items():
         add(f"{name},split=test,lang={lang}", "bpb", bpb, "bits/byte")
@@ -313,4 +321,5 @@ def section(records: list[Record]) -> str:
     return "\n".join(parts)
 
 
-register(Bench(BENCH, run, section, summary="BDH: recurrent decode vs KV cache, sparsity, equivalence, recall"))
+register(Bench(BENCH, run, section, summary="BDH: recurrent decode vs KV cache, sparsity, equivalence, recall",
+               takes_model=True))  # fmt: skip

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.benchmarks.equal_budget import (
     Arm,
     field_suffixes,
@@ -51,10 +51,19 @@ class CompareConfig:
     eval_bytes: int = 32768  # held-out bytes scored per language
 
     def __post_init__(self) -> None:
-        if self.tokens < self.seq_len * self.batch_size:
-            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
+        checks.one_batch(self)
+        checks.positive(self, "gpt_lr", "bdh_lr", "eval_bytes")
         if not self.sizes:
             raise ValueError("sizes must name at least one (BDH, GPT) preset pair")
+        bdhs, gpts = checks.family_presets("bdh"), checks.family_presets("gpt")
+        for i, (bdh, gpt) in enumerate(self.sizes):
+            if bdh in gpts and gpt in bdhs:
+                raise ValueError(f"sizes[{i}] must be a (BDH, GPT) preset pair, got ({bdh!r}, {gpt!r}): swapped?")
+            checks.preset(f"sizes[{i}][0] (the pair's BDH)", bdh, "bdh")
+            checks.preset(f"sizes[{i}][1] (the pair's GPT)", gpt, "gpt")
+            checks.fits_context(f"sizes[{i}]", bdh, self.seq_len)
+            checks.fits_context(f"sizes[{i}]", gpt, self.seq_len)
+        checks.bdh_args(self.bdh_args, [bdh for bdh, _ in self.sizes])
 
 
 GPU = CompareConfig(

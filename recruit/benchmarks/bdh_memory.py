@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.benchmarks.equal_budget import Arm, field_suffixes, prepare, run_root, score_arm, train_arm
 from recruit.data.probes import probe_accuracy, prompt_tokens
 from recruit.models import BDH, PRESETS
@@ -54,12 +54,18 @@ class MemoryConfig:
     out_dir: str = "runs/bdh-memory"  # the runs, resumed by a rerun ("": a temporary directory)
 
     def __post_init__(self) -> None:
-        if self.tokens < self.seq_len * self.batch_size:
-            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
+        checks.one_batch(self)
+        checks.positive(self, "lr", "probes", "key_len", "eval_bytes")
         if not 0 < self.probe_mix <= 1:
             raise ValueError(f"probe_mix must be in (0, 1], got {self.probe_mix}")
-        if not self.presets or not self.distances or any(d < 0 for d in self.distances) or self.probes <= 0:
-            raise ValueError("need presets, distances >= 0 and probes > 0")
+        if not self.presets:
+            raise ValueError("presets must name at least one model preset")
+        for i, preset in enumerate(self.presets):
+            checks.preset(f"presets[{i}]", preset)
+            checks.fits_context(f"presets[{i}]", preset, self.seq_len)
+        if not self.distances or any(d < 0 for d in self.distances):
+            raise ValueError(f"distances must be one or more filler lengths >= 0, got {self.distances}")
+        checks.bdh_args(self.bdh_args, [p for p in self.presets if p in checks.family_presets("bdh")])
 
 
 QUICK = MemoryConfig(presets=("bdh-nano", "gpt-nano"), tokens=4 * 64 * 2, seq_len=64, batch_size=2,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.benchmarks.equal_budget import Arm, prepare, ratio_records, run_root, score_arm, train_arm
 from recruit.interp.bdh import activation_density
 from recruit.records import Record
@@ -46,11 +46,13 @@ class SparsityConfig:
     out_dir: str = "runs/bdh-compare"  # the runs, resumed by a rerun ("": a temporary directory)
 
     def __post_init__(self) -> None:
-        if self.tokens < self.seq_len * self.batch_size:
-            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
-        if not self.weights or any(w <= 0 for w in self.weights):
+        checks.one_batch(self)
+        checks.positive(self, "lr", "eval_bytes", "density_windows")
+        checks.preset("preset", self.preset, "bdh")
+        checks.fits_context("preset", self.preset, self.seq_len)
+        if not self.weights or any(not w > 0 for w in self.weights):
             raise ValueError(f"weights must be positive penalty weights, got {self.weights}")
-        if any(w <= 0 or not 0 < f <= 1 for w, f in self.ramps):
+        if any(not w > 0 or not 0 < f <= 1 for w, f in self.ramps):
             raise ValueError(f"ramps must be (weight > 0, warm-up fraction in (0, 1]) pairs, got {self.ramps}")
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.models import BDH, bdh_config
 from recruit.records import Record, environment
 from recruit.train import resolve_device
@@ -67,15 +67,22 @@ class SpeedConfig:
     gen_repeats: int = 10  # timed decode steps per context and method
 
     def __post_init__(self) -> None:
-        for name in ("batch", "seq_len", "steps", "gen_repeats"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        checks.preset("preset", self.preset, "bdh")
+        checks.positive(self, "batch", "seq_len", "steps", "gen_repeats")
         if self.warmup < 0 or not self.contexts or any(c <= 0 for c in self.contexts):
-            raise ValueError("warmup must be >= 0 and contexts positive")
+            raise ValueError(f"warmup must be >= 0 and contexts positive (one or more), got warmup={self.warmup}, "
+                             f"contexts={self.contexts}")  # fmt: skip
         if unknown := set(self.impls) - set(IMPLS):
             raise ValueError(f"impls must be among {', '.join(IMPLS)}, got {', '.join(sorted(unknown))}")
         if self.impls and "reference" not in self.impls:
             raise ValueError("impls must include 'reference': every form is timed against it in the same run")
+        if self.extra_modes:
+            modes = checks.compile_modes()
+            if unknown := [m for m in self.extra_modes if m not in modes]:
+                raise ValueError(f"extra_modes must be torch.compile modes ({', '.join(modes)}), got "
+                                 f"{', '.join(map(repr, unknown))}")  # fmt: skip
+            if set(self.impls) == {"reference"}:
+                raise ValueError("extra_modes time the fast and fused forms, but impls has only 'reference'")
 
 
 CPU = SpeedConfig(preset="bdh-tiny", batch=8, seq_len=256, warmup=1, steps=3, compile=False, gen_repeats=5)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.benchmarks.fff_mlm import hf_data, training_settings
 from recruit.data.stream import TokenStream
 from recruit.data.tokenizer import ByteTokenizer
@@ -60,12 +60,18 @@ class DistilConfig:
     out_dir: str = "runs/fff-distil"  # training checkpoints, dense-KEY.pt and one per fine-tuned arm ("": none)
 
     def __post_init__(self) -> None:
-        if self.tokens < self.seq_len * self.batch_size:
-            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
-        if min(self.record_windows, self.distil_steps, self.eval_windows, self.finetune_tokens) < 1:
-            raise ValueError("record_windows, distil_steps, eval_windows and finetune_tokens must be positive")
+        checks.one_batch(self)
+        checks.positive(self, "hidden", "layers", "heads", "intermediate", "lr", "record_windows", "distil_steps",
+                        "finetune_tokens", "eval_windows")  # fmt: skip
+        checks.non_negative(self, "seed")
+        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads}) with an even "
+                             "quotient (Llama's RoPE rotates pairs of a head's dimensions)")  # fmt: skip
         if any(d < 0 or k < 1 for d, k in self.forests):
             raise ValueError(f"forests must be (depth >= 0, trees >= 1) pairs, got {self.forests}")
+        for i, (depth, trees) in enumerate(self.forests):
+            checks.fff_shape(f"forests[{i}]", depth, trees)
+        checks.fff_shape(f"intermediate {self.intermediate}", self.fff_depth)
 
     @property
     def fff_depth(self) -> int:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.benchmarks.equal_budget import prepare
 from recruit.data.stream import TokenStream, spread_windows
 from recruit.data.tokenizer import ByteTokenizer
@@ -51,10 +51,14 @@ class MLMConfig:
     out_dir: str = "runs/fff-mlm"  # each arm's training checkpoint, ARM-KEY.pt ("": none)
 
     def __post_init__(self) -> None:
-        if self.tokens < self.seq_len * self.batch_size:
-            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
+        checks.one_batch(self)
+        checks.positive(self, "hidden", "layers", "heads", "intermediate", "lr", "eval_windows")
+        checks.non_negative(self, "seed")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        checks.fff_shape(f"intermediate {self.intermediate}", self.fff_depth)
 
     @property
     def fff_depth(self) -> int:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, fixed_cases, register
+from recruit.benchmarks import Bench, BenchOptions, checks, fixed_cases, register
 from recruit.fff.decoder import drop_decoder_mlps, replace_decoder_mlps
 from recruit.models import GPT
 from recruit.models.gpt import GPTConfig
@@ -64,6 +64,7 @@ class ModelShape:
             raise ValueError(f"every size of {self} must be positive (depth >= 0)")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_head {self.n_head}")
+        checks.fff_shape(f"shape {self.label}", self.depth)
 
     @property
     def label(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.benchmarks.equal_budget import (
     Arm,
     prepare,
@@ -45,10 +45,14 @@ class QualityConfig:
     eval_bytes: int = 32768
 
     def __post_init__(self) -> None:
-        if self.tokens < self.seq_len * self.batch_size:
-            raise ValueError(f"tokens ({self.tokens}) must cover at least one batch ({self.seq_len * self.batch_size})")
-        if any(d < 1 or k < 1 for d, k in self.forests):
+        checks.one_batch(self)
+        checks.positive(self, "lr", "fff_trees", "eval_bytes")
+        checks.preset("preset", self.preset, "gpt")
+        checks.fits_context("preset", self.preset, self.seq_len)
+        if any(d < 1 or k < 1 for d, k in self.forests):  # a forest of single-neuron trees is no comparison
             raise ValueError(f"forests must be (depth >= 1, trees >= 1) pairs, got {self.forests}")
+        for i, (depth, trees) in enumerate(self.forests):
+            checks.fff_shape(f"forests[{i}]", depth, trees)
 
 
 QUICK = QualityConfig(tokens=4 * 32 * 4, seq_len=32, batch_size=4, preset="gpt-nano", out_dir="",

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recruit import measure
-from recruit.benchmarks import Bench, BenchOptions, configure, register
+from recruit.benchmarks import Bench, BenchOptions, checks, configure, register
 from recruit.errors import RecruitError
 from recruit.fff.fff import pack_rows
 from recruit.fff.kernels import fff_gather, fff_prepare, fff_reference, fff_route
@@ -52,6 +52,10 @@ class SpeedCase:
     depth: int
     batch: int
     trees: int = 1
+
+    def __post_init__(self) -> None:
+        checks.positive(self, "hidden", "batch")
+        checks.fff_shape(f"case {self}", self.depth, self.trees)
 
     @property
     def nodes(self) -> int:
@@ -87,8 +91,9 @@ class Selection:
     tune: bool = True  # on CUDA (not --quick), also time the sweep of Triton launch configurations
 
     def __post_init__(self) -> None:
-        if any(v <= 0 for v in self.hidden + self.batches):
-            raise ValueError(f"hidden and batches must be positive, got {self.hidden}, {self.batches}")
+        for name in ("hidden", "batches"):
+            if any(v <= 0 for v in getattr(self, name)):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     def pick(self, cases: tuple[SpeedCase, ...]) -> tuple[SpeedCase, ...]:
         """The cases whose width and batch are selected; none is an error that lists what there is."""
