@@ -41,7 +41,7 @@ class QualityConfig:
     lr: float = 3e-3
     fff_trees: int = 1
     forests: tuple[tuple[int, int], ...] = ((6, 4), (5, 8))  # further FFF arms: (depth, trees) of about the width
-    out_dir: str = "runs/fff-quality"  # the runs, resumed by a rerun ("": a temporary directory)
+    out_dir: str = "runs/fff-quality"  # the runs (under tokens-N), resumed by a rerun ("": a temporary directory)
     eval_bytes: int = 32768
 
     def __post_init__(self) -> None:
@@ -67,7 +67,7 @@ def run(opts: BenchOptions, cfg: QualityConfig | None = None) -> list[Record]:
     """Train dense / FFF / no-FF arms (resuming any that exist) and score them on the test split."""
     cfg = configure(opts, cfg or (QUICK if opts.quick else QualityConfig()), BENCH)
     corpus, device, env, steps = prepare(opts, cfg)
-    root = run_root(cfg.out_dir)
+    root = f"{run_root(cfg.out_dir)}/tokens-{cfg.tokens}"  # another budget trains anew, as in the BDH comparisons
     arms = [
         Arm("dense", cfg.preset, cfg.lr),
         Arm("fff", cfg.preset, cfg.lr, {"mlp": "fff", "fff_trees": cfg.fff_trees}),
