@@ -357,6 +357,18 @@ def _version() -> str:
     return __version__
 
 
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``argv`` names, so that its errors show that command's usage."""
+    for word in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or word not in subs[0].choices:
+            if not word.startswith("-") and subs:
+                break
+            continue
+        parser = subs[0].choices[word]
+    return parser
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread: a command unwinds as on Ctrl-C instead of dying mid-write.
 
@@ -373,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _command_parser(parser, argv if argv is not None else sys.argv[1:]).error(
+            f"unrecognized arguments: {' '.join(extra)}"
+        )
     args.overrides = extra
     args.argv = list(argv if argv is not None else sys.argv[1:])[1:]
     if not hasattr(args, "fn"):  # a command without its action (recruit data, bdh, fff), or none: usage, status 2

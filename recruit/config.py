@@ -196,8 +196,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             key, value = key.split("=", 1)
             i += 1
         else:
-            if i + 1 >= len(args):
-                raise RecruitError(f"override --{key} needs a value")
+            if i + 1 >= len(args) or (args[i + 1].startswith("--") and len(args[i + 1]) > 2):
+                raise RecruitError(f"override --{key} needs a value" + (f" (got the option {args[i + 1]} instead)"
+                                                                         if i + 1 < len(args) else ""))  # fmt: skip
             value = args[i + 1]
             i += 2
         out[key.replace("-", "_")] = value

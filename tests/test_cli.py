@@ -433,6 +433,8 @@ BAD_INPUT = [  # (arguments, what the one-line error says): refused before any w
     (["data"], "usage: recruit data"),
     (["bench", "fff", "--quick", "--model", "{tmp}"], "fff builds its own models and takes no --model"),
     (["bench", "--list", "fff"], "--list lists every benchmark"),
+    (["eval", "--bogus"], "recruit eval: error: unrecognized arguments: --bogus"),
+    (["train", "--preset", "gpt-nano", "--max_steps", "--out_dir", "{tmp}/r"], "--max_steps needs a value (got the"),
 ]
 
 

@@ -40,3 +40,16 @@ def test_tuple_fields_take_comma_lists_and_check_items():
         with_overrides(bdh_compare.CompareConfig(), {"sizes": '[["bdh-mini"]]'})
     with pytest.raises(RecruitError, match="contexts positive"):  # the config's own check still runs
         with_overrides(cfg, {"contexts": "0"})
+
+
+def test_overrides_name_the_option_left_without_a_value():
+    from recruit.config import parse_overrides
+
+    assert parse_overrides(["--lr", "3e-4", "--model.n_layer=2", "--warmup-steps", "-1"]) == {
+        "lr": "3e-4", "model.n_layer": "2", "warmup_steps": "-1"}  # fmt: skip
+    with pytest.raises(RecruitError, match=r"override --max_steps needs a value \(got the option --out_dir instead\)"):
+        parse_overrides(["--max_steps", "--out_dir", "x"])
+    with pytest.raises(RecruitError, match="override --lr needs a value$"):
+        parse_overrides(["--lr"])
+    with pytest.raises(RecruitError, match="unexpected argument 'x'"):
+        parse_overrides(["x"])
