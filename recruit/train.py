@@ -379,6 +379,9 @@ class Trainer:
             The trained model.
         """
         output_dir(self.out, "out_dir")
+        for stale in self.out.glob(f".{self.ckpt_path.name}.*.tmp"):  # a checkpoint write cut short by kill -9
+            log.info("removing %s, a checkpoint that was never finished", stale)
+            stale.unlink(missing_ok=True)
         self.try_resume()  # before config.json: a refused resume leaves the run's files as they were
         atomic_write_json(self.out / "config.json", dataclasses.asdict(self.cfg))
         tb = _tensorboard(self.out)

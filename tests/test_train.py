@@ -43,9 +43,11 @@ def test_resume_is_exact(tmp_path, tokens):
     straight.fit()
     first = Trainer(nano(tmp_path / "b", **{"model.dropout": 0.1}), tokens, tokens[:2000], progress=False)
     first.fit(stop_after=5)  # checkpoints at step 4 and at the stop (5)
+    stale = tmp_path / "b/run/.ckpt.pt.x1y2.tmp"  # what kill -9 during a checkpoint write leaves
+    stale.write_bytes(b"half a checkpoint")
     resumed = Trainer(nano(tmp_path / "b", **{"model.dropout": 0.1}), tokens, tokens[:2000], progress=False)
     resumed.fit()
-    assert resumed.step == 12
+    assert resumed.step == 12 and not stale.exists()
     a, b = weights(straight.model), weights(resumed.model)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
