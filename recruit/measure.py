@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils import flop_counter
 
 from recruit.cuda_graphs import capture_cuda_graph
@@ -193,14 +194,39 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
     torch's counter knows the CUDA attention kernels but not the CPU flash kernel; we register the same
     formula for it, so attention is counted on every device (as the full T×S score matrix, causal or not).
+    An FFF layer in eval mode (hard inference, whose fused kernels the counter cannot see) counts as
+    :meth:`~recruit.fff.fff.FastFeedForward.inference_flops`; in training mode its torch forward is counted.
     """
+    from recruit.fff.fff import FastFeedForward
+
     mapping = {}
     cpu_op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_op is not None:
         mapping[cpu_op] = _sdpa_cpu_flops
-    with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
-        fn()
-    return int(counter.get_total_flops())
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=mapping)
+    fff_calls: dict[int, int] = {}  # id(module) -> the counter's total when its eval forward began
+    extra = 0  # FFF hard inference: its analytic FLOPs in place of what the counter saw of it (the fused
+    # kernels run outside torch's operators; the torch fallback's gathers are counted as their own ops)
+
+    def before(module: nn.Module, args: tuple) -> None:
+        if isinstance(module, FastFeedForward) and not module.training:
+            fff_calls[id(module)] = counter.get_total_flops()
+
+    def after(module: nn.Module, args: tuple, output: Any) -> None:
+        nonlocal extra
+        if id(module) in fff_calls:
+            seen = counter.get_total_flops() - fff_calls.pop(id(module))
+            extra += module.inference_flops(args[0].numel() // module.config.dim_in) - seen
+
+    hooks = [nn.modules.module.register_module_forward_pre_hook(before),
+             nn.modules.module.register_module_forward_hook(after)]  # fmt: skip
+    try:
+        with counter, torch.no_grad():
+            fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(counter.get_total_flops()) + extra
 
 
 def gpt_forward_flops(cfg, seq_len: int, batch: int = 1, context: int = 0) -> int:

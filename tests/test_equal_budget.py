@@ -77,6 +77,9 @@ def test_fff_quality_three_arms(opts, tmp_path):
         fff_quality.QualityConfig(forests=((0, 2),))
     params = {ff: metric(recs, "params", ff=ff) for ff in ("dense", "fff", "none")}
     assert params["none"] < params["dense"] and abs(params["fff"] - params["dense"]) / params["dense"] < 0.05
+    flops = {ff: metric(recs, "train_flops", ff=ff) for ff in ("dense", "fff", "none")}
+    assert flops["none"] < flops["fff"] < flops["dense"]  # FFF trains densely over its 127 nodes (dense: 128)
+    assert (flops["dense"] - flops["fff"]) / (flops["dense"] - flops["none"]) == pytest.approx(1 / 128)
 
 
 def test_bdh_sparsity_penalised_run_against_the_plain_one(opts, tmp_path):

@@ -24,6 +24,22 @@ def test_flop_counter_equals_analytic_count(over, T, ctx):
     assert counted == measure.gpt_forward_flops(m.config, T, batch=2, context=ctx)
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+@pytest.mark.parametrize("trees", [1, 3])
+def test_flop_counter_counts_fff_inference_by_its_walk(backend, trees):
+    """An FFF in eval mode counts (D + 1)·K rows in and out per token, whichever path runs it (the fused kernels
+    are invisible to torch's counter, the torch walk's gathers are not); in training mode its dense masked forward."""
+    m = GPT(gpt_config("gpt-nano", mlp="fff", fff_depth=3, fff_trees=trees)).eval()
+    for block in m.blocks:
+        block.mlp.backend = backend
+    x = torch.zeros(2, 7, dtype=torch.long)
+    assert measure.count_flops(lambda: m(x)) == measure.gpt_forward_flops(m.config, 7, batch=2)
+    none = GPT(gpt_config("gpt-nano", mlp="none"))
+    width = trees * 15  # nodes of the dense masked forward
+    masked = 2 * 2 * 7 * 2 * 32 * width * m.config.n_layer  # in and out projections of every node, per layer
+    assert measure.count_flops(lambda: m.train()(x)) == measure.count_flops(lambda: none(x)) + masked
+
+
 def test_uniform_model_scores_log2_vocab(tokens):
     class Uniform(torch.nn.Module):
         def forward(self, x):

@@ -94,9 +94,18 @@ def train_arm(corpus, arm: Arm, steps: int, seq_len: int, batch_size: int, out_d
 
 
 def train_flops_per_token(model: torch.nn.Module, seq_len: int, device: torch.device) -> float:
-    """Training FLOPs per token: 3 × the forward FLOPs counted by torch's counter (backward ≈ 2 × forward)."""
+    """Training FLOPs per token: 3 × the training forward's FLOPs counted by torch's counter (backward ≈ 2 × forward).
+
+    Counted in training mode, the forward that training runs: an FFF trains through UltraFastBERT's dense masked
+    forward (every node's pre-activation), which costs what a dense MLP of its width does.
+    """
     x = torch.randint(0, 256, (1, seq_len), device=device)
-    return 3 * measure.count_flops(lambda: model(x)) / seq_len
+    was = model.training
+    model.train()
+    try:
+        return 3 * measure.count_flops(lambda: model(x)) / seq_len
+    finally:
+        model.train(was)
 
 
 def score_arm(

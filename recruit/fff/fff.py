@@ -163,6 +163,15 @@ class FastFeedForward(nn.Module):
         x2 = x.reshape(-1, self.config.dim_in)  # (N, dim_in)
         return self._route_logits(F.linear(x2, self.w_in.to(x2.dtype), self.b_in.to(x2.dtype)))
 
+    def inference_flops(self, tokens: int) -> int:
+        """FLOPs of hard inference on ``tokens`` tokens (multiply-add = 2, as :func:`recruit.measure.count_flops`).
+
+        Each token visits D + 1 nodes per tree: one ``w_in`` row (dim_in multiply-adds) and one ``w_out`` column
+        (dim_out) each. The fused kernels run outside torch's operators, so ``count_flops`` adds this for them.
+        """
+        c = self.config
+        return 2 * tokens * c.n_trees * (c.depth + 1) * (c.dim_in + c.dim_out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim_in) -> (..., dim_out): the training forward of ``mode``, or hard inference in eval mode."""
         if self.training:
