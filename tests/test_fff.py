@@ -301,3 +301,27 @@ def test_gpt_fff_depth_is_kept_as_given_and_saved(tmp_path, depth):
     assert model.config.fff_depth == want and model.blocks[0].mlp.config.depth == want
     model.save_pretrained(tmp_path / "m")
     assert load_model(tmp_path / "m").config.fff_depth == want
+
+
+@pytest.mark.parametrize("swap", ["fff", "soft", "none"])
+def test_replaced_or_dropped_mlps_save_load_and_keep_the_models_mode(tmp_path, swap):
+    """replace_mlps / drop_mlps write what they did into a GPT's config (it saves and loads as it is) and give the
+    new blocks the mode of the ones they replace."""
+    from recruit.models import load_model
+
+    for training in (False, True):
+        model = nano().train(training)
+        if swap == "none":
+            drop_mlps(model)
+        else:
+            replace_mlps(model, depth=2, n_trees=2, mode="soft" if swap == "soft" else "hard", hardening=0.1)
+        assert all(b.mlp.training == training for b in model.blocks)
+    model.eval().save_pretrained(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config.mlp == ("none" if swap == "none" else "fff")
+    if swap != "none":
+        c = loaded.config
+        assert (c.fff_depth, c.fff_trees, c.fff_mode) == (2, 2, "soft" if swap == "soft" else "hard")
+        assert c.fff_hardening == (0.1 if swap == "soft" else 0.0)  # inert in hard mode, which the config refuses
+    x = torch.randint(0, 288, (2, 9))
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -229,3 +229,11 @@ def test_parameters_on_meta_takes_no_memory_for_weights_but_keeps_buffers():
     assert not m.freq.is_meta and m.freq.tolist() == [0.0, 1.0, 2.0]
     assert m.lin.weight.requires_grad  # parameters keep requires_grad
     assert not torch.nn.Linear(2, 2).weight.is_meta  # outside, modules are built as usual
+
+
+def test_replaced_feed_forwards_take_the_models_mode():
+    """An FFF put into a model in eval mode walks its trees (eval), one put into a training model trains."""
+    for training in (False, True):
+        model = decoder("llama").train(training)
+        replace_decoder_mlps(model, depth=2, mode="soft")
+        assert [layer.mlp.training for layer in model.model.layers] == [training, training]

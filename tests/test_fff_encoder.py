@@ -86,3 +86,10 @@ def test_distil_lowers_the_error_and_the_model_still_runs():
     with torch.no_grad():
         after = model(input_ids=ids).logits
     assert after.shape == before.shape and torch.isfinite(after).all()
+
+
+def test_replaced_feed_forwards_take_the_models_mode():
+    for training in (False, True):
+        model = bert().train(training)
+        replace_encoder_mlps(model, depth=2)
+        assert [layer.intermediate.training for layer in model.bert.encoder.layer] == [training, training]

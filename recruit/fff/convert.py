@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -49,8 +50,15 @@ def _replace(module: nn.Module, make: Callable[[MLP], nn.Module]) -> int:
 
 
 def _like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """``new`` on the device and dtype of ``old``, and in its mode (training or eval)."""
     p = next(old.parameters())
-    return new.to(device=p.device, dtype=p.dtype)
+    return new.to(device=p.device, dtype=p.dtype).train(old.training)
+
+
+def _describe(model: nn.Module, **fields) -> None:
+    """Write the new feed-forward blocks into a GPT's config, so that it saves and loads as what it now is."""
+    if isinstance(model, GPT):
+        model.config = dataclasses.replace(model.config, **fields)
 
 
 def replace_mlps(
@@ -66,24 +74,32 @@ def replace_mlps(
         hardening: Weight of each FFF's entropy hardening loss (soft mode; see ``HardeningLoss``).
 
     Returns:
-        ``model``, with FFFs on the device and dtype of the MLPs they replace.
+        ``model``, with FFFs on the device and dtype, and in the mode, of the MLPs they replace; a GPT's config
+        says ``mlp="fff"`` with these settings, so that it saves and loads as it now is.
     """
 
     def make(mlp: MLP) -> nn.Module:
         d_in, d_out = mlp.fc_in.in_features, mlp.fc_out.out_features
         return _like(FastFeedForward(d_in, d_out, depth, n_trees, mode, hardening), mlp)
 
+    # the hardening loss acts in soft mode only (a GPT's config refuses it in hard mode, where it is inert)
+    fields = dict(mlp="fff", fff_depth=depth, fff_trees=n_trees, fff_mode=mode,
+                  fff_hardening=hardening if mode == "soft" else 0.0)  # fmt: skip
+    if isinstance(model, GPT):  # a setting the GPT's config refuses is refused before anything changes
+        dataclasses.replace(model.config, **fields)
     n = _replace(model, make)
     if n == 0:
         raise RecruitError("replace_mlps found no dense MLP to replace (already converted?)")
+    _describe(model, **fields)
     log.info("replaced %d MLPs by FFFs of depth %d x %d trees", n, depth, n_trees)
     return model
 
 
 def drop_mlps(model: GPT) -> GPT:
-    """Swap every dense MLP of ``model`` for :class:`ZeroFF`; returns ``model`` (changed in place)."""
-    if _replace(model, lambda m: ZeroFF()) == 0:
+    """Swap every dense MLP of ``model`` for :class:`ZeroFF`; returns ``model`` (changed in place, config too)."""
+    if _replace(model, lambda m: ZeroFF().train(m.training)) == 0:
         raise RecruitError("drop_mlps found no dense MLP to drop")
+    _describe(model, mlp="none")
     return model
 
 

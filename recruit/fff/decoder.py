@@ -85,7 +85,9 @@ def _width(layer: nn.Module) -> int:
 
 
 def _put(layer: nn.Module, ff: nn.Module) -> None:
+    """Put ``ff`` in place of ``layer.mlp``, on its device and dtype and in its mode (training or eval)."""
     p = next(layer.mlp.parameters(), None)
+    ff.train(layer.mlp.training)
     layer.mlp = ff if p is None else ff.to(device=p.device, dtype=p.dtype)
 
 
@@ -102,7 +104,7 @@ def replace_decoder_mlps(
         hardening: Weight of each FFF's entropy hardening loss (soft mode).
 
     Returns:
-        ``model``, with FFFs on the device and dtype of the feed-forwards they replace.
+        ``model``, with FFFs on the device and dtype, and in the mode, of the feed-forwards they replace.
     """
     layers = _found(model, "replace_decoder_mlps")
     widths = [_width(layer) for layer in layers]  # all checked before any is swapped

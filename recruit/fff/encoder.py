@@ -49,8 +49,9 @@ def dense_feed_forward(layer: nn.Module) -> nn.Module:
 
 
 def _swap(layer: nn.Module, ff: nn.Module) -> None:
+    """Put ``ff`` in place of the layer's feed-forward, on its device and dtype and in its mode."""
     p = layer.output.dense.weight
-    layer.intermediate = ff.to(device=p.device, dtype=p.dtype)
+    layer.intermediate = ff.to(device=p.device, dtype=p.dtype).train(layer.intermediate.training)
     layer.output.dense = nn.Identity()
 
 
@@ -67,7 +68,7 @@ def replace_encoder_mlps(
         hardening: Weight of each FFF's entropy hardening loss (soft mode).
 
     Returns:
-        ``model``, with FFFs on the device and dtype of the layers they replace.
+        ``model``, with FFFs on the device and dtype, and in the mode, of the layers they replace.
     """
     layers = encoder_layers(model)
     if not layers:
