@@ -26,6 +26,13 @@ def decoder(family: str):
         cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=80, num_hidden_layers=2,
                                        num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
         return transformers.LlamaForCausalLM(cfg).eval()
+    if family == "neox":
+        cfg = transformers.GPTNeoXConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64)  # fmt: skip
+        return transformers.GPTNeoXForCausalLM(cfg).eval()
+    if family == "falcon":
+        cfg = transformers.FalconConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        return transformers.FalconForCausalLM(cfg).eval()
     cfg = transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.0,
                                   embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
     return transformers.GPT2LMHeadModel(cfg).eval()
@@ -120,7 +127,7 @@ def test_an_mlp_that_is_no_plain_feed_forward_is_refused():
     assert isinstance(model.model.layers[0].mlp, transformers.models.llama.modeling_llama.LlamaMLP)  # untouched
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])  # gpt2 ties its output matrix to the embedding
+@pytest.mark.parametrize("family", ["llama", "gpt2", "neox", "falcon"])  # gpt2 ties its output matrix to the embedding
 def test_a_saved_fff_decoder_loads_with_its_fffs(family, tmp_path):
     from recruit.models.hf import load_hf_causal_lm
 

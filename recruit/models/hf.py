@@ -24,8 +24,8 @@ from recruit.errors import RecruitError
 
 log = logging.getLogger(__name__)
 
-LAYER_PATHS = ("model.layers", "transformer.h")  # decoder blocks: Llama/Qwen2/Mistral, GPT-2
-ATTENTION_NAMES = ("self_attn", "attn")  # attention attribute of a block: Llama family, GPT-2
+LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers")  # decoder blocks: Llama family, GPT-2/Falcon, NeoX
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # Llama family, GPT-2, GPT-NeoX, Falcon
 MLP_NAMES = ("mlp",)  # feed-forward attribute of a block (both families)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
