@@ -308,17 +308,20 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, batch_size: int | None = None) -> float:
-        """Mean held-out loss (nats/token) over the fixed validation windows."""
+        """Mean held-out loss (nats/token) over the fixed validation windows (in eval mode; the model's mode kept)."""
+        was = self.model.training
         self.model.eval()
         bs = batch_size or self.cfg.batch_size
         total, count = 0.0, 0
-        for i in range(0, len(self.val), bs):
-            w = self.val[i : i + bs].to(self.device)  # (b, T + 1)
-            with self._autocast():
-                logits = _logits(self.model(w[:, :-1]))
-            total += F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
-            count += w[:, 1:].numel()
-        self.model.train()
+        try:
+            for i in range(0, len(self.val), bs):
+                w = self.val[i : i + bs].to(self.device)  # (b, T + 1)
+                with self._autocast():
+                    logits = _logits(self.model(w[:, :-1]))
+                total += F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
+                count += w[:, 1:].numel()
+        finally:
+            self.model.train(was)
         return total / count
 
     @torch.no_grad()
@@ -331,12 +334,13 @@ class Trainer:
         fn = getattr(self.model, "held_out_stats", None)
         if fn is None:
             return {}
+        was = self.model.training
         self.model.eval()
         try:
             with self._autocast():
                 return {k: float(v) for k, v in fn(self.val[: self.cfg.batch_size, :-1].to(self.device)).items()}
         finally:
-            self.model.train()
+            self.model.train(was)
 
     def _autocast(self):
         if self.autocast_dtype is None:

@@ -21,7 +21,9 @@ def test_held_out_loss_falls(tmp_path, tokens):
     cfg = nano(tmp_path, max_steps=40, eval_every=20, lr=1e-2)
     tr = Trainer(cfg, tokens, tokens[:2000], progress=False)
     before = tr.evaluate()
+    assert tr.model.training  # a fresh model trains; evaluate leaves the mode it found
     tr.fit()
+    assert not tr.model.training and tr.evaluate() == tr.history[-1]["val_loss"] and not tr.model.training
     assert tr.history[-1]["val_loss"] < before - 0.5
     assert (tmp_path / "run/final/model.safetensors").exists()
     rows = list(csv.DictReader(open(tmp_path / "run/log.csv")))
