@@ -129,14 +129,25 @@ def with_overrides(cfg: T, overrides: dict[str, Any], what: str | None = None) -
     if not overrides:
         return cfg
     what = what or type(cfg).__name__
-    hints, valid = get_type_hints(type(cfg)), field_names(type(cfg))
-    unknown = [k for k in overrides if k not in valid]
-    if unknown:
-        raise RecruitError(f"unknown {what} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
+    fields = typed_fields(type(cfg), overrides, what)
     try:
-        return dataclasses.replace(cfg, **{k: _coerce(f"{what}.{k}", v, hints[k]) for k, v in overrides.items()})
+        return dataclasses.replace(cfg, **fields)
     except (ValueError, TypeError) as e:
         raise RecruitError(f"invalid {what}: {e}") from None
+
+
+def typed_fields(cls: type, data: dict[str, Any], what: str | None = None) -> dict[str, Any]:
+    """``data`` with each value converted to the type of ``cls``'s field of that name (no ``__post_init__``).
+
+    Raises:
+        RecruitError: an unknown key (the message lists valid keys) or a value of the wrong type.
+    """
+    what = what or cls.__name__
+    hints, valid = get_type_hints(cls), field_names(cls)
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise RecruitError(f"unknown {what} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
+    return {k: _coerce(f"{what}.{k}", v, hints[k]) for k, v in data.items()}
 
 
 def from_dict(cls: type[T], data: dict[str, Any], what: str | None = None) -> T:
@@ -151,12 +162,7 @@ def from_dict(cls: type[T], data: dict[str, Any], what: str | None = None) -> T:
         RecruitError: unknown key (the message lists valid keys), wrong type, or a value the class rejects.
     """
     what = what or cls.__name__
-    hints = get_type_hints(cls)
-    valid = field_names(cls)
-    unknown = [k for k in data if k not in valid]
-    if unknown:
-        raise RecruitError(f"unknown {what} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
-    kwargs = {k: _coerce(f"{what}.{k}", v, hints[k]) for k, v in data.items()}
+    kwargs = typed_fields(cls, data, what)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:

@@ -10,6 +10,7 @@ optimiser, step, RNG), ``log.csv`` and, at the end, ``final/`` (a loadable model
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from recruit.config import from_dict
+from recruit.config import from_dict, typed_fields
 from recruit.data.probes import ProbeMixStream
 from recruit.data.stream import TokenStream, eval_windows
 from recruit.errors import RecruitError
@@ -147,6 +148,8 @@ def make_config(preset: str | None = None, file_data: dict | None = None, overri
                 data[k] = v
     cfg = from_dict(TrainConfig, data, what="training config")
     build_model(cfg.model, cfg.model_args)  # validates model_args against the model's config now
+    # kept typed: the same run resumes whether its fields came as strings (the command line) or numbers (a file)
+    cfg.model_args = typed_fields(PRESETS[cfg.model][0].config_class, cfg.model_args, f"{cfg.model} model config")
     return cfg
 
 
@@ -282,6 +285,9 @@ class Trainer:
         # A field added to TrainConfig after the run was saved had its default then (probe_mix, say)
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
         saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k not in free}
+        if saved.get("model") in PRESETS and isinstance(saved.get("model_args"), dict):  # typed, as make_config does
+            with contextlib.suppress(RecruitError):  # (runs saved before it did kept the command line's strings)
+                saved["model_args"] = typed_fields(PRESETS[saved["model"]][0].config_class, saved["model_args"])
         now = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k in saved}
         if saved != now:
             diff = sorted(k for k in saved if saved[k] != now.get(k))

@@ -75,6 +75,15 @@ def test_resume_refuses_a_different_config(tmp_path, tokens):
     assert Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).try_resume()
 
 
+def test_model_fields_resume_whether_given_as_strings_or_numbers(tmp_path, tokens):
+    """The command line gives model.FIELD as text, a JSON file or Python as numbers: the same run either way."""
+    Trainer(nano(tmp_path, **{"model.n_layer": "3", "model.dropout": "0.1"}), tokens, tokens[:2000],
+            progress=False).fit(stop_after=4)  # fmt: skip
+    resumed = Trainer(nano(tmp_path, **{"model.n_layer": 3, "model.dropout": 0.1}), tokens, tokens[:2000],
+                      progress=False)  # fmt: skip
+    assert resumed.try_resume() and resumed.step == 4 and resumed.cfg.model_args == {"n_layer": 3, "dropout": 0.1}
+
+
 def test_resume_refuses_other_data(tmp_path, tokens):
     """A run continues only on the data it started on: another corpus, or the same one rebuilt, is refused."""
     Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
