@@ -296,6 +296,9 @@ def test_activity_penalty_is_the_mean_activity_in_both_forms():
     for model in (fast, ref.train()):
         model(idx)
         torch.testing.assert_close(model.activity_loss(), expect)
+        model.generate(idx, 3, greedy=True)  # the recurrent form between a training forward and its loss ...
+        torch.testing.assert_close(model.activity_loss(), expect)  # ... adds nothing to the penalty
+        model.train()
     with torch.no_grad():
         fast.eval()(idx)
     with pytest.raises(RecruitError, match="activity_loss needs"):

@@ -248,17 +248,20 @@ class BDH(RecruitModel):
             raise RecruitError("activity_loss needs a training forward with activity_l1 > 0 first")
         return self.config.activity_l1 * torch.stack(self._activity).mean()
 
-    def _layer(self, v: torch.Tensor, attend: Attend, observe: Observe | None = None) -> torch.Tensor:
+    def _layer(
+        self, v: torch.Tensor, attend: Attend, observe: Observe | None = None, penalise: bool = True
+    ) -> torch.Tensor:
         """One (shared-weight) layer: stream v (B, T, d) -> (B, T, d); ``attend(x, v)`` gives (B, h, T, d).
 
-        ``observe(x, y)``, when given, sees the layer's neurons x and y (B, h, T, N) before dropout.
+        ``observe(x, y)``, when given, sees the layer's neurons x and y (B, h, T, N) before dropout. With
+        ``penalise`` (the parallel form) the layer adds its term to the activity penalty of a training forward.
         """
         B, T, _ = v.shape
         x = F.relu(v.unsqueeze(1) @ self.encoder)  # (B, h, T, N)
         a = _ln(attend(x, v))  # (B, h, T, d)
         y = F.relu(a.to(v.dtype) @ self.encoder_v)  # (B, h, T, N)
         xy = self.drop(x * y)  # (B, h, T, N)
-        if self._activity is not None:
+        if penalise and self._activity is not None:
             self._activity.append(x.mean() + y.mean())
         if observe is not None:
             observe(x, y)
@@ -397,7 +400,7 @@ class BDH(RecruitModel):
         cos, sin = rope_tables(positions, cfg.n_neurons, cfg.rope_theta)  # (C, N) each
         v = _ln(self.embed(idx))  # (B, C, d)
         for S in state.synapses:
-            v = self._layer(v, partial(_stateful_attention, S=S, cos=cos, sin=sin))
+            v = self._layer(v, partial(_stateful_attention, S=S, cos=cos, sin=sin), penalise=False)
         return (v if every else v[:, -1]) @ self.lm_head
 
     @torch.no_grad()
