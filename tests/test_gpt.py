@@ -150,7 +150,16 @@ def test_sampling_respects_top_k_and_seed():
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(d_model=30, n_head=4), dict(n_head=3, n_kv_head=2), dict(mlp="relu"), dict(dropout=1.5)]
+    "bad",
+    [
+        dict(d_model=30, n_head=4),
+        dict(n_head=3, n_kv_head=2),
+        dict(mlp="relu"),
+        dict(dropout=1.5),
+        dict(rope_theta=0.0),
+        dict(rope_theta=float("nan")),
+        dict(n_kv_head=-1),
+    ],  # fmt: skip
 )
 def test_invalid_configs_name_the_problem(bad):
     with pytest.raises(RecruitError):
@@ -171,6 +180,9 @@ def test_cache_growth_truncate_and_keep_stay_consistent():
     cache = m.new_cache()
     out = [m(x[:, t : t + 1], cache=cache) for t in range(30)]  # many doublings of the buffers
     assert cache.seq_len() == 30 and cache.layers[0].positions.tolist() == list(range(30))
+    for bad in (31, -1):  # beyond what it has seen, or before the start
+        with pytest.raises(RecruitError, match=f"cannot truncate to {bad} tokens: the cache has seen 30"):
+            cache.truncate(bad)
     cache.truncate(20)
     assert cache.seq_len() == 20 and cache.seen_tokens == 20
     again = m(x[:, 20:21], cache=cache)

@@ -60,7 +60,7 @@ class BDHConfig:
             raise ValueError(f"n_neurons must be even (RoPE rotates neuron pairs), got {self.n_neurons}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.rope_theta <= 1.0:
+        if not (self.rope_theta > 1.0 and math.isfinite(self.rope_theta)):
             raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
         if self.impl not in ("fast", "fused", "reference"):
             raise ValueError(f"impl must be 'fast', 'fused' or 'reference', got {self.impl!r}")

@@ -72,6 +72,10 @@ class GPTConfig:
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.rope_theta > 1.0 or not math.isfinite(self.rope_theta):
+            raise ValueError(f"rope_theta must be a finite number > 1, got {self.rope_theta}")
+        if self.n_kv_head < 0:
+            raise ValueError(f"n_kv_head must be >= 0 (0: n_head), got {self.n_kv_head}")
 
     @property
     def head_dim(self) -> int:

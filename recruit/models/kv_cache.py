@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from recruit.errors import RecruitError
+
 
 class KVLayer:
     """Cached keys and values of one layer, as views of growable buffers.
@@ -99,6 +101,8 @@ class KVCache:
 
     def truncate(self, n: int) -> None:
         """Roll back to the first ``n`` fed tokens: drop cached entries at positions >= ``n`` (O(1), no copy)."""
+        if not 0 <= n <= self.seen_tokens:
+            raise RecruitError(f"cannot truncate to {n} tokens: the cache has seen {self.seen_tokens} (0 to that)")
         for layer in self.layers:
             if layer is not None:
                 layer.length = int(torch.searchsorted(layer.positions, n))
