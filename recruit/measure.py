@@ -43,8 +43,10 @@ class NLL:
 
     @property
     def bits_per_target(self) -> float:
-        """Mean bits per counted target."""
-        return self.nats / max(self.targets, 1) / LN2
+        """Mean bits per counted target; an error when nothing was counted (there is no mean to give)."""
+        if self.targets <= 0:
+            raise RecruitError("no target was scored (every token a tag, or too few tokens): no bits per byte to give")
+        return self.nats / self.targets / LN2
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -174,7 +176,8 @@ def corpus_bits_per_byte(
         if len(arr) < seq_len + 1:
             continue
         r = nll(model, arr, seq_len, n_bytes=256, **kw)
-        out[key] = (r.bits_per_target, r.targets)
+        if r.targets:  # a group of tags only has no bytes to score
+            out[key] = (r.bits_per_target, r.targets)
     return out
 
 

@@ -188,3 +188,16 @@ def test_cache_growth_truncate_and_keep_stay_consistent():
     again = m(x[:, 20:21], cache=cache)
     torch.testing.assert_close(again, out[20])
     torch.testing.assert_close(m(x[:, 21:22], cache=cache), out[21])
+
+
+def test_a_tie_broken_after_construction_is_refused_on_save(tmp_path):
+    """A config that ties lm_head to the embedding saves one of them; a model whose two differ cannot be saved so."""
+    m = GPT(gpt_config("gpt-nano"))
+    m.lm_head = torch.nn.Linear(32, 288, bias=False)
+    with pytest.raises(RecruitError, match="ties lm_head.weight to tok_emb.weight, but they are different tensors"):
+        m.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    m.lm_head.weight = m.tok_emb.weight  # tied again: saved and loaded as it is
+    m.save_pretrained(tmp_path / "m")
+    x = torch.randint(0, 288, (1, 6))
+    torch.testing.assert_close(load_model(tmp_path / "m")(x), m(x))

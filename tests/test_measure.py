@@ -201,3 +201,10 @@ def test_bits_per_byte_with_a_tokenizer_divides_the_nll_by_the_bytes_scored(corp
         text = measure.corpus_texts(corpus, "test", max_bytes=600, lang="en")["en"]
         assert text.isascii() and 600 - 2 * 16 * bytes_per_token < scored < 600
         assert scored == (len(tok.encode(text)) - 1) // 16 * 16 * bytes_per_token
+
+
+def test_bits_per_byte_of_nothing_scored_is_an_error():
+    """Windows of tags only hold no byte target: no bits per byte (it used to be 0.0)."""
+    m = GPT(gpt_config("gpt-nano")).eval()
+    with pytest.raises(RecruitError, match="no target was scored"):
+        measure.bits_per_byte(m, np.full(100, 260, dtype=np.uint16), 32)

@@ -66,6 +66,11 @@ class RecruitModel(nn.Module):
             dtype: Optional storage dtype for floating-point weights (e.g. ``torch.bfloat16`` to ship small).
             metadata: Extra string metadata stored in the safetensors header.
         """
+        own = self.state_dict(keep_vars=True)
+        for name, target in self._tied().items():  # dropped on save, re-tied on load: they must be one tensor
+            if own[name] is not own[target] and own[name].data_ptr() != own[target].data_ptr():
+                raise RecruitError(f"the config ties {name} to {target}, but they are different tensors now "
+                                   "(replaced after construction?): tie them again or untie the config")  # fmt: skip
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k not in self._tied()}
