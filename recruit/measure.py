@@ -305,6 +305,8 @@ def time_fn(
         repeats: Timed calls (at least this many).
         min_time: Keep repeating until this many seconds were timed in total.
     """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     for _ in range(warmup):
         fn()
     sync(device)

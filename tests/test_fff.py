@@ -325,3 +325,10 @@ def test_replaced_or_dropped_mlps_save_load_and_keep_the_models_mode(tmp_path, s
         assert c.fff_hardening == (0.1 if swap == "soft" else 0.0)  # inert in hard mode, which the config refuses
     x = torch.randint(0, 288, (2, 9))
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_inputs_of_another_width_are_refused_by_name():
+    fff = FastFeedForward(16, 8, 2)
+    for mode in (True, False):
+        with pytest.raises(ValueError, match=r"expects inputs \(\.\.\., 16\), got \(3, 12\)"):
+            fff.train(mode)(torch.randn(3, 12))

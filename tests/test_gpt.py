@@ -147,6 +147,8 @@ def test_sampling_respects_top_k_and_seed():
     assert torch.equal(s1, s2)
     with pytest.raises(RecruitError):
         m.generate(prompt[:, :0], 3)
+    with pytest.raises(RecruitError, match="max_new_tokens must be >= 0"):
+        m.generate(prompt, -3)
 
 
 @pytest.mark.parametrize(

@@ -208,3 +208,8 @@ def test_bits_per_byte_of_nothing_scored_is_an_error():
     m = GPT(gpt_config("gpt-nano")).eval()
     with pytest.raises(RecruitError, match="no target was scored"):
         measure.bits_per_byte(m, np.full(100, 260, dtype=np.uint16), 32)
+
+
+def test_time_fn_needs_a_timed_call():
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        measure.time_fn(lambda: None, repeats=0)

@@ -174,6 +174,8 @@ class FastFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim_in) -> (..., dim_out): the training forward of ``mode``, or hard inference in eval mode."""
+        if x.shape[-1:] != (self.config.dim_in,):  # (the fused kernels' own checks would name other things)
+            raise ValueError(f"FastFeedForward expects inputs (..., {self.config.dim_in}), got {tuple(x.shape)}")
         if self.training:
             return self.forward_soft(x) if self.config.mode == "soft" else self.forward_masked(x)
         if self._last_logits is not None:  # (Module.__setattr__ costs µs; skipped when there is nothing to drop)

@@ -464,7 +464,7 @@ class BDH(RecruitModel):
         to the ``top_k`` most likely tokens when given. The cost per new token is independent of position.
         ``cuda_graph`` replays each step from a CUDA graph (:meth:`cuda_graph_step`); default: on CUDA.
         """
-        check_sampling(temperature, greedy, top_k)
+        check_sampling(temperature, greedy, top_k, max_new_tokens)
         state = self.new_state(idx.shape[0])
         logits = self.prefill(idx, state, chunk)  # (B, V)
         if cuda_graph is None:

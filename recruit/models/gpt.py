@@ -328,7 +328,7 @@ class GPT(RecruitModel):
         """
         if idx.shape[1] == 0:
             raise RecruitError("generate needs a non-empty prompt")
-        check_sampling(temperature, greedy, top_k)
+        check_sampling(temperature, greedy, top_k, max_new_tokens)
         if idx.shape[1] + max_new_tokens > self.config.max_seq_len:
             raise RecruitError(
                 f"prompt ({idx.shape[1]}) + new tokens ({max_new_tokens}) exceed the context of "

@@ -10,8 +10,10 @@ import torch
 from recruit.errors import RecruitError
 
 
-def check_sampling(temperature: float, greedy: bool, top_k: int | None = None) -> None:
-    """Reject a temperature or top-k that cannot be used for sampling."""
+def check_sampling(temperature: float, greedy: bool, top_k: int | None = None, max_new_tokens: int = 0) -> None:
+    """Reject a temperature, top-k or number of new tokens that ``generate`` cannot use."""
+    if max_new_tokens < 0:
+        raise RecruitError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if not greedy and not (math.isfinite(temperature) and temperature > 0):
         raise RecruitError(f"temperature must be a finite number > 0 (or use greedy), got {temperature}")
     if top_k is not None and top_k < 1:
