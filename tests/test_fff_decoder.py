@@ -156,7 +156,7 @@ def test_save_and_load_refuse_what_is_no_fff_decoder(tmp_path):
         save_fff_decoder(mixed, tmp_path / "mixed")
     out = save_fff_decoder(replace_decoder_mlps(decoder("llama"), depth=2), tmp_path / "ok")
     config = json.loads((out / "config.json").read_text())
-    assert config["recruit_fff"] == {"depth": 2, "n_trees": 1}
+    assert config["recruit_fff"] == {"depth": 2, "n_trees": 1, "mode": "hard", "hardening": 0.0}
     (out / "config.json").write_text(json.dumps({**config, "recruit_fff": {"depth": -1}}))
     with pytest.raises(RecruitError, match="recruit_fff must be"):
         load_hf_causal_lm(out)
@@ -244,3 +244,12 @@ def test_replaced_feed_forwards_take_the_models_mode():
         model = decoder("llama").train(training)
         replace_decoder_mlps(model, depth=2, mode="soft")
         assert [layer.mlp.training for layer in model.model.layers] == [training, training]
+
+
+def test_a_saved_fff_decoder_keeps_its_training_settings(tmp_path):
+    """Soft routing and its hardening weight come back with the model, so that it fine-tunes as it was set up to."""
+    from recruit.models.hf import load_hf_causal_lm
+
+    save_fff_decoder(replace_decoder_mlps(decoder("llama"), depth=2, mode="soft", hardening=0.1), tmp_path / "m")
+    lm = load_hf_causal_lm(tmp_path / "m")
+    assert {(lm.mlp(i).config.mode, lm.mlp(i).config.hardening) for i in range(lm.n_layers)} == {("soft", 0.1)}

@@ -171,26 +171,28 @@ def distil_decoder(
 
 
 CONFIG_KEY = "recruit_fff"
-"""The ``config.json`` entry that marks a decoder with FFF feed-forwards: ``{"depth": D, "n_trees": K}``."""
+"""The ``config.json`` entry that marks a decoder with FFF feed-forwards: ``{"depth": D, "n_trees": K, "mode": M,
+"hardening": W}`` (the training settings, so that a reloaded model fine-tunes as it was set up to; entries without
+them load as hard routing without hardening)."""
 
 
 def save_fff_decoder(model: nn.Module, out: str | Path, tokenizer=None) -> Path:
     """Save a decoder whose every ``mlp`` is an FFF of one shape, loadable by ``load_hf_causal_lm``.
 
-    Writes ``model.save_pretrained(out)`` (safetensors) with ``config.recruit_fff = {"depth", "n_trees"}``, and
+    Writes ``model.save_pretrained(out)`` (safetensors) with ``config.recruit_fff`` (:data:`CONFIG_KEY`), and
     the tokenizer (a ``transformers`` tokenizer or :class:`~recruit.data.tokenizer.HFTokenizer`) beside it.
 
     Raises:
         RecruitError: When some blocks still have a dense ``mlp``, none has an FFF, or their shapes differ.
     """
     ffs = [m.mlp for m in model.modules() if isinstance(m._modules.get("mlp"), FastFeedForward)]
-    shapes = {(f.config.depth, f.config.n_trees) for f in ffs}
+    shapes = {(f.config.depth, f.config.n_trees, f.config.mode, f.config.hardening) for f in ffs}
     dense = decoder_layers(model)
     if not ffs or dense or len(shapes) > 1:
         why = "no FFF" if not ffs else f"{len(dense)} dense feed-forwards left" if dense else f"shapes {sorted(shapes)}"
         raise RecruitError(f"save_fff_decoder needs every block's mlp to be an FFF of one shape ({why})")
-    (depth, n_trees), out = shapes.pop(), Path(out)
-    model.config.update({CONFIG_KEY: {"depth": depth, "n_trees": n_trees}})
+    (depth, n_trees, mode, hardening), out = shapes.pop(), Path(out)
+    model.config.update({CONFIG_KEY: {"depth": depth, "n_trees": n_trees, "mode": mode, "hardening": hardening}})
     model.save_pretrained(out)
     if tokenizer is not None:
         getattr(tokenizer, "tok", tokenizer).save_pretrained(out)
@@ -212,13 +214,17 @@ def load_fff_decoder(root: str | Path, config, dtype: torch.dtype = torch.float3
     from transformers import AutoModelForCausalLM
 
     spec, root = getattr(config, CONFIG_KEY), Path(root)
-    depth, n_trees = (spec.get("depth"), spec.get("n_trees", 1)) if isinstance(spec, dict) else (None, None)
-    if not (isinstance(depth, int) and isinstance(n_trees, int) and depth >= 0 and n_trees >= 1):
-        raise RecruitError(f"{root / 'config.json'}: {CONFIG_KEY} must be {{'depth': D >= 0, 'n_trees': K >= 1}}, "
-                           f"got {spec!r}")  # fmt: skip
+    spec = spec if isinstance(spec, dict) else {}
+    depth, n_trees, mode = spec.get("depth"), spec.get("n_trees", 1), spec.get("mode", "hard")
+    hardening = spec.get("hardening", 0.0)
+    if not (isinstance(depth, int) and isinstance(n_trees, int) and depth >= 0 and n_trees >= 1
+            and mode in ("hard", "soft") and isinstance(hardening, int | float) and hardening >= 0):  # fmt: skip
+        raise RecruitError(f"{root / 'config.json'}: {CONFIG_KEY} must be {{'depth': D >= 0, 'n_trees': K >= 1, "
+                           f"'mode': 'hard' or 'soft', 'hardening': W >= 0}}, "
+                           f"got {getattr(config, CONFIG_KEY)!r}")  # fmt: skip
     with parameters_on_meta():  # no memory for weights that the file's replace (the dense MLPs above all)
         model = AutoModelForCausalLM.from_config(config)
-        replace_decoder_mlps(model, depth, n_trees)
+        replace_decoder_mlps(model, depth, n_trees, mode, float(hardening))
     index = root / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else None
     state: dict[str, torch.Tensor] = {}
