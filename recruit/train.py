@@ -489,9 +489,14 @@ def _load_state(path: Path, device: str | torch.device) -> dict[str, Any]:
 
 
 def _restore_state(state: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-    """Put a saved state's model, optimiser and RNG states back."""
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    """Put a saved state's model, optimiser and RNG states back (a state of another model is a one-line error)."""
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # another architecture or size: names or shapes differ
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise RecruitError(f"the checkpoint holds another model than this one ({first}); "
+                           "use another run directory or delete it") from None  # fmt: skip
     torch.set_rng_state(state["rng_torch"].cpu())
     if state.get("rng_cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
@@ -581,8 +586,8 @@ def train_steps(
         checkpoint_every: Steps between saves.
         meta: Settings the checkpoint must have been saved with.
     """
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
+    if checkpoint_every < 1 or steps < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"need steps >= 1, lr > 0 and checkpoint_every >= 1, got {steps}, {lr}, {checkpoint_every}")
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     settings = _step_settings(steps, lr, meta)

@@ -84,6 +84,17 @@ def test_model_fields_resume_whether_given_as_strings_or_numbers(tmp_path, token
     assert resumed.try_resume() and resumed.step == 4 and resumed.cfg.model_args == {"n_layer": 3, "dropout": 0.1}
 
 
+def test_resume_into_another_model_is_a_one_line_error(tmp_path, tokens):
+    from recruit.models import GPT, gpt_config
+
+    Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
+    other = GPT(gpt_config("gpt-nano", n_layer=3))  # the same run config, another model passed in
+    with pytest.raises(RecruitError, match="the checkpoint holds another model than this one"):
+        Trainer(nano(tmp_path), tokens, tokens[:2000], model=other, progress=False).fit()
+    with pytest.raises(ValueError, match="need steps >= 1, lr > 0"):
+        train_steps(other, lambda step: None, 0, 1e-3, lambda m, b: None)
+
+
 def test_resume_refuses_other_data(tmp_path, tokens):
     """A run continues only on the data it started on: another corpus, or the same one rebuilt, is refused."""
     Trainer(nano(tmp_path), tokens, tokens[:2000], progress=False).fit(stop_after=4)
