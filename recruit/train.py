@@ -239,8 +239,10 @@ class Trainer:
             raise RecruitError(f"seq_len {cfg.seq_len} is longer than the model's context of {max_len}")
         vocab = getattr(self.model.config, "vocab_size", None)
         top = max((int(t.max()) for t in (train_tokens, val_tokens) if len(t)), default=-1)
-        if vocab is not None and top >= vocab:
-            raise RecruitError(f"the data holds token id {top}, beyond the model's vocab_size of {vocab}")
+        low = min((int(t.min()) for t in (train_tokens, val_tokens) if len(t)), default=0)
+        if (vocab is not None and top >= vocab) or low < 0:
+            bad, ids = (low if low < 0 else top), ("0.." + str(vocab - 1)) if vocab is not None else "(ids are >= 0)"
+            raise RecruitError(f"the data holds token id {bad}, outside the model's vocabulary {ids}")
         if cfg.probe_mix > 0:
             self.stream = ProbeMixStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.probe_mix)
         else:

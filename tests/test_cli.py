@@ -421,7 +421,7 @@ BAD_INPUT = [  # (arguments, what the one-line error says): refused before any w
     (["train", "--preset", "gpt-nano", "--seed", "-1", "--out_dir", "{tmp}/r"], "seed must be >= 0"),
     (["train", "--preset", "gpt-nano", "--out_dir", ""], "out_dir must not be empty"),
     (["train", "--preset", "gpt-nano", "--out_dir", "{file}"], "out_dir {file} exists and is not a directory"),
-    (["train", "--preset", "gpt-nano", "--model.vocab_size", "10", "--out_dir", "{tmp}/r"], "beyond the model's vocab"),
+    (["train", "--preset", "gpt-nano", "--model.vocab_size", "10", "--out_dir", "{tmp}/r"], "outside the model's"),
     (["fff", "train", "--preset", "gpt-nano", "--model.fff_depth", "40"], "fff_depth must be in 0..30"),
     (["fff", "convert", "--out", "{tmp}/c", "--depth", "40"], "--depth: must be in 0..30"),
     (["fff", "convert", "--out", "{tmp}/c", "--trees", "0"], "--trees: must be at least 1"),

@@ -1,5 +1,6 @@
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,6 +92,8 @@ def test_resume_into_another_model_is_a_one_line_error(tmp_path, tokens):
     other = GPT(gpt_config("gpt-nano", n_layer=3))  # the same run config, another model passed in
     with pytest.raises(RecruitError, match="the checkpoint holds another model than this one"):
         Trainer(nano(tmp_path), tokens, tokens[:2000], model=other, progress=False).fit()
+    with pytest.raises(RecruitError, match="token id -1, outside the model's vocabulary 0..287"):
+        Trainer(nano(tmp_path / "neg"), np.concatenate([tokens.astype(np.int64), [-1]]), tokens[:2000], progress=False)
     with pytest.raises(ValueError, match="need steps >= 1, lr > 0"):
         train_steps(other, lambda step: None, 0, 1e-3, lambda m, b: None)
 
