@@ -166,6 +166,9 @@ def test_generate_sampling_is_seeded_and_top_k_1_is_greedy():
     assert torch.equal(model.generate(x, 6, top_k=1), model.generate(x, 6, greedy=True))
     with pytest.raises(RecruitError, match="temperature"):
         model.generate(x, 2, temperature=0.0)
+    for bad in (x[0], x[:0]):  # 1-D ids, an empty batch
+        with pytest.raises(RecruitError, match="a non-empty prompt of token ids"):
+            model.generate(bad, 2)
 
 
 def test_state_must_match_the_batch():

@@ -149,6 +149,9 @@ def test_sampling_respects_top_k_and_seed():
         m.generate(prompt[:, :0], 3)
     with pytest.raises(RecruitError, match="max_new_tokens must be >= 0"):
         m.generate(prompt, -3)
+    for bad in (prompt[0], prompt[:0]):  # 1-D ids, an empty batch
+        with pytest.raises(RecruitError, match=r"a non-empty prompt of token ids \(B, T\)"):
+            m.generate(bad, 3)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from torch import nn
 from recruit.cuda_graphs import capture_cuda_graph
 from recruit.errors import RecruitError
 from recruit.models.base import RecruitModel, register_model
-from recruit.models.sampling import check_sampling, decode_loop
+from recruit.models.sampling import check_prompt, check_sampling, decode_loop
 from recruit.triton_support import triton_available
 
 
@@ -464,6 +464,7 @@ class BDH(RecruitModel):
         to the ``top_k`` most likely tokens when given. The cost per new token is independent of position.
         ``cuda_graph`` replays each step from a CUDA graph (:meth:`cuda_graph_step`); default: on CUDA.
         """
+        check_prompt(idx)
         check_sampling(temperature, greedy, top_k, max_new_tokens)
         state = self.new_state(idx.shape[0])
         logits = self.prefill(idx, state, chunk)  # (B, V)

@@ -18,7 +18,7 @@ from torch import nn
 from recruit.errors import RecruitError
 from recruit.models.base import RecruitModel, register_model
 from recruit.models.kv_cache import KVCache
-from recruit.models.sampling import check_sampling, decode_loop
+from recruit.models.sampling import check_prompt, check_sampling, decode_loop
 
 
 @dataclass
@@ -326,8 +326,7 @@ class GPT(RecruitModel):
         ``greedy`` takes the arg-max; otherwise samples from ``softmax(logits / temperature)``, restricted
         to the ``top_k`` most likely tokens when given.
         """
-        if idx.shape[1] == 0:
-            raise RecruitError("generate needs a non-empty prompt")
+        check_prompt(idx)
         check_sampling(temperature, greedy, top_k, max_new_tokens)
         if idx.shape[1] + max_new_tokens > self.config.max_seq_len:
             raise RecruitError(

@@ -10,6 +10,12 @@ import torch
 from recruit.errors import RecruitError
 
 
+def check_prompt(idx: torch.Tensor) -> None:
+    """Reject a prompt that ``generate`` cannot continue: it takes token ids (B, T) with B, T >= 1."""
+    if idx.dim() != 2 or idx.shape[0] == 0 or idx.shape[1] == 0:
+        raise RecruitError(f"generate takes a non-empty prompt of token ids (B, T), got shape {tuple(idx.shape)}")
+
+
 def check_sampling(temperature: float, greedy: bool, top_k: int | None = None, max_new_tokens: int = 0) -> None:
     """Reject a temperature, top-k or number of new tokens that ``generate`` cannot use."""
     if max_new_tokens < 0:
