@@ -115,7 +115,16 @@ class Record:
         for name in ("bench", "case", "metric"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"Record.{name} must be a non-empty string")
-        self.value = float(self.value)
+        if not isinstance(self.unit, str):
+            raise ValueError(f"Record.unit must be a string, got {self.unit!r}")
+        if not isinstance(self.env, dict):
+            raise ValueError(f"Record.env must be a mapping, got {type(self.env).__name__}")
+        if self.value is None or type(self.value).__name__ in ("bool", "bool_"):  # float() would take a bool
+            raise ValueError(f"Record.value must be a number, got {self.value!r}")
+        try:
+            self.value = float(self.value)  # numbers (Python, numpy, 0-d tensors) and "nan" / "inf"
+        except OverflowError:
+            raise ValueError("Record.value is too large for a float") from None
 
     @property
     def params(self) -> dict[str, str]:

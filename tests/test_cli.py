@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from recruit.cli import build_parser, main
-from recruit.records import read_records
+from recruit.records import Record, read_records, write_records
 
 SUBCOMMANDS = [
     ["data"],
@@ -454,3 +454,20 @@ def test_bad_input_is_refused_in_one_line_before_any_work(args, said, text_corpu
     assert rc == 2
     assert said.format(**paths) in captured.err + captured.out
     assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()  # nothing made on the way
+
+
+def test_report_draws_what_it_can_from_cut_or_foreign_records(tmp_path, capsys):
+    """A section that cannot be drawn from its records (a partial file cut between two records) says so on the
+    page instead of failing the report; record text is escaped in the page."""
+    lines = (Path(__file__).parent.parent / "results/cpu/bdh-memory-tiny.jsonl").read_text().splitlines()
+    cut = next(i for i, line in enumerate(lines) if '"probe_exact"' in line) + 1  # its probe_char_acc left out
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines[:cut]) + "\n")
+    tagged = Record("fff-quality", "ff=<b>dense</b>,lang=mean", "bpb", 1.5, "bits/byte")
+    write_records(tmp_path / "tagged.jsonl", [tagged])
+    out = tmp_path / "rep"
+    args = ["report", "--quick", "-q", "--out", str(out), "--include", str(tmp_path / "cut.jsonl")]
+    assert main([*args, str(tmp_path / "tagged.jsonl")]) == 0
+    page = (out / "index.html").read_text()
+    assert "This section could not be drawn from the bdh-memory records given (KeyError" in page
+    assert "ff=&lt;b&gt;dense&lt;/b&gt;" in page and "<b>dense</b>" not in page
+    assert len(read_records(out / "results.jsonl")) > cut

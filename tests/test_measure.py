@@ -213,3 +213,21 @@ def test_bits_per_byte_of_nothing_scored_is_an_error():
 def test_time_fn_needs_a_timed_call():
     with pytest.raises(ValueError, match="repeats >= 1"):
         measure.time_fn(lambda: None, repeats=0)
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ({"env": None}, "env must be a mapping"),
+        ({"unit": None}, "unit must be a string"),
+        ({"value": True}, "value must be a number"),
+        ({"value": 10**400}, "too large"),
+    ],  # fmt: skip
+)
+def test_records_that_would_fail_later_are_refused_when_read(tmp_path, bad, why):
+    import json
+
+    line = {"bench": "b", "case": "a=1", "metric": "m", "value": 1.0, "unit": "", "env": {}, **bad}
+    (tmp_path / "r.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(RecruitError, match=f"r.jsonl:1: not a result record .*{why}"):
+        read_records(tmp_path / "r.jsonl")

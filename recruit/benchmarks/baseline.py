@@ -6,7 +6,6 @@ Every technique's numbers are read against these. Run with ``recruit bench basel
 from __future__ import annotations
 
 import csv
-import html
 import logging
 import math
 from pathlib import Path
@@ -162,7 +161,7 @@ def section(records: list[Record]) -> str:
         xs, ys = zip(*dec, strict=True)
         parts.append(line_chart({"KV cache": (xs, ys)}, "decode latency", "context (tokens)", "ms per token"))
     cost = [r for r in rs if r.metric not in ("bpb", "ppl", "bytes_scored", "train_val_bpb")]
-    rows = [[html.escape(r.case), r.metric, _fmt(r.value), r.unit] for r in cost]
+    rows = [[r.case, r.metric, _fmt(r.value), r.unit] for r in cost]
     parts.append(table(["case", "metric", "value", "unit"], rows))
     return "\n".join(parts)
 

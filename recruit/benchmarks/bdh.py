@@ -316,7 +316,7 @@ def section(records: list[Record]) -> str:
         )
     shown = {"decode_ms_per_token", "state_bytes", "kv_bytes", "density_x", "density_y", "graph_ccdf",
              "train_density_x", "train_density_y", "train_density_xy"}  # fmt: skip
-    rows = [[html.escape(r.case), r.metric, f"{r.value:.4g}", r.unit] for r in rs if r.metric not in shown]
+    rows = [[r.case, r.metric, f"{r.value:.4g}", r.unit] for r in rs if r.metric not in shown]
     parts.append(table(["case", "metric", "value", "unit"], rows))
     return "\n".join(parts)
 

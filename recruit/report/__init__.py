@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from html import escape
 from pathlib import Path
 
 from recruit.benchmarks import BenchOptions, all_benches
@@ -52,15 +53,29 @@ def run_report(
         records += bench.run(opts)
         timings[bench.name] = time.perf_counter() - t0
     records += included
-    write_records(out / "results.jsonl", records)
     sections = [("Summary", _summary(records, timings))]
     for bench in all_benches().values():
         if bench.section is not None and any(r.bench == bench.name for r in records):
-            sections.append((f"{bench.name}: {bench.summary}", bench.section(records)))
+            sections.append((f"{bench.name}: {bench.summary}", _section(bench, records)))
     env = records[0].env if records else environment()
     html_path = out / "index.html"
+    write_records(out / "results.jsonl", records)  # the records and their page, written together
     atomic_write_text(html_path, page("recruit report", sections, env))
     return records, html_path
+
+
+def _section(bench, records: list[Record]) -> str:
+    """``bench``'s section of the page; one that cannot be drawn from these records says so instead of failing.
+
+    A section reads the case fields its own benchmark writes; records cut short (a partial file) or written by
+    another version may lack some. The records themselves still go to ``results.jsonl`` and the tables.
+    """
+    try:
+        return bench.section(records)
+    except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError) as e:
+        log.warning("the %s section could not be drawn from these records (%s: %s)", bench.name, type(e).__name__, e)
+        why = escape(f"{type(e).__name__}: {e}")
+        return f"<p>This section could not be drawn from the {bench.name} records given ({why}); see results.jsonl.</p>"
 
 
 def _ensure_corpus(opts: BenchOptions) -> None:

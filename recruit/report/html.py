@@ -18,9 +18,9 @@ code{background:#f6f8fa;padding:0 .2em}img{max-width:100%}.env{color:#57606a;fon
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An HTML table; cells are inserted as given (escape user text before)."""
+    """An HTML table of plain-text cells (escaped here: cases, metrics and units come from record files)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{_num(c)}>{c}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td{_num(c)}>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
