@@ -8,6 +8,7 @@ target, which POSIX guarantees to be atomic.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -34,6 +35,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
@@ -131,9 +133,25 @@ def atomic_tmp_path(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of earlier writes of ``path`` that never finished (``kill -9`` mid-write).
+
+    Writes here go to ``.NAME.XXXX.tmp`` beside ``NAME`` and are renamed when complete, so such a file left
+    behind is a write that was cut short; a checkpoint's may be as large as the model. (One process writes a
+    given file at a time.) Returns what was deleted.
+    """
+    path = Path(path)
+    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
 
 
 def atomic_save_with(path: str | os.PathLike, writer) -> None:

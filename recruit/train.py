@@ -33,7 +33,7 @@ from recruit.config import from_dict, typed_fields
 from recruit.data.probes import ProbeMixStream
 from recruit.data.stream import TokenStream, eval_windows
 from recruit.errors import RecruitError
-from recruit.io import atomic_save_with, atomic_write_json, atomic_write_text, output_dir
+from recruit.io import atomic_save_with, atomic_write_json, atomic_write_text, output_dir, remove_stale_tmp
 from recruit.models import PRESETS, RecruitModel, build_model
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,11 @@ class Trainer:
             self.stream = ProbeMixStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.probe_mix)
         else:
             self.stream = TokenStream(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
+        if len(val_tokens) < cfg.seq_len + 1:
+            raise RecruitError(
+                f"the held-out (val) data has {len(val_tokens)} tokens, fewer than one window of "
+                f"{cfg.seq_len + 1}: the corpus needs more documents (each split takes whole ones)"
+            )
         self.val = eval_windows(val_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T + 1)
         self.data_key = data_key(train_tokens, val_tokens)  # a resumed run must continue on the same data
         self.extra_losses = list(extra_losses or [])
@@ -391,9 +396,8 @@ class Trainer:
             The trained model.
         """
         output_dir(self.out, "out_dir")
-        for stale in self.out.glob(f".{self.ckpt_path.name}.*.tmp"):  # a checkpoint write cut short by kill -9
-            log.info("removing %s, a checkpoint that was never finished", stale)
-            stale.unlink(missing_ok=True)
+        for stale in remove_stale_tmp(self.ckpt_path):  # a checkpoint write that kill -9 cut short
+            log.info("removed %s, a checkpoint that was never finished", stale)
         self.try_resume()  # before config.json: a refused resume leaves the run's files as they were
         atomic_write_json(self.out / "config.json", dataclasses.asdict(self.cfg))
         tb = _tensorboard(self.out)
@@ -594,6 +598,8 @@ def train_steps(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     settings = _step_settings(steps, lr, meta)
     start = 0
+    if checkpoint is not None:
+        remove_stale_tmp(checkpoint)  # a save that kill -9 cut short
     state = None if checkpoint is None else _matching_state(Path(checkpoint), settings, device)
     if state is not None:
         _restore_state(state, model, opt)

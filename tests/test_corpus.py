@@ -410,3 +410,17 @@ def test_default_cache_dir(monkeypatch, tmp_path: Path) -> None:
     assert default_cache_dir() == tmp_path / "xdg/recruit"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == Path.home() / ".cache/recruit"
+
+
+def test_a_corpus_too_small_for_every_split_is_named(tmp_path: Path, caplog) -> None:
+    """One document fills one split only: prepare warns, and training says the val data is what is missing."""
+    from recruit.train import Trainer, make_config
+
+    one = tmp_path / "one.txt"
+    one.write_text("Ein einziger Text, lang genug für ein paar Fenster. " * 40, encoding="utf-8")
+    path = prepare_corpus("one", cache_dir=tmp_path, text=one, lang="de", progress=False)
+    assert "has no val or test text" in caplog.text
+    corpus = Corpus.load(path)
+    cfg = make_config("gpt-nano", overrides={"out_dir": str(tmp_path / "run")})
+    with pytest.raises(RecruitError, match=r"the held-out \(val\) data has 0 tokens"):
+        Trainer(cfg, corpus.tokens("train"), corpus.tokens("val"), progress=False)

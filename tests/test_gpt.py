@@ -203,6 +203,10 @@ def test_a_tie_broken_after_construction_is_refused_on_save(tmp_path):
         m.save_pretrained(tmp_path / "m")
     assert not (tmp_path / "m").exists()
     m.lm_head.weight = m.tok_emb.weight  # tied again: saved and loaded as it is
+    (tmp_path / "m").mkdir()
+    stale = tmp_path / "m/.model.safetensors.k9x1.tmp"  # an earlier save that kill -9 cut short
+    stale.write_bytes(b"half a model")
     m.save_pretrained(tmp_path / "m")
+    assert not stale.exists() and (tmp_path / "m/model.safetensors").exists()
     x = torch.randint(0, 288, (1, 6))
     torch.testing.assert_close(load_model(tmp_path / "m")(x), m(x))

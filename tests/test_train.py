@@ -242,8 +242,11 @@ def test_train_steps_resumes_exactly_from_its_checkpoint(tmp_path):
         assert torch.equal(a, b)
 
     again = _small_run(seed=6)[0]
+    stale = tmp_path / ".run.pt.k9x1.tmp"  # a save that kill -9 cut short
+    stale.write_bytes(b"half a checkpoint")
     train_steps(again, lambda step: pytest.fail("a finished run trained again"), 30, 1e-2, loss_of,
                 meta={"arm": "a"}, **run)  # fmt: skip
+    assert not stale.exists()
     assert torch.equal(again[0].weight, straight[0].weight)
     with pytest.raises(RecruitError, match="arm differ"):
         train_steps(again, batch, 30, 1e-2, loss_of, meta={"arm": "b"}, **run)
