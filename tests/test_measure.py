@@ -231,3 +231,10 @@ def test_records_that_would_fail_later_are_refused_when_read(tmp_path, bad, why)
     (tmp_path / "r.jsonl").write_text(json.dumps(line) + "\n")
     with pytest.raises(RecruitError, match=f"r.jsonl:1: not a result record .*{why}"):
         read_records(tmp_path / "r.jsonl")
+
+
+def test_markdown_keeps_one_row_per_record():
+    from recruit.report.terminal import format_markdown
+
+    text = format_markdown([Record("b", "a=x|y\nz", "m", 1.0, "u")])
+    assert text.splitlines()[-1] == "| a=x\\|y z | m | 1 | u |"

@@ -59,6 +59,11 @@ def format_markdown(records: list[Record], command: str = "recruit report") -> s
             "| case | metric | value | unit |",
             "|---|---|---:|---|",
         ]
-        lines += [f"| {r.case} | {r.metric} | {_fmt(r.value)} | {r.unit} |" for r in rows]
+        lines += [f"| {_cell(r.case)} | {_cell(r.metric)} | {_fmt(r.value)} | {_cell(r.unit)} |" for r in rows]
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: a ``|`` escaped, line breaks as spaces."""
+    return " ".join(text.splitlines()).replace("|", "\\|")
