@@ -95,12 +95,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt of ``--prompt`` or ``--prompt-file``; empty, unreadable or non-UTF-8 input is an error."""
+    if getattr(args, "prompt_file", None) is not None:
+        try:
+            data = Path(args.prompt_file).read_bytes()
+        except OSError as e:
+            raise RecruitError(f"cannot read the prompt file {args.prompt_file}: {e.strerror}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecruitError(
+                f"the prompt file {args.prompt_file} is not valid UTF-8 "
+                f"(byte 0x{data[e.start]:02x} at offset {e.start})"
+            ) from None
+    else:
+        text = args.prompt or ""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
+            raise RecruitError(f"the prompt is not valid UTF-8 (at character {e.start})") from None
+    if not text:
+        hint = "--prompt TEXT or --prompt-file PATH" if hasattr(args, "prompt_file") else "--prompt TEXT"
+        raise RecruitError(f"the prompt is empty: pass {hint}")
+    return text
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue a prompt with a checkpoint (byte-level models; tags the prompt with --lang and --kind)."""
     import torch
 
     from recruit import checkpoints
-    from recruit.cli_bdh import read_prompt
     from recruit.data.tokenizer import ByteTokenizer
     from recruit.models import load_model
 

@@ -44,32 +44,6 @@ def bdh_train_config(preset: str | None, file_data: dict | None, overrides: dict
     return cfg
 
 
-def read_prompt(args: argparse.Namespace) -> str:
-    """The prompt of ``--prompt`` or ``--prompt-file``; empty, unreadable or non-UTF-8 input is an error."""
-    if getattr(args, "prompt_file", None) is not None:
-        try:
-            data = Path(args.prompt_file).read_bytes()
-        except OSError as e:
-            raise RecruitError(f"cannot read the prompt file {args.prompt_file}: {e.strerror}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RecruitError(
-                f"the prompt file {args.prompt_file} is not valid UTF-8 "
-                f"(byte 0x{data[e.start]:02x} at offset {e.start})"
-            ) from None
-    else:
-        text = args.prompt or ""
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
-            raise RecruitError(f"the prompt is not valid UTF-8 (at character {e.start})") from None
-    if not text:
-        hint = "--prompt TEXT or --prompt-file PATH" if hasattr(args, "prompt_file") else "--prompt TEXT"
-        raise RecruitError(f"the prompt is empty: pass {hint}")
-    return text
-
-
 def cmd_bdh_train(args: argparse.Namespace) -> int:
     """Train a BDH model with the library's trainer (resumes from OUT_DIR/ckpt.pt when present).
 
@@ -97,6 +71,7 @@ def cmd_bdh_generate(args: argparse.Namespace) -> int:
     import torch
 
     from recruit.benchmarks.bdh import load_bdh
+    from recruit.cli import read_prompt
     from recruit.data.tokenizer import ByteTokenizer
     from recruit.train import resolve_device
 

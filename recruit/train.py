@@ -184,6 +184,17 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def training_mode(model: torch.nn.Module, on: bool) -> Iterator[torch.nn.Module]:
+    """``model`` in training (``on``) or eval mode for the block, then back in the mode it had."""
+    was = model.training
+    model.train(on)
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then cosine to ``lr*min_lr_ratio``."""
     return warmup_cosine(step, cfg.max_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio)
@@ -322,19 +333,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, batch_size: int | None = None) -> float:
         """Mean held-out loss (nats/token) over the fixed validation windows (in eval mode; the model's mode kept)."""
-        was = self.model.training
-        self.model.eval()
         bs = batch_size or self.cfg.batch_size
         total, count = 0.0, 0
-        try:
+        with training_mode(self.model, False):
             for i in range(0, len(self.val), bs):
                 w = self.val[i : i + bs].to(self.device)  # (b, T + 1)
                 with self._autocast():
                     logits = _logits(self.model(w[:, :-1]))
                 total += F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
                 count += w[:, 1:].numel()
-        finally:
-            self.model.train(was)
         return total / count
 
     @torch.no_grad()
@@ -347,13 +354,8 @@ class Trainer:
         fn = getattr(self.model, "held_out_stats", None)
         if fn is None:
             return {}
-        was = self.model.training
-        self.model.eval()
-        try:
-            with self._autocast():
-                return {k: float(v) for k, v in fn(self.val[: self.cfg.batch_size, :-1].to(self.device)).items()}
-        finally:
-            self.model.train(was)
+        with training_mode(self.model, False), self._autocast():
+            return {k: float(v) for k, v in fn(self.val[: self.cfg.batch_size, :-1].to(self.device)).items()}
 
     def _autocast(self):
         if self.autocast_dtype is None:

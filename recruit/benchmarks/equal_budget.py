@@ -17,7 +17,7 @@ import torch
 from recruit import measure
 from recruit.benchmarks import BenchOptions
 from recruit.records import Record, environment
-from recruit.train import Trainer, make_config, resolve_device
+from recruit.train import Trainer, make_config, resolve_device, training_mode
 
 
 @dataclass
@@ -100,12 +100,8 @@ def train_flops_per_token(model: torch.nn.Module, seq_len: int, device: torch.de
     forward (every node's pre-activation), which costs what a dense MLP of its width does.
     """
     x = torch.randint(0, 256, (1, seq_len), device=device)
-    was = model.training
-    model.train()
-    try:
+    with training_mode(model, True):
         return 3 * measure.count_flops(lambda: model(x)) / seq_len
-    finally:
-        model.train(was)
 
 
 def score_arm(

@@ -49,10 +49,14 @@ def _replace(module: nn.Module, make: Callable[[MLP], nn.Module]) -> int:
     return count
 
 
-def _like(new: nn.Module, old: nn.Module) -> nn.Module:
-    """``new`` on the device and dtype of ``old``, and in its mode (training or eval)."""
-    p = next(old.parameters())
-    return new.to(device=p.device, dtype=p.dtype).train(old.training)
+def like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """``new`` in the mode (training or eval) of ``old``, which it replaces, and on its device and dtype if it has any.
+
+    What every swap of a feed-forward block uses (GPT, Hugging Face decoders and encoders).
+    """
+    p = next(old.parameters(), None)
+    new.train(old.training)
+    return new if p is None else new.to(device=p.device, dtype=p.dtype)
 
 
 def _describe(model: nn.Module, **fields) -> None:
@@ -80,7 +84,7 @@ def replace_mlps(
 
     def make(mlp: MLP) -> nn.Module:
         d_in, d_out = mlp.fc_in.in_features, mlp.fc_out.out_features
-        return _like(FastFeedForward(d_in, d_out, depth, n_trees, mode, hardening), mlp)
+        return like(FastFeedForward(d_in, d_out, depth, n_trees, mode, hardening), mlp)
 
     # the hardening loss acts in soft mode only (a GPT's config refuses it in hard mode, where it is inert)
     fields = dict(mlp="fff", fff_depth=depth, fff_trees=n_trees, fff_mode=mode,
@@ -97,7 +101,7 @@ def replace_mlps(
 
 def drop_mlps(model: GPT) -> GPT:
     """Swap every dense MLP of ``model`` for :class:`ZeroFF`; returns ``model`` (changed in place, config too)."""
-    if _replace(model, lambda m: ZeroFF().train(m.training)) == 0:
+    if _replace(model, lambda m: like(ZeroFF(), m)) == 0:
         raise RecruitError("drop_mlps found no dense MLP to drop")
     _describe(model, mlp="none")
     return model

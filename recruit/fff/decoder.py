@@ -40,7 +40,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from recruit.errors import RecruitError
-from recruit.fff.convert import DistillReport, ZeroFF, distil_all, record_hf_inputs
+from recruit.fff.convert import DistillReport, ZeroFF, distil_all, like, record_hf_inputs
 from recruit.fff.fff import FastFeedForward
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,7 @@ def _width(layer: nn.Module) -> int:
 
 def _put(layer: nn.Module, ff: nn.Module) -> None:
     """Put ``ff`` in place of ``layer.mlp``, on its device and dtype and in its mode (training or eval)."""
-    p = next(layer.mlp.parameters(), None)
-    ff.train(layer.mlp.training)
-    layer.mlp = ff if p is None else ff.to(device=p.device, dtype=p.dtype)
+    layer.mlp = like(ff, layer.mlp)
 
 
 def replace_decoder_mlps(

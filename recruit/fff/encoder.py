@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from recruit.errors import RecruitError
-from recruit.fff.convert import DistillReport, ZeroFF, distil_all, record_hf_inputs
+from recruit.fff.convert import DistillReport, ZeroFF, distil_all, like, record_hf_inputs
 from recruit.fff.fff import FastFeedForward
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,7 @@ def dense_feed_forward(layer: nn.Module) -> nn.Module:
 
 def _swap(layer: nn.Module, ff: nn.Module) -> None:
     """Put ``ff`` in place of the layer's feed-forward, on its device and dtype and in its mode."""
-    p = layer.output.dense.weight
-    layer.intermediate = ff.to(device=p.device, dtype=p.dtype).train(layer.intermediate.training)
+    layer.intermediate = like(ff, layer.intermediate)
     layer.output.dense = nn.Identity()
 
 
