@@ -98,7 +98,12 @@ def time_epilogues(batch: int, seq: int, d: int, n: int, device: torch.device, o
     }  # fmt: skip
     out.write(f"\n== fused GEMM epilogues at B·T={M}, N={n}, d={d}, T={T}, {dt}\n")
     out.write(f"{'epilogue':>14} {'fused us':>10} {'torch us':>10} {'ratio':>7} {'TFLOP/s':>8} {'GB/s':>7}\n")
+    timings = {}
     for name, (fused, bare, flops, nbytes) in cases.items():
+        if not bt.interpreting():  # tune this shape again, to record every config's time
+            bt._tuned.cache.clear()
+            fused()
+            timings[name] = getattr(bt._tuned, "configs_timings", None) or {}
         t_f = measure.time_fn(fused, device, warmup=3, repeats=20).median
         t_t = measure.time_fn(bare, device, warmup=3, repeats=20).median
         out.write(f"{name:>14} {t_f * 1e6:10.1f} {t_t * 1e6:10.1f} {t_f / t_t:7.2f} {flops / t_f / 1e12:8.1f} "
@@ -107,6 +112,15 @@ def time_epilogues(batch: int, seq: int, d: int, n: int, device: torch.device, o
         out.write("\n== autotuner choices (key -> config)\n")
         for key, config in bt._tuned.cache.items():
             out.write(f"{key} -> {config}\n")
+        out.write("\n== every config's time (us), fastest first\n")
+        for name, by_config in timings.items():
+            for config, t in sorted(by_config.items(), key=lambda kv: _first(kv[1])):
+                out.write(f"{name:>14} {_first(t) * 1e3:10.1f}  {config}\n")
+
+
+def _first(t) -> float:
+    """The autotuner's time of a config (ms): its median, or inf where it did not run."""
+    return float(t[0] if isinstance(t, (list, tuple)) else t)
 
 
 def main() -> None:

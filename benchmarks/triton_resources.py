@@ -83,15 +83,13 @@ def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype
     return _compile(_fff_token_kernel, launch.constexprs, launch.ints, arch, {"*": dtype}, **compile_options)
 
 
-def compile_bdh_gemm(epilogue: int, config: tuple[int, int, int, int, int], arch: int = 90, dtype: str = "bf16"):
-    """BDH's fused-head GEMM (:func:`recruit.models.bdh_triton._neuron_gemm`) at the paper's training shape.
+def bdh_gemm_shape(epilogue: int) -> tuple[dict, dict]:
+    """The integer arguments of BDH's fused-head GEMM at the paper's training shape, and its unit strides.
 
-    ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Shapes as
-    ``_FusedHead`` launches them: B·T = 16384 rows, N = 8192 neurons, d = 256, T = 512.
+    Shapes as ``_FusedHead`` launches them: B·T = 16384 rows, N = 8192 neurons, d = 256, T = 512.
     """
-    from recruit.models.bdh_triton import ROPE_BACKWARD, SCORES, _neuron_gemm
+    from recruit.models.bdh_triton import ROPE_BACKWARD, SCORES
 
-    bm, bn, bk, warps, stages = config
     B, T, N, d = 32, 512, 8192, 256
     ints = dict(M=B * T, N=N, K=d, T=T, stride_am=d, stride_bk=N, a_batch=0, b_batch=0, seed=12345)
     unit = dict(stride_ak=1, stride_bn=1)  # strides equal to 1, which the JIT makes constants
@@ -101,8 +99,32 @@ def compile_bdh_gemm(epilogue: int, config: tuple[int, int, int, int, int], arch
         ints.update(N=T, K=N, stride_am=N, stride_bn=N, a_batch=T * N, b_batch=T * N)
         del ints["stride_bk"]
         unit = dict(stride_ak=1, stride_bk=1)
+    return ints, unit
+
+
+def bdh_configs(epilogue: int) -> list[tuple[int, ...]]:
+    """The configs of ``bdh_triton._CONFIGS`` that the autotuner's pruning keeps for this epilogue's shape."""
+    from recruit.models import bdh_triton as bt
+
+    ints, _ = bdh_gemm_shape(epilogue)
+    batched = epilogue in (bt.ROPE_BACKWARD, bt.SCORES)
+    kept = bt._prune(bt._tuned.configs, ints, BATCHED=batched)
+    return [c for c, t in zip(bt._CONFIGS, bt._tuned.configs, strict=True) if t in kept]
+
+
+def compile_bdh_gemm(epilogue: int, config: tuple[int, ...], arch: int = 90, dtype: str = "bf16"):
+    """BDH's fused-head GEMM (:func:`recruit.models.bdh_triton._neuron_gemm`) at the paper's training shape.
+
+    ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS); shapes
+    from :func:`bdh_gemm_shape`.
+    """
+    from recruit.models.bdh_triton import ROPE_BACKWARD, SCORES, _neuron_gemm
+
+    bm, bn, bk, warps, stages, rows = config
+    ints, unit = bdh_gemm_shape(epilogue)
     constexprs = dict(**unit, EPILOGUE=epilogue, BATCHED=epilogue in (ROPE_BACKWARD, SCORES), UPCAST=False,
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, DOT_PRECISION="tf32")  # fmt: skip
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=rows,
+                      DOT_PRECISION="tf32")  # fmt: skip
     ptrs = {"*": dtype, "cos_ptr": "fp32", "sin_ptr": "fp32", "grad_add_ptr": "fp32"}
     return _compile(_neuron_gemm, constexprs, ints, arch, ptrs, num_warps=warps, num_stages=stages)
 
@@ -170,10 +192,8 @@ def main() -> None:
         p.add_argument(f"--{name}", type=int)
     args = p.parse_args()
     if args.bdh:
-        from recruit.models.bdh_triton import _CONFIGS
-
         for epilogue, name in enumerate(("ENCODE", "GATE", "GATE_BACKWARD", "ROPE_BACKWARD", "SCORES")):
-            for config in _CONFIGS:
+            for config in bdh_configs(epilogue):
                 k = compile_bdh_gemm(epilogue, config, args.arch, args.dtype)
                 r = resources(k, waves=False)
                 print(f"{name:>14} {config}: {r.registers} registers, {r.local_bytes} local bytes, "

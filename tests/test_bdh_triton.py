@@ -18,10 +18,16 @@ from recruit.models.bdh_triton import GATE, _launch, fused_head, supports
 sys.path.insert(0, sys.argv[2])
 from test_bdh_triton import head_case, model_case
 
+from recruit.models import bdh_triton
+
 out = {}
 for name, dtype, p_drop, means in [("fp32", torch.float32, 0.0, True), ("odd", torch.float32, 0.0, False),
-                                   ("bf16", torch.bfloat16, 0.0, False), ("drop", torch.float32, 0.3, True)]:
-    v, dx, dy, e, c, s, w = head_case(name, dtype)
+                                   ("bf16", torch.bfloat16, 0.0, False), ("drop", torch.float32, 0.3, True),
+                                   ("rows-fp32", torch.float32, 0.0, True), ("rows-odd", torch.float32, 0.0, False),
+                                   ("rows-drop", torch.float32, 0.3, True)]:
+    # "rows-": each program makes two row blocks against a held B block (ROW_BLOCKS = 2; "rows-odd" has 3)
+    bdh_triton._INTERPRETED["ROW_BLOCKS"] = 2 if name.startswith("rows-") else 1
+    v, dx, dy, e, c, s, w = head_case(name.removeprefix("rows-"), dtype)
     torch.manual_seed(5)
     o, xm, ym = fused_head(v, dx, dy, e, c, s, p_drop, means=means)
     grads = torch.autograd.grad((o.float() * w).sum() + 3 * xm + 5 * ym, (v, dx, dy, e))
@@ -35,6 +41,7 @@ for name, dtype, p_drop, means in [("fp32", torch.float32, 0.0, True), ("odd", t
                 p_drop=p_drop, seed=seed)
         keep = xy != 0
     out[name] = dict(out=o.detach(), xm=xm, ym=ym, grads=grads, keep=keep, supports=supports(v, dx.shape[1]))
+bdh_triton._INTERPRETED["ROW_BLOCKS"] = 1
 
 model, idx, tgt = model_case()
 for impl in ("fused", "fast"):
@@ -95,11 +102,11 @@ def _oracle(name: str, dtype: torch.dtype, keep=None, p_drop: float = 0.0, means
     return o.detach(), x.float().mean(), y.float().mean(), grads
 
 
-@pytest.mark.parametrize("name", ["fp32", "odd", "drop"])
+@pytest.mark.parametrize("name", ["fp32", "odd", "drop", "rows-fp32", "rows-odd", "rows-drop"])
 def test_fused_head_equals_torch_in_fp32(interpreted, name):
     got = interpreted[name]
     assert got["supports"]
-    p_drop = 0.3 if name == "drop" else 0.0
+    p_drop = 0.3 if name.endswith("drop") else 0.0
     if p_drop:
         kept = got["keep"].float().mean().item()
         assert abs(kept - (1 - p_drop)) < 0.03  # 4096 draws: 7 standard deviations
@@ -107,9 +114,10 @@ def test_fused_head_equals_torch_in_fp32(interpreted, name):
         agree = 1 - p_drop * (2 - 2 * p_drop)  # P(two independent draws agree) = p² + (1 − p)²
         for a, b in ((keep[:, :-1], keep[:, 1:]), (keep[:-1], keep[1:])):  # neighbours: columns, rows
             assert abs((a == b).float().mean().item() - agree) < 0.04
-    o, xm, ym, grads = _oracle(name, torch.float32, got["keep"], p_drop, means=name != "odd")
+    means = not name.endswith("odd")
+    o, xm, ym, grads = _oracle(name.removeprefix("rows-"), torch.float32, got["keep"], p_drop, means=means)
     torch.testing.assert_close(got["out"], o, rtol=1e-5, atol=1e-5)
-    if name != "odd":  # "odd" asks for no means: they come back as 0
+    if means:  # "odd" asks for no means: they come back as 0
         torch.testing.assert_close(got["xm"], xm)
         torch.testing.assert_close(got["ym"], ym)
     for a, b in zip(got["grads"], grads, strict=True):
@@ -164,31 +172,45 @@ def test_fused_falls_back_to_fast_without_a_gpu():
 
 
 def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
-    """A batched product needs BLOCK_M | T; small row blocks only when nothing larger divides T (T = 48, 16)."""
+    """A batched product needs BLOCK_M · ROW_BLOCKS | T; small row blocks only when nothing larger divides T
+    (T = 48, 16); a program holding its B block (ROW_BLOCKS > 1) only where BLOCK_K is K's power of two."""
     pytest.importorskip("triton")
-    from recruit.models.bdh_triton import _prune, _tuned
+    from recruit.models.bdh_triton import _CONFIGS, _prune, _tuned
 
-    def kept(T, N, batched):
-        return sorted((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in _prune(_tuned.configs, {"T": T, "N": N},
-                                                                                 BATCHED=batched))  # fmt: skip
+    def kept(T, N, K, batched):
+        configs = _prune(_tuned.configs, {"T": T, "N": N, "K": K}, BATCHED=batched)
+        return {c for c, t in zip(_CONFIGS, _tuned.configs, strict=True) if t in configs}
 
-    assert kept(512, 8192, True) == kept(512, 8192, False) == [(64, 64), (64, 128), (128, 64), (128, 128), (128, 256)]
-    assert kept(48, 8192, True) == [(16, 64)]
-    assert kept(32, 48, True) == [(16, 64), (32, 64)]
-    assert all(m >= 64 for m, _ in kept(48, 8192, False))
+    walking = {c for c in _CONFIGS if c[5] == 1 and c[0] >= 64}
+    assert (
+        kept(512, 8192, 256, False)
+        == kept(512, 8192, 256, True)
+        == walking | {c for c in _CONFIGS if c[5] > 1 and c[2] == 256}
+    )
+    assert kept(512, 8192, 512, True) == walking | {(64, 64, 512, 4, 2, 8)}  # ROPE_BACKWARD: K = T
+    assert kept(512, 512, 8192, True) == {c for c in walking if c[1] <= 512}  # SCORES: K = N
+    assert kept(768, 8192, 256, True) == walking  # 512 rows per program do not divide the sequence
+    assert kept(768, 8192, 256, False) == kept(512, 8192, 256, False)
+    assert kept(80, 8192, 256, True) == {(16, 64, 64, 4, 3, 1)}
+    assert kept(48, 8192, 256, True) == {(16, 64, 64, 4, 3, 1)}
+    assert {c[:2] for c in kept(32, 48, 32, True)} == {(16, 64), (32, 64)}
+    assert all(c[0] >= 64 for c in kept(48, 8192, 256, False))
 
 
-@pytest.mark.parametrize("config", [(128, 128, 64, 8, 3), (64, 64, 64, 4, 4)])
+@pytest.mark.parametrize("config", [(128, 128, 64, 8, 3, 1), (64, 64, 64, 4, 4, 1), (64, 128, 256, 4, 3, 8)])
 def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
     """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).
 
     No registers spilled, and operand tiles copied asynchronously (the software pipeline: Eᵀ passed as a
-    transposed view once kept GATE_BACKWARD's B operand out of it).
+    transposed view once kept GATE_BACKWARD's B operand out of it); a config holding its B block (ROW_BLOCKS
+    > 1) only for the products whose K it spans, with its A tiles pipelined across the row blocks.
     """
     from recruit.models import bdh_triton
 
     copies = []
-    for epilogue in range(5):
+    epilogues = [e for e in range(5) if config in cuobjdump.bdh_configs(e)]
+    assert epilogues == ([0, 1, 2] if config[5] > 1 else [0, 1, 2, 3, 4])
+    for epilogue in epilogues:
         kernel = cuobjdump.compile_bdh_gemm(epilogue, config)
         used = cuobjdump.resources(kernel, waves=False)
         assert used.local_bytes == 0, (epilogue, used)

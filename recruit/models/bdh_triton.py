@@ -38,18 +38,28 @@ import triton.language as tl
 
 ENCODE, GATE, GATE_BACKWARD, ROPE_BACKWARD, SCORES = 0, 1, 2, 3, 4
 
-# Launch configurations tried by the autotuner on a GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). The
-# interpreter takes the small fixed blocks of _INTERPRETED instead (it runs every program in Python).
+# Launch configurations tried by the autotuner on a GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS). The
+# interpreter takes the small fixed blocks of _INTERPRETED instead (it runs every program in Python; the tests
+# also run it with ROW_BLOCKS > 1, where the launcher widens BLOCK_K to all of K).
 _CONFIGS = [
-    (128, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3),
-    (128, 64, 64, 4, 4),
-    (64, 128, 64, 4, 4),
-    (64, 64, 64, 4, 4),
-    (32, 64, 64, 4, 3),  # small row blocks: only for the batched products of sequences of 16 or 48 tokens ...
-    (16, 64, 64, 4, 3),  # ... which no larger BLOCK_M divides (see _prune)
+    (128, 128, 64, 8, 3, 1),
+    (128, 256, 64, 8, 3, 1),
+    (128, 64, 64, 4, 4, 1),
+    (64, 128, 64, 4, 4, 1),
+    (64, 64, 64, 4, 4, 1),
+    (128, 128, 64, 4, 2, 1),  # two stages: more programs per SM, whose epilogues overlap the others' loads
+    (64, 128, 64, 4, 2, 1),
+    (32, 64, 64, 4, 3, 1),  # small row blocks: only for the batched products of sequences of 16 or 48 tokens ...
+    (16, 64, 64, 4, 3, 1),  # ... which no larger BLOCK_M divides (see _prune)
+    # one B block held while the program walks several row blocks: products of K ≤ BLOCK_K only (d = 256, T = 512)
+    (128, 128, 256, 8, 2, 4),
+    (64, 128, 256, 4, 3, 8),
+    (64, 64, 256, 4, 3, 8),
+    (64, 256, 256, 8, 2, 8),
+    (128, 64, 256, 4, 2, 4),
+    (64, 64, 512, 4, 2, 8),
 ]
-_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2)
+_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1)
 
 
 def interpreting() -> bool:
@@ -84,74 +94,32 @@ def _keep(seed, m, pid_n, N, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
 
 
 @triton.jit
-def _neuron_gemm(
-    a_ptr,  # (M, K) with strides (stride_am, stride_ak); BATCHED: sequence s's block starts at s·a_batch
-    b_ptr,  # (K, N) with strides (stride_bk, stride_bn); BATCHED: sequence s's block starts at s·b_batch
-    out0_ptr,  # (M, N): x | y | ∂y | ∂x | scores
-    out1_ptr,  # (M, N): RoPE(x) | dropout(x ⊙ y) | the x-part of ∂x | unused | unused
-    in0_ptr,  # (M, N): unused | x | x | the x-part of ∂x | unused
-    in1_ptr,  # (M, N): unused | unused | y | x | unused
-    cos_ptr,  # (T, N/2) fp32: cos of each position's pair angles (ENCODE, ROPE_BACKWARD)
-    sin_ptr,  # (T, N/2) fp32
+def _epilogue(
+    acc,  # (BLOCK_M, BLOCK_N) fp32: the product tile of row block pid_m, column block pid_n
+    pid_m,
+    pid_n,
+    out0_ptr,
+    out1_ptr,
+    in0_ptr,
+    in1_ptr,
+    cos_ptr,
+    sin_ptr,
     M,
     N,
-    K,
-    T,  # tokens per sequence: row m is position m mod T
-    stride_am,
-    stride_ak,
-    stride_bk,
-    stride_bn,
-    a_batch,  # BATCHED: elements between the A blocks of consecutive sequences
-    b_batch,  # BATCHED: ... and between their B blocks
-    p_drop,  # dropout probability (GATE, GATE_BACKWARD); 0 = none
-    seed,  # Philox seed of the dropout mask
-    grad_add_ptr,  # () fp32: added to ∂y (GATE_BACKWARD) or ∂x (ROPE_BACKWARD) before its ReLU (activity penalty)
+    T,
+    p_drop,
+    seed,
+    grad_add_ptr,
     EPILOGUE: tl.constexpr,
-    BATCHED: tl.constexpr,  # row m multiplies sequence m // T's block of B (and its A rows lie in its A block)
-    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (for fp32 operands; 16-bit ones multiply exactly either way)
-    UPCAST: tl.constexpr,  # multiply in fp32 (the interpreter's dot mistakes bf16 operands; products are exact)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
 ):
-    # Programs walk GROUP_M row blocks across all column blocks before moving on, so A's rows stay in L2.
-    pid = tl.program_id(0)
-    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * n_n)
-    first_m = group * GROUP_M
-    rows_in_group = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * n_n)) % rows_in_group
-    pid_n = (pid % (GROUP_M * n_n)) // rows_in_group
-
+    """Apply :func:`_neuron_gemm`'s epilogue to one product tile and store what it makes."""
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     m_ok, n_ok = m < M, n < N
-    m64 = m.to(tl.int64)
-    seq = (pid_m * BLOCK_M) // T  # BATCHED: a row block lies in one sequence (the launcher makes BLOCK_M divide T)
-    t = m - seq * T  # (BLOCK_M,) positions of the rows in their sequence (when BATCHED)
-    if BATCHED:
-        a_rows = a_ptr + seq.to(tl.int64) * a_batch + t.to(tl.int64)[:, None] * stride_am  # (BLOCK_M, 1)
-        b_base = b_ptr + seq.to(tl.int64) * b_batch
-    else:
-        a_rows = a_ptr + m64[:, None] * stride_am
-        b_base = b_ptr
-    k_end = K
-    if EPILOGUE == 4:  # causal scores: a tile wholly on or above the diagonal (no column j < row t) is all 0
-        k_end = tl.where(pid_n * BLOCK_N < pid_m * BLOCK_M - seq * T + BLOCK_M - 1, K, 0)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, k_end, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-        k_ok = k < K
-        a = tl.load(a_rows + k[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_base + k.to(tl.int64)[:, None] * stride_bk + n[None, :] * stride_bn,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
-        if UPCAST:
-            a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-
     dt = out0_ptr.dtype.element_ty
-    tile = m64[:, None] * N + n[None, :]  # (BLOCK_M, BLOCK_N) element offsets of the (M, N) tensors
+    tile = m.to(tl.int64)[:, None] * N + n[None, :]  # (BLOCK_M, BLOCK_N) element offsets of the (M, N) tensors
     ok = m_ok[:, None] & n_ok[None, :]
     if EPILOGUE == 0 or EPILOGUE == 3:  # the angles of the tile's pairs: row m is position m mod T
         pair = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # (BLOCK_N/2,)
@@ -188,6 +156,7 @@ def _neuron_gemm(
         tl.store(out0_ptr + tile, tl.where(y > 0, gy, 0.0).to(dt), mask=ok)
         tl.store(out1_ptr + tile, (g * y).to(dt), mask=ok)
     elif EPILOGUE == 4:  # scores RoPE(x)·RoPE(x)ᵀ strictly below the diagonal (column j < row t), else 0
+        t = m % T  # (BLOCK_M,) positions of the rows in their sequence
         tl.store(out0_ptr + tile, tl.where(n[None, :] < t[:, None], acc, 0.0).to(dt), mask=ok)
     else:  # ∂x before its ReLU: RoPE⁻¹((Gg + Ggᵀ)·RoPE(x)) + ∂(x ⊙ y) ⊙ y, where x > 0
         ge, go = _pairs(acc.to(dt), BLOCK_M, BLOCK_N)
@@ -198,14 +167,108 @@ def _neuron_gemm(
         tl.store(out0_ptr + tile, tl.where(x > 0, gx, 0.0).to(dt), mask=ok)
 
 
+@triton.jit
+def _neuron_gemm(
+    a_ptr,  # (M, K) with strides (stride_am, stride_ak); BATCHED: sequence s's block starts at s·a_batch
+    b_ptr,  # (K, N) with strides (stride_bk, stride_bn); BATCHED: sequence s's block starts at s·b_batch
+    out0_ptr,  # (M, N): x | y | ∂y | ∂x | scores
+    out1_ptr,  # (M, N): RoPE(x) | dropout(x ⊙ y) | the x-part of ∂x | unused | unused
+    in0_ptr,  # (M, N): unused | x | x | the x-part of ∂x | unused
+    in1_ptr,  # (M, N): unused | unused | y | x | unused
+    cos_ptr,  # (T, N/2) fp32: cos of each position's pair angles (ENCODE, ROPE_BACKWARD)
+    sin_ptr,  # (T, N/2) fp32
+    M,
+    N,
+    K,
+    T,  # tokens per sequence: row m is position m mod T
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    a_batch,  # BATCHED: elements between the A blocks of consecutive sequences
+    b_batch,  # BATCHED: ... and between their B blocks
+    p_drop,  # dropout probability (GATE, GATE_BACKWARD); 0 = none
+    seed,  # Philox seed of the dropout mask
+    grad_add_ptr,  # () fp32: added to ∂y (GATE_BACKWARD) or ∂x (ROPE_BACKWARD) before its ReLU (activity penalty)
+    EPILOGUE: tl.constexpr,
+    BATCHED: tl.constexpr,  # row m multiplies sequence m // T's block of B (and its A rows lie in its A block)
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (for fp32 operands; 16-bit ones multiply exactly either way)
+    UPCAST: tl.constexpr,  # multiply in fp32 (the interpreter's dot mistakes bf16 operands; products are exact)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    ROW_BLOCKS: tl.constexpr,  # > 1: one program makes this many row blocks against one B block held (BLOCK_K ≥ K)
+):
+    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    if ROW_BLOCKS == 1:
+        # Programs walk GROUP_M row blocks across all column blocks before moving on, so A's rows stay in L2.
+        group = pid // (GROUP_M * n_n)
+        first_m = group * GROUP_M
+        rows_in_group = tl.minimum(n_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * n_n)) % rows_in_group
+        pid_n = (pid % (GROUP_M * n_n)) // rows_in_group
+    else:
+        # Consecutive programs share ROW_BLOCKS row blocks of A (in L2) and take B's column blocks in turn; each
+        # reads its B block once, where one row block per program would read it n_m times over (a product of
+        # small K is bound by the operand tiles it reads, not by its multiplications).
+        pid_n = pid % n_n
+        pid_m = (pid // n_n) * ROW_BLOCKS
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    n_ok = n < N
+    seq = (pid_m * BLOCK_M) // T  # BATCHED: a program's rows lie in one sequence (the launcher sees to it)
+    a_base = a_ptr + seq.to(tl.int64) * a_batch if BATCHED else a_ptr
+    b_base = b_ptr + seq.to(tl.int64) * b_batch if BATCHED else b_ptr
+    if ROW_BLOCKS == 1:
+        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+        m_ok = m < M
+        a_rows = a_base + (m - seq * T if BATCHED else m).to(tl.int64)[:, None] * stride_am  # (BLOCK_M, 1)
+        k_end = K
+        if EPILOGUE == 4:  # causal scores: a tile wholly on or above the diagonal (no column j < row t) is all 0
+            k_end = tl.where(pid_n * BLOCK_N < pid_m * BLOCK_M - seq * T + BLOCK_M - 1, K, 0)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, k_end, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+            k_ok = k < K
+            a = tl.load(a_rows + k[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_base + k.to(tl.int64)[:, None] * stride_bk + n[None, :] * stride_bn,
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
+            if UPCAST:
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        _epilogue(acc, pid_m, pid_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T, p_drop, seed,
+                  grad_add_ptr, EPILOGUE, BLOCK_M, BLOCK_N)  # fmt: skip
+    else:
+        k = tl.arange(0, BLOCK_K)  # (BLOCK_K,): all of K
+        k_ok = k < K
+        b = tl.load(b_base + k.to(tl.int64)[:, None] * stride_bk + n[None, :] * stride_bn,
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
+        if UPCAST:
+            b = b.to(tl.float32)
+        for r in range(ROW_BLOCKS):
+            m = (pid_m + r) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+            m_ok = m < M
+            a_rows = a_base + (m - seq * T if BATCHED else m).to(tl.int64)[:, None] * stride_am  # (BLOCK_M, 1)
+            a = tl.load(a_rows + k[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+            acc = tl.dot(a, b, input_precision=DOT_PRECISION, out_dtype=tl.float32)
+            _epilogue(acc, pid_m + r, pid_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T,
+                      p_drop, seed, grad_add_ptr, EPILOGUE, BLOCK_M, BLOCK_N)  # fmt: skip
+
+
 def _prune(configs, named_args, **kwargs):
     """The configs worth timing for these arguments.
 
-    When BATCHED, BLOCK_M must divide T (a row block lies in one sequence); row blocks under 64 only when no
-    larger one does; and BLOCK_N at most N rounded up to a power of two, where any config has it.
+    When BATCHED, a program's rows (BLOCK_M · ROW_BLOCKS) must divide T (they lie in one sequence); a program
+    holding its B block (ROW_BLOCKS > 1) needs BLOCK_K = K rounded up to a power of two; row blocks under 64
+    only when no larger one does; and BLOCK_N at most N rounded up to a power of two, where any config has it.
     """
-    T, N, batched = named_args["T"], named_args["N"], kwargs.get("BATCHED", named_args.get("BATCHED"))
-    keep = [c for c in configs if not batched or T % c.kwargs["BLOCK_M"] == 0]
+    T, N, K = named_args["T"], named_args["N"], named_args["K"]
+    batched = kwargs.get("BATCHED", named_args.get("BATCHED"))
+    keep = [c for c in configs if not batched or T % (c.kwargs["BLOCK_M"] * c.kwargs["ROW_BLOCKS"]) == 0]
+    keep = [c for c in keep if c.kwargs["ROW_BLOCKS"] == 1 or c.kwargs["BLOCK_K"] == triton.next_power_of_2(K)]
     keep = [c for c in keep if c.kwargs["BLOCK_M"] >= 64] or keep
     narrow = [c for c in keep if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(N))]
     return narrow or keep
@@ -213,8 +276,8 @@ def _prune(configs, named_args, **kwargs):
 
 _tuned = triton.autotune(
     configs=[
-        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8), num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in _CONFIGS
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=r), num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s, r in _CONFIGS
     ],
     key=["M", "N", "K", "T", "EPILOGUE", "BATCHED", "DOT_PRECISION", "UPCAST"],
     prune_configs_by=dict(early_config_prune=_prune),
@@ -254,13 +317,18 @@ def _launch(
     args = (a, b, *outs, *ins, *trig, M, N, K, T, a.stride(-2), a.stride(-1), b.stride(0), b.stride(1),
             *(batch or (0, 0)), p_drop, seed, grad_add)  # fmt: skip
     if interpreting():
-        grid = (triton.cdiv(M, 16) * triton.cdiv(N, 16),)
+        meta = dict(_INTERPRETED)
+        if batched and T % (meta["BLOCK_M"] * meta["ROW_BLOCKS"]):
+            meta["ROW_BLOCKS"] = 1  # a program's rows must lie in one sequence
+        if meta["ROW_BLOCKS"] > 1:
+            meta["BLOCK_K"] = max(16, triton.next_power_of_2(K))  # the held B block spans all of K
+        grid = (triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), meta["ROW_BLOCKS"]) * triton.cdiv(N, meta["BLOCK_N"]),)
         _neuron_gemm[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION="ieee", UPCAST=True,
-                           **_INTERPRETED)  # fmt: skip
+                           **meta)  # fmt: skip
         return
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        return (triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), meta["ROW_BLOCKS"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _tuned[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision, UPCAST=False)
 
