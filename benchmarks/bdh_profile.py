@@ -89,6 +89,10 @@ def time_epilogues(batch: int, seq: int, d: int, n: int, device: torch.device, o
                  lambda: an @ dxw, 2 * M * d * n, 3 * M * n * 2),
         "GATE_BACKWARD": (lambda: bt._launch(bt.GATE_BACKWARD, g, e_t, (o0, o1), (x, y), trig, T, p_drop=0.1,
                                              seed=1), lambda: g @ e_t, 2 * M * d * n, 4 * M * n * 2),
+        "GATE p=0": (lambda: bt._launch(bt.GATE, an, dxw, (o0, o1), (x, x), trig, T), lambda: an @ dxw,
+                     2 * M * d * n, 3 * M * n * 2),  # without dropout: what its Philox draws cost
+        "GATE_BACKWARD p=0": (lambda: bt._launch(bt.GATE_BACKWARD, g, e_t, (o0, o1), (x, y), trig, T),
+                              lambda: g @ e_t, 2 * M * d * n, 4 * M * n * 2),
         "ROPE_BACKWARD": (lambda: bt._launch(bt.ROPE_BACKWARD, gsym, xr, (o0, o0), (y, x), trig, T,
                                              batch=(T * T, T * n)),
                           lambda: torch.matmul(gsym, xrb), 2 * batch * T * T * n, 4 * M * n * 2),
@@ -97,7 +101,7 @@ def time_epilogues(batch: int, seq: int, d: int, n: int, device: torch.device, o
                    lambda: torch.matmul(xrb, xrb.mT).tril_(-1), 2 * batch * T * T * n, M * n * 2),
     }  # fmt: skip
     out.write(f"\n== fused GEMM epilogues at B·T={M}, N={n}, d={d}, T={T}, {dt}\n")
-    out.write(f"{'epilogue':>14} {'fused us':>10} {'torch us':>10} {'ratio':>7} {'TFLOP/s':>8} {'GB/s':>7}\n")
+    out.write(f"{'epilogue':>18} {'fused us':>10} {'torch us':>10} {'ratio':>7} {'TFLOP/s':>8} {'GB/s':>7}\n")
     timings = {}
     for name, (fused, bare, flops, nbytes) in cases.items():
         if not bt.interpreting():  # tune this shape again, to record every config's time
@@ -106,7 +110,7 @@ def time_epilogues(batch: int, seq: int, d: int, n: int, device: torch.device, o
             timings[name] = getattr(bt._tuned, "configs_timings", None) or {}
         t_f = measure.time_fn(fused, device, warmup=3, repeats=20).median
         t_t = measure.time_fn(bare, device, warmup=3, repeats=20).median
-        out.write(f"{name:>14} {t_f * 1e6:10.1f} {t_t * 1e6:10.1f} {t_f / t_t:7.2f} {flops / t_f / 1e12:8.1f} "
+        out.write(f"{name:>18} {t_f * 1e6:10.1f} {t_t * 1e6:10.1f} {t_f / t_t:7.2f} {flops / t_f / 1e12:8.1f} "
                   f"{nbytes / t_f / 1e9:7.0f}\n")  # fmt: skip
     if not bt.interpreting():
         out.write("\n== autotuner choices (key -> config)\n")
@@ -115,7 +119,7 @@ def time_epilogues(batch: int, seq: int, d: int, n: int, device: torch.device, o
         out.write("\n== every config's time (us), fastest first\n")
         for name, by_config in timings.items():
             for config, t in sorted(by_config.items(), key=lambda kv: _first(kv[1])):
-                out.write(f"{name:>14} {_first(t) * 1e3:10.1f}  {config}\n")
+                out.write(f"{name:>18} {_first(t) * 1e3:10.1f}  {config}\n")
 
 
 def _first(t) -> float:

@@ -182,13 +182,11 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
         return {c for c, t in zip(_CONFIGS, _tuned.configs, strict=True) if t in configs}
 
     walking = {c for c in _CONFIGS if c[5] == 1 and c[0] >= 64}
-    assert (
-        kept(512, 8192, 256, False)
-        == kept(512, 8192, 256, True)
-        == walking | {c for c in _CONFIGS if c[5] > 1 and c[2] == 256}
-    )
-    assert kept(512, 8192, 512, True) == walking | {(64, 64, 512, 4, 2, 8)}  # ROPE_BACKWARD: K = T
-    assert kept(512, 512, 8192, True) == {c for c in walking if c[1] <= 512}  # SCORES: K = N
+    holding = {c for c in _CONFIGS if c[5] > 1}
+    assert holding and all(c[2] == 256 for c in holding)
+    assert kept(512, 8192, 256, False) == kept(512, 8192, 256, True) == walking | holding  # K = d
+    assert kept(512, 8192, 512, True) == walking  # ROPE_BACKWARD: K = T
+    assert kept(512, 512, 8192, True) == walking  # SCORES: K = N
     assert kept(768, 8192, 256, True) == walking  # 512 rows per program do not divide the sequence
     assert kept(768, 8192, 256, False) == kept(512, 8192, 256, False)
     assert kept(80, 8192, 256, True) == {(16, 64, 64, 4, 3, 1)}
@@ -197,7 +195,7 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
     assert all(c[0] >= 64 for c in kept(48, 8192, 256, False))
 
 
-@pytest.mark.parametrize("config", [(128, 128, 64, 8, 3, 1), (64, 64, 64, 4, 4, 1), (64, 128, 256, 4, 3, 8)])
+@pytest.mark.parametrize("config", [(128, 128, 64, 8, 3, 1), (64, 128, 64, 4, 2, 1), (64, 256, 256, 8, 2, 8)])
 def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
     """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).
 
