@@ -43,6 +43,22 @@ def _git_commit() -> str:
 
 
 @cache
+def source_hash() -> str:
+    """A hash of the package's Python sources (12 hex digits): which code ran, where git cannot say.
+
+    A "-dirty" commit names a tree that differs from it somewhere, and a copy of the tree on another machine may
+    carry an older ``.git``; two records with the same source hash were made by the same recruit code.
+    """
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+@cache
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU as Linux describes it: ``AMD EPYC (family 26, model 2, avx512)``, say.
 
@@ -70,7 +86,7 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The environment a figure was measured in: device, versions, threads and git commit (and the CPU model)."""
+    """The environment a figure was measured in: device, versions, threads, commit, source hash, CPU model."""
     import recruit
 
     device = torch.device(device)
@@ -88,6 +104,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "commit": _git_commit(),
+        "source": source_hash(),
     }
 
 

@@ -118,6 +118,33 @@ def test_markdown_gives_each_device_its_own_table():
     assert "| 7 |" in gpu_part and "| 99 |" not in gpu_part
 
 
+def test_two_runs_on_one_device_get_a_table_each_under_their_commit():
+    from recruit.records import Record
+    from recruit.report.html import device_labels
+    from recruit.report.terminal import format_markdown
+
+    old, new = ({"device_name": "NVIDIA H200", "commit": c} for c in ("aaa", "bbb"))
+    cpu = {"device_name": "x86_64"}
+    recs = [Record("bdh-speed", "impl=fused", "train_speedup", 1.3, "x", old),
+            Record("bdh-speed", "impl=fused", "train_speedup", 1.4, "x", new),
+            Record("fff", "B=1", "speedup", 9.0, "x", old),
+            Record("fff", "B=1", "speedup", 99.0, "x", cpu)]  # fmt: skip
+    md = format_markdown(recs)
+    assert "## bdh-speed (commit aaa)" in md and "## bdh-speed (commit bbb)" in md
+    assert "## fff (NVIDIA H200)" in md and "## fff (x86_64)" in md  # one run per device: no commit named
+    assert "| 1.4 |" in md.split("## bdh-speed (commit bbb)")[1].split("##")[0]
+    assert "commit `bbb`" in md.split("## bdh-speed (commit bbb)")[1].split("##")[0]
+    label = device_labels(recs)
+    assert [label(r) for r in recs] == ["NVIDIA H200 @ aaa", "NVIDIA H200 @ bbb", "NVIDIA H200 @ aaa", "x86_64"]
+    assert device_labels(recs[2:])(recs[2]) == "NVIDIA H200"
+    # one commit, two sources (a device whose copy of .git lagged the tree): still two runs
+    same = [Record("bdh", "c", "m", v, "", {"device_name": "gpu", "commit": "c-dirty", "source": s})
+            for v, s in ((1.0, "s1"), (2.0, "s2"))]  # fmt: skip
+    md = format_markdown(same)
+    assert "## bdh (commit c-dirty, source s1)" in md and "## bdh (commit c-dirty, source s2)" in md
+    assert [device_labels(same)(r) for r in same] == ["gpu @ c-dirty (s1)", "gpu @ c-dirty (s2)"]
+
+
 def test_recovered_records_rebuild_the_same_page():
     import importlib.util
     from pathlib import Path

@@ -271,14 +271,12 @@ def run(opts: BenchOptions, cfg: SpeedConfig | None = None) -> list[Record]:
 
 def section(records: list[Record]) -> str:
     """HTML tables: training throughput and memory per form, generation ms/token per method."""
-    from recruit.report.html import table
+    from recruit.report.html import device_labels, table
 
     rs = [r for r in records if r.bench == BENCH]
     if not rs:
         return ""
-
-    def dev(r: Record) -> str:
-        return str(r.env.get("device_name", r.env.get("device")))
+    dev = device_labels(rs)  # device, and commit where several runs on one device
 
     train = [r for r in rs if r.metric in ("train_tokens_per_s", "peak_memory_bytes", "train_speedup",
                                             "peak_memory_ratio", "first_step_loss", "last_step_loss")]  # fmt: skip

@@ -403,12 +403,13 @@ def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[
 
 def section(records: list[Record]) -> str:
     """Speed-up tables per device and implementation."""
-    from recruit.report.html import table
+    from recruit.report.html import device_labels, table
 
     rs = [r for r in records if r.bench == BENCH and r.metric == "speedup"]
     if not rs:
         return ""
-    rows = [[r.env.get("device_name", r.env.get("device")), r.params["hidden"],
+    dev = device_labels(rs)  # device, and commit where several runs on one device
+    rows = [[dev(r), r.params["hidden"],
              r.params["depth"] + (f" x {r.params['trees']} trees" if "trees" in r.params else ""), r.params["B"],
              r.params.get("timing", "wall"), r.params["impl"] + (f" ({r.params['launch']})" if "launch" in r.params
              else ""), f"{r.value:.3g}x"] for r in rs]  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -22,6 +22,26 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td{_num(c)}>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def device_labels(records: Sequence) -> Callable[[object], str]:
+    """A function naming a record's device, and its run (commit, source hash) where ``records`` hold several."""
+
+    def device(r) -> str:
+        return str(r.env.get("device_name", r.env.get("device")))
+
+    def run(r) -> str:
+        return str(r.env.get("commit", "")) + (f" ({r.env['source']})" if r.env.get("source") else "")
+
+    runs: dict[str, set[str]] = {}
+    for r in records:
+        runs.setdefault(device(r), set()).add(run(r))
+
+    def label(r) -> str:
+        d = device(r)
+        return d + (f" @ {run(r)}" if len(runs.get(d, ())) > 1 else "")
+
+    return label
 
 
 def _num(c: object) -> str:

@@ -45,14 +45,19 @@ def format_markdown(records: list[Record], command: str = "recruit report") -> s
     if records:
         env = records[0].env
         lines += ["Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items()), ""]
-    groups = dict.fromkeys((r.bench, r.env.get("device_name", "")) for r in records)  # one table per device
-    for bench, device in groups:
-        rows = [r for r in records if r.bench == bench and r.env.get("device_name", "") == device]
+    # one table per device and per run (commit and source): two runs are not one table under one commit
+    groups = dict.fromkeys(map(_run, records))
+    for run in groups:
+        bench, device, commit, source = run
+        rows = [r for r in records if _run(r) == run]
         env = rows[0].env
         where = ", ".join(f"{k} `{env[k]}`" for k in ("device_name", "cpu", "torch", "threads", "commit") if k in env)
-        several = sum(b == bench for b, _ in groups) > 1
+        devices = {g[1] for g in groups if g[0] == bench}
+        runs = sum(g[:2] == (bench, device) for g in groups)
+        label = [device] if len(devices) > 1 else []
+        label += [f"commit {commit}" + (f", source {source}" if source else "")] if runs > 1 else []
         lines += [
-            f"## {bench}" + (f" ({device})" if several else ""),
+            f"## {bench}" + (f" ({', '.join(label)})" if label else ""),
             "",
             f"Measured with {where}.",
             "",
@@ -62,6 +67,11 @@ def format_markdown(records: list[Record], command: str = "recruit report") -> s
         lines += [f"| {_cell(r.case)} | {_cell(r.metric)} | {_fmt(r.value)} | {_cell(r.unit)} |" for r in rows]
         lines.append("")
     return "\n".join(lines)
+
+
+def _run(r: Record) -> tuple[str, str, str, str]:
+    """The table a record goes to: its benchmark, device name, commit and source hash (the run that made it)."""
+    return r.bench, *(str(r.env.get(k, "")) for k in ("device_name", "commit", "source"))
 
 
 def _cell(text: str) -> str:
