@@ -16,7 +16,7 @@ import sys, torch
 from recruit.models import BDH, bdh_config
 from recruit.models.bdh_triton import GATE, _launch, fused_head, supports
 sys.path.insert(0, sys.argv[2])
-from test_bdh_triton import head_case, model_case
+from test_bdh_triton import head_case, launch_all, model_case
 
 from recruit.models import bdh_triton
 
@@ -42,6 +42,9 @@ for name, dtype, p_drop, means in [("fp32", torch.float32, 0.0, True), ("odd", t
         keep = xy != 0
     out[name] = dict(out=o.detach(), xm=xm, ym=ym, grads=grads, keep=keep, supports=supports(v, dx.shape[1]))
 bdh_triton._INTERPRETED["ROW_BLOCKS"] = 1
+out["row_blocks"] = {r: launch_all(torch.device("cpu"), torch.float32, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64,
+                                                                             GROUP_M=2, ROW_BLOCKS=r), T=32, N=48, d=32)
+                     for r in (1, 2)}  # fmt: skip
 
 model, idx, tgt = model_case()
 for impl in ("fused", "fast"):
@@ -72,6 +75,39 @@ def head_case(name: str, dtype: torch.dtype):
                  ((d, N), (d, N), (N, d)))  # fmt: skip
     cos, sin = rope_tables(torch.arange(T), N, 2.0**16)
     return v, dx, dy, e, cos[:, ::2].contiguous(), sin[:, ::2].contiguous(), torch.randn(B, T, d, generator=g)
+
+
+def launch_all(device, dtype, config: dict, B: int = 2, T: int = 512, N: int = 1024, d: int = 256, epilogues=range(5)):
+    """The fused head's GEMM launched with ``config`` on random inputs, per epilogue: {epilogue: outputs}.
+
+    The products of a head at (B, T, d, N), with dropout 0.25 where it applies; one seed for every config, so two
+    configs that multiply in the same order (the same BLOCK_K) give the same bits.
+    """
+    from recruit.models import bdh_triton as bt
+
+    g = torch.Generator().manual_seed(7)
+
+    def rnd(*shape, relu=False):
+        t = torch.randn(*shape, generator=g) * 0.1
+        return (t.relu() if relu else t).to(device=device, dtype=dtype)
+
+    M = B * T
+    v, dx, an, g2, e_t = rnd(M, d), rnd(d, N), rnd(M, d), rnd(M, d), rnd(d, N)
+    x, xr, y, part = rnd(M, N, relu=True), rnd(M, N), rnd(M, N, relu=True), rnd(M, N)
+    gram = rnd(B, T, T)
+    cos, sin = rope_tables(torch.arange(T), N, 2.0**16)
+    trig = (cos[:, ::2].contiguous().to(device), sin[:, ::2].contiguous().to(device))
+    got = {}
+    for epilogue, a, b, ins, batch in [(bt.ENCODE, v, dx, (x, x), None), (bt.GATE, an, dx, (x, x), None),
+                                       (bt.GATE_BACKWARD, g2, e_t, (x, y), None),
+                                       (bt.ROPE_BACKWARD, gram, xr, (part, x), (T * T, T * N)),
+                                       (bt.SCORES, xr, xr.mT, None, (T * N, T * N))]:  # fmt: skip
+        if epilogue not in epilogues:
+            continue
+        outs = tuple(torch.zeros(M, T if epilogue == bt.SCORES else N, device=device, dtype=dtype) for _ in "01")
+        bt._launch(epilogue, a, b, outs, ins or outs, trig, T, batch=batch, p_drop=0.25, seed=11, config=config)
+        got[epilogue] = [o.cpu() for o in outs[: 1 if epilogue in (bt.ROPE_BACKWARD, bt.SCORES) else 2]]
+    return got
 
 
 def model_case():
@@ -195,6 +231,14 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
     assert all(c[0] >= 64 for c in kept(48, 8192, 256, False))
 
 
+def test_programs_holding_their_b_block_equal_programs_walking_k(interpreted):
+    """ROW_BLOCKS = 2 (one B block held for two row blocks) gives the same bits as one row block per program."""
+    one, two = interpreted["row_blocks"][1], interpreted["row_blocks"][2]
+    for epilogue in one:
+        for a, b in zip(one[epilogue], two[epilogue], strict=True):
+            assert a.abs().sum() > 0 and torch.equal(a, b), epilogue
+
+
 @pytest.mark.parametrize("config", [(128, 128, 64, 8, 3, 1), (64, 128, 64, 4, 2, 1), (64, 256, 256, 8, 2, 8)])
 def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
     """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).
@@ -228,6 +272,29 @@ def test_fused_model_equals_fast_model_on_cuda():
         _fused_equals_fast_on_cuda()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda():
+    """The autotuner's ROW_BLOCKS configs against the same tiles one row block per program, bf16, at d = 256.
+
+    Only the products of K = d (ENCODE, GATE, GATE_BACKWARD), where the autotuner keeps these configs; the
+    walking launch has one pipeline stage, as two of its whole-K tiles would not fit in shared memory.
+    """
+    pytest.importorskip("triton")
+    from recruit.models.bdh_triton import _CONFIGS, ENCODE, GATE, GATE_BACKWARD
+
+    cuda, products = torch.device("cuda"), (ENCODE, GATE, GATE_BACKWARD)
+    for bm, bn, bk, warps, stages, rows in (c for c in _CONFIGS if c[5] > 1):
+        meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps)
+        walking = launch_all(cuda, torch.bfloat16, {**meta, "ROW_BLOCKS": 1, "num_stages": 1}, epilogues=products)
+        holding = launch_all(cuda, torch.bfloat16, {**meta, "ROW_BLOCKS": rows, "num_stages": stages},
+                             epilogues=products)  # fmt: skip
+        assert list(walking) == list(products)
+        for epilogue in walking:
+            for a, b in zip(walking[epilogue], holding[epilogue], strict=True):
+                assert a.float().abs().sum() > 0 and torch.equal(a, b), epilogue
 
 
 def _fused_equals_fast_on_cuda():

@@ -297,11 +297,15 @@ def _launch(
     p_drop: float = 0.0,
     seed: int = 0,
     grad_add: torch.Tensor | None = None,
+    config: dict | None = None,
 ) -> None:
     """Run :func:`_neuron_gemm` on ``a`` (…, K) and ``b`` (K, N) into ``outs`` (M, N) each.
 
     ``batch`` = (a_batch, b_batch) makes the product per sequence: rows m of sequence s = m // T take their A
     rows from ``a``'s block s (element offset s·a_batch; ``a`` may be (B, T, K)) and multiply B's block s.
+    ``config`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, ROW_BLOCKS, and optionally num_warps and num_stages) launches
+    that config instead of the autotuner's (``_INTERPRETED`` where Triton interprets and none is given); its
+    ROW_BLOCKS apply where a program's rows lie in one sequence, with BLOCK_K widened to all of K.
     """
     M, N = outs[0].shape
     K, batched = a.shape[-1], batch is not None
@@ -311,21 +315,22 @@ def _launch(
     precision = "ieee" if a.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     args = (a, b, *outs, *ins, *trig, M, N, K, T, a.stride(-2), a.stride(-1), b.stride(0), b.stride(1),
             *(batch or (0, 0)), p_drop, seed, grad_add)  # fmt: skip
-    if interpreting():
-        meta = dict(_INTERPRETED)
-        if batched and T % (meta["BLOCK_M"] * meta["ROW_BLOCKS"]):
-            meta["ROW_BLOCKS"] = 1  # a program's rows must lie in one sequence
-        if meta["ROW_BLOCKS"] > 1:
-            meta["BLOCK_K"] = max(16, triton.next_power_of_2(K))  # the held B block spans all of K
-        grid = (triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), meta["ROW_BLOCKS"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-        _neuron_gemm[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION="ieee", UPCAST=True,
-                           **meta)  # fmt: skip
-        return
 
     def grid(meta):
         return (triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), meta["ROW_BLOCKS"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    _tuned[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision, UPCAST=False)
+    if config is None and not interpreting():
+        _tuned[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision, UPCAST=False)
+        return
+    meta = dict(config if config is not None else _INTERPRETED)
+    if batched and T % (meta["BLOCK_M"] * meta["ROW_BLOCKS"]):
+        meta["ROW_BLOCKS"] = 1  # a program's rows must lie in one sequence
+    if meta["ROW_BLOCKS"] > 1:
+        meta["BLOCK_K"] = max(meta["BLOCK_K"], triton.next_power_of_2(K))  # the held B block spans all of K
+    if interpreting():
+        precision = "ieee"
+    _neuron_gemm[grid(meta)](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision,
+                             UPCAST=interpreting(), **meta)  # fmt: skip
 
 
 def supports(v: torch.Tensor, n_neurons: int) -> bool:
