@@ -17,7 +17,8 @@ epilogue              product                    stores
 ====================  =========================  ================================================================
 
 The products with d-wide outputs (x ⊙ y · E, the attention's T × T by T × d products and the weight
-gradients) stay torch GEMMs.
+gradients) stay torch GEMMs. A program makes one tile, walking K in blocks, or (``ROW_BLOCKS`` > 1, for products
+of small K) holds a whole-K block of B in shared memory and makes that many row blocks' tiles against it.
 Dropout draws its mask from Philox keyed by (seed, element), so the backward regenerates it instead of
 storing it. Values are rounded to the compute dtype where the torch form rounds them, so in fp32 the head
 equals :class:`~recruit.models.bdh._CausalLinearAttention`'s form to float tolerance (tests, through
