@@ -62,7 +62,7 @@ fi
 fff() {  # FFF_LIMIT (300 s); under FOCUS=1 no more than the call has left before TESTS_RESERVE, at least a minute
   local limit=${FFF_LIMIT:-300}
   if [ "${FOCUS:-0}" != 0 ]; then
-    local left=$((570 - SECONDS - ${TESTS_RESERVE:-100}))
+    local left=$((570 - SECONDS - ${TESTS_RESERVE:-200}))
     [ "$left" -lt 60 ] && left=60
     [ "$left" -lt "$limit" ] && limit=$left
   fi
@@ -86,11 +86,11 @@ bdh_profile() {  # where a fused BDH step spends its time ($OUT/bdh-profile.txt)
 }
 bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fused forms compiled in that mode
   # (about three minutes more of compiling); by default the time a 600 s call has left, at least 2 minutes; under
-  # FOCUS=1 less FFF_RESERVE (150 s, for fff after it) and TESTS_RESERVE (100 s, for the GPU tests after that)
+  # FOCUS=1 less FFF_RESERVE (150 s, for fff after it) and TESTS_RESERVE (200 s, for the GPU tests after that)
   local reserve=0
   if [ "${FOCUS:-0}" != 0 ]; then
     on FFF && reserve=${FFF_RESERVE:-150}
-    reserve=$((reserve + ${TESTS_RESERVE:-100}))
+    reserve=$((reserve + ${TESTS_RESERVE:-200}))
   fi
   local left=$((570 - SECONDS - reserve))
   [ "$left" -lt 120 ] && left=120
@@ -100,7 +100,7 @@ bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fu
 on() { [ "${!1:-1}" != 0 ]; }  # on NAME: the part NAME (FFF, BDH, PROFILE) is not switched off
 
 gpu_tests() {
-  [ "$DEVICE" = cuda ] && step gpu-tests "${TESTS_LIMIT:-150}" $py -m pytest -m gpu -q -p no:cacheprovider "${TESTS[@]}"
+  [ "$DEVICE" = cuda ] && step gpu-tests "${TESTS_LIMIT:-240}" $py -m pytest -m gpu -q -p no:cacheprovider "${TESTS[@]}"
 }
 
 if [ "${FOCUS:-0}" != 0 ]; then
