@@ -129,10 +129,10 @@ def interpreted(tmp_path_factory):
 
 
 def _oracle(name: str, dtype: torch.dtype, keep=None, p_drop: float = 0.0, means: bool = True):
-    from recruit.models.bdh_triton import reference_head
+    from recruit.models.bdh_triton import dropout_p, reference_head
 
     v, dx, dy, e, c, s, w = head_case(name, dtype)
-    o, x, y = reference_head(v, dx, dy, e, c, s, keep, p_drop)
+    o, x, y = reference_head(v, dx, dy, e, c, s, keep, dropout_p(p_drop))
     loss = (o.float() * w).sum() + (3 * x.float().mean() + 5 * y.float().mean() if means else 0)
     grads = torch.autograd.grad(loss, (v, dx, dy, e))
     return o.detach(), x.float().mean(), y.float().mean(), grads

@@ -292,7 +292,8 @@ class BDH(RecruitModel):
 
         Runs in the autocast dtype (or v's) where :func:`~recruit.models.bdh_triton.supports` allows (CUDA,
         fp32 or bf16, T and N multiples of 16) and ``triton`` is installed; elsewhere it is :meth:`_layer_fast`.
-        Dropout draws a Philox mask, a different draw from :meth:`_layer_fast`'s of the same distribution.
+        Dropout draws a Philox mask, a different draw from :meth:`_layer_fast`'s, at p rounded to a multiple of
+        2^-16 (:func:`~recruit.models.bdh_triton.dropout_p`).
         """
         if not self._triton:
             return self._layer_fast(v, c, s)
