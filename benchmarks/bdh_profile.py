@@ -74,6 +74,7 @@ def time_epilogues(batch: int, seq: int, d: int, n: int, device: torch.device, o
         return torch.randn(*shape, device=device, dtype=dt) * 0.05
 
     v, dxw, e_t, an, g = rnd(M, d), rnd(d, n), rnd(d, n), rnd(M, d), rnd(M, d)
+    dxw, e_t = dxw.mT.contiguous().mT, e_t.mT.contiguous().mT  # K-major, as the head passes D_x, D_y and Eᵀ
     x, xr, y = (torch.relu(rnd(M, n)) for _ in range(3))
     o0, o1 = torch.empty_like(x), torch.empty_like(x)
     gsym = rnd(batch, T, T)

@@ -86,19 +86,20 @@ def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype
 def bdh_gemm_shape(epilogue: int) -> tuple[dict, dict]:
     """The integer arguments of BDH's fused-head GEMM at the paper's training shape, and its unit strides.
 
-    Shapes as ``_FusedHead`` launches them: B·T = 16384 rows, N = 8192 neurons, d = 256, T = 512.
+    Shapes and strides as ``_FusedHead`` launches them: B·T = 16384 rows, N = 8192 neurons, d = 256, T = 512;
+    the B operands of the products of K = d are K-major (``bdh_triton._k_major``).
     """
     from recruit.models.bdh_triton import ROPE_BACKWARD, SCORES
 
     B, T, N, d = 32, 512, 8192, 256
-    ints = dict(M=B * T, N=N, K=d, T=T, stride_am=d, stride_bk=N, a_batch=0, b_batch=0, seed=12345)
-    unit = dict(stride_ak=1, stride_bn=1)  # strides equal to 1, which the JIT makes constants
+    ints = dict(M=B * T, N=N, K=d, T=T, stride_am=d, stride_bn=d, a_batch=0, b_batch=0, seed=12345)
+    unit = dict(stride_ak=1, stride_bk=1)  # strides equal to 1, which the JIT makes constants
     if epilogue == ROPE_BACKWARD:  # (B, T, T) @ (T, N) per sequence
-        ints.update(K=T, stride_am=T, a_batch=T * T, b_batch=T * N)
+        ints.update(K=T, stride_am=T, stride_bk=N, a_batch=T * T, b_batch=T * N)
+        del ints["stride_bn"]
+        unit = dict(stride_ak=1, stride_bn=1)
     elif epilogue == SCORES:  # (T, N) @ (N, T) per sequence, B = RoPE(x)ᵀ
         ints.update(N=T, K=N, stride_am=N, stride_bn=N, a_batch=T * N, b_batch=T * N)
-        del ints["stride_bk"]
-        unit = dict(stride_ak=1, stride_bk=1)
     return ints, unit
 
 
@@ -106,24 +107,24 @@ def bdh_configs(epilogue: int) -> list[tuple[int, ...]]:
     """The configs of ``bdh_triton._CONFIGS`` that the autotuner's pruning keeps for this epilogue's shape."""
     from recruit.models import bdh_triton as bt
 
-    ints, _ = bdh_gemm_shape(epilogue)
+    ints, unit = bdh_gemm_shape(epilogue)
     batched = epilogue in (bt.ROPE_BACKWARD, bt.SCORES)
-    kept = bt._prune(bt._tuned.configs, ints, BATCHED=batched)
+    kept = bt._prune(bt._tuned.configs, {**ints, **unit}, BATCHED=batched)
     return [c for c, t in zip(bt._CONFIGS, bt._tuned.configs, strict=True) if t in kept]
 
 
 def compile_bdh_gemm(epilogue: int, config: tuple[int, ...], arch: int = 90, dtype: str = "bf16"):
     """BDH's fused-head GEMM (:func:`recruit.models.bdh_triton._neuron_gemm`) at the paper's training shape.
 
-    ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS); shapes
-    from :func:`bdh_gemm_shape`.
+    ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS,
+    PERSISTENT); shapes from :func:`bdh_gemm_shape`.
     """
     from recruit.models.bdh_triton import ROPE_BACKWARD, SCORES, _neuron_gemm
 
-    bm, bn, bk, warps, stages, rows = config
+    bm, bn, bk, warps, stages, rows, persistent = config
     ints, unit = bdh_gemm_shape(epilogue)
     constexprs = dict(**unit, EPILOGUE=epilogue, BATCHED=epilogue in (ROPE_BACKWARD, SCORES), UPCAST=False,
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=rows,
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=rows, PERSISTENT=persistent,
                       DOT_PRECISION="tf32")  # fmt: skip
     ptrs = {"*": dtype, "cos_ptr": "fp32", "sin_ptr": "fp32", "grad_add_ptr": "fp32"}
     return _compile(_neuron_gemm, constexprs, ints, arch, ptrs, num_warps=warps, num_stages=stages)

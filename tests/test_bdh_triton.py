@@ -45,6 +45,10 @@ bdh_triton._INTERPRETED["ROW_BLOCKS"] = 1
 out["row_blocks"] = {r: launch_all(torch.device("cpu"), torch.float32, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64,
                                                                              GROUP_M=2, ROW_BLOCKS=r), T=32, N=48, d=32)
                      for r in (1, 2)}  # fmt: skip
+out["persistent"] = {p: launch_all(torch.device("cpu"), torch.float32, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16,
+                                                                             GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=p),
+                                   T=32, N=48, d=32)
+                     for p in (0, 5)}  # fmt: skip
 
 model, idx, tgt = model_case()
 for impl in ("fused", "fast"):
@@ -93,6 +97,7 @@ def launch_all(device, dtype, config: dict, B: int = 2, T: int = 512, N: int = 1
 
     M = B * T
     v, dx, an, g2, e_t = rnd(M, d), rnd(d, N), rnd(M, d), rnd(M, d), rnd(d, N)
+    dx, e_t = dx.mT.contiguous().mT, e_t.mT.contiguous().mT  # K-major, as the head passes D_x, D_y and Eᵀ
     x, xr, y, part = rnd(M, N, relu=True), rnd(M, N), rnd(M, N, relu=True), rnd(M, N)
     gram = rnd(B, T, T)
     cos, sin = rope_tables(torch.arange(T), N, 2.0**16)
@@ -209,24 +214,27 @@ def test_fused_falls_back_to_fast_without_a_gpu():
 
 def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
     """A batched product needs BLOCK_M · ROW_BLOCKS | T; small row blocks only when nothing larger divides T
-    (T = 48, 16); a program holding its B block (ROW_BLOCKS > 1) only where BLOCK_K is K's power of two."""
+    (T = 48, 16); a program holding its B block (ROW_BLOCKS > 1) only where BLOCK_K is K's power of two; a
+    persistent program only where B is K-major (unit stride along K)."""
     pytest.importorskip("triton")
     from recruit.models.bdh_triton import _CONFIGS, _prune, _tuned
 
-    def kept(T, N, K, batched):
-        configs = _prune(_tuned.configs, {"T": T, "N": N, "K": K}, BATCHED=batched)
+    def kept(T, N, K, batched, stride_bk=1):
+        configs = _prune(_tuned.configs, {"T": T, "N": N, "K": K, "stride_bk": stride_bk}, BATCHED=batched)
         return {c for c, t in zip(_CONFIGS, _tuned.configs, strict=True) if t in configs}
 
-    walking = {c for c in _CONFIGS if c[5] == 1 and c[0] >= 64}
+    walking = {c for c in _CONFIGS if c[5] == 1 and c[0] >= 64 and not c[6]}
     holding = {c for c in _CONFIGS if c[5] > 1}
-    assert holding and all(c[2] == 256 for c in holding)
-    assert kept(512, 8192, 256, False) == kept(512, 8192, 256, True) == walking | holding  # K = d
-    assert kept(512, 8192, 512, True) == walking  # ROPE_BACKWARD: K = T
-    assert kept(512, 512, 8192, True) == walking  # SCORES: K = N
-    assert kept(768, 8192, 256, True) == walking  # 512 rows per program do not divide the sequence
+    persistent = {c for c in _CONFIGS if c[6]}
+    assert holding and all(c[2] == 256 for c in holding) and persistent and all(c[5] == 1 for c in persistent)
+    assert kept(512, 8192, 256, False) == kept(512, 8192, 256, True) == walking | holding | persistent  # K = d
+    assert kept(512, 8192, 256, False, stride_bk=8192) == walking | holding
+    assert kept(512, 8192, 512, True, stride_bk=8192) == walking  # ROPE_BACKWARD: K = T, B = RoPE(x)
+    assert kept(512, 512, 8192, True) == walking | persistent  # SCORES: K = N, B = RoPE(x)ᵀ
+    assert kept(768, 8192, 256, True) == walking | persistent  # 512 rows per program do not divide the sequence
     assert kept(768, 8192, 256, False) == kept(512, 8192, 256, False)
-    assert kept(80, 8192, 256, True) == {(16, 64, 64, 4, 3, 1)}
-    assert kept(48, 8192, 256, True) == {(16, 64, 64, 4, 3, 1)}
+    assert kept(80, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0)}
+    assert kept(48, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0)}
     assert {c[:2] for c in kept(32, 48, 32, True)} == {(16, 64), (32, 64)}
     assert all(c[0] >= 64 for c in kept(48, 8192, 256, False))
 
@@ -239,19 +247,32 @@ def test_programs_holding_their_b_block_equal_programs_walking_k(interpreted):
             assert a.abs().sum() > 0 and torch.equal(a, b), epilogue
 
 
-@pytest.mark.parametrize("config", [(128, 128, 64, 8, 3, 1), (64, 128, 64, 4, 2, 1), (64, 256, 256, 8, 2, 8)])
+def test_persistent_programs_equal_one_program_per_tile(interpreted):
+    """5 programs looping over a product's tiles (8 or 12 of them) give the bits of one program per tile."""
+    one, looping = interpreted["persistent"][0], interpreted["persistent"][5]
+    assert list(one) == list(range(5))
+    for epilogue in one:
+        for a, b in zip(one[epilogue], looping[epilogue], strict=True):
+            assert a.abs().sum() > 0 and torch.equal(a, b), epilogue
+
+
+@pytest.mark.parametrize(
+    "config",
+    [(128, 128, 64, 8, 3, 1, 0), (64, 128, 64, 4, 2, 1, 0), (64, 256, 256, 8, 2, 8, 0), (64, 128, 64, 4, 3, 1, 2)],
+)
 def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
     """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).
 
-    No registers spilled, and operand tiles copied asynchronously (the software pipeline: Eᵀ passed as a
-    transposed view once kept GATE_BACKWARD's B operand out of it); a config holding its B block (ROW_BLOCKS
-    > 1) only for the products whose K it spans, with its A tiles pipelined across the row blocks.
+    No registers spilled, and operand tiles copied asynchronously (the software pipeline); a config holding its B
+    block (ROW_BLOCKS > 1) only for the products whose K it spans, with its A tiles pipelined across the row
+    blocks; a persistent one only for the products whose B is K-major, as Triton pipelines a flattened loop's
+    N-major B through registers (so the products of K = d take D_x, D_y and Eᵀ K-major).
     """
     from recruit.models import bdh_triton
 
     copies = []
     epilogues = [e for e in range(5) if config in cuobjdump.bdh_configs(e)]
-    assert epilogues == ([0, 1, 2] if config[5] > 1 else [0, 1, 2, 3, 4])
+    assert epilogues == ([0, 1, 2] if config[5] > 1 else [0, 1, 2, 4] if config[6] else [0, 1, 2, 3, 4])
     for epilogue in epilogues:
         kernel = cuobjdump.compile_bdh_gemm(epilogue, config)
         used = cuobjdump.resources(kernel, waves=False)
@@ -286,7 +307,7 @@ def test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda():
     from recruit.models.bdh_triton import _CONFIGS, ENCODE, GATE, GATE_BACKWARD
 
     cuda, products = torch.device("cuda"), (ENCODE, GATE, GATE_BACKWARD)
-    for bm, bn, bk, warps, stages, rows in (c for c in _CONFIGS if c[5] > 1):
+    for bm, bn, bk, warps, stages, rows, _ in (c for c in _CONFIGS if c[5] > 1):
         meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps)
         walking = launch_all(cuda, torch.bfloat16, {**meta, "ROW_BLOCKS": 1, "num_stages": 1}, epilogues=products)
         holding = launch_all(cuda, torch.bfloat16, {**meta, "ROW_BLOCKS": rows, "num_stages": stages},
@@ -294,6 +315,24 @@ def test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda():
         assert list(walking) == list(products)
         for epilogue in walking:
             for a, b in zip(walking[epilogue], holding[epilogue], strict=True):
+                assert a.float().abs().sum() > 0 and torch.equal(a, b), epilogue
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_persistent_programs_equal_one_program_per_tile_on_cuda():
+    """The autotuner's persistent configs against the same tiles one per program, bf16, at d = 256."""
+    pytest.importorskip("triton")
+    from recruit.models.bdh_triton import _CONFIGS
+
+    cuda = torch.device("cuda")
+    for bm, bn, bk, warps, stages, _, persistent in (c for c in _CONFIGS if c[6]):
+        meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=1, num_warps=warps, num_stages=stages)
+        one = launch_all(cuda, torch.bfloat16, {**meta, "PERSISTENT": 0})
+        looping = launch_all(cuda, torch.bfloat16, {**meta, "PERSISTENT": persistent})
+        assert list(one) == list(range(5))
+        for epilogue in one:
+            for a, b in zip(one[epilogue], looping[epilogue], strict=True):
                 assert a.float().abs().sum() > 0 and torch.equal(a, b), epilogue
 
 

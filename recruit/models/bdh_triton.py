@@ -17,8 +17,10 @@ epilogue              product                    stores
 ====================  =========================  ================================================================
 
 The products with d-wide outputs (x ⊙ y · E, the attention's T × T by T × d products and the weight
-gradients) stay torch GEMMs. A program makes one tile, walking K in blocks, or (``ROW_BLOCKS`` > 1, for products
-of small K) holds a whole-K block of B in shared memory and makes that many row blocks' tiles against it.
+gradients) stay torch GEMMs. A program makes one tile, walking K in blocks; or (``ROW_BLOCKS`` > 1, for products
+of small K) holds a whole-K block of B in shared memory and makes that many row blocks' tiles against it; or
+(``PERSISTENT`` > 0) loops over tiles in one flattened loop that the software pipeline overlaps across tiles.
+The B operands of the products of K = d (D_x, D_y, Eᵀ) are K-major, the layout Hopper's wgmma takes natively.
 Dropout draws its mask from Philox keyed by (seed, element / 8), so the backward regenerates it instead of
 storing it. Values are rounded to the compute dtype where the torch form rounds them, so in fp32 the head
 equals :class:`~recruit.models.bdh._CausalLinearAttention`'s form to float tolerance (tests, through
@@ -39,23 +41,27 @@ import triton.language as tl
 
 ENCODE, GATE, GATE_BACKWARD, ROPE_BACKWARD, SCORES = 0, 1, 2, 3, 4
 
-# Launch configurations tried by the autotuner on a GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS):
-# the two fastest of each epilogue at bdh-ref's training shape on an H200 (benchmarks/bdh_profile.py lists every
-# config's time), out of fourteen tried there; each config tried costs every new shape a compile. The
-# interpreter takes the small fixed blocks of _INTERPRETED instead (it runs every program in Python; the tests
-# also run it with ROW_BLOCKS > 1, where the launcher widens BLOCK_K to all of K).
+# Launch configurations tried by the autotuner on a GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS,
+# PERSISTENT): the two fastest of each epilogue at bdh-ref's training shape on an H200 (benchmarks/bdh_profile.py
+# lists every config's time), out of fourteen tried there, and two persistent ones not yet timed on a GPU; each
+# config tried costs every new shape a compile. The interpreter takes the small fixed blocks of _INTERPRETED
+# instead (it runs every program in Python; the tests also run it with ROW_BLOCKS > 1, where the launcher widens
+# BLOCK_K to all of K, and with PERSISTENT > 0).
 _CONFIGS = [
-    (128, 128, 64, 8, 3, 1),  # SCORES
-    (128, 64, 64, 4, 4, 1),  # ROPE_BACKWARD, ENCODE's second
-    (64, 128, 64, 4, 4, 1),
-    (64, 128, 64, 4, 2, 1),  # GATE, GATE_BACKWARD: two stages, more programs per SM to overlap their epilogues
-    (64, 64, 64, 4, 4, 1),  # for N or T of 64 (BLOCK_N at most N's power of two; see _prune)
-    (32, 64, 64, 4, 3, 1),  # small row blocks: only for the batched products of sequences of 16 or 48 tokens ...
-    (16, 64, 64, 4, 3, 1),  # ... which no larger BLOCK_M divides
+    (128, 128, 64, 8, 3, 1, 0),  # SCORES
+    (128, 64, 64, 4, 4, 1, 0),  # ROPE_BACKWARD, ENCODE's second
+    (64, 128, 64, 4, 4, 1, 0),
+    (64, 128, 64, 4, 2, 1, 0),  # GATE, GATE_BACKWARD: two stages, more programs per SM to overlap their epilogues
+    (64, 64, 64, 4, 4, 1, 0),  # for N or T of 64 (BLOCK_N at most N's power of two; see _prune)
+    (32, 64, 64, 4, 3, 1, 0),  # small row blocks: only for the batched products of sequences of 16 or 48 tokens ...
+    (16, 64, 64, 4, 3, 1, 0),  # ... which no larger BLOCK_M divides
     # ENCODE: one B block held while the program walks 8 row blocks (products of K ≤ 256 only)
-    (64, 256, 256, 8, 2, 8),
+    (64, 256, 256, 8, 2, 8, 0),
+    # persistent: 2 or 1 programs per SM, each looping over tiles, the next tile's loads overlapping this epilogue
+    (64, 128, 64, 4, 3, 1, 2),
+    (128, 128, 64, 8, 3, 1, 1),
 ]
-_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1)
+_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=0)
 
 
 def interpreting() -> bool:
@@ -171,6 +177,66 @@ def _epilogue(
 
 
 @triton.jit
+def _tile_of(t, n_m, n_n, GROUP_M: tl.constexpr):
+    """Row and column block of tile ``t``.
+
+    Tiles walk GROUP_M row blocks across all column blocks before moving on, so that A's rows stay in L2.
+    """
+    group = t // (GROUP_M * n_n)
+    first_m = group * GROUP_M
+    rows_in_group = tl.minimum(n_m - first_m, GROUP_M)
+    return first_m + (t % (GROUP_M * n_n)) % rows_in_group, (t % (GROUP_M * n_n)) // rows_in_group
+
+
+@triton.jit
+def _walk_k(
+    a_ptr,
+    b_ptr,
+    pid_m,
+    pid_n,
+    M,
+    N,
+    K,
+    T,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    a_batch,
+    b_batch,
+    EPILOGUE: tl.constexpr,
+    BATCHED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The (BLOCK_M, BLOCK_N) fp32 product tile of row block ``pid_m`` and column block ``pid_n``, K in blocks."""
+    seq = (pid_m * BLOCK_M) // T  # BATCHED: a program's rows lie in one sequence (the launcher sees to it)
+    a_base = a_ptr + seq.to(tl.int64) * a_batch if BATCHED else a_ptr
+    b_base = b_ptr + seq.to(tl.int64) * b_batch if BATCHED else b_ptr
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    m_ok, n_ok = m < M, n < N
+    a_rows = a_base + (m - seq * T if BATCHED else m).to(tl.int64)[:, None] * stride_am  # (BLOCK_M, 1)
+    k_end = K
+    if EPILOGUE == 4:  # causal scores: a tile wholly on or above the diagonal (no column j < row t) is all 0
+        k_end = tl.where(pid_n * BLOCK_N < pid_m * BLOCK_M - seq * T + BLOCK_M - 1, K, 0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, k_end, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+        k_ok = k < K
+        a = tl.load(a_rows + k[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_base + k.to(tl.int64)[:, None] * stride_bk + n[None, :] * stride_bn,
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
+        if UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _neuron_gemm(
     a_ptr,  # (M, K) with strides (stride_am, stride_ak); BATCHED: sequence s's block starts at s·a_batch
     b_ptr,  # (K, N) with strides (stride_bk, stride_bn); BATCHED: sequence s's block starts at s·b_batch
@@ -190,7 +256,7 @@ def _neuron_gemm(
     stride_bn,
     a_batch,  # BATCHED: elements between the A blocks of consecutive sequences
     b_batch,  # BATCHED: ... and between their B blocks
-    p_drop,  # dropout probability (GATE, GATE_BACKWARD); 0 = none
+    p_drop,  # dropout probability (GATE, GATE_BACKWARD), a multiple of 2^-16; 0 = none
     seed,  # Philox seed of the dropout mask
     grad_add_ptr,  # () fp32: added to ∂y (GATE_BACKWARD) or ∂x (ROPE_BACKWARD) before its ReLU (activity penalty)
     EPILOGUE: tl.constexpr,
@@ -202,47 +268,42 @@ def _neuron_gemm(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     ROW_BLOCKS: tl.constexpr,  # > 1: one program makes this many row blocks against one B block held (BLOCK_K ≥ K)
+    PERSISTENT: tl.constexpr,  # > 0: the launcher starts this many programs per SM, and each loops over tiles
 ):
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
-    if ROW_BLOCKS == 1:
-        # Programs walk GROUP_M row blocks across all column blocks before moving on, so A's rows stay in L2.
-        group = pid // (GROUP_M * n_n)
-        first_m = group * GROUP_M
-        rows_in_group = tl.minimum(n_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % (GROUP_M * n_n)) % rows_in_group
-        pid_n = (pid % (GROUP_M * n_n)) // rows_in_group
+    if PERSISTENT > 0:
+        # Program p makes tiles p, p + P, p + 2P, ... One flattened loop over (tile, K block), which the software
+        # pipeline overlaps across tiles: the next tile's operands load during this tile's epilogue. The
+        # epilogue counts its own tiles (t_out), as Triton's persistent-matmul tutorial does to keep its
+        # pipeliner off a value used both before and after the K loop.
+        t_out = pid - tl.num_programs(0)
+        for t in tl.range(pid, n_m * n_n, tl.num_programs(0), flatten=True):
+            pid_m, pid_n = _tile_of(t, n_m, n_n, GROUP_M)
+            acc = _walk_k(a_ptr, b_ptr, pid_m, pid_n, M, N, K, T, stride_am, stride_ak, stride_bk, stride_bn,
+                          a_batch, b_batch, EPILOGUE, BATCHED, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N,
+                          BLOCK_K)  # fmt: skip
+            t_out += tl.num_programs(0)
+            out_m, out_n = _tile_of(t_out, n_m, n_n, GROUP_M)
+            _epilogue(acc, out_m, out_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T, p_drop,
+                      seed, grad_add_ptr, EPILOGUE, BLOCK_M, BLOCK_N)  # fmt: skip
+    elif ROW_BLOCKS == 1:
+        pid_m, pid_n = _tile_of(pid, n_m, n_n, GROUP_M)
+        acc = _walk_k(a_ptr, b_ptr, pid_m, pid_n, M, N, K, T, stride_am, stride_ak, stride_bk, stride_bn, a_batch,
+                      b_batch, EPILOGUE, BATCHED, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)  # fmt: skip
+        _epilogue(acc, pid_m, pid_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T, p_drop, seed,
+                  grad_add_ptr, EPILOGUE, BLOCK_M, BLOCK_N)  # fmt: skip
     else:
         # Consecutive programs share ROW_BLOCKS row blocks of A (in L2) and take B's column blocks in turn; each
         # reads its B block once, where one row block per program would read it n_m times over (on an H200 this
         # made ENCODE 13% faster and the other epilogues slower: their epilogues, not the tiles read, bind them).
         pid_n = pid % n_n
         pid_m = (pid // n_n) * ROW_BLOCKS
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-    n_ok = n < N
-    seq = (pid_m * BLOCK_M) // T  # BATCHED: a program's rows lie in one sequence (the launcher sees to it)
-    a_base = a_ptr + seq.to(tl.int64) * a_batch if BATCHED else a_ptr
-    b_base = b_ptr + seq.to(tl.int64) * b_batch if BATCHED else b_ptr
-    if ROW_BLOCKS == 1:
-        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-        m_ok = m < M
-        a_rows = a_base + (m - seq * T if BATCHED else m).to(tl.int64)[:, None] * stride_am  # (BLOCK_M, 1)
-        k_end = K
-        if EPILOGUE == 4:  # causal scores: a tile wholly on or above the diagonal (no column j < row t) is all 0
-            k_end = tl.where(pid_n * BLOCK_N < pid_m * BLOCK_M - seq * T + BLOCK_M - 1, K, 0)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, k_end, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-            k_ok = k < K
-            a = tl.load(a_rows + k[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_base + k.to(tl.int64)[:, None] * stride_bk + n[None, :] * stride_bn,
-                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
-            if UPCAST:
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-        _epilogue(acc, pid_m, pid_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T, p_drop, seed,
-                  grad_add_ptr, EPILOGUE, BLOCK_M, BLOCK_N)  # fmt: skip
-    else:
+        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+        n_ok = n < N
+        seq = (pid_m * BLOCK_M) // T  # BATCHED: a program's rows lie in one sequence (the launcher sees to it)
+        a_base = a_ptr + seq.to(tl.int64) * a_batch if BATCHED else a_ptr
+        b_base = b_ptr + seq.to(tl.int64) * b_batch if BATCHED else b_ptr
         k = tl.arange(0, BLOCK_K)  # (BLOCK_K,): all of K
         k_ok = k < K
         b = tl.load(b_base + k.to(tl.int64)[:, None] * stride_bk + n[None, :] * stride_bn,
@@ -265,13 +326,15 @@ def _prune(configs, named_args, **kwargs):
     """The configs worth timing for these arguments.
 
     When BATCHED, a program's rows (BLOCK_M · ROW_BLOCKS) must divide T (they lie in one sequence); a program
-    holding its B block (ROW_BLOCKS > 1) needs BLOCK_K = K rounded up to a power of two; row blocks under 64
-    only when no larger one does; and BLOCK_N at most N rounded up to a power of two, where any config has it.
+    holding its B block (ROW_BLOCKS > 1) needs BLOCK_K = K rounded up to a power of two; a persistent program a
+    K-major B (unit stride along K; see :func:`_k_major`); row blocks under 64 only when no larger one does; and
+    BLOCK_N at most N rounded up to a power of two, where any config has it.
     """
     T, N, K = named_args["T"], named_args["N"], named_args["K"]
     batched = kwargs.get("BATCHED", named_args.get("BATCHED"))
     keep = [c for c in configs if not batched or T % (c.kwargs["BLOCK_M"] * c.kwargs["ROW_BLOCKS"]) == 0]
     keep = [c for c in keep if c.kwargs["ROW_BLOCKS"] == 1 or c.kwargs["BLOCK_K"] == triton.next_power_of_2(K)]
+    keep = [c for c in keep if not c.kwargs["PERSISTENT"] or named_args.get("stride_bk") == 1]
     keep = [c for c in keep if c.kwargs["BLOCK_M"] >= 64] or keep
     narrow = [c for c in keep if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(N))]
     return narrow or keep
@@ -279,8 +342,10 @@ def _prune(configs, named_args, **kwargs):
 
 _tuned = triton.autotune(
     configs=[
-        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=r), num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s, r in _CONFIGS
+        triton.Config(
+            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=r, PERSISTENT=p), num_warps=w, num_stages=s
+        )
+        for bm, bn, bk, w, s, r, p in _CONFIGS
     ],
     key=["M", "N", "K", "T", "EPILOGUE", "BATCHED", "DOT_PRECISION", "UPCAST"],
     prune_configs_by=dict(early_config_prune=_prune),
@@ -294,6 +359,12 @@ def dropout_p(p: float) -> float:
     1 / (1 − this p), so that dropout stays unbiased: p = 0.1 becomes 6554 / 65536 ≈ 0.100006.
     """
     return round(p * 65536) / 65536
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    """The SMs of a CUDA ``device`` (1 elsewhere: the interpreter), for persistent launches."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 @functools.cache
@@ -320,9 +391,11 @@ def _launch(
 
     ``batch`` = (a_batch, b_batch) makes the product per sequence: rows m of sequence s = m // T take their A
     rows from ``a``'s block s (element offset s·a_batch; ``a`` may be (B, T, K)) and multiply B's block s.
-    ``config`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, ROW_BLOCKS, and optionally num_warps and num_stages) launches
-    that config instead of the autotuner's (``_INTERPRETED`` where Triton interprets and none is given); its
-    ROW_BLOCKS apply where a program's rows lie in one sequence, with BLOCK_K widened to all of K.
+    ``config`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, ROW_BLOCKS, PERSISTENT, and optionally num_warps and
+    num_stages) launches that config instead of the autotuner's (``_INTERPRETED`` where Triton interprets and
+    none is given); its ROW_BLOCKS apply where a program's rows lie in one sequence and it is not persistent,
+    with BLOCK_K widened to all of K. A persistent launch starts PERSISTENT programs per SM (at most one per
+    tile; in the interpreter, PERSISTENT programs).
     """
     M, N = outs[0].shape
     K, batched = a.shape[-1], batch is not None
@@ -335,14 +408,18 @@ def _launch(
             *(batch or (0, 0)), p_drop, seed, grad_add)  # fmt: skip
 
     def grid(meta):
-        return (triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), meta["ROW_BLOCKS"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        tiles = triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), meta["ROW_BLOCKS"]) * triton.cdiv(N, meta["BLOCK_N"])
+        if meta["PERSISTENT"]:
+            return (min(tiles, meta["PERSISTENT"] * _multiprocessors(a.device)),)
+        return (tiles,)
 
     if config is None and not interpreting():
         _tuned[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision, UPCAST=False)
         return
     meta = dict(config if config is not None else _INTERPRETED)
-    if batched and T % (meta["BLOCK_M"] * meta["ROW_BLOCKS"]):
-        meta["ROW_BLOCKS"] = 1  # a program's rows must lie in one sequence
+    meta.setdefault("PERSISTENT", 0)
+    if (batched and T % (meta["BLOCK_M"] * meta["ROW_BLOCKS"])) or meta["PERSISTENT"]:
+        meta["ROW_BLOCKS"] = 1  # a program's rows must lie in one sequence; a persistent program walks K
     if meta["ROW_BLOCKS"] > 1:
         meta["BLOCK_K"] = max(meta["BLOCK_K"], triton.next_power_of_2(K))  # the held B block spans all of K
     if interpreting():
@@ -368,7 +445,8 @@ def supports(v: torch.Tensor, n_neurons: int) -> bool:
 class _FusedHead(torch.autograd.Function):
     """One head's ``dropout(x ⊙ y)·E`` from the stream v, forward and backward through :func:`_neuron_gemm`.
 
-    Inputs: v (B, T, d), D_x and D_y (d, N), E (N, d), all in the compute dtype, cos and sin (T, N/2) fp32,
+    Inputs: v (B, T, d), D_x and D_y (d, N) K-major (:func:`_k_major`), E (N, d), all in the compute dtype, cos
+    and sin (T, N/2) fp32,
     the dropout probability and seed, and whether to also return the means of x and y (for the activity
     penalty). Saves x, RoPE(x), y, dropout(x ⊙ y) (each B·T × N), the (B, T, T) scores and the attention's
     (B, T, d) output with its layer-norm statistics.
@@ -406,8 +484,8 @@ class _FusedHead(torch.autograd.Function):
         add_x, add_y = (None if g is None or not ctx.means else g.float() / x.numel() for g in (g_xmean, g_ymean))
         g2 = g_out.reshape(B * T, d).to(dt).contiguous()
         gy, gx_part = torch.empty_like(x), torch.empty_like(x)
-        # Eᵀ as a contiguous (d, N) copy (N·d elements): B then has unit column stride, as in the other products
-        _launch(GATE_BACKWARD, g2, e_w.mT.contiguous(), (gy, gx_part), (x, y), (c, s), T, p_drop=ctx.p_drop,
+        # Eᵀ as a view of E: a K-major B operand (unit stride along K = d), as D_x and D_y are made in fused_head
+        _launch(GATE_BACKWARD, g2, e_w.mT, (gy, gx_part), (x, y), (c, s), T, p_drop=ctx.p_drop,
                 seed=ctx.seed, grad_add=add_y)  # fmt: skip
         d_e = xy.mT @ g2  # (N, d)
         d_dy = an.mT @ gy  # (d, N)
@@ -423,6 +501,16 @@ class _FusedHead(torch.autograd.Function):
         d_dx = v2.mT @ gx  # (d, N)
         d_v = d_v + (gx @ dx_w.mT).view(B, T, d)
         return d_v, d_dx, d_dy, d_e, None, None, None, None, None
+
+
+def _k_major(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``w`` (K, N) in ``dtype`` as the transpose of a contiguous (N, K) copy: unit stride along K.
+
+    The GEMM's B operands are K-major, as Hopper's wgmma takes them natively: Triton's pipeline of a persistent
+    program's flattened loop copies an N-major B tile through registers instead of asynchronously (sm_90, Triton
+    3.6 and 3.9). A copy costs N·K elements (4 MB at bdh-ref's head), against the 268 MB tensors it makes.
+    """
+    return torch.empty(w.shape[1], w.shape[0], device=w.device, dtype=dtype).copy_(w.mT).mT
 
 
 @torch.compiler.disable  # Dynamo does not trace the launcher; a compiled model calls it between graphs
@@ -447,7 +535,7 @@ def fused_head(
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p_drop > 0 else 0
     with torch.autocast(v.device.type, enabled=False):
         return _FusedHead.apply(
-            v.contiguous(), dx_w.to(dt), dy_w.to(dt), e_w.to(dt).contiguous(), c, s, p_drop, seed, means
+            v.contiguous(), _k_major(dx_w, dt), _k_major(dy_w, dt), e_w.to(dt).contiguous(), c, s, p_drop, seed, means
         )
 
 
