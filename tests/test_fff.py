@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from recruit.errors import RecruitError
 from recruit.fff import (
     FastFeedForward,
     FFFConfig,
@@ -274,6 +275,14 @@ def test_record_inputs_and_from_dense_reduces_mse():
     assert report.final_mse < 0.5 * report.initial_mse and report.final_rel_error < report.initial_rel_error
     assert report.final_mse < 0.7 * report.dense_mse_to_zero  # better than no FF at all
     assert report.n_train + report.n_eval == 2000 and report.steps == 150
+
+
+def test_from_dense_says_when_the_inputs_do_not_fit_the_mlp():
+    mlp = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 16))
+    with pytest.raises(RecruitError, match=r"does not run on the recorded inputs \(100, 12\)"):
+        from_dense(mlp, depth=3, inputs=torch.randn(100, 12), steps=1)
+    with pytest.raises(RecruitError, match=r"maps inputs \(100, 16\) to \(100, 2, 8\)"):
+        from_dense(nn.Unflatten(1, (2, 8)), depth=3, inputs=torch.randn(100, 16), steps=1)
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])

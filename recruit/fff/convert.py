@@ -233,7 +233,12 @@ def from_dense(
     x = inputs.detach().float()
     dt = next(mlp.parameters(), x).dtype
     with torch.no_grad():
-        target = torch.cat([mlp(x[i : i + 4096].to(dt)).float() for i in range(0, len(x), 4096)])  # (N, d_out)
+        try:
+            target = torch.cat([mlp(x[i : i + 4096].to(dt)).float() for i in range(0, len(x), 4096)])  # (N, d_out)
+        except RuntimeError as e:  # most often the width: a matmul's "shapes cannot be multiplied"
+            raise RecruitError(f"the MLP does not run on the recorded inputs {tuple(inputs.shape)}: {e}") from e
+    if target.dim() != 2 or len(target) != len(x):
+        raise RecruitError(f"the MLP maps inputs {tuple(inputs.shape)} to {tuple(target.shape)}: need (N, d_out)")
     n_eval = min(len(x) - 1, max(1, round(holdout * len(x)))) if holdout > 0 else 0
     x_tr, y_tr = x[: len(x) - n_eval], target[: len(x) - n_eval]
     x_ev, y_ev = (x[len(x) - n_eval :], target[len(x) - n_eval :]) if n_eval else (x_tr, y_tr)
