@@ -189,7 +189,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
-    for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll", "maxnreg", "prefetch"):
+    for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll", "maxnreg", "prefetch", "eager"):
         p.add_argument(f"--{name}", type=int)
     args = p.parse_args()
     if args.bdh:
@@ -201,7 +201,7 @@ def main() -> None:
                       f"{k.metadata.shared} shared bytes, {r.instructions} instructions, "
                       f"{k.asm['ptx'].count('cp.async.cg')} async copies")  # fmt: skip
         return
-    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch")
+    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager")
     options = {k: v for k in keys if (v := getattr(args, k)) is not None}
     for hidden, depth in SHAPES:
         r = resources(compile_token(hidden, depth, args.batch, args.arch, args.dtype, **options))

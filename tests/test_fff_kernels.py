@@ -332,6 +332,10 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (5, 1, 3, 12, 6, dict(kernel="block")),  # the block kernel at a small batch
     (5, 1, 2, 12, 6, dict(maxnreg=0)),  # ptxas' own register choice (a compile option the interpreter ignores)
     (5, 1, 2, 12, 6, dict(prefetch=2)),  # L2 prefetching (PTX, a hint, which the interpreter leaves out)
+    (14, 1, 3, 8, 5, dict(eager=True)),  # the output summed during the walk, 15 levels
+    (5, 3, 3, 20, 9, dict(spec=3, block_d=16, eager=True)),  # ... of three trees
+    (6, 1, 2, 9, 9, dict(split=3, eager=True)),  # ... above and below the subtree roots
+    (5, 1, 3, 20, 17, dict(split=2, spec=1, block_d=16, block_o=16, eager=True)),  # ... 2 column programs, tails
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 129, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -343,6 +347,9 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (4, 1, 6, 16, 7, dict(top=5, spec=2)),  # every level routed by GEMM: the kernel only looks up
     (3, 3, 2, 11, 37, dict(top=1, spec=3, block_d=16, block_o=16)),  # 3 column tiles
 ]
+# one name per case (depth-trees-batch, and its place where those repeat): the fixture keys its outputs by name
+TRITON_NAMES = [f"{c[0]}-{c[1]}-{c[2]}" + f"#{i}" * (sum(d[:3] == c[:3] for d in TRITON_CASES) > 1)
+                for i, c in enumerate(TRITON_CASES)]  # fmt: skip
 TRITON_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 INTERPRET = """
 import sys, torch
@@ -363,9 +370,9 @@ def interpreted(tmp_path_factory):
     pytest.importorskip("triton")
     jobs = {}
     for dtype in TRITON_DTYPES:
-        for depth, n_trees, batch, d_in, d_out, blocks in TRITON_CASES:
+        for name, (depth, n_trees, batch, d_in, d_out, blocks) in zip(TRITON_NAMES, TRITON_CASES, strict=True):
             case = make_case(depth + batch, depth, n_trees, batch, d_in, d_out, dtype)
-            jobs[(f"{depth}-{n_trees}-{batch}", dtype)] = (case, depth, n_trees, blocks)
+            jobs[(name, dtype)] = (case, depth, n_trees, blocks)
         jobs[("crafted", dtype)] = (crafted(dtype), 2, 2, {})
         jobs[("empty", dtype)] = (tuple(t[:0] if i == 0 else t for i, t in enumerate(crafted(dtype))), 2, 2, {})
     folder = tmp_path_factory.mktemp("triton")
@@ -381,7 +388,7 @@ def interpreted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("dtype", TRITON_DTYPES)
-@pytest.mark.parametrize("name", [f"{c[0]}-{c[1]}-{c[2]}" for c in TRITON_CASES] + ["crafted", "empty"])
+@pytest.mark.parametrize("name", TRITON_NAMES + ["crafted", "empty"])
 def test_triton_interpreted_equals_reference(interpreted, dtype, name):
     case, depth, n_trees, out = interpreted[(name, dtype)]
     assert out.shape == (case[0].shape[0], case[3].shape[1]) and out.dtype == dtype
@@ -480,6 +487,7 @@ def test_token_kernel_prefetches_the_rows_its_walk_reads_later(depth, trees, spe
         (dict(maxnreg=256), 1, 1, "maxnreg must be in 0..255"),
         (dict(prefetch=1, block_b=1), 1, 1, "prefetch needs the token kernel"),
         (dict(prefetch=4), 1, 1, "prefetch must be in 0..3"),
+        (dict(eager=True, block_b=1), 1, 1, "eager needs the token kernel"),
     ],
 )
 def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):
@@ -518,6 +526,8 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(prefetch=1),
         dict(prefetch=2, spec=3),
         dict(prefetch=1, split=3),
+        dict(eager=True),
+        dict(eager=True, split=3),
     ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
@@ -582,6 +592,19 @@ def test_token_kernel_compiles_for_sm90_without_spills(cuobjdump):
         assert used.load_waves == 1, (hidden, depth, used)
         assert used.ops.get("LDG.E.128", 0) >= 8, (hidden, depth, used)
         assert "CCTL.E.PF2" not in used.ops, (hidden, depth, used)  # no prefetch unless asked for
+
+
+@pytest.mark.parametrize("block_d", [None, 1024])
+def test_token_kernel_summing_during_the_walk_loads_output_rows_with_input_rows(cuobjdump, block_d):
+    """``eager`` at hidden 4096, compiled for an H100/H200: each step's w_out_t rows are read in its one load
+    wave, as volatile (``STRONG``) 128-bit loads (the ptxas of Triton 3.9 issued plain ones after the step's dot
+    products, a second wave), and no gather of the path's rows follows the walk."""
+    tool = cuobjdump
+    plain = tool.resources(tool.compile_token(4096, 13, block_d=block_d))
+    used = tool.resources(tool.compile_token(4096, 13, block_d=block_d, eager=True))
+    assert used.local_bytes == 0 and used.load_waves == 1, used
+    assert used.ops.get("LDG.E.128.STRONG.SYS", 0) >= 3, used
+    assert used.ops.get("LDG.E.128", 0) < plain.ops.get("LDG.E.128", 0), (used, plain)  # no gather after the walk
 
 
 @pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, spec=3)])

@@ -2,7 +2,9 @@
 
 Two kernels. The token kernel (small batches, :func:`_fff_token_kernel`) gives each program one token and
 keeps its path in registers, then gathers all the path's ``w_out_t`` rows at once, so that the output
-costs one round trip to memory instead of one per level; it can also split the walk over subtree
+costs one round trip to memory instead of one per level (or, with ``eager``, loads each step's output rows
+with its input rows and sums the output during the walk: no round trip after it); it can also split the walk over
+subtree
 programs (``split``, see there), and ask L2 ahead of time for the rows its walk may read (``prefetch``, see
 there). The block kernel (:func:`_fff_kernel`, large batches) is described below.
 
@@ -230,6 +232,7 @@ def _fff_token_kernel(
     UNROLL: tl.constexpr,  # unroll factor of the loop over feature chunks (loads in flight)
     D_CHUNKS: tl.constexpr,  # ⌈D_in / BLOCK_D⌉ when the loop over them is unrolled in full, else 0
     PREFETCH: tl.constexpr,  # L2 prefetch (0: none): w_in subtrees this many steps ahead, and w_out path rows
+    EAGER: tl.constexpr,  # sum the output during the walk (COLS_PER_PROGRAM = BLOCK_O), no gather after it
     LINE: tl.constexpr,  # elements per 128-byte line (prefetch address spacing)
     IN_LINES_P: tl.constexpr,  # next power of two ≥ lines per w_in row (1 without prefetch)
     OUT_LINES_P: tl.constexpr,  # next power of two ≥ lines per program's slice of a w_out_t row (1 without)
@@ -247,6 +250,10 @@ def _fff_token_kernel(
     after the walk finds them in L2), and the w_in rows of every subtree the walk may enter p steps on,
     SPEC·p levels down (2^(SPEC·p) of them, shared out over the column programs). The walk's own loads stay
     one round trip per step; what changes is whether that round trip ends in L2 or in memory.
+
+    With EAGER, each step also loads its nodes' w_out_t rows (this program's BLOCK_O columns) with their w_in
+    rows, in the same wave, and once the step has picked its nodes adds their GELU times those rows to the
+    output: the walk's last round trip is then the kernel's last, where the gather after the walk costs one more.
     """
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1).to(tl.int64)
@@ -264,6 +271,9 @@ def _fff_token_kernel(
     sub_local = tl.arange(0, SUB)  # (SUB,) a subtree's local heap indices, for the prefetch ahead
     sub_depth, sub_scale, sub_real = _subtree_lanes(sub_local, SPEC)
     chosen = root * 0 - 1  # the level-SPLIT node that the walk above SPLIT enters
+    o_eager = col_start + tl.arange(0, BLOCK_O)  # (BLOCK_O,) EAGER: the program's columns, one block
+    o_eager_ok = o_eager < col_end
+    out_eager = tl.zeros((BLOCK_O,), dtype=tl.float32)  # EAGER: the output summed during the walk
     if SPLIT == 0:  # there is no walk above: every program's subtree is the whole tree
         chosen = root
 
@@ -288,6 +298,12 @@ def _fff_token_kernel(
                         ahead_rows = k * N_NODES + (base + c) * sub_scale + sub_local  # (SUB,)
                         ahead_live = sub_real & (SPLIT + first + ahead + sub_depth < LEVELS)
                         _prefetch_rows(w_in_ptr, ahead_rows, ahead_live, 0, D_IN, D_IN, LINE, IN_LINES_P)
+            if EAGER:  # the step's output rows, loaded with its input rows (LANES, BLOCK_O)
+                # volatile keeps the load where it stands: the ptxas of Triton 3.9 otherwise issued it after the
+                # step's dot products had waited for the input rows, a second round trip per step
+                w_step = tl.load(w_out_ptr + rows[:, None] * D_OUT + o_eager[None, :],
+                                 mask=live[:, None] & o_eager_ok[None, :], other=0.0, volatile=True)  # fmt: skip
+            g_lane = tl.zeros((TOP_LANES + SUB,), dtype=tl.float32)  # EAGER: GELU of the lanes the step picks
             bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
             # the bias starts the sum (column 0), so that ptxas issues its load with the rows' instead of after
             # them: left for the end, it was fetched once the rows had arrived, a second round trip per step
@@ -307,6 +323,9 @@ def _fff_token_kernel(
                 at_slot = (slot == k * LEVELS + SPLIT + first + r) & (SPLIT + first + r < LEVELS)
                 path_rows = tl.where(at_slot, k * N_NODES + sub * (1 << r) + js, path_rows)
                 path_a = tl.where(at_slot, a, path_a)
+                if EAGER:  # (a level below LEVELS, as a vector: see the output's mask below)
+                    picked = (lane == TOP_LANES + js) & (SPLIT + first + r + 0 * lane < LEVELS)
+                    g_lane = tl.where(picked, _gelu(a), g_lane)
                 js = 2 * js + 1 + (a > 0).to(tl.int64)
                 if TOP_LANES > 0:
                     a = tl.sum(tl.where(lane == jt, logits, 0.0), axis=0)
@@ -315,23 +334,31 @@ def _fff_token_kernel(
                     at_slot = (slot == first + r) & (first + r < SPLIT)
                     path_rows = tl.where(at_slot, here, path_rows)
                     path_a = tl.where(at_slot, a, path_a)
+                    if EAGER:
+                        g_lane = tl.where((lane == jt) & (first + r + 0 * lane < SPLIT), _gelu(a), g_lane)
                     chosen = tl.where(first + r == SPLIT - 1, 2 * here + 1 + right, chosen)  # one level down
                     jt = 2 * jt + 1 + right
+            if EAGER:
+                out_eager += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
             top = top * (1 << SPEC) + jt
             sub = sub * (1 << SPEC) + js
 
-    # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
-    used = slot < N_TREES * LEVELS
-    path_g = _gelu(path_a)  # (PATH_P,)
-    for o0 in range(col_start, col_end, BLOCK_O):
-        o = o0 + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
-        # only the program whose subtree the token enters writes (compared as a vector: Triton's interpreter
-        # gives `vector & 0-d mask` an integer type that loads refuse)
-        o_ok = (o < col_end) & (chosen + 0 * o == root)
-        wv = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :], mask=used[:, None] & o_ok[None, :],
-                     other=0.0)  # (PATH_P, BLOCK_O)  # fmt: skip
-        acc = tl.sum(path_g[:, None] * wv.to(tl.float32), axis=0)  # (BLOCK_O,)
-        tl.store(out_ptr + tok * D_OUT + o, acc.to(out_ptr.dtype.element_ty), mask=o_ok)
+    if EAGER:  # only the program whose subtree the token enters writes
+        o_ok = o_eager_ok & (chosen + 0 * o_eager == root)
+        tl.store(out_ptr + tok * D_OUT + o_eager, out_eager.to(out_ptr.dtype.element_ty), mask=o_ok)
+    else:
+        # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
+        used = slot < N_TREES * LEVELS
+        path_g = _gelu(path_a)  # (PATH_P,)
+        for o0 in range(col_start, col_end, BLOCK_O):
+            o = o0 + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
+            # only the program whose subtree the token enters writes (compared as a vector: Triton's interpreter
+            # gives `vector & 0-d mask` an integer type that loads refuse)
+            o_ok = (o < col_end) & (chosen + 0 * o == root)
+            wv = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :], mask=used[:, None] & o_ok[None, :],
+                         other=0.0)  # (PATH_P, BLOCK_O)  # fmt: skip
+            acc = tl.sum(path_g[:, None] * wv.to(tl.float32), axis=0)  # (BLOCK_O,)
+            tl.store(out_ptr + tok * D_OUT + o, acc.to(out_ptr.dtype.element_ty), mask=o_ok)
 
 
 def _pow2(n: int, hi: int) -> int:
@@ -358,6 +385,7 @@ def fff_triton(
     maxnreg: int | None = None,
     kernel: str | None = None,
     prefetch: int | None = None,
+    eager: bool = False,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
@@ -405,6 +433,9 @@ def fff_triton(
             subtrees) and for the w_out_t rows of the step's nodes, so that deep levels, which a model's other
             layers evict from L2 between two calls, cost an L2 round trip instead of one to memory. A hint
             with no effect on the result; ignored under Triton's interpreter, which cannot run it.
+        eager: Token kernel only: sum the output during the walk (default False): each routing step loads its
+            nodes' w_out_t rows with their w_in rows and adds the picked nodes' share, so that no gather of
+            the path's rows follows the walk; each program then takes one block of ``block_o`` columns.
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -435,6 +466,7 @@ def fff_triton(
     assert token or not split, f"split {why}"
     assert token or maxnreg is None, f"maxnreg {why}"
     assert token or not prefetch, f"prefetch {why}"
+    assert token or not eager, f"eager {why}"
     if token:
         prefetch = prefetch or 0
         if x.device.type != "cuda":  # Triton's interpreter: the prefetch is inline PTX, and only a hint
@@ -442,7 +474,7 @@ def fff_triton(
             prefetch = 0
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
-                             maxnreg=maxnreg, prefetch=prefetch)  # fmt: skip
+                             maxnreg=maxnreg, prefetch=prefetch, eager=eager)  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -509,6 +541,7 @@ def token_launch(
     unroll: int | None = None,
     maxnreg: int | None = None,
     prefetch: int = 0,
+    eager: bool = False,
     itemsize: int = 2,
 ) -> TokenLaunch:
     """The token kernel's launch for n tokens of d_in features into d_out columns.
@@ -528,6 +561,8 @@ def token_launch(
     block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // path_p)
     col_blocks = triton.cdiv(d_out, block_o)
     splits = max(1, min(col_blocks, _PROGRAMS // (n << split)))  # column programs per (token, subtree)
+    if eager:  # the output sums in registers: one block of columns per program
+        splits = col_blocks
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
     steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
     chunks = triton.cdiv(d_in, block_d)
@@ -538,7 +573,7 @@ def token_launch(
     constexprs = dict(
         N_TREES=n_trees, LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0,
         PATH_P=path_p, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
-        PREFETCH=prefetch, LINE=line, IN_LINES_P=next(lines), OUT_LINES_P=next(lines),
+        PREFETCH=prefetch, EAGER=int(eager), LINE=line, IN_LINES_P=next(lines), OUT_LINES_P=next(lines),
     )  # fmt: skip
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
     if maxnreg is None:
