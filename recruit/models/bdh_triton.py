@@ -446,9 +446,8 @@ class _FusedHead(torch.autograd.Function):
     """One head's ``dropout(x ⊙ y)·E`` from the stream v, forward and backward through :func:`_neuron_gemm`.
 
     Inputs: v (B, T, d), D_x and D_y (d, N) K-major (:func:`_k_major`), E (N, d), all in the compute dtype, cos
-    and sin (T, N/2) fp32,
-    the dropout probability and seed, and whether to also return the means of x and y (for the activity
-    penalty). Saves x, RoPE(x), y, dropout(x ⊙ y) (each B·T × N), the (B, T, T) scores and the attention's
+    and sin (T, N/2) fp32, the dropout probability and seed, and whether to also return the means of x and y (for
+    the activity penalty). Saves x, RoPE(x), y, dropout(x ⊙ y) (each B·T × N), the (B, T, T) scores and the attention's
     (B, T, d) output with its layer-norm statistics.
     """
 
