@@ -8,7 +8,6 @@ a neuron is more active with the concept (or language) than without it. The neur
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -20,18 +19,9 @@ from recruit.data.tokenizer import ByteTokenizer
 from recruit.errors import RecruitError
 from recruit.interp.stats import mann_whitney
 from recruit.models.bdh import BDH
+from recruit.train import training_mode
 
 WHICH = ("x", "y", "xy")
-
-
-@contextlib.contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 # ---- activations --------------------------------------------------------------------------------
@@ -50,7 +40,7 @@ def activation_density(
     windows = spread_windows(tokens, seq_len, max_windows)[:, :-1]  # (W, T)
     dev = model.lm_head.device
     total: dict[str, np.ndarray] = {}
-    with _evaluating(model):
+    with training_mode(model, False):
         for i in range(0, len(windows), batch_size):
             w = windows[i : i + batch_size].to(dev)  # (b, T)
             _, stats = model.forward_with_stats(w)
@@ -91,7 +81,7 @@ def sentence_features(model: BDH, batch: torch.Tensor, which: str = "x", layer: 
         if layer is None or i == layer:
             acc.append({"x": x, "y": y, "xy": x * y}[which].mean(2))  # (B, h, N)
 
-    with _evaluating(model):
+    with training_mode(model, False):
         model(batch.to(model.lm_head.device), observe=collect)
     return (sum(acc).flatten(1) / len(acc)).cpu().double().numpy()  # (B, h*N), head-major
 
