@@ -117,14 +117,14 @@ def compile_bdh_gemm(epilogue: int, config: tuple[int, ...], arch: int = 90, dty
     """BDH's fused-head GEMM (:func:`recruit.models.bdh_triton._neuron_gemm`) at the paper's training shape.
 
     ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS,
-    PERSISTENT); shapes from :func:`bdh_gemm_shape`.
+    PERSISTENT, TMA); shapes from :func:`bdh_gemm_shape`.
     """
     from recruit.models.bdh_triton import ROPE_BACKWARD, SCORES, _neuron_gemm
 
-    bm, bn, bk, warps, stages, rows, persistent = config
+    bm, bn, bk, warps, stages, rows, persistent, tma = config
     ints, unit = bdh_gemm_shape(epilogue)
     constexprs = dict(**unit, EPILOGUE=epilogue, BATCHED=epilogue in (ROPE_BACKWARD, SCORES), UPCAST=False,
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=rows, PERSISTENT=persistent,
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=rows, PERSISTENT=persistent, TMA=tma,
                       DOT_PRECISION="tf32")  # fmt: skip
     ptrs = {"*": dtype, "cos_ptr": "fp32", "sin_ptr": "fp32", "grad_add_ptr": "fp32"}
     return _compile(_neuron_gemm, constexprs, ints, arch, ptrs, num_warps=warps, num_stages=stages)
@@ -199,7 +199,8 @@ def main() -> None:
                 r = resources(k, waves=False)
                 print(f"{name:>14} {config}: {r.registers} registers, {r.local_bytes} local bytes, "
                       f"{k.metadata.shared} shared bytes, {r.instructions} instructions, "
-                      f"{k.asm['ptx'].count('cp.async.cg')} async copies")  # fmt: skip
+                      f"{k.asm['ptx'].count('cp.async.cg')} async copies, "
+                      f"{k.asm['ptx'].count('cp.async.bulk.tensor')} TMA copies")  # fmt: skip
         return
     keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager")
     options = {k: v for k in keys if (v := getattr(args, k)) is not None}

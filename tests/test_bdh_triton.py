@@ -24,10 +24,13 @@ out = {}
 for name, dtype, p_drop, means in [("fp32", torch.float32, 0.0, True), ("odd", torch.float32, 0.0, False),
                                    ("bf16", torch.bfloat16, 0.0, False), ("drop", torch.float32, 0.3, True),
                                    ("rows-fp32", torch.float32, 0.0, True), ("rows-odd", torch.float32, 0.0, False),
-                                   ("rows-drop", torch.float32, 0.3, True)]:
-    # "rows-": each program makes two row blocks against a held B block (ROW_BLOCKS = 2; "rows-odd" has 3)
-    bdh_triton._INTERPRETED["ROW_BLOCKS"] = 2 if name.startswith("rows-") else 1
-    v, dx, dy, e, c, s, w = head_case(name.removeprefix("rows-"), dtype)
+                                   ("rows-drop", torch.float32, 0.3, True), ("tma-fp32", torch.float32, 0.0, True),
+                                   ("tma-drop", torch.float32, 0.3, True)]:
+    # "rows-": each program makes two row blocks against a held B block (ROW_BLOCKS = 2; "rows-odd" has 3);
+    # "tma-": 3 programs loop over the tiles, which the products of K = d move through tensor descriptors
+    bdh_triton._INTERPRETED.update(ROW_BLOCKS=2 if name.startswith("rows-") else 1,
+                                   PERSISTENT=3 * name.startswith("tma-"), TMA=int(name.startswith("tma-")))
+    v, dx, dy, e, c, s, w = head_case(name.split("-")[-1], dtype)
     torch.manual_seed(5)
     o, xm, ym = fused_head(v, dx, dy, e, c, s, p_drop, means=means)
     grads = torch.autograd.grad((o.float() * w).sum() + 3 * xm + 5 * ym, (v, dx, dy, e))
@@ -41,7 +44,7 @@ for name, dtype, p_drop, means in [("fp32", torch.float32, 0.0, True), ("odd", t
                 p_drop=p_drop, seed=seed)
         keep = xy != 0
     out[name] = dict(out=o.detach(), xm=xm, ym=ym, grads=grads, keep=keep, supports=supports(v, dx.shape[1]))
-bdh_triton._INTERPRETED["ROW_BLOCKS"] = 1
+bdh_triton._INTERPRETED.update(ROW_BLOCKS=1, PERSISTENT=0, TMA=0)
 out["row_blocks"] = {r: launch_all(torch.device("cpu"), torch.float32, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64,
                                                                              GROUP_M=2, ROW_BLOCKS=r), T=32, N=48, d=32)
                      for r in (1, 2)}  # fmt: skip
@@ -49,6 +52,9 @@ out["persistent"] = {p: launch_all(torch.device("cpu"), torch.float32, dict(BLOC
                                                                              GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=p),
                                    T=32, N=48, d=32)
                      for p in (0, 5)}  # fmt: skip
+tma_meta = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=5)
+out["tma"] = {(n, tma): launch_all(torch.device("cpu"), torch.float32, {**tma_meta, "TMA": tma}, T=32, N=n, d=32)
+              for n in (48, 40) for tma in (0, 1)}  # fmt: skip
 
 model, idx, tgt = model_case()
 for impl in ("fused", "fast"):
@@ -143,7 +149,7 @@ def _oracle(name: str, dtype: torch.dtype, keep=None, p_drop: float = 0.0, means
     return o.detach(), x.float().mean(), y.float().mean(), grads
 
 
-@pytest.mark.parametrize("name", ["fp32", "odd", "drop", "rows-fp32", "rows-odd", "rows-drop"])
+@pytest.mark.parametrize("name", ["fp32", "odd", "drop", "rows-fp32", "rows-odd", "rows-drop", "tma-fp32", "tma-drop"])
 def test_fused_head_equals_torch_in_fp32(interpreted, name):
     got = interpreted[name]
     assert got["supports"]
@@ -156,7 +162,7 @@ def test_fused_head_equals_torch_in_fp32(interpreted, name):
         for a, b in ((keep[:, :-1], keep[:, 1:]), (keep[:-1], keep[1:])):  # neighbours: columns, rows
             assert abs((a == b).float().mean().item() - agree) < 0.04
     means = not name.endswith("odd")
-    o, xm, ym, grads = _oracle(name.removeprefix("rows-"), torch.float32, got["keep"], p_drop, means=means)
+    o, xm, ym, grads = _oracle(name.split("-")[-1], torch.float32, got["keep"], p_drop, means=means)
     torch.testing.assert_close(got["out"], o, rtol=1e-5, atol=1e-5)
     if means:  # "odd" asks for no means: they come back as 0
         torch.testing.assert_close(got["xm"], xm)
@@ -215,26 +221,39 @@ def test_fused_falls_back_to_fast_without_a_gpu():
 def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
     """A batched product needs BLOCK_M · ROW_BLOCKS | T; small row blocks only when nothing larger divides T
     (T = 48, 16); a program holding its B block (ROW_BLOCKS > 1) only where BLOCK_K is K's power of two; a
-    persistent program only where B is K-major (unit stride along K)."""
+    persistent program only where B is K-major (unit stride along K); one moving tiles by TMA only for an
+    unbatched product of K-major operands whose row blocks divide T, and 16-byte aligned rows and tensors."""
     pytest.importorskip("triton")
     from recruit.models.bdh_triton import _CONFIGS, _prune, _tuned
 
-    def kept(T, N, K, batched, stride_bk=1):
-        configs = _prune(_tuned.configs, {"T": T, "N": N, "K": K, "stride_bk": stride_bk}, BATCHED=batched)
+    def kept(T, N, K, batched, stride_bk=1, **more):
+        args = {"T": T, "N": N, "K": K, "stride_ak": 1, "stride_bk": stride_bk, "stride_am": K, "stride_bn": K}
+        configs = _prune(_tuned.configs, {**args, **more}, BATCHED=batched)
         return {c for c, t in zip(_CONFIGS, _tuned.configs, strict=True) if t in configs}
 
     walking = {c for c in _CONFIGS if c[5] == 1 and c[0] >= 64 and not c[6]}
     holding = {c for c in _CONFIGS if c[5] > 1}
-    persistent = {c for c in _CONFIGS if c[6]}
+    persistent = {c for c in _CONFIGS if c[6] and not c[7]}
+    tma = {c for c in _CONFIGS if c[7]}
     assert holding and all(c[2] == 256 for c in holding) and persistent and all(c[5] == 1 for c in persistent)
-    assert kept(512, 8192, 256, False) == kept(512, 8192, 256, True) == walking | holding | persistent  # K = d
+    assert tma and all(c[6] and c[5] == 1 for c in tma)
+    assert kept(512, 8192, 256, False) == walking | holding | persistent | tma  # K = d
+    assert kept(512, 8192, 256, True) == walking | holding | persistent  # a batched product: no TMA
     assert kept(512, 8192, 256, False, stride_bk=8192) == walking | holding
     assert kept(512, 8192, 512, True, stride_bk=8192) == walking  # ROPE_BACKWARD: K = T, B = RoPE(x)
     assert kept(512, 512, 8192, True) == walking | persistent  # SCORES: K = N, B = RoPE(x)ᵀ
     assert kept(768, 8192, 256, True) == walking | persistent  # 512 rows per program do not divide the sequence
     assert kept(768, 8192, 256, False) == kept(512, 8192, 256, False)
-    assert kept(80, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0)}
-    assert kept(48, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0)}
+    assert (
+        kept(512, 8192, 256, False, stride_am=260)
+        == kept(512, 8192, 256, False, stride_ak=2)
+        == walking | holding | persistent
+    )
+    misaligned = torch.zeros(9)[1:]  # 4 bytes past an allocation
+    assert kept(512, 8192, 256, False, a_ptr=misaligned) == walking | holding | persistent
+    assert kept(512, 8192, 256, False, a_ptr=torch.zeros(8)) == kept(512, 8192, 256, False)
+    assert kept(80, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0, 0)}
+    assert kept(48, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0, 0)}
     assert {c[:2] for c in kept(32, 48, 32, True)} == {(16, 64), (32, 64)}
     assert all(c[0] >= 64 for c in kept(48, 8192, 256, False))
 
@@ -245,6 +264,17 @@ def test_programs_holding_their_b_block_equal_programs_walking_k(interpreted):
     for epilogue in one:
         for a, b in zip(one[epilogue], two[epilogue], strict=True):
             assert a.abs().sum() > 0 and torch.equal(a, b), epilogue
+
+
+def test_programs_moving_tiles_by_tma_equal_programs_loading_them(interpreted):
+    """Persistent programs moving the tiles of the products of K = d through tensor descriptors give the bits of
+    the same programs loading them through pointers, with N's last column block partly outside (N = 40)."""
+    for n in (48, 40):
+        loaded, moved = interpreted["tma"][n, 0], interpreted["tma"][n, 1]
+        assert list(loaded) == list(moved) == list(range(5))
+        for epilogue in loaded:
+            for a, b in zip(loaded[epilogue], moved[epilogue], strict=True):
+                assert a.abs().sum() > 0 and torch.equal(a, b), (n, epilogue)
 
 
 def test_persistent_programs_equal_one_program_per_tile(interpreted):
@@ -258,7 +288,13 @@ def test_persistent_programs_equal_one_program_per_tile(interpreted):
 
 @pytest.mark.parametrize(
     "config",
-    [(128, 128, 64, 8, 3, 1, 0), (64, 128, 64, 4, 2, 1, 0), (64, 256, 256, 8, 2, 8, 0), (64, 128, 64, 4, 3, 1, 2)],
+    [
+        (128, 128, 64, 8, 3, 1, 0, 0),
+        (64, 128, 64, 4, 2, 1, 0, 0),
+        (64, 256, 256, 8, 2, 8, 0, 0),
+        (64, 128, 64, 4, 3, 1, 2, 0),
+        (64, 128, 64, 4, 3, 1, 2, 1),
+    ],
 )
 def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
     """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).
@@ -266,19 +302,24 @@ def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, co
     No registers spilled, and operand tiles copied asynchronously (the software pipeline); a config holding its B
     block (ROW_BLOCKS > 1) only for the products whose K it spans, with its A tiles pipelined across the row
     blocks; a persistent one only for the products whose B is K-major, as Triton pipelines a flattened loop's
-    N-major B through registers (so the products of K = d take D_x, D_y and Eᵀ K-major).
+    N-major B through registers (so the products of K = d take D_x, D_y and Eᵀ K-major); one moving its tiles by
+    TMA only for the unbatched products of K = d, with no copy left to the threads.
     """
     from recruit.models import bdh_triton
 
     copies = []
     epilogues = [e for e in range(5) if config in cuobjdump.bdh_configs(e)]
-    assert epilogues == ([0, 1, 2] if config[5] > 1 else [0, 1, 2, 4] if config[6] else [0, 1, 2, 3, 4])
+    assert epilogues == ([0, 1, 2] if config[5] > 1 or config[7] else [0, 1, 2, 4] if config[6] else [0, 1, 2, 3, 4])
     for epilogue in epilogues:
         kernel = cuobjdump.compile_bdh_gemm(epilogue, config)
         used = cuobjdump.resources(kernel, waves=False)
         assert used.local_bytes == 0, (epilogue, used)
-        copies.append(kernel.asm["ptx"].count("cp.async.cg"))
-    assert copies[0] >= 8 and len(set(copies)) == 1, copies  # both operands of every product in the pipeline
+        ptx = kernel.asm["ptx"]
+        if config[7]:  # A and B tiles (prologue and loop), the epilogue's inputs and its two outputs
+            assert ptx.count("cp.async.cg") == 0 and ptx.count("cp.async.bulk.tensor") >= 6, epilogue
+            continue
+        copies.append(ptx.count("cp.async.cg"))
+    assert config[7] or (copies[0] >= 8 and len(set(copies)) == 1), copies  # both operands of every product
     assert config in bdh_triton._CONFIGS
 
 
@@ -307,7 +348,7 @@ def test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda():
     from recruit.models.bdh_triton import _CONFIGS, ENCODE, GATE, GATE_BACKWARD
 
     cuda, products = torch.device("cuda"), (ENCODE, GATE, GATE_BACKWARD)
-    for bm, bn, bk, warps, stages, rows, _ in (c for c in _CONFIGS if c[5] > 1):
+    for bm, bn, bk, warps, stages, rows, _, _ in (c for c in _CONFIGS if c[5] > 1):
         meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps)
         walking = launch_all(cuda, torch.bfloat16, {**meta, "ROW_BLOCKS": 1, "num_stages": 1}, epilogues=products)
         holding = launch_all(cuda, torch.bfloat16, {**meta, "ROW_BLOCKS": rows, "num_stages": stages},
@@ -321,15 +362,16 @@ def test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_persistent_programs_equal_one_program_per_tile_on_cuda():
-    """The autotuner's persistent configs against the same tiles one per program, bf16, at d = 256."""
+    """The autotuner's persistent configs (those moving tiles by TMA too) against the same tiles one per program
+    loaded through pointers, bf16, at d = 256."""
     pytest.importorskip("triton")
     from recruit.models.bdh_triton import _CONFIGS
 
     cuda = torch.device("cuda")
-    for bm, bn, bk, warps, stages, _, persistent in (c for c in _CONFIGS if c[6]):
+    for bm, bn, bk, warps, stages, _, persistent, tma in (c for c in _CONFIGS if c[6]):
         meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=1, num_warps=warps, num_stages=stages)
-        one = launch_all(cuda, torch.bfloat16, {**meta, "PERSISTENT": 0})
-        looping = launch_all(cuda, torch.bfloat16, {**meta, "PERSISTENT": persistent})
+        one = launch_all(cuda, torch.bfloat16, {**meta, "PERSISTENT": 0, "TMA": 0})
+        looping = launch_all(cuda, torch.bfloat16, {**meta, "PERSISTENT": persistent, "TMA": tma})
         assert list(one) == list(range(5))
         for epilogue in one:
             for a, b in zip(one[epilogue], looping[epilogue], strict=True):

@@ -19,7 +19,8 @@ epilogue              product                    stores
 The products with d-wide outputs (x ⊙ y · E, the attention's T × T by T × d products and the weight
 gradients) stay torch GEMMs. A program makes one tile, walking K in blocks; or (``ROW_BLOCKS`` > 1, for products
 of small K) holds a whole-K block of B in shared memory and makes that many row blocks' tiles against it; or
-(``PERSISTENT`` > 0) loops over tiles in one flattened loop that the software pipeline overlaps across tiles.
+(``PERSISTENT`` > 0) loops over tiles in one flattened loop that the software pipeline overlaps across tiles,
+and (``TMA``, for the unbatched products) moves them through tensor descriptors, by Hopper's copy engine.
 The B operands of the products of K = d (D_x, D_y, Eᵀ) are K-major, the layout Hopper's wgmma takes natively.
 Dropout draws its mask from Philox keyed by (seed, element / 8), so the backward regenerates it instead of
 storing it. Values are rounded to the compute dtype where the torch form rounds them, so in fp32 the head
@@ -42,26 +43,29 @@ import triton.language as tl
 ENCODE, GATE, GATE_BACKWARD, ROPE_BACKWARD, SCORES = 0, 1, 2, 3, 4
 
 # Launch configurations tried by the autotuner on a GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS,
-# PERSISTENT): the two fastest of each epilogue at bdh-ref's training shape on an H200 (benchmarks/bdh_profile.py
-# lists every config's time), out of fourteen tried there, and two persistent ones not yet timed on a GPU; each
+# PERSISTENT, TMA): the two fastest of each epilogue at bdh-ref's training shape on an H200 (benchmarks/bdh_profile.py
+# lists every config's time), out of fourteen tried there, and four persistent ones not yet timed on a GPU; each
 # config tried costs every new shape a compile. The interpreter takes the small fixed blocks of _INTERPRETED
 # instead (it runs every program in Python; the tests also run it with ROW_BLOCKS > 1, where the launcher widens
-# BLOCK_K to all of K, and with PERSISTENT > 0).
+# BLOCK_K to all of K, with PERSISTENT > 0 and with TMA).
 _CONFIGS = [
-    (128, 128, 64, 8, 3, 1, 0),  # SCORES
-    (128, 64, 64, 4, 4, 1, 0),  # ROPE_BACKWARD, ENCODE's second
-    (64, 128, 64, 4, 4, 1, 0),
-    (64, 128, 64, 4, 2, 1, 0),  # GATE, GATE_BACKWARD: two stages, more programs per SM to overlap their epilogues
-    (64, 64, 64, 4, 4, 1, 0),  # for N or T of 64 (BLOCK_N at most N's power of two; see _prune)
-    (32, 64, 64, 4, 3, 1, 0),  # small row blocks: only for the batched products of sequences of 16 or 48 tokens ...
-    (16, 64, 64, 4, 3, 1, 0),  # ... which no larger BLOCK_M divides
+    (128, 128, 64, 8, 3, 1, 0, 0),  # SCORES
+    (128, 64, 64, 4, 4, 1, 0, 0),  # ROPE_BACKWARD, ENCODE's second
+    (64, 128, 64, 4, 4, 1, 0, 0),
+    (64, 128, 64, 4, 2, 1, 0, 0),  # GATE, GATE_BACKWARD: two stages, more programs per SM to overlap their epilogues
+    (64, 64, 64, 4, 4, 1, 0, 0),  # for N or T of 64 (BLOCK_N at most N's power of two; see _prune)
+    (32, 64, 64, 4, 3, 1, 0, 0),  # small row blocks: only for the batched products of sequences of 16 or 48 tokens ...
+    (16, 64, 64, 4, 3, 1, 0, 0),  # ... which no larger BLOCK_M divides
     # ENCODE: one B block held while the program walks 8 row blocks (products of K ≤ 256 only)
-    (64, 256, 256, 8, 2, 8, 0),
+    (64, 256, 256, 8, 2, 8, 0, 0),
     # persistent: 2 or 1 programs per SM, each looping over tiles, the next tile's loads overlapping this epilogue
-    (64, 128, 64, 4, 3, 1, 2),
-    (128, 128, 64, 8, 3, 1, 1),
+    (64, 128, 64, 4, 3, 1, 2, 0),
+    (128, 128, 64, 8, 3, 1, 1, 0),
+    # ... and the same with every tile moved by TMA (the unbatched products of K = d: ENCODE, GATE, GATE_BACKWARD)
+    (64, 128, 64, 4, 3, 1, 2, 1),
+    (128, 128, 64, 8, 3, 1, 1, 1),
 ]
-_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=0)
+_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=0, TMA=0)
 
 
 def interpreting() -> bool:
@@ -103,77 +107,97 @@ def _keep(seed, m, pid_n, N, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
 
 
 @triton.jit
+def _get(src, row0, col0, offsets, ok, TMA: tl.constexpr):
+    """A tile of ``src`` at (row0, col0): through its tensor descriptor (TMA), or a pointer, ``offsets`` and ``ok``."""
+    if TMA:
+        return src.load([row0, col0])
+    else:
+        return tl.load(src + offsets, mask=ok, other=0.0)
+
+
+@triton.jit
+def _put(dst, row0, col0, value, offsets, ok, TMA: tl.constexpr):
+    """Store ``value`` as the tile of ``dst`` at (row0, col0), as :func:`_get` reads one."""
+    if TMA:
+        dst.store([row0, col0], value)
+    else:
+        tl.store(dst + offsets, value, mask=ok)
+
+
+@triton.jit
 def _epilogue(
     acc,  # (BLOCK_M, BLOCK_N) fp32: the product tile of row block pid_m, column block pid_n
     pid_m,
     pid_n,
-    out0_ptr,
-    out1_ptr,
-    in0_ptr,
-    in1_ptr,
-    cos_ptr,
-    sin_ptr,
+    out0,  # pointers, or with TMA tensor descriptors of (BLOCK_M, BLOCK_N) tiles ((BLOCK_M, BLOCK_N/2): cos, sin)
+    out1,
+    in0,
+    in1,
+    cos,
+    sin,
     M,
     N,
     T,
     p_drop,
     seed,
     grad_add_ptr,
+    dt: tl.constexpr,  # the dtype of the (M, N) tensors
     EPILOGUE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """Apply :func:`_neuron_gemm`'s epilogue to one product tile and store what it makes."""
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     m_ok, n_ok = m < M, n < N
-    dt = out0_ptr.dtype.element_ty
+    row0, col0 = pid_m * BLOCK_M, pid_n * BLOCK_N
     tile = m.to(tl.int64)[:, None] * N + n[None, :]  # (BLOCK_M, BLOCK_N) element offsets of the (M, N) tensors
     ok = m_ok[:, None] & n_ok[None, :]
     if EPILOGUE == 0 or EPILOGUE == 3:  # the angles of the tile's pairs: row m is position m mod T
         pair = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # (BLOCK_N/2,)
         trig = (m % T).to(tl.int64)[:, None] * (N // 2) + pair[None, :]
         trig_ok = m_ok[:, None] & (pair < N // 2)[None, :]
-        c = tl.load(cos_ptr + trig, mask=trig_ok, other=0.0)
-        s = tl.load(sin_ptr + trig, mask=trig_ok, other=0.0)
+        c = _get(cos, row0 % T, col0 // 2, trig, trig_ok, TMA)  # TMA: BLOCK_M divides T (see _tma_fits)
+        s = _get(sin, row0 % T, col0 // 2, trig, trig_ok, TMA)
     scale = 1.0 / (1.0 - p_drop)  # dropout keeps an element with probability 1 − p and scales it by this
 
     if EPILOGUE == 0:  # x = ReLU(v·D_x) and its rotation RoPE(x)
         x = tl.maximum(acc, 0.0).to(dt)
-        tl.store(out0_ptr + tile, x, mask=ok)
+        _put(out0, row0, col0, x, tile, ok, TMA)
         xe, xo = _pairs(x, BLOCK_M, BLOCK_N)
         xr = _interleave(xe * c - xo * s, xo * c + xe * s, BLOCK_M, BLOCK_N)
-        tl.store(out1_ptr + tile, xr.to(dt), mask=ok)
+        _put(out1, row0, col0, xr.to(dt), tile, ok, TMA)
     elif EPILOGUE == 1:  # y = ReLU(LN(a)·D_y) and dropout(x ⊙ y)
         y = tl.maximum(acc, 0.0).to(dt)
-        x = tl.load(in0_ptr + tile, mask=ok, other=0.0)
+        x = _get(in0, row0, col0, tile, ok, TMA)
         xy = (x.to(tl.float32) * y.to(tl.float32)).to(dt)
         if p_drop > 0:
             keep = _keep(seed, m, pid_n, N, p_drop, BLOCK_M, BLOCK_N)
             xy = tl.where(keep, (xy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
-        tl.store(out0_ptr + tile, y, mask=ok)
-        tl.store(out1_ptr + tile, xy, mask=ok)
+        _put(out0, row0, col0, y, tile, ok, TMA)
+        _put(out1, row0, col0, xy, tile, ok, TMA)
     elif EPILOGUE == 2:  # from ∂(dropout(x ⊙ y)) = g·Eᵀ: ∂y before its ReLU, and ∂(x ⊙ y) ⊙ y
         gxy = acc.to(dt)
         if p_drop > 0:
             keep = _keep(seed, m, pid_n, N, p_drop, BLOCK_M, BLOCK_N)
             gxy = tl.where(keep, (gxy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
-        x = tl.load(in0_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        y = tl.load(in1_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        x = _get(in0, row0, col0, tile, ok, TMA).to(tl.float32)
+        y = _get(in1, row0, col0, tile, ok, TMA).to(tl.float32)
         g = gxy.to(tl.float32)
         gy = (g * x).to(dt).to(tl.float32) + tl.load(grad_add_ptr)
-        tl.store(out0_ptr + tile, tl.where(y > 0, gy, 0.0).to(dt), mask=ok)
-        tl.store(out1_ptr + tile, (g * y).to(dt), mask=ok)
+        _put(out0, row0, col0, tl.where(y > 0, gy, 0.0).to(dt), tile, ok, TMA)
+        _put(out1, row0, col0, (g * y).to(dt), tile, ok, TMA)
     elif EPILOGUE == 4:  # scores RoPE(x)·RoPE(x)ᵀ strictly below the diagonal (column j < row t), else 0
         t = m % T  # (BLOCK_M,) positions of the rows in their sequence
-        tl.store(out0_ptr + tile, tl.where(n[None, :] < t[:, None], acc, 0.0).to(dt), mask=ok)
+        _put(out0, row0, col0, tl.where(n[None, :] < t[:, None], acc, 0.0).to(dt), tile, ok, TMA)
     else:  # ∂x before its ReLU: RoPE⁻¹((Gg + Ggᵀ)·RoPE(x)) + ∂(x ⊙ y) ⊙ y, where x > 0
         ge, go = _pairs(acc.to(dt), BLOCK_M, BLOCK_N)
         turned = _interleave(ge * c + go * s, go * c - ge * s, BLOCK_M, BLOCK_N).to(dt)
-        part = tl.load(in0_ptr + tile, mask=ok, other=0.0)
-        x = tl.load(in1_ptr + tile, mask=ok, other=0.0)
+        part = _get(in0, row0, col0, tile, ok, TMA)
+        x = _get(in1, row0, col0, tile, ok, TMA)
         gx = (turned.to(tl.float32) + part.to(tl.float32)).to(dt).to(tl.float32) + tl.load(grad_add_ptr)
-        tl.store(out0_ptr + tile, tl.where(x > 0, gx, 0.0).to(dt), mask=ok)
+        _put(out0, row0, col0, tl.where(x > 0, gx, 0.0).to(dt), tile, ok, TMA)
 
 
 @triton.jit
@@ -237,6 +261,20 @@ def _walk_k(
 
 
 @triton.jit
+def _walk_k_tma(a_desc, b_desc, pid_m, pid_n, K, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """:func:`_walk_k` through tensor descriptors (TMA) of A (M, K) and of B as (N, K): K-major, unbatched."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = a_desc.load([pid_m * BLOCK_M, k0])  # (BLOCK_M, BLOCK_K), zeros past the tensor's edges
+        b = b_desc.load([pid_n * BLOCK_N, k0])  # (BLOCK_N, BLOCK_K)
+        if UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b.T, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _neuron_gemm(
     a_ptr,  # (M, K) with strides (stride_am, stride_ak); BATCHED: sequence s's block starts at s·a_batch
     b_ptr,  # (K, N) with strides (stride_bk, stride_bn); BATCHED: sequence s's block starts at s·b_batch
@@ -269,10 +307,35 @@ def _neuron_gemm(
     GROUP_M: tl.constexpr,
     ROW_BLOCKS: tl.constexpr,  # > 1: one program makes this many row blocks against one B block held (BLOCK_K ≥ K)
     PERSISTENT: tl.constexpr,  # > 0: the launcher starts this many programs per SM, and each loops over tiles
+    TMA: tl.constexpr,  # with PERSISTENT: tiles move through tensor descriptors (Hopper's TMA; see _tma_fits)
 ):
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
-    if PERSISTENT > 0:
+    dt: tl.constexpr = out0_ptr.dtype.element_ty
+    if PERSISTENT > 0 and TMA:
+        # A program makes its descriptors once (in global scratch, from the launcher's allocator), and each tile's
+        # operands, inputs and outputs move by TMA: a copy engine, not the threads, moves them and bounds them
+        t_out = pid - tl.num_programs(0)
+        a_d = tl.make_tensor_descriptor(a_ptr, [M, K], [stride_am, 1], [BLOCK_M, BLOCK_K])
+        b_d = tl.make_tensor_descriptor(b_ptr, [N, K], [stride_bn, 1], [BLOCK_N, BLOCK_K])  # Bᵀ, row-major
+        out0 = tl.make_tensor_descriptor(out0_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+        out1 = tl.make_tensor_descriptor(out1_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+        in0, in1, cos, sin = in0_ptr, in1_ptr, cos_ptr, sin_ptr  # the descriptors the epilogue reads, below
+        if EPILOGUE == 0:
+            cos = tl.make_tensor_descriptor(cos_ptr, [T, N // 2], [N // 2, 1], [BLOCK_M, BLOCK_N // 2])
+            sin = tl.make_tensor_descriptor(sin_ptr, [T, N // 2], [N // 2, 1], [BLOCK_M, BLOCK_N // 2])
+        if EPILOGUE == 1 or EPILOGUE == 2:
+            in0 = tl.make_tensor_descriptor(in0_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+        if EPILOGUE == 2:
+            in1 = tl.make_tensor_descriptor(in1_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+        for t in tl.range(pid, n_m * n_n, tl.num_programs(0), flatten=True):
+            pid_m, pid_n = _tile_of(t, n_m, n_n, GROUP_M)
+            acc = _walk_k_tma(a_d, b_d, pid_m, pid_n, K, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+            t_out += tl.num_programs(0)
+            out_m, out_n = _tile_of(t_out, n_m, n_n, GROUP_M)
+            _epilogue(acc, out_m, out_n, out0, out1, in0, in1, cos, sin, M, N, T, p_drop, seed, grad_add_ptr, dt,
+                      EPILOGUE, BLOCK_M, BLOCK_N, TMA)  # fmt: skip
+    elif PERSISTENT > 0:
         # Program p makes tiles p, p + P, p + 2P, ... One flattened loop over (tile, K block), which the software
         # pipeline overlaps across tiles: the next tile's operands load during this tile's epilogue. The
         # epilogue counts its own tiles (t_out), as Triton's persistent-matmul tutorial does to keep its
@@ -286,13 +349,13 @@ def _neuron_gemm(
             t_out += tl.num_programs(0)
             out_m, out_n = _tile_of(t_out, n_m, n_n, GROUP_M)
             _epilogue(acc, out_m, out_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T, p_drop,
-                      seed, grad_add_ptr, EPILOGUE, BLOCK_M, BLOCK_N)  # fmt: skip
+                      seed, grad_add_ptr, dt, EPILOGUE, BLOCK_M, BLOCK_N, False)  # fmt: skip
     elif ROW_BLOCKS == 1:
         pid_m, pid_n = _tile_of(pid, n_m, n_n, GROUP_M)
         acc = _walk_k(a_ptr, b_ptr, pid_m, pid_n, M, N, K, T, stride_am, stride_ak, stride_bk, stride_bn, a_batch,
                       b_batch, EPILOGUE, BATCHED, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)  # fmt: skip
         _epilogue(acc, pid_m, pid_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T, p_drop, seed,
-                  grad_add_ptr, EPILOGUE, BLOCK_M, BLOCK_N)  # fmt: skip
+                  grad_add_ptr, dt, EPILOGUE, BLOCK_M, BLOCK_N, False)  # fmt: skip
     else:
         # Consecutive programs share ROW_BLOCKS row blocks of A (in L2) and take B's column blocks in turn; each
         # reads its B block once, where one row block per program would read it n_m times over (on an H200 this
@@ -319,7 +382,30 @@ def _neuron_gemm(
                 a = a.to(tl.float32)
             acc = tl.dot(a, b, input_precision=DOT_PRECISION, out_dtype=tl.float32)
             _epilogue(acc, pid_m + r, pid_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T,
-                      p_drop, seed, grad_add_ptr, EPILOGUE, BLOCK_M, BLOCK_N)  # fmt: skip
+                      p_drop, seed, grad_add_ptr, dt, EPILOGUE, BLOCK_M, BLOCK_N, False)  # fmt: skip
+
+
+def _tma_fits(args: dict, batched: bool, block_m: int) -> bool:
+    """Whether a launch with these arguments (by name) can move its tiles by TMA, in row blocks of ``block_m``.
+
+    Tensor descriptors need a unit stride along the last dimension (A's K, and B's K: B K-major), the other
+    strides and every base address 16-byte aligned, and an unbatched product; ENCODE's cos and sin tiles need
+    BLOCK_M to divide T (a tile's rows are consecutive positions); the GPU needs TMA (sm_90 or later), and
+    a Triton that makes descriptors in the kernel (``tl.make_tensor_descriptor``).
+    """
+    tensors = [v for v in args.values() if isinstance(v, torch.Tensor)]
+    cuda = [t for t in tensors if t.is_cuda]
+    return (
+        hasattr(tl, "make_tensor_descriptor")
+        and hasattr(triton, "set_allocator")
+        and not batched
+        and args.get("stride_ak") == 1
+        and args.get("stride_bk") == 1
+        and all(args.get(k, 0) % 8 == 0 for k in ("N", "K", "stride_am", "stride_bn"))
+        and args["T"] % block_m == 0
+        and all(t.data_ptr() % 16 == 0 for t in tensors)
+        and (not cuda or torch.cuda.get_device_capability(cuda[0].device)[0] >= 9)
+    )
 
 
 def _prune(configs, named_args, **kwargs):
@@ -327,14 +413,16 @@ def _prune(configs, named_args, **kwargs):
 
     When BATCHED, a program's rows (BLOCK_M · ROW_BLOCKS) must divide T (they lie in one sequence); a program
     holding its B block (ROW_BLOCKS > 1) needs BLOCK_K = K rounded up to a power of two; a persistent program a
-    K-major B (unit stride along K; see :func:`_k_major`); row blocks under 64 only when no larger one does; and
-    BLOCK_N at most N rounded up to a power of two, where any config has it.
+    K-major B (unit stride along K; see :func:`_k_major`); one moving tiles by TMA what :func:`_tma_fits` asks;
+    row blocks under 64 only when no larger one does; and BLOCK_N at most N rounded up to a power of two, where
+    any config has it.
     """
     T, N, K = named_args["T"], named_args["N"], named_args["K"]
     batched = kwargs.get("BATCHED", named_args.get("BATCHED"))
     keep = [c for c in configs if not batched or T % (c.kwargs["BLOCK_M"] * c.kwargs["ROW_BLOCKS"]) == 0]
     keep = [c for c in keep if c.kwargs["ROW_BLOCKS"] == 1 or c.kwargs["BLOCK_K"] == triton.next_power_of_2(K)]
     keep = [c for c in keep if not c.kwargs["PERSISTENT"] or named_args.get("stride_bk") == 1]
+    keep = [c for c in keep if not c.kwargs["TMA"] or _tma_fits(named_args, batched, c.kwargs["BLOCK_M"])]
     keep = [c for c in keep if c.kwargs["BLOCK_M"] >= 64] or keep
     narrow = [c for c in keep if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(N))]
     return narrow or keep
@@ -343,9 +431,11 @@ def _prune(configs, named_args, **kwargs):
 _tuned = triton.autotune(
     configs=[
         triton.Config(
-            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=r, PERSISTENT=p), num_warps=w, num_stages=s
+            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=r, PERSISTENT=p, TMA=tma),
+            num_warps=w,
+            num_stages=s,
         )
-        for bm, bn, bk, w, s, r, p in _CONFIGS
+        for bm, bn, bk, w, s, r, p, tma in _CONFIGS
     ],
     key=["M", "N", "K", "T", "EPILOGUE", "BATCHED", "DOT_PRECISION", "UPCAST"],
     prune_configs_by=dict(early_config_prune=_prune),
@@ -365,6 +455,27 @@ def dropout_p(p: float) -> float:
 def _multiprocessors(device: torch.device) -> int:
     """The SMs of a CUDA ``device`` (1 elsewhere: the interpreter), for persistent launches."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _descriptor_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Global memory for the tensor descriptors that the programs of a TMA launch make (Triton's allocator)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator() -> None:
+    """Give Triton :func:`_descriptor_scratch` as its allocator where none is set (a user's own stays).
+
+    Triton keeps the allocator in a context variable, so each thread that launches (autograd runs the backward
+    in its own) needs it set; the check reads Triton's private state, and sets ours where that has moved.
+    """
+    try:
+        from triton.runtime._allocation import NullAllocator, _allocator
+
+        if not isinstance(_allocator.get(), NullAllocator):
+            return
+    except ImportError:
+        pass
+    triton.set_allocator(_descriptor_scratch)
 
 
 @functools.cache
@@ -391,11 +502,11 @@ def _launch(
 
     ``batch`` = (a_batch, b_batch) makes the product per sequence: rows m of sequence s = m // T take their A
     rows from ``a``'s block s (element offset s·a_batch; ``a`` may be (B, T, K)) and multiply B's block s.
-    ``config`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, ROW_BLOCKS, PERSISTENT, and optionally num_warps and
+    ``config`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, ROW_BLOCKS, PERSISTENT, TMA, and optionally num_warps and
     num_stages) launches that config instead of the autotuner's (``_INTERPRETED`` where Triton interprets and
     none is given); its ROW_BLOCKS apply where a program's rows lie in one sequence and it is not persistent,
-    with BLOCK_K widened to all of K. A persistent launch starts PERSISTENT programs per SM (at most one per
-    tile; in the interpreter, PERSISTENT programs).
+    with BLOCK_K widened to all of K; its TMA where it is persistent and :func:`_tma_fits` allows. A persistent
+    launch starts PERSISTENT programs per SM (at most one per tile; in the interpreter, PERSISTENT programs).
     """
     M, N = outs[0].shape
     K, batched = a.shape[-1], batch is not None
@@ -406,6 +517,9 @@ def _launch(
     precision = "ieee" if a.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     args = (a, b, *outs, *ins, *trig, M, N, K, T, a.stride(-2), a.stride(-1), b.stride(0), b.stride(1),
             *(batch or (0, 0)), p_drop, seed, grad_add)  # fmt: skip
+
+    if a.is_cuda:
+        _ensure_allocator()  # for the tensor descriptors of TMA configs
 
     def grid(meta):
         tiles = triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), meta["ROW_BLOCKS"]) * triton.cdiv(N, meta["BLOCK_N"])
@@ -418,6 +532,8 @@ def _launch(
         return
     meta = dict(config if config is not None else _INTERPRETED)
     meta.setdefault("PERSISTENT", 0)
+    named = dict(zip(_neuron_gemm.arg_names, args, strict=False))
+    meta["TMA"] = int(bool(meta.get("TMA")) and bool(meta["PERSISTENT"]) and _tma_fits(named, batched, meta["BLOCK_M"]))
     if (batched and T % (meta["BLOCK_M"] * meta["ROW_BLOCKS"])) or meta["PERSISTENT"]:
         meta["ROW_BLOCKS"] = 1  # a program's rows must lie in one sequence; a persistent program walks K
     if meta["ROW_BLOCKS"] > 1:
@@ -532,10 +648,18 @@ def fused_head(
     """
     dt = v.dtype
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p_drop > 0 else 0
+    v, e_w, c, s = (_aligned(t) for t in (v, e_w.to(dt), c, s))
     with torch.autocast(v.device.type, enabled=False):
-        return _FusedHead.apply(
-            v.contiguous(), _k_major(dx_w, dt), _k_major(dy_w, dt), e_w.to(dt).contiguous(), c, s, p_drop, seed, means
-        )
+        return _FusedHead.apply(v, _k_major(dx_w, dt), _k_major(dy_w, dt), e_w, c, s, p_drop, seed, means)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous, at a 16-byte aligned address (a copy where it is not), as tensor descriptors need it.
+
+    Every tensor of a head then is, and a TMA config that the autotuner picked for one call fits the next.
+    """
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def reference_head(v, dx_w, dy_w, e_w, c, s, keep: torch.Tensor | None = None, p_drop: float = 0.0):
