@@ -52,7 +52,12 @@ step() {  # step NAME LIMIT_S COMMAND...
 # (fff: tokens_agreeing_with_reference; bdh-speed: first_step_loss and last_step_loss per form), so the figures
 # need not wait for the tests.
 if [ "${FOCUS:-0}" != 0 ]; then
-  TESTS=(tests/test_bdh_triton.py tests/test_fff_kernels.py tests/test_bdh_speed.py)
+  # the tests of explicit launch configs first (each compiles only its own), the model tests (which autotune every
+  # config at each of their shapes) last; -v names each test as it passes, should the step's limit cut it short
+  TESTS=(-v tests/test_bdh_triton.py::test_persistent_programs_equal_one_program_per_tile_on_cuda
+         tests/test_bdh_triton.py::test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda
+         tests/test_fff_kernels.py tests/test_bdh_triton.py::test_fused_model_equals_fast_model_on_cuda
+         tests/test_bdh_speed.py)
   BDH_SET=(--set impls=reference,fused --set generation=false)
   if [ -n "$QUICK" ]; then FFF_SET=(--set batches=1); else FFF_SET=(--set hidden=4096 --set batches=1,4096); fi
 else
