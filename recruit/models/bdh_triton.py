@@ -458,7 +458,11 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def _descriptor_scratch(size: int, alignment: int, stream) -> torch.Tensor:
-    """Global memory for the tensor descriptors that the programs of a TMA launch make (Triton's allocator)."""
+    """Global memory for the tensor descriptors that the programs of a TMA launch make (Triton's allocator).
+
+    On the current CUDA device, where Triton launches; torch's allocations are aligned beyond the 128 bytes
+    that Triton asks for (``alignment``).
+    """
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
@@ -466,7 +470,8 @@ def _ensure_allocator() -> None:
     """Give Triton :func:`_descriptor_scratch` as its allocator where none is set (a user's own stays).
 
     Triton keeps the allocator in a context variable, so each thread that launches (autograd runs the backward
-    in its own) needs it set; the check reads Triton's private state, and sets ours where that has moved.
+    in its own) needs it set. Whether one is set is Triton's private state: a Triton that keeps it elsewhere
+    gets ours each time.
     """
     try:
         from triton.runtime._allocation import NullAllocator, _allocator
