@@ -312,44 +312,39 @@ def _neuron_gemm(
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
     dt: tl.constexpr = out0_ptr.dtype.element_ty
-    if PERSISTENT > 0 and TMA:
-        # A program makes its descriptors once (in global scratch, from the launcher's allocator), and each tile's
-        # operands, inputs and outputs move by TMA: a copy engine, not the threads, moves them and bounds them
-        t_out = pid - tl.num_programs(0)
-        a_d = tl.make_tensor_descriptor(a_ptr, [M, K], [stride_am, 1], [BLOCK_M, BLOCK_K])
-        b_d = tl.make_tensor_descriptor(b_ptr, [N, K], [stride_bn, 1], [BLOCK_N, BLOCK_K])  # Bᵀ, row-major
-        out0 = tl.make_tensor_descriptor(out0_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
-        out1 = tl.make_tensor_descriptor(out1_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
-        in0, in1, cos, sin = in0_ptr, in1_ptr, cos_ptr, sin_ptr  # the descriptors the epilogue reads, below
-        if EPILOGUE == 0:
-            cos = tl.make_tensor_descriptor(cos_ptr, [T, N // 2], [N // 2, 1], [BLOCK_M, BLOCK_N // 2])
-            sin = tl.make_tensor_descriptor(sin_ptr, [T, N // 2], [N // 2, 1], [BLOCK_M, BLOCK_N // 2])
-        if EPILOGUE == 1 or EPILOGUE == 2:
-            in0 = tl.make_tensor_descriptor(in0_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
-        if EPILOGUE == 2:
-            in1 = tl.make_tensor_descriptor(in1_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
-        for t in tl.range(pid, n_m * n_n, tl.num_programs(0), flatten=True):
-            pid_m, pid_n = _tile_of(t, n_m, n_n, GROUP_M)
-            acc = _walk_k_tma(a_d, b_d, pid_m, pid_n, K, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
-            t_out += tl.num_programs(0)
-            out_m, out_n = _tile_of(t_out, n_m, n_n, GROUP_M)
-            _epilogue(acc, out_m, out_n, out0, out1, in0, in1, cos, sin, M, N, T, p_drop, seed, grad_add_ptr, dt,
-                      EPILOGUE, BLOCK_M, BLOCK_N, TMA)  # fmt: skip
-    elif PERSISTENT > 0:
+    if PERSISTENT > 0:
         # Program p makes tiles p, p + P, p + 2P, ... One flattened loop over (tile, K block), which the software
         # pipeline overlaps across tiles: the next tile's operands load during this tile's epilogue. The
         # epilogue counts its own tiles (t_out), as Triton's persistent-matmul tutorial does to keep its
         # pipeliner off a value used both before and after the K loop.
+        out0, out1, in0, in1, cos, sin = out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr
+        if TMA:
+            # A program makes its descriptors once (in global scratch, from the launcher's allocator), and each
+            # tile's operands, inputs and outputs move by TMA: a copy engine, not the threads, moves and bounds them
+            a_d = tl.make_tensor_descriptor(a_ptr, [M, K], [stride_am, 1], [BLOCK_M, BLOCK_K])
+            b_d = tl.make_tensor_descriptor(b_ptr, [N, K], [stride_bn, 1], [BLOCK_N, BLOCK_K])  # Bᵀ, row-major
+            out0 = tl.make_tensor_descriptor(out0_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+            out1 = tl.make_tensor_descriptor(out1_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+            if EPILOGUE == 0:
+                cos = tl.make_tensor_descriptor(cos_ptr, [T, N // 2], [N // 2, 1], [BLOCK_M, BLOCK_N // 2])
+                sin = tl.make_tensor_descriptor(sin_ptr, [T, N // 2], [N // 2, 1], [BLOCK_M, BLOCK_N // 2])
+            if EPILOGUE == 1 or EPILOGUE == 2:
+                in0 = tl.make_tensor_descriptor(in0_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+            if EPILOGUE == 2:
+                in1 = tl.make_tensor_descriptor(in1_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
         t_out = pid - tl.num_programs(0)
         for t in tl.range(pid, n_m * n_n, tl.num_programs(0), flatten=True):
             pid_m, pid_n = _tile_of(t, n_m, n_n, GROUP_M)
-            acc = _walk_k(a_ptr, b_ptr, pid_m, pid_n, M, N, K, T, stride_am, stride_ak, stride_bk, stride_bn,
-                          a_batch, b_batch, EPILOGUE, BATCHED, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N,
-                          BLOCK_K)  # fmt: skip
+            if TMA:
+                acc = _walk_k_tma(a_d, b_d, pid_m, pid_n, K, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+            else:
+                acc = _walk_k(a_ptr, b_ptr, pid_m, pid_n, M, N, K, T, stride_am, stride_ak, stride_bk, stride_bn,
+                              a_batch, b_batch, EPILOGUE, BATCHED, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N,
+                              BLOCK_K)  # fmt: skip
             t_out += tl.num_programs(0)
             out_m, out_n = _tile_of(t_out, n_m, n_n, GROUP_M)
-            _epilogue(acc, out_m, out_n, out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr, M, N, T, p_drop,
-                      seed, grad_add_ptr, dt, EPILOGUE, BLOCK_M, BLOCK_N, False)  # fmt: skip
+            _epilogue(acc, out_m, out_n, out0, out1, in0, in1, cos, sin, M, N, T, p_drop, seed, grad_add_ptr, dt,
+                      EPILOGUE, BLOCK_M, BLOCK_N, TMA)  # fmt: skip
     elif ROW_BLOCKS == 1:
         pid_m, pid_n = _tile_of(pid, n_m, n_n, GROUP_M)
         acc = _walk_k(a_ptr, b_ptr, pid_m, pid_n, M, N, K, T, stride_am, stride_ak, stride_bk, stride_bn, a_batch,
