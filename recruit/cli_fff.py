@@ -251,6 +251,7 @@ def _convert_hf(args: argparse.Namespace) -> int:
 def add_fff_parser(subs) -> None:
     """Add ``fff`` with its actions ``train``, ``bench`` and ``convert`` to the subparsers ``subs``."""
     from recruit.cli import _sub, add_measure_args, add_set_arg, add_train_args, bounded_int, positive_float
+    from recruit.fff.fff import MAX_DEPTH
 
     fff = subs.add_parser("fff", help="Fast Feedforward: train, benchmark, convert a dense GPT's MLPs",
                           description=(__doc__ or "").strip())  # fmt: skip
@@ -273,7 +274,7 @@ def add_fff_parser(subs) -> None:
         "Hugging Face decoder directory with its tokenizer",
     )
     p.add_argument("--out", required=True, help="where to save the converted model")
-    p.add_argument("--depth", type=bounded_int(0, 30), default=8, help="FFF tree depth (default 8: 511 nodes)")
+    p.add_argument("--depth", type=bounded_int(0, MAX_DEPTH), default=8, help="FFF tree depth (default 8: 511 nodes)")
     p.add_argument(
         "--trees",
         type=bounded_int(1),

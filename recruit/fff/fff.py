@@ -53,6 +53,10 @@ def pack_rows(w_in: torch.Tensor, w_out_t: torch.Tensor) -> tuple[torch.Tensor, 
     return packed[:, :d_in], packed[:, d_in:]
 
 
+MAX_DEPTH = 30
+"""The deepest tree an FFF may have (2^31 − 1 nodes per tree); configs and the command line check against it."""
+
+
 @dataclass
 class FFFConfig:
     """Hyperparameters of :class:`FastFeedForward`."""
@@ -68,8 +72,8 @@ class FFFConfig:
         for name in ("dim_in", "dim_out", "n_trees"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.depth <= 30:
-            raise ValueError(f"depth must be in 0..30, got {self.depth}")
+        if not 0 <= self.depth <= MAX_DEPTH:
+            raise ValueError(f"depth must be in 0..{MAX_DEPTH}, got {self.depth}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.hardening < 0:

@@ -61,8 +61,11 @@ class GPTConfig:
             raise ValueError(f"mlp must be 'gelu', 'swiglu', 'fff' or 'none', got {self.mlp!r}")
         if self.fff_depth is None and self.mlp == "fff":
             self.fff_depth = max(0, (self.d_ff + 1).bit_length() - 2)  # 512 -> 8 (511 nodes)
-        if self.fff_depth is not None and not 0 <= self.fff_depth <= 30:  # FFFConfig's range
-            raise ValueError(f"fff_depth must be in 0..30, got {self.fff_depth}")
+        if self.fff_depth is not None:
+            from recruit.fff.fff import MAX_DEPTH  # imported here: recruit.fff builds on this module
+
+            if not 0 <= self.fff_depth <= MAX_DEPTH:  # FFFConfig's range
+                raise ValueError(f"fff_depth must be in 0..{MAX_DEPTH}, got {self.fff_depth}")
         if self.fff_trees < 1 or self.fff_mode not in ("hard", "soft"):
             raise ValueError(f"need fff_trees >= 1 and fff_mode 'hard' or 'soft', got {self.fff_trees}, "
                              f"{self.fff_mode!r}")  # fmt: skip
