@@ -34,9 +34,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_tmp(path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
@@ -131,12 +129,16 @@ def atomic_tmp_path(path: str | os.PathLike) -> Path:
 
     The caller writes to it and then calls ``os.replace(tmp, path)``; see :func:`atomic_save_with`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_tmp(Path(path))
     os.close(fd)
     return Path(tmp)
+
+
+def _new_tmp(path: Path) -> tuple[int, str]:
+    """A new temporary file ``.NAME.XXXX.tmp`` beside ``path`` (its directory made, stale ones removed): (fd, path)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
 def remove_stale_tmp(path: str | os.PathLike) -> list[Path]:
