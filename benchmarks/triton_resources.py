@@ -189,8 +189,9 @@ def main() -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
-    for name in ("spec", "split", "block-d", "block-o", "num-warps", "unroll", "maxnreg", "prefetch", "eager"):
-        p.add_argument(f"--{name}", type=int)
+    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager")
+    for key in keys:  # token_launch's options, as --block-d and so on
+        p.add_argument(f"--{key.replace('_', '-')}", type=int)
     args = p.parse_args()
     if args.bdh:
         for epilogue, name in enumerate(("ENCODE", "GATE", "GATE_BACKWARD", "ROPE_BACKWARD", "SCORES")):
@@ -202,7 +203,6 @@ def main() -> None:
                       f"{k.asm['ptx'].count('cp.async.cg')} async copies, "
                       f"{k.asm['ptx'].count('cp.async.bulk.tensor')} TMA copies")  # fmt: skip
         return
-    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager")
     options = {k: v for k in keys if (v := getattr(args, k)) is not None}
     for hidden, depth in SHAPES:
         r = resources(compile_token(hidden, depth, args.batch, args.arch, args.dtype, **options))
