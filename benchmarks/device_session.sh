@@ -53,15 +53,16 @@ step() {  # step NAME LIMIT_S COMMAND...
 # need not wait for the tests.
 if [ "${FOCUS:-0}" != 0 ]; then
   # the tests of explicit launch configs first (each compiles only its own), the model tests (which autotune every
-  # config at each of their shapes) last; -v names each test as it passes, should the step's limit cut it short
-  TESTS=(-v tests/test_bdh_triton.py::test_persistent_programs_equal_one_program_per_tile_on_cuda
+  # config at each of their shapes) last; -vv (over pyproject's -q) names each test as it passes, should the step's
+  # limit cut it short
+  TESTS=(-vv tests/test_bdh_triton.py::test_persistent_programs_equal_one_program_per_tile_on_cuda
          tests/test_bdh_triton.py::test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda
          tests/test_fff_kernels.py tests/test_bdh_triton.py::test_fused_model_equals_fast_model_on_cuda
          tests/test_bdh_speed.py)
   BDH_SET=(--set impls=reference,fused --set generation=false)
   if [ -n "$QUICK" ]; then FFF_SET=(--set batches=1); else FFF_SET=(--set hidden=4096 --set batches=1,4096); fi
 else
-  TESTS=(tests/) BDH_SET=() FFF_SET=()
+  TESTS=(-q tests/) BDH_SET=() FFF_SET=()
 fi
 
 fff() {  # FFF_LIMIT (300 s); under FOCUS=1 no more than the call has left before TESTS_RESERVE, at least a minute
@@ -105,7 +106,7 @@ bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fu
 on() { [ "${!1:-1}" != 0 ]; }  # on NAME: the part NAME (FFF, BDH, PROFILE) is not switched off
 
 gpu_tests() {
-  [ "$DEVICE" = cuda ] && step gpu-tests "${TESTS_LIMIT:-240}" $py -m pytest -m gpu -q -p no:cacheprovider "${TESTS[@]}"
+  [ "$DEVICE" = cuda ] && step gpu-tests "${TESTS_LIMIT:-240}" $py -m pytest -m gpu -p no:cacheprovider "${TESTS[@]}"
 }
 
 if [ "${FOCUS:-0}" != 0 ]; then
