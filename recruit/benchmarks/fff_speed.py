@@ -216,6 +216,8 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(prefetch=1, spec=3),
             dict(eager=1),
             dict(eager=1, block_d=1024),
+            dict(eager=1, num_warps=8),
+            dict(eager=1, block_o=512),
         ]
     return (
         [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]
