@@ -75,13 +75,14 @@ def time_epilogues(batch: int, seq: int, d: int, n: int, device: torch.device, o
 
     v, dxw, e_t, an, g = rnd(M, d), rnd(d, n), rnd(d, n), rnd(M, d), rnd(M, d)
     dxw, e_t = dxw.mT.contiguous().mT, e_t.mT.contiguous().mT  # K-major, as the head passes D_x, D_y and Eᵀ
-    x, xr, y = (torch.relu(rnd(M, n)) for _ in range(3))
+    x, y = torch.relu(rnd(2, M, n)).unbind(0)  # the halves of one tensor, as the head makes them (see _get_pair)
+    xr = torch.relu(rnd(M, n))
     o0, o1 = torch.empty_like(x), torch.empty_like(x)
     gsym = rnd(batch, T, T)
     scores = torch.empty(batch, T, T, device=device, dtype=dt)
     flat = scores.view(M, T)
     cos, sin = rope_tables(torch.arange(T, device=device), n, 2.0**16)
-    trig = (cos[:, ::2].contiguous(), sin[:, ::2].contiguous())
+    trig = bt.halves_of_one(cos[:, ::2], sin[:, ::2])
     xrb = xr.view(batch, T, n)
     cases = {  # name: (fused launch, the bare torch product, FLOPs, bytes of the neuron tensors read + written)
         "ENCODE": (lambda: bt._launch(bt.ENCODE, v, dxw, (o0, o1), (x, x), trig, T),

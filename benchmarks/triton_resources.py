@@ -109,7 +109,7 @@ def bdh_configs(epilogue: int) -> list[tuple[int, ...]]:
 
     ints, unit = bdh_gemm_shape(epilogue)
     batched = epilogue in (bt.ROPE_BACKWARD, bt.SCORES)
-    kept = bt._prune(bt._tuned.configs, {**ints, **unit}, BATCHED=batched)
+    kept = bt._prune(bt._tuned.configs, {**ints, **unit}, BATCHED=batched, PAIRED=True)  # inputs as the head pairs them
     return [c for c, t in zip(bt._CONFIGS, bt._tuned.configs, strict=True) if t in kept]
 
 
@@ -125,7 +125,7 @@ def compile_bdh_gemm(epilogue: int, config: tuple[int, ...], arch: int = 90, dty
     ints, unit = bdh_gemm_shape(epilogue)
     constexprs = dict(**unit, EPILOGUE=epilogue, BATCHED=epilogue in (ROPE_BACKWARD, SCORES), UPCAST=False,
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=rows, PERSISTENT=persistent, TMA=tma,
-                      DOT_PRECISION="tf32")  # fmt: skip
+                      PAIRED=True, DOT_PRECISION="tf32")  # fmt: skip
     ptrs = {"*": dtype, "cos_ptr": "fp32", "sin_ptr": "fp32", "grad_add_ptr": "fp32"}
     return _compile(_neuron_gemm, constexprs, ints, arch, ptrs, num_warps=warps, num_stages=stages)
 

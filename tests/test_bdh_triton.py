@@ -53,8 +53,21 @@ out["persistent"] = {p: launch_all(torch.device("cpu"), torch.float32, dict(BLOC
                                    T=32, N=48, d=32)
                      for p in (0, 5)}  # fmt: skip
 tma_meta = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=5)
+kernel, launched = bdh_triton._neuron_gemm, []
+
+
+class Spy:  # the epilogues that the "tma" launches below run with TMA on
+    arg_names = kernel.arg_names
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: launched.append((kw["EPILOGUE"], kw["TMA"])) or kernel[grid](*args, **kw)
+
+
+bdh_triton._neuron_gemm = Spy()
 out["tma"] = {(n, tma): launch_all(torch.device("cpu"), torch.float32, {**tma_meta, "TMA": tma}, T=32, N=n, d=32)
               for n in (48, 40) for tma in (0, 1)}  # fmt: skip
+bdh_triton._neuron_gemm = kernel
+out["tma_launched"] = launched
 
 model, idx, tgt = model_case()
 for impl in ("fused", "fast"):
@@ -104,10 +117,10 @@ def launch_all(device, dtype, config: dict, B: int = 2, T: int = 512, N: int = 1
     M = B * T
     v, dx, an, g2, e_t = rnd(M, d), rnd(d, N), rnd(M, d), rnd(M, d), rnd(d, N)
     dx, e_t = dx.mT.contiguous().mT, e_t.mT.contiguous().mT  # K-major, as the head passes D_x, D_y and Eᵀ
-    x, xr, y, part = rnd(M, N, relu=True), rnd(M, N), rnd(M, N, relu=True), rnd(M, N)
-    gram = rnd(B, T, T)
+    x, y = rnd(2, M, N, relu=True).unbind(0)  # the halves of one tensor, as the head makes them (see _get_pair)
+    xr, part, gram = rnd(M, N), rnd(M, N), rnd(B, T, T)
     cos, sin = rope_tables(torch.arange(T), N, 2.0**16)
-    trig = (cos[:, ::2].contiguous().to(device), sin[:, ::2].contiguous().to(device))
+    trig = bt.halves_of_one(cos[:, ::2].to(device), sin[:, ::2].to(device))
     got = {}
     for epilogue, a, b, ins, batch in [(bt.ENCODE, v, dx, (x, x), None), (bt.GATE, an, dx, (x, x), None),
                                        (bt.GATE_BACKWARD, g2, e_t, (x, y), None),
@@ -222,13 +235,14 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
     """A batched product needs BLOCK_M · ROW_BLOCKS | T; small row blocks only when nothing larger divides T
     (T = 48, 16); a program holding its B block (ROW_BLOCKS > 1) only where BLOCK_K is K's power of two; a
     persistent program only where B is K-major (unit stride along K); one moving tiles by TMA only for an
-    unbatched product of K-major operands whose row blocks divide T, and 16-byte aligned rows and tensors."""
+    unbatched product of K-major operands whose row blocks divide T, and 16-byte aligned rows and tensors, and
+    whose epilogue's two inputs (if it reads two) are the halves of one tensor."""
     pytest.importorskip("triton")
     from recruit.models.bdh_triton import _CONFIGS, _prune, _tuned
 
-    def kept(T, N, K, batched, stride_bk=1, **more):
+    def kept(T, N, K, batched, stride_bk=1, paired=True, **more):
         args = {"T": T, "N": N, "K": K, "stride_ak": 1, "stride_bk": stride_bk, "stride_am": K, "stride_bn": K}
-        configs = _prune(_tuned.configs, {**args, **more}, BATCHED=batched)
+        configs = _prune(_tuned.configs, {**args, **more}, BATCHED=batched, PAIRED=paired)
         return {c for c, t in zip(_CONFIGS, _tuned.configs, strict=True) if t in configs}
 
     walking = {c for c in _CONFIGS if c[5] == 1 and c[0] >= 64 and not c[6]}
@@ -239,6 +253,7 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
     assert tma and all(c[6] and c[5] == 1 for c in tma)
     assert kept(512, 8192, 256, False) == walking | holding | persistent | tma  # K = d
     assert kept(512, 8192, 256, True) == walking | holding | persistent  # a batched product: no TMA
+    assert kept(512, 8192, 256, False, paired=False) == walking | holding | persistent  # two inputs apart: no TMA
     assert kept(512, 8192, 256, False, stride_bk=8192) == walking | holding
     assert kept(512, 8192, 512, True, stride_bk=8192) == walking  # ROPE_BACKWARD: K = T, B = RoPE(x)
     assert kept(512, 512, 8192, True) == walking | persistent  # SCORES: K = N, B = RoPE(x)ᵀ
@@ -258,6 +273,24 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
     assert all(c[0] >= 64 for c in kept(48, 8192, 256, False))
 
 
+def test_two_inputs_are_paired_only_as_the_halves_of_one_tensor():
+    """An epilogue's two inputs go to TMA configs in one copy only where the second directly follows the first
+    in one contiguous tensor; :func:`halves_of_one` makes them so, copying only where they are not."""
+    pytest.importorskip("triton")
+    from recruit.models.bdh_triton import _halves, halves_of_one
+
+    pair = torch.randn(2, 6, 8)
+    a, b = pair.unbind(0)
+    assert _halves(a, b) and not _halves(b, a) and not _halves(a, torch.randn(6, 8))
+    assert not _halves(*torch.randn(6, 2, 8).unbind(1))  # strided halves
+    assert not _halves(pair[0, :3], pair[1, :3])  # a gap between them
+    same = halves_of_one(a, b)
+    assert same[0].data_ptr() == a.data_ptr() and same[1].data_ptr() == b.data_ptr()
+    apart = torch.randn(6, 8), torch.randn(6, 8)
+    made = halves_of_one(*apart)
+    assert _halves(*made) and all(torch.equal(m, t) for m, t in zip(made, apart, strict=True))
+
+
 def test_programs_holding_their_b_block_equal_programs_walking_k(interpreted):
     """ROW_BLOCKS = 2 (one B block held for two row blocks) gives the same bits as one row block per program."""
     one, two = interpreted["row_blocks"][1], interpreted["row_blocks"][2]
@@ -269,6 +302,10 @@ def test_programs_holding_their_b_block_equal_programs_walking_k(interpreted):
 def test_programs_moving_tiles_by_tma_equal_programs_loading_them(interpreted):
     """Persistent programs moving the tiles of the products of K = d through tensor descriptors give the bits of
     the same programs loading them through pointers, with N's last column block partly outside (N = 40)."""
+    # (EPILOGUE, TMA) launched: with TMA asked for, TMA moves the tiles of ENCODE, GATE and GATE_BACKWARD (whose
+    # two inputs launch_all pairs as the head does), not those of the batched products
+    asked = [(0, 1), (1, 1), (2, 1), (3, 0), (4, 0)]
+    assert interpreted["tma_launched"] == 2 * ([(e, 0) for e in range(5)] + asked)
     for n in (48, 40):
         loaded, moved = interpreted["tma"][n, 0], interpreted["tma"][n, 1]
         assert list(loaded) == list(moved) == list(range(5))
@@ -293,7 +330,7 @@ def test_persistent_programs_equal_one_program_per_tile(interpreted):
         (64, 128, 64, 4, 2, 1, 0, 0),
         (64, 256, 256, 8, 2, 8, 0, 0),
         (64, 128, 64, 4, 3, 1, 2, 0),
-        (64, 128, 64, 4, 3, 1, 2, 1),
+        (64, 128, 64, 4, 2, 1, 2, 1),
     ],
 )
 def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
@@ -321,6 +358,19 @@ def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, co
         copies.append(ptx.count("cp.async.cg"))
     assert config[7] or (copies[0] >= 8 and len(set(copies)) == 1), copies  # both operands of every product
     assert config in bdh_triton._CONFIGS
+
+
+SM90_SHARED = 228 * 1024  # an H100's or H200's shared memory per SM, of which each program also takes 1 KB
+
+
+def test_every_config_fits_its_programs_into_an_sm90_multiprocessor(resources_tool):
+    """Compiled for an H100/H200 at bdh-ref's shapes, every config that the autotuner may pick for a product
+    leaves room in one SM's shared memory for its program, and a persistent one for the PERSISTENT programs per
+    SM that it starts (which would otherwise run one after another)."""
+    for epilogue in range(5):
+        for config in resources_tool.bdh_configs(epilogue):
+            shared = resources_tool.compile_bdh_gemm(epilogue, config).metadata.shared
+            assert max(1, config[6]) * (shared + 1024) <= SM90_SHARED, (epilogue, config, shared)
 
 
 @pytest.mark.gpu

@@ -341,7 +341,8 @@ class BDH(RecruitModel):
         hidden = [v]
         fast = cfg.impl in ("fast", "fused") and observe is None
         if fast:
-            c, s = cos[:, ::2].contiguous(), sin[:, ::2].contiguous()  # (T, N/2): one angle per neuron pair
+            # (T, N/2): one angle per neuron pair, the halves of one tensor (the fused head loads both in one copy)
+            c, s = torch.stack((cos[:, ::2], sin[:, ::2])).unbind(0)
         for i in range(cfg.n_layer):
             if fast:
                 v = self._layer_fused(v, c, s) if cfg.impl == "fused" else self._layer_fast(v, c, s)

@@ -61,8 +61,9 @@ _CONFIGS = [
     # persistent: 2 or 1 programs per SM, each looping over tiles, the next tile's loads overlapping this epilogue
     (64, 128, 64, 4, 3, 1, 2, 0),
     (128, 128, 64, 8, 3, 1, 1, 0),
-    # ... and the same with every tile moved by TMA (the unbatched products of K = d: ENCODE, GATE, GATE_BACKWARD)
-    (64, 128, 64, 4, 3, 1, 2, 1),
+    # ... and the same with every tile moved by TMA (the unbatched products of K = d: ENCODE, GATE, GATE_BACKWARD);
+    # two stages, as its epilogue's inputs take 32 KB of shared memory and two programs must fit an SM's 228 KB
+    (64, 128, 64, 4, 2, 1, 2, 1),
     (128, 128, 64, 8, 3, 1, 1, 1),
 ]
 _INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=0, TMA=0)
@@ -116,6 +117,20 @@ def _get(src, row0, col0, offsets, ok, TMA: tl.constexpr):
 
 
 @triton.jit
+def _get_pair(src0, src1, row0, col0, offsets, ok, TMA: tl.constexpr):
+    """Tiles of ``src0`` and ``src1`` at (row0, col0), as :func:`_get` reads one each.
+
+    With TMA, ``src0`` describes the two as the halves (2, R, C) of one tensor (see :func:`_halves`), and both
+    tiles come in one copy: Triton waits for each descriptor load before the next is issued, so two loads would
+    cost the epilogue two round trips to memory.
+    """
+    if TMA:
+        return tl.split(tl.permute(src0.load([0, row0, col0]), (1, 2, 0)))
+    else:
+        return tl.load(src0 + offsets, mask=ok, other=0.0), tl.load(src1 + offsets, mask=ok, other=0.0)
+
+
+@triton.jit
 def _put(dst, row0, col0, value, offsets, ok, TMA: tl.constexpr):
     """Store ``value`` as the tile of ``dst`` at (row0, col0), as :func:`_get` reads one."""
     if TMA:
@@ -158,8 +173,7 @@ def _epilogue(
         pair = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # (BLOCK_N/2,)
         trig = (m % T).to(tl.int64)[:, None] * (N // 2) + pair[None, :]
         trig_ok = m_ok[:, None] & (pair < N // 2)[None, :]
-        c = _get(cos, row0 % T, col0 // 2, trig, trig_ok, TMA)  # TMA: BLOCK_M divides T (see _tma_fits)
-        s = _get(sin, row0 % T, col0 // 2, trig, trig_ok, TMA)
+        c, s = _get_pair(cos, sin, row0 % T, col0 // 2, trig, trig_ok, TMA)  # TMA: BLOCK_M divides T (_tma_fits)
     scale = 1.0 / (1.0 - p_drop)  # dropout keeps an element with probability 1 − p and scales it by this
 
     if EPILOGUE == 0:  # x = ReLU(v·D_x) and its rotation RoPE(x)
@@ -182,9 +196,8 @@ def _epilogue(
         if p_drop > 0:
             keep = _keep(seed, m, pid_n, N, p_drop, BLOCK_M, BLOCK_N)
             gxy = tl.where(keep, (gxy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
-        x = _get(in0, row0, col0, tile, ok, TMA).to(tl.float32)
-        y = _get(in1, row0, col0, tile, ok, TMA).to(tl.float32)
-        g = gxy.to(tl.float32)
+        x, y = _get_pair(in0, in1, row0, col0, tile, ok, TMA)
+        x, y, g = x.to(tl.float32), y.to(tl.float32), gxy.to(tl.float32)
         gy = (g * x).to(dt).to(tl.float32) + tl.load(grad_add_ptr)
         _put(out0, row0, col0, tl.where(y > 0, gy, 0.0).to(dt), tile, ok, TMA)
         _put(out1, row0, col0, (g * y).to(dt), tile, ok, TMA)
@@ -194,8 +207,7 @@ def _epilogue(
     else:  # ∂x before its ReLU: RoPE⁻¹((Gg + Ggᵀ)·RoPE(x)) + ∂(x ⊙ y) ⊙ y, where x > 0
         ge, go = _pairs(acc.to(dt), BLOCK_M, BLOCK_N)
         turned = _interleave(ge * c + go * s, go * c - ge * s, BLOCK_M, BLOCK_N).to(dt)
-        part = _get(in0, row0, col0, tile, ok, TMA)
-        x = _get(in1, row0, col0, tile, ok, TMA)
+        part, x = _get_pair(in0, in1, row0, col0, tile, ok, TMA)
         gx = (turned.to(tl.float32) + part.to(tl.float32)).to(dt).to(tl.float32) + tl.load(grad_add_ptr)
         _put(out0, row0, col0, tl.where(x > 0, gx, 0.0).to(dt), tile, ok, TMA)
 
@@ -308,6 +320,8 @@ def _neuron_gemm(
     ROW_BLOCKS: tl.constexpr,  # > 1: one program makes this many row blocks against one B block held (BLOCK_K ≥ K)
     PERSISTENT: tl.constexpr,  # > 0: the launcher starts this many programs per SM, and each loops over tiles
     TMA: tl.constexpr,  # with PERSISTENT: tiles move through tensor descriptors (Hopper's TMA; see _tma_fits)
+    PAIRED: tl.constexpr,  # the epilogue's two inputs (ENCODE: cos, sin; GATE_BACKWARD: x, y) are the halves of one
+    # tensor, or it reads fewer (see _halves); TMA needs it, to load both in one copy
 ):
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
@@ -319,19 +333,22 @@ def _neuron_gemm(
         # pipeliner off a value used both before and after the K loop.
         out0, out1, in0, in1, cos, sin = out0_ptr, out1_ptr, in0_ptr, in1_ptr, cos_ptr, sin_ptr
         if TMA:
+            tl.static_assert(PAIRED, "TMA loads an epilogue's two inputs as the halves of one tensor")
             # A program makes its descriptors once (in global scratch, from the launcher's allocator), and each
             # tile's operands, inputs and outputs move by TMA: a copy engine, not the threads, moves and bounds them
             a_d = tl.make_tensor_descriptor(a_ptr, [M, K], [stride_am, 1], [BLOCK_M, BLOCK_K])
             b_d = tl.make_tensor_descriptor(b_ptr, [N, K], [stride_bn, 1], [BLOCK_N, BLOCK_K])  # Bᵀ, row-major
             out0 = tl.make_tensor_descriptor(out0_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
             out1 = tl.make_tensor_descriptor(out1_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
-            if EPILOGUE == 0:
-                cos = tl.make_tensor_descriptor(cos_ptr, [T, N // 2], [N // 2, 1], [BLOCK_M, BLOCK_N // 2])
-                sin = tl.make_tensor_descriptor(sin_ptr, [T, N // 2], [N // 2, 1], [BLOCK_M, BLOCK_N // 2])
-            if EPILOGUE == 1 or EPILOGUE == 2:
+            # an epilogue's two inputs as the halves of one (2, …) tensor, both tiles in one copy (see _get_pair)
+            if EPILOGUE == 0:  # cos and sin
+                trig_rows = T.to(tl.int64) * (N // 2)
+                cos = tl.make_tensor_descriptor(cos_ptr, [2, T, N // 2], [trig_rows, N // 2, 1],
+                                                [2, BLOCK_M, BLOCK_N // 2])  # fmt: skip
+            if EPILOGUE == 1:  # x
                 in0 = tl.make_tensor_descriptor(in0_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
-            if EPILOGUE == 2:
-                in1 = tl.make_tensor_descriptor(in1_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+            if EPILOGUE == 2:  # x and y
+                in0 = tl.make_tensor_descriptor(in0_ptr, [2, M, N], [M.to(tl.int64) * N, N, 1], [2, BLOCK_M, BLOCK_N])
         t_out = pid - tl.num_programs(0)
         for t in tl.range(pid, n_m * n_n, tl.num_programs(0), flatten=True):
             pid_m, pid_n = _tile_of(t, n_m, n_n, GROUP_M)
@@ -380,13 +397,25 @@ def _neuron_gemm(
                       p_drop, seed, grad_add_ptr, dt, EPILOGUE, BLOCK_M, BLOCK_N, False)  # fmt: skip
 
 
-def _tma_fits(args: dict, batched: bool, block_m: int) -> bool:
+def _halves(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` follows ``a`` in memory as the second half of one contiguous (2, …) tensor."""
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.is_contiguous()
+        and b.is_contiguous()
+        and b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+    )
+
+
+def _tma_fits(args: dict, batched: bool, block_m: int, paired: bool) -> bool:
     """Whether a launch with these arguments (by name) can move its tiles by TMA, in row blocks of ``block_m``.
 
     Tensor descriptors need a unit stride along the last dimension (A's K, and B's K: B K-major), the other
     strides and every base address 16-byte aligned, and an unbatched product; ENCODE's cos and sin tiles need
-    BLOCK_M to divide T (a tile's rows are consecutive positions); the GPU needs TMA (sm_90 or later), and
-    a Triton that makes descriptors in the kernel (``tl.make_tensor_descriptor``).
+    BLOCK_M to divide T (a tile's rows are consecutive positions); an epilogue reading two inputs needs them
+    ``paired``, the halves of one tensor (:func:`_halves`), which it loads in one copy; the GPU needs TMA (sm_90
+    or later), and a Triton that makes descriptors in the kernel (``tl.make_tensor_descriptor``).
     """
     tensors = [v for v in args.values() if isinstance(v, torch.Tensor)]
     cuda = [t for t in tensors if t.is_cuda]
@@ -394,6 +423,7 @@ def _tma_fits(args: dict, batched: bool, block_m: int) -> bool:
         hasattr(tl, "make_tensor_descriptor")
         and hasattr(triton, "set_allocator")
         and not batched
+        and paired
         and args.get("stride_ak") == 1
         and args.get("stride_bk") == 1
         and all(args.get(k, 0) % 8 == 0 for k in ("N", "K", "stride_am", "stride_bn"))
@@ -414,10 +444,11 @@ def _prune(configs, named_args, **kwargs):
     """
     T, N, K = named_args["T"], named_args["N"], named_args["K"]
     batched = kwargs.get("BATCHED", named_args.get("BATCHED"))
+    paired = kwargs.get("PAIRED", named_args.get("PAIRED"))
     keep = [c for c in configs if not batched or T % (c.kwargs["BLOCK_M"] * c.kwargs["ROW_BLOCKS"]) == 0]
     keep = [c for c in keep if c.kwargs["ROW_BLOCKS"] == 1 or c.kwargs["BLOCK_K"] == triton.next_power_of_2(K)]
     keep = [c for c in keep if not c.kwargs["PERSISTENT"] or named_args.get("stride_bk") == 1]
-    keep = [c for c in keep if not c.kwargs["TMA"] or _tma_fits(named_args, batched, c.kwargs["BLOCK_M"])]
+    keep = [c for c in keep if not c.kwargs["TMA"] or _tma_fits(named_args, batched, c.kwargs["BLOCK_M"], paired)]
     keep = [c for c in keep if c.kwargs["BLOCK_M"] >= 64] or keep
     narrow = [c for c in keep if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(N))]
     return narrow or keep
@@ -432,7 +463,7 @@ _tuned = triton.autotune(
         )
         for bm, bn, bk, w, s, r, p, tma in _CONFIGS
     ],
-    key=["M", "N", "K", "T", "EPILOGUE", "BATCHED", "DOT_PRECISION", "UPCAST"],
+    key=["M", "N", "K", "T", "EPILOGUE", "BATCHED", "DOT_PRECISION", "UPCAST", "PAIRED"],
     prune_configs_by=dict(early_config_prune=_prune),
 )(_neuron_gemm)
 
@@ -527,13 +558,16 @@ def _launch(
             return (min(tiles, meta["PERSISTENT"] * _multiprocessors(a.device)),)
         return (tiles,)
 
+    # the two inputs that ENCODE and GATE_BACKWARD read, if the halves of one tensor, move in one TMA copy
+    paired = {ENCODE: _halves(*trig), GATE_BACKWARD: _halves(*ins)}.get(epilogue, True)
     if config is None and not interpreting():
-        _tuned[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision, UPCAST=False)
+        _tuned[grid](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision, UPCAST=False, PAIRED=paired)
         return
     meta = dict(config if config is not None else _INTERPRETED)
     meta.setdefault("PERSISTENT", 0)
     named = dict(zip(_neuron_gemm.arg_names, args, strict=False))
-    meta["TMA"] = int(bool(meta.get("TMA")) and bool(meta["PERSISTENT"]) and _tma_fits(named, batched, meta["BLOCK_M"]))
+    tma = bool(meta.get("TMA")) and bool(meta["PERSISTENT"])
+    meta["TMA"] = int(tma and _tma_fits(named, batched, meta["BLOCK_M"], paired))
     if (batched and T % (meta["BLOCK_M"] * meta["ROW_BLOCKS"])) or meta["PERSISTENT"]:
         meta["ROW_BLOCKS"] = 1  # a program's rows must lie in one sequence; a persistent program walks K
     if meta["ROW_BLOCKS"] > 1:
@@ -541,7 +575,7 @@ def _launch(
     if interpreting():
         precision = "ieee"
     _neuron_gemm[grid(meta)](*args, EPILOGUE=epilogue, BATCHED=batched, DOT_PRECISION=precision,
-                             UPCAST=interpreting(), **meta)  # fmt: skip
+                             UPCAST=interpreting(), PAIRED=paired, **meta)  # fmt: skip
 
 
 def supports(v: torch.Tensor, n_neurons: int) -> bool:
@@ -572,7 +606,9 @@ class _FusedHead(torch.autograd.Function):
         B, T, d = v.shape
         N = dx_w.shape[1]
         v2 = v.reshape(B * T, d)
-        x, xr = (torch.empty(B * T, N, device=v.device, dtype=v.dtype) for _ in range(2))
+        # x and y, the halves of one tensor: GATE_BACKWARD's TMA configs load their tiles in one copy (_get_pair)
+        x, y = torch.empty(2, B * T, N, device=v.device, dtype=v.dtype).unbind(0)
+        xr = torch.empty_like(x)
         _launch(ENCODE, v2, dx_w, (x, xr), (x, x), (c, s), T)
         scores = torch.empty(B, T, T, device=v.device, dtype=v.dtype)  # RoPE(x)·RoPE(x)ᵀ below the diagonal
         flat = scores.view(B * T, T)
@@ -580,7 +616,7 @@ class _FusedHead(torch.autograd.Function):
         a = torch.matmul(scores, v).float()  # (B, T, d)
         normed, mean, rstd = torch.native_layer_norm(a, (d,), None, None, 1e-5)  # F.layer_norm, and its stats
         an = normed.to(v.dtype).view(B * T, d)
-        y, xy = (torch.empty_like(x) for _ in range(2))
+        xy = torch.empty_like(x)
         _launch(GATE, an, dy_w, (y, xy), (x, x), (c, s), T, p_drop=p_drop, seed=seed)
         out = (xy @ e_w).view(B, T, d)
         ctx.save_for_backward(v, dx_w, dy_w, e_w, c, s, x, xr, y, xy, scores, a, mean, rstd, an)
@@ -642,15 +678,28 @@ def fused_head(
     """One head's output (B, T, d) of BDH's layer, and the means of its x and y (0 unless ``means``).
 
     ``v`` (B, T, d) in the compute dtype; ``dx_w``, ``dy_w`` (d, N) and ``e_w`` (N, d) are cast to it.
-    ``c``, ``s`` (T, N/2) fp32 are the cos and sin of each position's pair angles. ``p_drop`` > 0 applies
+    ``c``, ``s`` (T, N/2) fp32 are the cos and sin of each position's pair angles (best the halves of one tensor:
+    see :func:`halves_of_one`). ``p_drop`` > 0 applies
     dropout to x ⊙ y with a Philox seed drawn from torch's default generator (so seeding torch seeds it), at
     the probability :func:`dropout_p` (``p_drop`` rounded to a multiple of 2^-16).
     """
     dt = v.dtype
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p_drop > 0 else 0
-    v, e_w, c, s = (_aligned(t) for t in (v, e_w.to(dt), c, s))
+    v, e_w = (_aligned(t) for t in (v, e_w.to(dt)))
+    c, s = halves_of_one(c, s)
     with torch.autocast(v.device.type, enabled=False):
         return _FusedHead.apply(v, _k_major(dx_w, dt), _k_major(dy_w, dt), e_w, c, s, p_drop, seed, means)
+
+
+def halves_of_one(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` (same shape and dtype) as the halves of one contiguous, 16-byte aligned (2, …) tensor.
+
+    As they are where they already are (:func:`_halves`), else a copy. The fused head's TMA configs load the
+    tiles of two such halves in one copy; :meth:`recruit.models.bdh.BDH.forward` makes its cos and sin tables so.
+    """
+    if _halves(a, b) and a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0:
+        return a, b
+    return torch.stack((a, b)).unbind(0)
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
