@@ -679,9 +679,9 @@ def fused_head(
 
     ``v`` (B, T, d) in the compute dtype; ``dx_w``, ``dy_w`` (d, N) and ``e_w`` (N, d) are cast to it.
     ``c``, ``s`` (T, N/2) fp32 are the cos and sin of each position's pair angles (best the halves of one tensor:
-    see :func:`halves_of_one`). ``p_drop`` > 0 applies
-    dropout to x ⊙ y with a Philox seed drawn from torch's default generator (so seeding torch seeds it), at
-    the probability :func:`dropout_p` (``p_drop`` rounded to a multiple of 2^-16).
+    see :func:`halves_of_one`). ``p_drop`` > 0 applies dropout to x ⊙ y with a Philox seed drawn from torch's
+    default generator (so seeding torch seeds it), at the probability :func:`dropout_p` (``p_drop`` rounded to a
+    multiple of 2^-16).
     """
     dt = v.dtype
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if p_drop > 0 else 0
