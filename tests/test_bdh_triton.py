@@ -340,7 +340,8 @@ def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, co
     block (ROW_BLOCKS > 1) only for the products whose K it spans, with its A tiles pipelined across the row
     blocks; a persistent one only for the products whose B is K-major, as Triton pipelines a flattened loop's
     N-major B through registers (so the products of K = d take D_x, D_y and Eᵀ K-major); one moving its tiles by
-    TMA only for the unbatched products of K = d, with no copy left to the threads.
+    TMA only for the unbatched products of K = d, with no copy left to the threads, and an epilogue's two inputs
+    in one copy.
     """
     from recruit.models import bdh_triton
 
@@ -354,6 +355,8 @@ def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, co
         ptx = kernel.asm["ptx"]
         if config[7]:  # A and B tiles (prologue and loop), the epilogue's inputs and its two outputs
             assert ptx.count("cp.async.cg") == 0 and ptx.count("cp.async.bulk.tensor") >= 6, epilogue
+            # ENCODE's cos and sin, GATE_BACKWARD's x and y: one copy of both halves (a 3-d box), not two
+            assert (ptx.count("cp.async.bulk.tensor.3d") > 0) == (epilogue in (0, 2)), epilogue
             continue
         copies.append(ptx.count("cp.async.cg"))
     assert config[7] or (copies[0] >= 8 and len(set(copies)) == 1), copies  # both operands of every product
