@@ -7,9 +7,12 @@
 #   FFF=0 OUT=DIR bash benchmarks/device_session.sh    # BDH and the GPU tests only
 #   PROFILE=0 ...                                      # without the diagnostics (benchmarks/*_profile.py)
 #   FOCUS=1 ...                                        # the open figures first, fewer cases (see below)
-#   COMPARE=1 CORPUS=.corpus/debian ...                # also bdh-compare's GPU size (bdh-ref vs gpt-medium, ~4 min);
-#                                                      #   the GPU machine has no corpus: copy ~/.cache/recruit/corpus/
-#                                                      #   debian (60 MiB) to .corpus/ here and carry it there
+#   COMPARE=1 CORPUS=.corpus/debian.tar.xz ...         # also bdh-compare's GPU size (bdh-ref vs gpt-medium, ~4 min);
+#                                                      #   the GPU machine has no corpus: pack this machine's (60 MiB,
+#                                                      #   about 7 MiB packed) with
+#                                                      #   tar -C ~/.cache/recruit/corpus -cJf .corpus/debian.tar.xz debian
+#                                                      #   and carry .corpus (a corpus directory works too)
+#   BDH=0 FFF=0 GPU_TESTS=0 COMPARE=1 CORPUS=...       # bdh-compare alone: a second call on the warm machine
 #
 # The GPU machine has a CUDA torch, triton, transformers and pytest but no network: the fff benchmark's peer comes
 # as a wheel, `pip download --no-deps -d .whl fastfeedforward==0.2.1` here and carry `.whl` (installed below).
@@ -103,10 +106,11 @@ bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fu
   step bdh-speed "${BDH_LIMIT:-$left}" recruit bench bdh-speed -q --device "$DEVICE" --out "$OUT" $QUICK \
     "${BDH_SET[@]}" ${BDH_MODES:+--set "extra_modes=$BDH_MODES"}
 }
-on() { [ "${!1:-1}" != 0 ]; }  # on NAME: the part NAME (FFF, BDH, PROFILE) is not switched off
+on() { [ "${!1:-1}" != 0 ]; }  # on NAME: the part NAME (FFF, BDH, PROFILE, GPU_TESTS) is not switched off
 
-gpu_tests() {
-  [ "$DEVICE" = cuda ] && step gpu-tests "${TESTS_LIMIT:-240}" $py -m pytest -m gpu -p no:cacheprovider "${TESTS[@]}"
+gpu_tests() {  # GPU_TESTS=0 leaves them out
+  on GPU_TESTS && [ "$DEVICE" = cuda ] &&
+    step gpu-tests "${TESTS_LIMIT:-240}" $py -m pytest -m gpu -p no:cacheprovider "${TESTS[@]}"
 }
 
 if [ "${FOCUS:-0}" != 0 ]; then
@@ -124,7 +128,13 @@ else
 fi
 # the larger size of the BDH-vs-GPT comparison, opt-in (minutes of training)
 if [ "${COMPARE:-0}" != 0 ]; then
+  corpus=${CORPUS:-debian}
+  if [[ "$corpus" == *.tar.xz ]]; then  # a packed corpus directory: unpacked beside the run
+    dir=$(mktemp -d)
+    tar -C "$dir" -xJf "$corpus" >>"$LOG" 2>&1 || echo "could not unpack $corpus" | tee -a "$LOG"
+    corpus=$(dirname "$(find "$dir" -name manifest.json -print -quit)")
+  fi
   step bdh-compare "${COMPARE_LIMIT:-300}" recruit bench bdh-compare -q --device "$DEVICE" --out "$OUT" $QUICK \
-    --corpus "${CORPUS:-debian}"
+    --corpus "$corpus"
 fi
 tail -n 25 "$LOG"
