@@ -76,8 +76,15 @@ def interpreting() -> bool:
 
 @triton.jit
 def _pairs(t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Columns (2k, 2k+1) of a (BLOCK_M, BLOCK_N) tile as two (BLOCK_M, BLOCK_N/2) tiles, in fp32."""
-    return tl.split(tl.reshape(t.to(tl.float32), (BLOCK_M, BLOCK_N // 2, 2)))
+    """Columns (2k, 2k+1) of a (BLOCK_M, BLOCK_N) tile as two (BLOCK_M, BLOCK_N/2) tiles, in fp32.
+
+    The epilogues multiply tiles as such pairs (and :func:`_interleave` them back): Triton then moves fewer tiles
+    between the GEMM's register layout and the loads' through shared memory than for whole-tile products. At
+    64 × 128 tiles compiled for sm_90 by Triton 3.6, GATE converts 3 tiles instead of 4 and GATE_BACKWARD 2
+    instead of 8, with 6% and 13% fewer instructions, 10 and 6 barriers instead of 16 and 24.
+    """
+    even, odd = tl.split(tl.reshape(t, (BLOCK_M, BLOCK_N // 2, 2)))  # split first: the halves convert in 16 bits
+    return even.to(tl.float32), odd.to(tl.float32)
 
 
 @triton.jit
@@ -185,22 +192,33 @@ def _epilogue(
     elif EPILOGUE == 1:  # y = ReLU(LN(a)·D_y) and dropout(x ⊙ y)
         y = tl.maximum(acc, 0.0).to(dt)
         x = _get(in0, row0, col0, tile, ok, TMA)
-        xy = (x.to(tl.float32) * y.to(tl.float32)).to(dt)
+        xe, xo = _pairs(x, BLOCK_M, BLOCK_N)
+        ye, yo = _pairs(y, BLOCK_M, BLOCK_N)
+        xy = _interleave((xe * ye).to(dt), (xo * yo).to(dt), BLOCK_M, BLOCK_N)
         if p_drop > 0:
             keep = _keep(seed, m, pid_n, N, p_drop, BLOCK_M, BLOCK_N)
             xy = tl.where(keep, (xy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
         _put(out0, row0, col0, y, tile, ok, TMA)
         _put(out1, row0, col0, xy, tile, ok, TMA)
     elif EPILOGUE == 2:  # from ∂(dropout(x ⊙ y)) = g·Eᵀ: ∂y before its ReLU, and ∂(x ⊙ y) ⊙ y
-        gxy = acc.to(dt)
+        # dropout's mask applies to the two products (a dropped element's are 0, as its ∂(x ⊙ y) is), in the
+        # loads' layout, where its own layout converts cheaply (see _pairs)
+        g = acc.to(dt)
+        if p_drop > 0:
+            g = (g.to(tl.float32) * scale).to(dt)
+        x, y = _get_pair(in0, in1, row0, col0, tile, ok, TMA)
+        ge, go = _pairs(g, BLOCK_M, BLOCK_N)
+        xe, xo = _pairs(x, BLOCK_M, BLOCK_N)
+        ye, yo = _pairs(y, BLOCK_M, BLOCK_N)
+        gx = _interleave((ge * xe).to(dt), (go * xo).to(dt), BLOCK_M, BLOCK_N)
+        gp = _interleave((ge * ye).to(dt), (go * yo).to(dt), BLOCK_M, BLOCK_N)
         if p_drop > 0:
             keep = _keep(seed, m, pid_n, N, p_drop, BLOCK_M, BLOCK_N)
-            gxy = tl.where(keep, (gxy.to(tl.float32) * scale).to(dt), 0.0).to(dt)
-        x, y = _get_pair(in0, in1, row0, col0, tile, ok, TMA)
-        x, y, g = x.to(tl.float32), y.to(tl.float32), gxy.to(tl.float32)
-        gy = (g * x).to(dt).to(tl.float32) + tl.load(grad_add_ptr)
-        _put(out0, row0, col0, tl.where(y > 0, gy, 0.0).to(dt), tile, ok, TMA)
-        _put(out1, row0, col0, (g * y).to(dt), tile, ok, TMA)
+            gx = tl.where(keep, gx, 0.0).to(dt)
+            gp = tl.where(keep, gp, 0.0).to(dt)
+        gy = tl.where(y > 0, gx.to(tl.float32) + tl.load(grad_add_ptr), 0.0).to(dt)
+        _put(out0, row0, col0, gy, tile, ok, TMA)
+        _put(out1, row0, col0, gp, tile, ok, TMA)
     elif EPILOGUE == 4:  # scores RoPE(x)·RoPE(x)ᵀ strictly below the diagonal (column j < row t), else 0
         t = m % T  # (BLOCK_M,) positions of the rows in their sequence
         _put(out0, row0, col0, tl.where(n[None, :] < t[:, None], acc, 0.0).to(dt), tile, ok, TMA)
