@@ -7,7 +7,8 @@
 Triton ships ``ptxas`` and ``cuobjdump``, so the kernel compiles to a cubin for any NVIDIA architecture on a
 machine without a GPU. For each shape this prints the registers per thread, the local (spilled) bytes, the
 instruction count, the global loads, shuffles, barriers and L2 prefetches (``CCTL``) in the SASS, and the load
-waves of the routing loop (:func:`load_waves`): what decides a latency-bound launch before a GPU is at hand.
+waves and instructions of the routing loop (:func:`load_waves`, :func:`loop_ops`): what decides a latency-bound
+launch before a GPU is at hand.
 Run it under the Triton the GPU machine has (``pip install --target DIR triton==X`` and ``PYTHONPATH=DIR``):
 its ``ptxas`` schedules differently. The launch is exactly :func:`recruit.fff.kernels.triton_fff.token_launch`'s,
 with the integer arguments marked divisible by 16 where they are, as Triton's JIT specialises them.
@@ -41,6 +42,7 @@ class Resources:
     instructions: int
     ops: dict[str, int]  # global loads by width, shuffles, barriers
     load_waves: int  # of the routing loop (see load_waves)
+    loop_ops: dict[str, int]  # instructions of the routing loop by opcode (FFMA, FADD, ...; see loop_ops)
 
 
 def _tool(name: str) -> str:
@@ -137,14 +139,9 @@ def load_waves(sass: str) -> int:
     is used: one round trip to memory per step. Each time an instruction uses a loaded register and a load
     follows, the loads come in one more wave, and the step costs one more round trip.
     """
-    code = [(int(a, 16), ins) for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
-    jump = next(((a, int(t, 16)) for a, ins in code if (t := _backward(ins, a))), None)
-    assert jump, "no loop in the SASS"
     waves, pending, waited = 1, set(), False
-    for a, ins in code:
-        if not jump[1] <= a <= jump[0]:
-            continue
-        op, _, args = re.sub(r"^@!?U?P\w+\s+", "", ins).partition(" ")
+    for ins in _first_loop(sass):
+        op, _, args = ins.partition(" ")
         operands = [t.strip() for t in args.split(",")]
         if op.startswith("LDG"):
             waves, waited = waves + waited, False
@@ -158,6 +155,19 @@ def load_waves(sass: str) -> int:
     return waves
 
 
+def loop_ops(sass: str) -> dict[str, int]:
+    """Instructions by opcode (without modifiers: ``FFMA``, ``LDG``) in one trip of the first loop of ``sass``."""
+    return dict(sorted(collections.Counter(ins.partition(" ")[0].split(".")[0] for ins in _first_loop(sass)).items()))
+
+
+def _first_loop(sass: str) -> list[str]:
+    """The instructions (predicates dropped) from the target of the first backward branch of ``sass`` to it."""
+    code = [(int(a, 16), ins) for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
+    jump = next(((a, int(t, 16)) for a, ins in code if (t := _backward(ins, a))), None)
+    assert jump, "no loop in the SASS"
+    return [re.sub(r"^@!?U?P\w+\s+", "", ins) for a, ins in code if jump[1] <= a <= jump[0]]
+
+
 def _backward(ins: str, address: int) -> str | None:
     """The target of a branch to an earlier address, or None."""
     m = re.search(r"\bBRA (0x[0-9a-f]+)", ins)
@@ -167,7 +177,8 @@ def _backward(ins: str, address: int) -> str | None:
 def resources(kernel, waves: bool = True) -> Resources:
     """Registers, spills and SASS counts of a compiled kernel, read with Triton's own ``cuobjdump``.
 
-    ``waves``: also count :func:`load_waves` (meant for the FFF token kernel; 0 when False).
+    ``waves``: also count :func:`load_waves` and :func:`loop_ops` (meant for the FFF token kernel; 0 and {} when
+    False).
     """
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
@@ -180,7 +191,7 @@ def resources(kernel, waves: bool = True) -> Resources:
     ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+|CCTL[A-Z0-9_.]*)", sass.stdout))
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass.stdout, re.M))
     return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())),
-                     load_waves(sass.stdout) if waves else 0)  # fmt: skip
+                     load_waves(sass.stdout) if waves else 0, loop_ops(sass.stdout) if waves else {})  # fmt: skip
 
 
 def main() -> None:
@@ -208,7 +219,7 @@ def main() -> None:
         r = resources(compile_token(hidden, depth, args.batch, args.arch, args.dtype, **options))
         print(f"hidden {hidden} depth {depth} {options or 'defaults'}: {r.registers} registers, "
               f"{r.local_bytes} local bytes, {r.instructions} instructions, {r.load_waves} load waves, "
-              f"{r.ops}")  # fmt: skip
+              f"{sum(r.loop_ops.values())} per routing step ({r.loop_ops.get('FFMA', 0)} FFMA), {r.ops}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -594,6 +594,22 @@ def test_token_kernel_compiles_for_sm90_without_spills(cuobjdump):
         assert "CCTL.E.PF2" not in used.ops, (hidden, depth, used)  # no prefetch unless asked for
 
 
+@pytest.mark.parametrize("spec", [1, 2, 3])
+def test_token_kernel_multiplies_only_the_lanes_that_hold_a_node(cuobjdump, spec):
+    """A routing step's lanes are a power of two, of which 2^spec − 1 hold a node: compiled for an H100/H200,
+    the step's FFMAs are those of these lanes alone (at spec 2, 3 of 4). Triton 3.6, the GPU machine's, multiplied
+    the empty lane too until the kernel masked it by a value known per register; Triton 3.9 folds it either way."""
+    from recruit.fff.kernels.triton_fff import token_launch
+
+    tool = cuobjdump
+    for hidden, depth in tool.SHAPES:
+        launch = token_launch(1, hidden, hidden, depth, 1, spec=spec)
+        block_d, chunks = launch.constexprs["BLOCK_D"], launch.constexprs["D_CHUNKS"]
+        used = tool.resources(tool.compile_token(hidden, depth, spec=spec))
+        per_thread = (2**spec - 1) * chunks * block_d // (32 * launch.num_warps)
+        assert chunks and used.loop_ops.get("FFMA") == per_thread, (hidden, spec, used.loop_ops, per_thread)
+
+
 @pytest.mark.parametrize("block_d", [None, 1024])
 def test_token_kernel_summing_during_the_walk_loads_output_rows_with_input_rows(cuobjdump, block_d):
     """``eager`` at hidden 4096, compiled for an H100/H200: each step's w_out_t rows are read in its one load

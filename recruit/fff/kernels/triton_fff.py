@@ -174,13 +174,18 @@ def _fff_kernel(
 
 
 @triton.jit
-def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, d0, D_IN, BLOCK_D: tl.constexpr):
-    """``acc`` (LANES, BLOCK_D) plus token ``tok``'s features [d0, d0 + BLOCK_D) times those of ``rows``."""
+def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, real, d0, D_IN, BLOCK_D: tl.constexpr):
+    """``acc`` (LANES, BLOCK_D) plus token ``tok``'s features [d0, d0 + BLOCK_D) times those of ``rows``.
+
+    ``real`` (LANES,) marks the lanes that hold a node (2^SPEC − 1 of each SUB, a power of two), as a value the
+    compiler knows per register, so that the others' products compile to no instructions: their masked loads'
+    zeros are opaque to it, and Triton 3.6 (not 3.9) multiplied them, a quarter of a step's FFMAs at SPEC 2.
+    """
     d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
     d_ok = d < D_IN
     xv = tl.load(x_ptr + tok * D_IN + d, mask=d_ok, other=0.0)
     wv = tl.load(w_in_ptr + rows[:, None] * D_IN + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
-    return acc + xv[None, :].to(tl.float32) * wv.to(tl.float32)
+    return tl.where(real[:, None], acc + xv[None, :].to(tl.float32) * wv.to(tl.float32), 0.0)
 
 
 @triton.jit
@@ -310,10 +315,11 @@ def _fff_token_kernel(
             acc = tl.where(tl.arange(0, BLOCK_D)[None, :] == 0, bias[:, None], 0.0)  # (LANES, BLOCK_D)
             if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
                 for c in tl.static_range(D_CHUNKS):
-                    acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, c * BLOCK_D, D_IN, BLOCK_D)
+                    acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, c * BLOCK_D, D_IN,
+                                           BLOCK_D)  # fmt: skip
             else:
                 for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
-                    acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, d0, D_IN, BLOCK_D)
+                    acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, d0, D_IN, BLOCK_D)
             logits = tl.sum(acc, axis=1)  # (LANES,)
             js = root * 0  # local heap index below SPLIT at this level
             jt = root * 0  # ... and above it
