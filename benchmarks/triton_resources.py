@@ -161,11 +161,17 @@ def loop_ops(sass: str) -> dict[str, int]:
 
 
 def _first_loop(sass: str) -> list[str]:
-    """The instructions (predicates dropped) from the target of the first backward branch of ``sass`` to it."""
+    """The instructions (predicates dropped) of the first outermost loop of ``sass``: from the target of a backward
+    branch to the branch, for the first branch whose loop no later one encloses (a loop nested in the routing
+    loop, such as the prefetch's, ends first)."""
     code = [(int(a, 16), ins) for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
-    jump = next(((a, int(t, 16)) for a, ins in code if (t := _backward(ins, a))), None)
-    assert jump, "no loop in the SASS"
-    return [re.sub(r"^@!?U?P\w+\s+", "", ins) for a, ins in code if jump[1] <= a <= jump[0]]
+    jumps = [(int(t, 16), a) for a, ins in code if (t := _backward(ins, a))]
+    assert jumps, "no loop in the SASS"
+    start, end = jumps[0]
+    for s, e in jumps[1:]:
+        if s <= start:  # encloses the loop so far
+            start, end = s, e
+    return [re.sub(r"^@!?U?P\w+\s+", "", ins) for a, ins in code if start <= a <= end]
 
 
 def _backward(ins: str, address: int) -> str | None:

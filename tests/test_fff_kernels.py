@@ -566,6 +566,15 @@ def _sass(*lines: str) -> str:
     return "\n".join(f"        /*{16 * i:04x}*/   {line} ;" for i, line in enumerate(lines))
 
 
+def test_the_routing_loop_is_the_outermost_loop(resources_tool):
+    """A loop nested in the routing loop (the prefetch's) ends first in the SASS: the tool reads the loop that
+    encloses it, not the nested one, and the one after it (the output gather) neither."""
+    tool = resources_tool
+    body = ["LDG.E.128 R8, desc[UR4][R2.64]", "FFMA R20, R11, R9, RZ", "CCTL.E.PF2 [R4]", "@P2 BRA 0x20",
+            "FADD R21, R20, R20", "@P1 BRA 0x10", "LDG.E.128 R8, desc[UR4][R2.64]", "@P3 BRA 0x70", "EXIT"]  # fmt: skip
+    assert tool.loop_ops(_sass("MOV R1, R2", *body)) == {"BRA": 2, "CCTL": 1, "FADD": 1, "FFMA": 1, "LDG": 1}
+
+
 def test_load_waves_counts_loads_issued_after_a_wait(resources_tool):
     tool = resources_tool
     head = ["MOV R1, R2", "IADD3 R3, R3, 0x1, RZ"]  # 0x0000, 0x0010: the loop starts at 0x0010
@@ -626,7 +635,8 @@ def test_token_kernel_summing_during_the_walk_loads_output_rows_with_input_rows(
 @pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, spec=3)])
 def test_token_kernel_prefetch_compiles_for_sm90_as_hints(cuobjdump, launch):
     """With L2 prefetching, at the GPU benchmark's shapes for an H100/H200: the prefetches are there (the w_in
-    rows ahead and the w_out rows, as ``CCTL.E.PF2``), and they cost no spill and no extra load or load wave."""
+    rows ahead and the w_out rows, as ``CCTL.E.PF2``), and they cost no spill and no extra load or load wave
+    (spec 3 issues a step's loads in two or three waves at hidden 4096 with or without them)."""
     tool = cuobjdump
     for hidden, depth in tool.SHAPES:
         plain = tool.resources(
@@ -634,7 +644,7 @@ def test_token_kernel_prefetch_compiles_for_sm90_as_hints(cuobjdump, launch):
         )
         used = tool.resources(tool.compile_token(hidden, depth, **launch))
         assert used.local_bytes == 0, (hidden, depth, used)
-        assert used.load_waves == 1, (hidden, depth, used)
+        assert used.load_waves <= plain.load_waves and (used.load_waves == 1 or launch.get("spec") == 3), (used, plain)
         assert used.ops.get("CCTL.E.PF2", 0) >= 2, (hidden, depth, used)
         loads = {k: v for k, v in used.ops.items() if k.startswith("LDG")}
         assert loads == {k: v for k, v in plain.ops.items() if k.startswith("LDG")}, (hidden, depth, used, plain)
