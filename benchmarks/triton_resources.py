@@ -2,7 +2,8 @@
 
     python benchmarks/triton_resources.py                 # the GPU benchmark's small-batch shapes, sm_90
     python benchmarks/triton_resources.py --arch 80 --spec 3 --block-d 1024
-    python benchmarks/triton_resources.py --bdh           # BDH's GEMM: every epilogue and autotuner config
+    python benchmarks/triton_resources.py --bdh           # BDH's GEMM: every epilogue and autotuner config (also
+                                                          # its barriers and register-layout conversions)
 
 Triton ships ``ptxas`` and ``cuobjdump``, so the kernel compiles to a cubin for any NVIDIA architecture on a
 machine without a GPU. For each shape this prints the registers per thread, the local (spilled) bytes, the
@@ -217,7 +218,8 @@ def main() -> None:
                 r = resources(k, waves=False)
                 print(f"{name:>14} {config}: {r.registers} registers, {r.local_bytes} local bytes, "
                       f"{k.metadata.shared} shared bytes, {r.instructions} instructions, "
-                      f"{k.asm['ptx'].count('cp.async.cg')} async copies, "
+                      f"{r.ops.get('BAR.SYNC', 0)} barriers, {k.asm['ttgir'].count('ttg.convert_layout')} layout "
+                      f"conversions, {k.asm['ptx'].count('cp.async.cg')} async copies, "
                       f"{k.asm['ptx'].count('cp.async.bulk.tensor')} TMA copies")  # fmt: skip
         return
     options = {k: v for k in keys if (v := getattr(args, k)) is not None}
