@@ -250,7 +250,8 @@ class Trainer:
             raise RecruitError(f"seq_len {cfg.seq_len} is longer than the model's context of {max_len}")
         vocab = getattr(self.model.config, "vocab_size", None)
         top = max((int(t.max()) for t in (train_tokens, val_tokens) if len(t)), default=-1)
-        low = min((int(t.min()) for t in (train_tokens, val_tokens) if len(t)), default=0)
+        signed = [t for t in (train_tokens, val_tokens) if len(t) and getattr(t.dtype, "kind", "i") != "u"]
+        low = min((int(t.min()) for t in signed), default=0)  # a pass only where ids can be negative (not uint16)
         if (vocab is not None and top >= vocab) or low < 0:
             bad, ids = (low if low < 0 else top), ("0.." + str(vocab - 1)) if vocab is not None else "(ids are >= 0)"
             raise RecruitError(f"the data holds token id {bad}, outside the model's vocabulary {ids}")

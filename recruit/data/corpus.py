@@ -172,7 +172,8 @@ def prepare_corpus(
     }
     _write(out, sorted(docs, key=lambda d: d.id), manifest, progress)
     log.info("built corpus %s in %.1f s", out, time.perf_counter() - start)
-    empty = [s for s in SPLITS if not Corpus.load(out).docs(s)]
+    written = Corpus.load(out)
+    empty = [s for s in SPLITS if not written.docs(s)]
     if empty:  # splits take whole documents: a language of one or two documents cannot fill all three
         log.warning("corpus %s has no %s text: the splits take whole documents (give more documents, e.g. "
                     "--text a directory of several files); training needs val text and evaluation test text",

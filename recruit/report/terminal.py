@@ -46,10 +46,11 @@ def format_markdown(records: list[Record], command: str = "recruit report") -> s
         env = records[0].env
         lines += ["Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items()), ""]
     # one table per device and per run (commit and source): two runs are not one table under one commit
-    groups = dict.fromkeys(map(_run, records))
-    for run in groups:
+    groups: dict[tuple[str, str, str, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault(_run(r), []).append(r)
+    for run, rows in groups.items():
         bench, device, commit, source = run
-        rows = [r for r in records if _run(r) == run]
         env = rows[0].env
         where = ", ".join(f"{k} `{env[k]}`" for k in ("device_name", "cpu", "torch", "threads", "commit") if k in env)
         devices = {g[1] for g in groups if g[0] == bench}
