@@ -327,20 +327,9 @@ def test_persistent_programs_equal_one_program_per_tile(interpreted):
             assert a.abs().sum() > 0 and torch.equal(a, b), epilogue
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        (128, 128, 64, 8, 3, 1, 0, 0, 0),
-        (64, 128, 64, 4, 2, 1, 0, 0, 0),
-        (64, 256, 256, 8, 2, 8, 0, 0, 0),
-        (64, 128, 64, 4, 3, 1, 2, 0, 0),
-        (64, 128, 64, 4, 2, 1, 2, 1, 0),
-        (64, 128, 64, 4, 3, 1, 2, 0, 3),
-        (64, 128, 64, 4, 2, 1, 2, 1, 2),
-    ],
-)
-def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, config):
-    """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed).
+def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump):
+    """The fused head's GEMM at bdh-ref's shapes, compiled ahead of time for an H100/H200 (no GPU needed), in
+    every config that the autotuner may pick there.
 
     No registers spilled, and operand tiles copied asynchronously (the software pipeline); a config holding its B
     block (ROW_BLOCKS > 1) only for the products whose K it spans, with its A tiles pipelined across the row
@@ -352,33 +341,42 @@ def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump, co
     """
     from recruit.models import bdh_triton
 
+    checked = [config for config in bdh_triton._CONFIGS if _compiles_as_it_should(cuobjdump, config)]
+    assert len(checked) == len(bdh_triton._CONFIGS) - 2  # all but the small row blocks, for shorter sequences
+
+
+def _compiles_as_it_should(cuobjdump, config) -> bool:
+    """The checks of the test above for one config; False where bdh-ref's shapes keep it for no product."""
     bm, bn, loop_stages = config[0], config[1], config[8]
     copies = {}
     epilogues = [e for e in range(5) if config in cuobjdump.bdh_configs(e)]
+    if not epilogues:
+        return False
     assert epilogues == ([0, 1, 2] if config[5] > 1 or config[7] else [0, 1, 2, 4] if config[6] else [0, 1, 2, 3, 4])
     for epilogue in epilogues:
         kernel = cuobjdump.compile_bdh_gemm(epilogue, config)
         used = cuobjdump.resources(kernel, waves=False)
-        assert used.local_bytes == 0, (epilogue, used)
+        assert used.local_bytes == 0, (config, epilogue, used)
         if loop_stages and epilogue in (0, 1, 2):  # tiles of cos and sin (fp32, pairs), or of x and y
             tile = f"{bm}x{bn // 2}xf32" if epilogue == 0 else f"{bm}x{bn}xbf16"
             ring = rf"ttg\.local_alloc.*memdesc<{loop_stages - 1}x(2x)?{tile}"
-            assert re.search(ring, kernel.asm["ttgir"]), epilogue
+            assert re.search(ring, kernel.asm["ttgir"]), (config, epilogue)
         ptx = kernel.asm["ptx"]
         if config[7]:  # A and B tiles (prologue and loop), the epilogue's inputs and its two outputs
-            assert ptx.count("cp.async.cg") == 0 and ptx.count("cp.async.bulk.tensor") >= 6, epilogue
+            assert ptx.count("cp.async.cg") == 0 and ptx.count("cp.async.bulk.tensor") >= 6, (config, epilogue)
             # ENCODE's cos and sin, GATE_BACKWARD's x and y: one copy of both halves (a 3-d box), not two
-            assert (ptx.count("cp.async.bulk.tensor.3d") > 0) == (epilogue in (0, 2)), epilogue
+            assert (ptx.count("cp.async.bulk.tensor.3d") > 0) == (epilogue in (0, 2)), (config, epilogue)
             continue
         copies[epilogue] = ptx.count("cp.async.cg")
         # the products of GATE and GATE_BACKWARD taken on column pairs (bdh_triton._pairs): few tiles moved between
         # register layouts (under Triton 3.9, 4 and 9 for whole-tile products)
         conversions = kernel.asm["ttgir"].count("ttg.convert_layout")
-        assert conversions <= {1: 3, 2: 2}.get(epilogue, conversions), (epilogue, conversions)
+        assert conversions <= {1: 3, 2: 2}.get(epilogue, conversions), (config, epilogue, conversions)
     if not config[7]:  # both operands of every product, and with LOOP_STAGES the inputs of those that have some
-        assert min(copies.values()) >= 8, copies
-        assert len(set(copies.values())) == 1 if not loop_stages else all(copies[e] > copies[4] for e in (0, 1, 2))
-    assert config in bdh_triton._CONFIGS
+        assert min(copies.values()) >= 8, (config, copies)
+        same = len(set(copies.values())) == 1
+        assert same if not loop_stages else all(copies[e] > copies[4] for e in (0, 1, 2)), (config, copies)
+    return True
 
 
 SM90_SHARED = 228 * 1024  # an H100's or H200's shared memory per SM, of which each program also takes 1 KB
