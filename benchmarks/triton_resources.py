@@ -120,15 +120,15 @@ def compile_bdh_gemm(epilogue: int, config: tuple[int, ...], arch: int = 90, dty
     """BDH's fused-head GEMM (:func:`recruit.models.bdh_triton._neuron_gemm`) at the paper's training shape.
 
     ``config`` is one of ``bdh_triton._CONFIGS``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS,
-    PERSISTENT, TMA, LOOP_STAGES); shapes from :func:`bdh_gemm_shape`.
+    PERSISTENT, TMA); shapes from :func:`bdh_gemm_shape`.
     """
     from recruit.models.bdh_triton import ROPE_BACKWARD, SCORES, _neuron_gemm
 
-    bm, bn, bk, warps, stages, rows, persistent, tma, loop_stages = config
+    bm, bn, bk, warps, stages, rows, persistent, tma = config
     ints, unit = bdh_gemm_shape(epilogue)
     constexprs = dict(**unit, EPILOGUE=epilogue, BATCHED=epilogue in (ROPE_BACKWARD, SCORES), UPCAST=False,
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=rows, PERSISTENT=persistent, TMA=tma,
-                      LOOP_STAGES=loop_stages, PAIRED=True, DOT_PRECISION="tf32")  # fmt: skip
+                      PAIRED=True, DOT_PRECISION="tf32")  # fmt: skip
     ptrs = {"*": dtype, "cos_ptr": "fp32", "sin_ptr": "fp32", "grad_add_ptr": "fp32"}
     return _compile(_neuron_gemm, constexprs, ints, arch, ptrs, num_warps=warps, num_stages=stages)
 

@@ -1,7 +1,6 @@
 """BDH's fused Triton head (``impl="fused"``) against the torch form, on the CPU through Triton's interpreter."""
 
 import os
-import re
 import subprocess
 import sys
 
@@ -28,11 +27,9 @@ for name, dtype, p_drop, means in [("fp32", torch.float32, 0.0, True), ("odd", t
                                    ("rows-drop", torch.float32, 0.3, True), ("tma-fp32", torch.float32, 0.0, True),
                                    ("tma-drop", torch.float32, 0.3, True)]:
     # "rows-": each program makes two row blocks against a held B block (ROW_BLOCKS = 2; "rows-odd" has 3);
-    # "tma-": 3 programs loop over the tiles, which the products of K = d move through tensor descriptors (and
-    # "tma-drop" pipelines the epilogue's inputs, which the interpreter runs in program order)
+    # "tma-": 3 programs loop over the tiles, which the products of K = d move through tensor descriptors
     bdh_triton._INTERPRETED.update(ROW_BLOCKS=2 if name.startswith("rows-") else 1,
-                                   PERSISTENT=3 * name.startswith("tma-"), TMA=int(name.startswith("tma-")),
-                                   LOOP_STAGES=2 * (name == "tma-drop"))
+                                   PERSISTENT=3 * name.startswith("tma-"), TMA=int(name.startswith("tma-")))
     v, dx, dy, e, c, s, w = head_case(name.split("-")[-1], dtype)
     torch.manual_seed(5)
     o, xm, ym = fused_head(v, dx, dy, e, c, s, p_drop, means=means)
@@ -47,7 +44,7 @@ for name, dtype, p_drop, means in [("fp32", torch.float32, 0.0, True), ("odd", t
                 p_drop=p_drop, seed=seed)
         keep = xy != 0
     out[name] = dict(out=o.detach(), xm=xm, ym=ym, grads=grads, keep=keep, supports=supports(v, dx.shape[1]))
-bdh_triton._INTERPRETED.update(ROW_BLOCKS=1, PERSISTENT=0, TMA=0, LOOP_STAGES=0)
+bdh_triton._INTERPRETED.update(ROW_BLOCKS=1, PERSISTENT=0, TMA=0)
 out["row_blocks"] = {r: launch_all(torch.device("cpu"), torch.float32, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64,
                                                                              GROUP_M=2, ROW_BLOCKS=r), T=32, N=48, d=32)
                      for r in (1, 2)}  # fmt: skip
@@ -248,7 +245,6 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
         configs = _prune(_tuned.configs, {**args, **more}, BATCHED=batched, PAIRED=paired)
         return {c for c, t in zip(_CONFIGS, _tuned.configs, strict=True) if t in configs}
 
-    assert all(len(c) == 9 and (c[8] == 0 or c[6]) for c in _CONFIGS)  # LOOP_STAGES only for persistent configs
     walking = {c for c in _CONFIGS if c[5] == 1 and c[0] >= 64 and not c[6]}
     holding = {c for c in _CONFIGS if c[5] > 1}
     persistent = {c for c in _CONFIGS if c[6] and not c[7]}
@@ -271,8 +267,8 @@ def test_autotuner_keeps_configs_whose_row_blocks_fit_the_sequences():
     misaligned = torch.zeros(9)[1:]  # 4 bytes past an allocation
     assert kept(512, 8192, 256, False, a_ptr=misaligned) == walking | holding | persistent
     assert kept(512, 8192, 256, False, a_ptr=torch.zeros(8)) == kept(512, 8192, 256, False)
-    assert kept(80, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0, 0, 0)}
-    assert kept(48, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0, 0, 0)}
+    assert kept(80, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0, 0)}
+    assert kept(48, 8192, 256, True) == {(16, 64, 64, 4, 3, 1, 0, 0)}
     assert {c[:2] for c in kept(32, 48, 32, True)} == {(16, 64), (32, 64)}
     assert all(c[0] >= 64 for c in kept(48, 8192, 256, False))
 
@@ -336,8 +332,7 @@ def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump):
     blocks; a persistent one only for the products whose B is K-major, as Triton pipelines a flattened loop's
     N-major B through registers (so the products of K = d take D_x, D_y and Eᵀ K-major); one moving its tiles by
     TMA only for the unbatched products of K = d, with no copy left to the threads, and an epilogue's two inputs
-    in one copy; one with LOOP_STAGES with its epilogue's inputs in the pipeline too, a ring of LOOP_STAGES - 1
-    of their tiles in shared memory; GATE and GATE_BACKWARD with few layout conversions.
+    in one copy; GATE and GATE_BACKWARD with few layout conversions.
     """
     from recruit.models import bdh_triton
 
@@ -347,8 +342,7 @@ def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump):
 
 def _compiles_as_it_should(cuobjdump, config) -> bool:
     """The checks of the test above for one config; False where bdh-ref's shapes keep it for no product."""
-    bm, bn, loop_stages = config[0], config[1], config[8]
-    copies = {}
+    copies = []
     epilogues = [e for e in range(5) if config in cuobjdump.bdh_configs(e)]
     if not epilogues:
         return False
@@ -357,25 +351,18 @@ def _compiles_as_it_should(cuobjdump, config) -> bool:
         kernel = cuobjdump.compile_bdh_gemm(epilogue, config)
         used = cuobjdump.resources(kernel, waves=False)
         assert used.local_bytes == 0, (config, epilogue, used)
-        if loop_stages and epilogue in (0, 1, 2):  # tiles of cos and sin (fp32, pairs), or of x and y
-            tile = f"{bm}x{bn // 2}xf32" if epilogue == 0 else f"{bm}x{bn}xbf16"
-            ring = rf"ttg\.local_alloc.*memdesc<{loop_stages - 1}x(2x)?{tile}"
-            assert re.search(ring, kernel.asm["ttgir"]), (config, epilogue)
         ptx = kernel.asm["ptx"]
         if config[7]:  # A and B tiles (prologue and loop), the epilogue's inputs and its two outputs
             assert ptx.count("cp.async.cg") == 0 and ptx.count("cp.async.bulk.tensor") >= 6, (config, epilogue)
             # ENCODE's cos and sin, GATE_BACKWARD's x and y: one copy of both halves (a 3-d box), not two
             assert (ptx.count("cp.async.bulk.tensor.3d") > 0) == (epilogue in (0, 2)), (config, epilogue)
             continue
-        copies[epilogue] = ptx.count("cp.async.cg")
+        copies.append(ptx.count("cp.async.cg"))
         # the products of GATE and GATE_BACKWARD taken on column pairs (bdh_triton._pairs): few tiles moved between
         # register layouts (under Triton 3.9, 4 and 9 for whole-tile products)
         conversions = kernel.asm["ttgir"].count("ttg.convert_layout")
         assert conversions <= {1: 3, 2: 2}.get(epilogue, conversions), (config, epilogue, conversions)
-    if not config[7]:  # both operands of every product, and with LOOP_STAGES the inputs of those that have some
-        assert min(copies.values()) >= 8, (config, copies)
-        same = len(set(copies.values())) == 1
-        assert same if not loop_stages else all(copies[e] > copies[4] for e in (0, 1, 2)), (config, copies)
+    assert config[7] or (copies[0] >= 8 and len(set(copies)) == 1), (config, copies)  # both operands of every product
     return True
 
 
@@ -417,7 +404,7 @@ def test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda():
     from recruit.models.bdh_triton import _CONFIGS, ENCODE, GATE, GATE_BACKWARD
 
     cuda, products = torch.device("cuda"), (ENCODE, GATE, GATE_BACKWARD)
-    for bm, bn, bk, warps, stages, rows, *_ in (c for c in _CONFIGS if c[5] > 1):
+    for bm, bn, bk, warps, stages, rows, _, _ in (c for c in _CONFIGS if c[5] > 1):
         meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps)
         walking = launch_all(cuda, torch.bfloat16, {**meta, "ROW_BLOCKS": 1, "num_stages": 1}, epilogues=products)
         holding = launch_all(cuda, torch.bfloat16, {**meta, "ROW_BLOCKS": rows, "num_stages": stages},
@@ -431,17 +418,16 @@ def test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_persistent_programs_equal_one_program_per_tile_on_cuda():
-    """The autotuner's persistent configs (those moving tiles by TMA, or pipelining the epilogue's inputs, too)
-    against the same tiles one per program loaded through pointers, bf16, at d = 256."""
+    """The autotuner's persistent configs (those moving tiles by TMA too) against the same tiles one per program
+    loaded through pointers, bf16, at d = 256."""
     pytest.importorskip("triton")
     from recruit.models.bdh_triton import _CONFIGS
 
     cuda = torch.device("cuda")
-    for bm, bn, bk, warps, stages, _, persistent, tma, loop_stages in (c for c in _CONFIGS if c[6]):
+    for bm, bn, bk, warps, stages, _, persistent, tma in (c for c in _CONFIGS if c[6]):
         meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=1, num_warps=warps, num_stages=stages)
         one = launch_all(cuda, torch.bfloat16, {**meta, "PERSISTENT": 0, "TMA": 0})
-        looping = launch_all(cuda, torch.bfloat16,
-                             {**meta, "PERSISTENT": persistent, "TMA": tma, "LOOP_STAGES": loop_stages})  # fmt: skip
+        looping = launch_all(cuda, torch.bfloat16, {**meta, "PERSISTENT": persistent, "TMA": tma})
         assert list(one) == list(range(5))
         for epilogue in one:
             for a, b in zip(one[epilogue], looping[epilogue], strict=True):

@@ -20,8 +20,7 @@ The products with d-wide outputs (x ⊙ y · E, the attention's T × T by T × d
 gradients) stay torch GEMMs. A program makes one tile, walking K in blocks; or (``ROW_BLOCKS`` > 1, for products
 of small K) holds a whole-K block of B in shared memory and makes that many row blocks' tiles against it; or
 (``PERSISTENT`` > 0) loops over tiles in one flattened loop that the software pipeline overlaps across tiles,
-and (``TMA``, for the unbatched products) moves them through tensor descriptors, by Hopper's copy engine, and
-(``LOOP_STAGES``) has that pipeline load the epilogue's inputs ahead of their tile too.
+and (``TMA``, for the unbatched products) moves them through tensor descriptors, by Hopper's copy engine.
 The B operands of the products of K = d (D_x, D_y, Eᵀ) are K-major, the layout Hopper's wgmma takes natively.
 Dropout draws its mask from Philox keyed by (seed, element / 8), so the backward regenerates it instead of
 storing it. Values are rounded to the compute dtype where the torch form rounds them, so in fp32 the head
@@ -44,34 +43,30 @@ import triton.language as tl
 ENCODE, GATE, GATE_BACKWARD, ROPE_BACKWARD, SCORES = 0, 1, 2, 3, 4
 
 # Launch configurations tried by the autotuner on a GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, ROW_BLOCKS,
-# PERSISTENT, TMA, LOOP_STAGES): the two fastest of each epilogue at bdh-ref's training shape on an H200
-# (benchmarks/bdh_profile.py lists every config's time), out of fourteen tried there, and six persistent ones not yet
-# timed on a GPU; each config tried costs every new shape a compile. The interpreter takes the small fixed blocks of
-# _INTERPRETED instead (it runs every program in Python; the tests also run it with ROW_BLOCKS > 1, where the
-# launcher widens BLOCK_K to all of K, with PERSISTENT > 0, with TMA and with LOOP_STAGES).
+# PERSISTENT, TMA): the two fastest of each epilogue at bdh-ref's training shape on an H200 (benchmarks/bdh_profile.py
+# lists every config's time), out of fourteen tried there, and four persistent ones not yet timed on a GPU; each
+# config tried costs every new shape a compile. The interpreter takes the small fixed blocks of _INTERPRETED
+# instead (it runs every program in Python; the tests also run it with ROW_BLOCKS > 1, where the launcher widens
+# BLOCK_K to all of K, with PERSISTENT > 0 and with TMA).
 _CONFIGS = [
-    (128, 128, 64, 8, 3, 1, 0, 0, 0),  # SCORES
-    (128, 64, 64, 4, 4, 1, 0, 0, 0),  # ROPE_BACKWARD, ENCODE's second
-    (64, 128, 64, 4, 4, 1, 0, 0, 0),
-    (64, 128, 64, 4, 2, 1, 0, 0, 0),  # GATE, GATE_BACKWARD: two stages, more programs per SM to overlap their epilogues
-    (64, 64, 64, 4, 4, 1, 0, 0, 0),  # for N or T of 64 (BLOCK_N at most N's power of two; see _prune)
-    (32, 64, 64, 4, 3, 1, 0, 0, 0),  # small row blocks: only for the batched products of sequences of 16 or 48 ...
-    (16, 64, 64, 4, 3, 1, 0, 0, 0),  # ... tokens, which no larger BLOCK_M divides
+    (128, 128, 64, 8, 3, 1, 0, 0),  # SCORES
+    (128, 64, 64, 4, 4, 1, 0, 0),  # ROPE_BACKWARD, ENCODE's second
+    (64, 128, 64, 4, 4, 1, 0, 0),
+    (64, 128, 64, 4, 2, 1, 0, 0),  # GATE, GATE_BACKWARD: two stages, more programs per SM to overlap their epilogues
+    (64, 64, 64, 4, 4, 1, 0, 0),  # for N or T of 64 (BLOCK_N at most N's power of two; see _prune)
+    (32, 64, 64, 4, 3, 1, 0, 0),  # small row blocks: only for the batched products of sequences of 16 or 48 tokens ...
+    (16, 64, 64, 4, 3, 1, 0, 0),  # ... which no larger BLOCK_M divides
     # ENCODE: one B block held while the program walks 8 row blocks (products of K ≤ 256 only)
-    (64, 256, 256, 8, 2, 8, 0, 0, 0),
+    (64, 256, 256, 8, 2, 8, 0, 0),
     # persistent: 2 or 1 programs per SM, each looping over tiles, the next tile's loads overlapping this epilogue
-    (64, 128, 64, 4, 3, 1, 2, 0, 0),
-    (128, 128, 64, 8, 3, 1, 1, 0, 0),
+    (64, 128, 64, 4, 3, 1, 2, 0),
+    (128, 128, 64, 8, 3, 1, 1, 0),
     # ... and the same with every tile moved by TMA (the unbatched products of K = d: ENCODE, GATE, GATE_BACKWARD);
     # two stages, as its epilogue's inputs take 32 KB of shared memory and two programs must fit an SM's 228 KB
-    (64, 128, 64, 4, 2, 1, 2, 1, 0),
-    (128, 128, 64, 8, 3, 1, 1, 1, 0),
-    # ... and with the loop's pipeline loading the epilogue's inputs (x, y, cos, sin) ahead too, not only the
-    # operands: the first two persistent configs, in as many stages as two programs' shared memory allows
-    (64, 128, 64, 4, 3, 1, 2, 0, 3),
-    (64, 128, 64, 4, 2, 1, 2, 1, 2),
+    (64, 128, 64, 4, 2, 1, 2, 1),
+    (128, 128, 64, 8, 3, 1, 1, 1),
 ]
-_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=0, TMA=0, LOOP_STAGES=0)
+_INTERPRETED = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, ROW_BLOCKS=1, PERSISTENT=0, TMA=0)
 
 
 def interpreting() -> bool:
@@ -343,8 +338,6 @@ def _neuron_gemm(
     ROW_BLOCKS: tl.constexpr,  # > 1: one program makes this many row blocks against one B block held (BLOCK_K ≥ K)
     PERSISTENT: tl.constexpr,  # > 0: the launcher starts this many programs per SM, and each loops over tiles
     TMA: tl.constexpr,  # with PERSISTENT: tiles move through tensor descriptors (Hopper's TMA; see _tma_fits)
-    LOOP_STAGES: tl.constexpr,  # with PERSISTENT, > 0: the tile loop's software pipeline is this many stages deep
-    # and loads the epilogue's inputs ahead as well as the operands (0: the operands only, num_stages deep)
     PAIRED: tl.constexpr,  # the epilogue's two inputs (ENCODE: cos, sin; GATE_BACKWARD: x, y) are the halves of one
     # tensor, or it reads fewer (see _halves); TMA needs it, to load both in one copy
 ):
@@ -375,8 +368,7 @@ def _neuron_gemm(
             if EPILOGUE == 2:  # x and y
                 in0 = tl.make_tensor_descriptor(in0_ptr, [2, M, N], [M.to(tl.int64) * N, N, 1], [2, BLOCK_M, BLOCK_N])
         t_out = pid - tl.num_programs(0)
-        stages: tl.constexpr = LOOP_STAGES if LOOP_STAGES > 0 else None  # None: the launch's num_stages, operands only
-        for t in tl.range(pid, n_m * n_n, tl.num_programs(0), flatten=True, num_stages=stages):
+        for t in tl.range(pid, n_m * n_n, tl.num_programs(0), flatten=True):
             pid_m, pid_n = _tile_of(t, n_m, n_n, GROUP_M)
             if TMA:
                 acc = _walk_k_tma(a_d, b_d, pid_m, pid_n, K, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
@@ -483,11 +475,11 @@ def _prune(configs, named_args, **kwargs):
 _tuned = triton.autotune(
     configs=[
         triton.Config(
-            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=r, PERSISTENT=p, TMA=tma, LOOP_STAGES=ls),
+            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, ROW_BLOCKS=r, PERSISTENT=p, TMA=tma),
             num_warps=w,
             num_stages=s,
         )
-        for bm, bn, bk, w, s, r, p, tma, ls in _CONFIGS
+        for bm, bn, bk, w, s, r, p, tma in _CONFIGS
     ],
     key=["M", "N", "K", "T", "EPILOGUE", "BATCHED", "DOT_PRECISION", "UPCAST", "PAIRED"],
     prune_configs_by=dict(early_config_prune=_prune),
@@ -559,12 +551,11 @@ def _launch(
 
     ``batch`` = (a_batch, b_batch) makes the product per sequence: rows m of sequence s = m // T take their A
     rows from ``a``'s block s (element offset s·a_batch; ``a`` may be (B, T, K)) and multiply B's block s.
-    ``config`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, ROW_BLOCKS, and optionally PERSISTENT, TMA, LOOP_STAGES,
-    num_warps and num_stages) launches that config instead of the autotuner's (``_INTERPRETED`` where Triton
-    interprets and none is given); its ROW_BLOCKS apply where a program's rows lie in one sequence and it is not
-    persistent, with BLOCK_K widened to all of K; its TMA where it is persistent and :func:`_tma_fits` allows;
-    its LOOP_STAGES where it is persistent. A persistent launch starts PERSISTENT programs per SM (at most one
-    per tile; in the interpreter, PERSISTENT programs).
+    ``config`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, ROW_BLOCKS, PERSISTENT, TMA, and optionally num_warps and
+    num_stages) launches that config instead of the autotuner's (``_INTERPRETED`` where Triton interprets and
+    none is given); its ROW_BLOCKS apply where a program's rows lie in one sequence and it is not persistent,
+    with BLOCK_K widened to all of K; its TMA where it is persistent and :func:`_tma_fits` allows. A persistent
+    launch starts PERSISTENT programs per SM (at most one per tile; in the interpreter, PERSISTENT programs).
     """
     M, N = outs[0].shape
     K, batched = a.shape[-1], batch is not None
@@ -595,7 +586,6 @@ def _launch(
     named = dict(zip(_neuron_gemm.arg_names, args, strict=False))
     tma = bool(meta.get("TMA")) and bool(meta["PERSISTENT"])
     meta["TMA"] = int(tma and _tma_fits(named, batched, meta["BLOCK_M"], paired))
-    meta["LOOP_STAGES"] = meta.get("LOOP_STAGES", 0) if meta["PERSISTENT"] else 0
     if (batched and T % (meta["BLOCK_M"] * meta["ROW_BLOCKS"])) or meta["PERSISTENT"]:
         meta["ROW_BLOCKS"] = 1  # a program's rows must lie in one sequence; a persistent program walks K
     if meta["ROW_BLOCKS"] > 1:
