@@ -192,6 +192,8 @@ def test_report_on_shipped_checkpoint(text_corpus, tmp_path, capsys):
     assert "<img" in html and "bits per byte" in html
     lines = (out / "results.jsonl").read_text().splitlines()
     assert any(json.loads(line)["metric"] == "bpb" for line in lines)
+    curve = [r for r in map(json.loads, lines) if r["metric"] == "train_val_bits_per_token"]  # the shipped log's
+    assert curve and all(r["unit"] == "bits/token" and 1 < r["value"] < 8 for r in curve)
     assert "bpb" in capsys.readouterr().out
     assert not list(Path(out).glob(".*.tmp"))
 

@@ -47,7 +47,10 @@ def _quality(model, corpus, opts: BenchOptions, device, seq: int, add) -> None:
 
 
 def _training(path, add) -> None:
-    """The training curve of a checkpoint that ships its ``train_log.csv`` (written by ``recruit train``)."""
+    """The held-out loss per token, in bits, along the training of a checkpoint that ships its ``train_log.csv``.
+
+    That is ``recruit train``'s ``log.csv``, copied beside the model as the shipped checkpoint's TRAINED.md does.
+    """
     log_file = Path(path) / "train_log.csv"
     if not log_file.is_file():
         return
@@ -55,7 +58,7 @@ def _training(path, add) -> None:
         for row in csv.DictReader(f):
             if row.get("val_loss"):
                 case = f"step={row['step']},tokens={row['tokens']}"
-                add(case, "train_val_bpb", float(row["val_loss"]) / math.log(2), "bits/token")
+                add(case, "train_val_bits_per_token", float(row["val_loss"]) / math.log(2), "bits/token")
 
 
 def _flops(model, opts: BenchOptions, device, seq: int, add) -> None:
@@ -145,7 +148,7 @@ def section(records: list[Record]) -> str:
     if langs:
         mean = sum(langs) / len(langs)
         parts.append(f"<p>Mean over languages: {mean:.3f} bits/byte (perplexity per byte {2**mean:.2f}).</p>")
-    curve = sorted((int(r.params["tokens"]), r.value) for r in rs if r.metric == "train_val_bpb")
+    curve = sorted((int(r.params["tokens"]), r.value) for r in rs if r.metric == "train_val_bits_per_token")
     if curve:
         xs, ys = zip(*curve, strict=True)
         parts.append(
@@ -160,7 +163,7 @@ def section(records: list[Record]) -> str:
     if dec:
         xs, ys = zip(*dec, strict=True)
         parts.append(line_chart({"KV cache": (xs, ys)}, "decode latency", "context (tokens)", "ms per token"))
-    cost = [r for r in rs if r.metric not in ("bpb", "ppl", "bytes_scored", "train_val_bpb")]
+    cost = [r for r in rs if r.metric not in ("bpb", "ppl", "bytes_scored", "train_val_bits_per_token")]
     rows = [[r.case, r.metric, _fmt(r.value), r.unit] for r in cost]
     parts.append(table(["case", "metric", "value", "unit"], rows))
     return "\n".join(parts)
