@@ -332,7 +332,9 @@ def test_every_epilogue_compiles_for_sm90_pipelined_without_spills(cuobjdump):
     blocks; a persistent one only for the products whose B is K-major, as Triton pipelines a flattened loop's
     N-major B through registers (so the products of K = d take D_x, D_y and Eᵀ K-major); one moving its tiles by
     TMA only for the unbatched products of K = d, with no copy left to the threads, and an epilogue's two inputs
-    in one copy; GATE and GATE_BACKWARD with few layout conversions.
+    in one copy; GATE and GATE_BACKWARD with few layout conversions. A persistent one compiles its flattened loop
+    once, where Triton also keeps the loop unflattened for an empty K loop unless told K > 0 (SCORES skips the K
+    loop of the tiles above the diagonal, so it keeps both).
     """
     from recruit.models import bdh_triton
 
@@ -351,6 +353,8 @@ def _compiles_as_it_should(cuobjdump, config) -> bool:
         kernel = cuobjdump.compile_bdh_gemm(epilogue, config)
         used = cuobjdump.resources(kernel, waves=False)
         assert used.local_bytes == 0, (config, epilogue, used)
+        if config[6] and epilogue != 4:  # persistent: one flattened loop, no second copy kept for an empty K loop
+            assert "tt.flatten" not in kernel.asm["ttgir"], (config, epilogue)
         ptx = kernel.asm["ptx"]
         if config[7]:  # A and B tiles (prologue and loop), the epilogue's inputs and its two outputs
             assert ptx.count("cp.async.cg") == 0 and ptx.count("cp.async.bulk.tensor") >= 6, (config, epilogue)
