@@ -243,6 +243,21 @@ def _tile_of(t, n_m, n_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _sequence_bases(a_ptr, b_ptr, pid_m, T, a_batch, b_batch, BATCHED: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Row block ``pid_m``'s sequence, and where A's and B's blocks start (BATCHED: that sequence's, else all)."""
+    seq = (pid_m * BLOCK_M) // T  # BATCHED: a program's rows lie in one sequence (the launcher sees to it)
+    a_base = a_ptr + seq.to(tl.int64) * a_batch if BATCHED else a_ptr
+    b_base = b_ptr + seq.to(tl.int64) * b_batch if BATCHED else b_ptr
+    return seq, a_base, b_base
+
+
+@triton.jit
+def _a_rows(a_base, m, seq, T, stride_am, BATCHED: tl.constexpr):
+    """(BLOCK_M, 1) pointers to the A rows ``m`` (BATCHED: positions m − seq·T of their sequence's block)."""
+    return a_base + (m - seq * T if BATCHED else m).to(tl.int64)[:, None] * stride_am
+
+
+@triton.jit
 def _walk_k(
     a_ptr,
     b_ptr,
@@ -267,13 +282,11 @@ def _walk_k(
     BLOCK_K: tl.constexpr,
 ):
     """The (BLOCK_M, BLOCK_N) fp32 product tile of row block ``pid_m`` and column block ``pid_n``, K in blocks."""
-    seq = (pid_m * BLOCK_M) // T  # BATCHED: a program's rows lie in one sequence (the launcher sees to it)
-    a_base = a_ptr + seq.to(tl.int64) * a_batch if BATCHED else a_ptr
-    b_base = b_ptr + seq.to(tl.int64) * b_batch if BATCHED else b_ptr
+    seq, a_base, b_base = _sequence_bases(a_ptr, b_ptr, pid_m, T, a_batch, b_batch, BATCHED, BLOCK_M)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     m_ok, n_ok = m < M, n < N
-    a_rows = a_base + (m - seq * T if BATCHED else m).to(tl.int64)[:, None] * stride_am  # (BLOCK_M, 1)
+    a_rows = _a_rows(a_base, m, seq, T, stride_am, BATCHED)
     k_end = K
     if EPILOGUE == 4:  # causal scores: a tile wholly on or above the diagonal (no column j < row t) is all 0
         k_end = tl.where(pid_n * BLOCK_N < pid_m * BLOCK_M - seq * T + BLOCK_M - 1, K, 0)
@@ -397,9 +410,7 @@ def _neuron_gemm(
         pid_m = (pid // n_n) * ROW_BLOCKS
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
         n_ok = n < N
-        seq = (pid_m * BLOCK_M) // T  # BATCHED: a program's rows lie in one sequence (the launcher sees to it)
-        a_base = a_ptr + seq.to(tl.int64) * a_batch if BATCHED else a_ptr
-        b_base = b_ptr + seq.to(tl.int64) * b_batch if BATCHED else b_ptr
+        seq, a_base, b_base = _sequence_bases(a_ptr, b_ptr, pid_m, T, a_batch, b_batch, BATCHED, BLOCK_M)
         k = tl.arange(0, BLOCK_K)  # (BLOCK_K,): all of K
         k_ok = k < K
         b = tl.load(b_base + k.to(tl.int64)[:, None] * stride_bk + n[None, :] * stride_bn,
@@ -409,7 +420,7 @@ def _neuron_gemm(
         for r in range(ROW_BLOCKS):
             m = (pid_m + r) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             m_ok = m < M
-            a_rows = a_base + (m - seq * T if BATCHED else m).to(tl.int64)[:, None] * stride_am  # (BLOCK_M, 1)
+            a_rows = _a_rows(a_base, m, seq, T, stride_am, BATCHED)
             a = tl.load(a_rows + k[None, :] * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             if UPCAST:
                 a = a.to(tl.float32)
