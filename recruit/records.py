@@ -144,6 +144,11 @@ class Record:
             raise ValueError("Record.value is too large for a float") from None
 
     @property
+    def run(self) -> tuple[str, str]:
+        """The run that made it: the commit and the source hash of its environment (``""`` where absent)."""
+        return str(self.env.get("commit", "")), str(self.env.get("source", ""))
+
+    @property
     def params(self) -> dict[str, str]:
         """The ``case`` string ``k=v,k=v`` as a dict (parts without ``=`` map to themselves)."""
         out = {}

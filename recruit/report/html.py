@@ -31,7 +31,8 @@ def device_labels(records: Sequence) -> Callable[[object], str]:
         return str(r.env.get("device_name", r.env.get("device")))
 
     def run(r) -> str:
-        return str(r.env.get("commit", "")) + (f" ({r.env['source']})" if r.env.get("source") else "")
+        commit, source = r.run
+        return commit + (f" ({source})" if source else "")
 
     runs: dict[str, set[str]] = {}
     for r in records:

@@ -72,7 +72,7 @@ def format_markdown(records: list[Record], command: str = "recruit report") -> s
 
 def _run(r: Record) -> tuple[str, str, str, str]:
     """The table a record goes to: its benchmark, device name, commit and source hash (the run that made it)."""
-    return r.bench, *(str(r.env.get(k, "")) for k in ("device_name", "commit", "source"))
+    return r.bench, str(r.env.get("device_name", "")), *r.run
 
 
 def _cell(text: str) -> str:
