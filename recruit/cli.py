@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -271,11 +273,34 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help=f"cache directory (default {where})")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (paragraphs kept); every option's help ends with its default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default == [] or default == argparse.SUPPRESS
+        shown = not unset and action.option_strings
+        if shown and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def plain(doc: str | None) -> str:
+    """A docstring as terminal text: indentation removed, ``literal`` and :role:`~target` markup as `literal`."""
+    text = inspect.cleandoc(doc or "")
+    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
+def add_parser(subs, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """A subcommand's parser, with ``doc`` (a docstring) as its description and recruit's help formatter."""
+    return subs.add_parser(name, help=help, description=plain(doc), formatter_class=HelpFormatter)
+
+
 def _sub(subs, name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-    doc = (fn.__doc__ or "").strip()
-    p = subs.add_parser(
-        name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    doc = plain(fn.__doc__)
+    p = add_parser(subs, name, doc.splitlines()[0], doc)
     p.set_defaults(fn=fn)
     _common(p)
     return p
@@ -286,25 +311,27 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     from recruit.data.tokenizer import KINDS, LANGUAGES
 
     p.add_argument("--lang", default="en", choices=LANGUAGES, help="language tag of the prompt")
-    p.add_argument("--kind", default="manual", choices=KINDS)
-    p.add_argument("--max-new-tokens", type=bounded_int(1), default=200)
-    p.add_argument("--temperature", type=finite_float, default=0.8)
-    p.add_argument("--top-k", type=bounded_int(1), default=None)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--seed", type=bounded_int(0), default=0)
+    p.add_argument("--kind", default="manual", choices=KINDS, help="kind tag of the prompt")
+    p.add_argument("--max-new-tokens", type=bounded_int(1), default=200, help="tokens to generate")
+    p.add_argument("--temperature", type=finite_float, default=0.8, help="sampling temperature")
+    p.add_argument("--top-k", type=bounded_int(1), default=None, help="sample from the K most likely tokens only")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
+    p.add_argument("--seed", type=bounded_int(0), default=0, help="seed of the sampler")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="recruit", description="recruit: make transformers do less work per input (corpus, train, bench, report)."
+        prog="recruit",
+        description="recruit: make transformers do less work per input (corpus, train, bench, report).",
+        formatter_class=HelpFormatter,
     )
     from recruit.data.tokenizer import LANGUAGES
 
     parser.add_argument("--version", action="version", version=f"recruit {_version()}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    data = subs.add_parser("data", help="build or inspect the text corpus", description="Build or inspect the corpus.")
+    data = add_parser(subs, "data", "build or inspect the text corpus", "Build or inspect the corpus.")
     dsubs = data.add_subparsers(dest="data_command", metavar="ACTION")
     p = _sub(dsubs, "prepare", cmd_data_prepare)
     p.add_argument("--name", help="corpus name (default: debian, or text with --text)")
@@ -318,14 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "eval", cmd_eval)
     p.add_argument("model", nargs="?", help="checkpoint directory (default: the shipped gpt-tiny)")
-    p.add_argument("--corpus", default="debian")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--by", default="lang", choices=["lang", "kind"])
+    add_corpus_arg(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="corpus split scored")
+    p.add_argument("--by", default="lang", choices=["lang", "kind"], help="group the scores by language or kind")
     p.add_argument("--max-bytes", type=bounded_int(1), default=65536, help="bytes scored per group")
 
     p = _sub(subs, "generate", cmd_generate)
     p.add_argument("model", nargs="?", help="checkpoint directory (default: the shipped gpt-tiny)")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="prompt text")
     add_generation_args(p)
 
     from recruit.cli_bdh import add_bdh_parser
@@ -370,10 +397,20 @@ def add_set_arg(p: argparse.ArgumentParser) -> None:
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
     """The options every measuring command shares: corpus, device, quick mode, held-out bytes."""
-    p.add_argument("--corpus", default="debian")
-    p.add_argument("--device", default="auto")
+    add_corpus_arg(p)
+    add_device_arg(p, "auto")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     p.add_argument("--max-bytes", type=bounded_int(1), default=32768, help="held-out bytes scored per language")
+
+
+def add_corpus_arg(p: argparse.ArgumentParser) -> None:
+    """``--corpus``: a prepared corpus by name (in the cache) or directory."""
+    p.add_argument("--corpus", default="debian", help="prepared corpus: a name in the cache, or its directory")
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str) -> None:
+    """``--device``: where the command runs."""
+    p.add_argument("--device", default=default, help="cpu, cuda, cuda:N, or auto (cuda when there is one)")
 
 
 def _version() -> str:

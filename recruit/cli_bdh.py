@@ -182,12 +182,22 @@ def cmd_bdh_inspect(args: argparse.Namespace) -> int:
 
 def add_bdh_parser(subs) -> argparse.ArgumentParser:
     """Add ``bdh`` with its actions ``train``, ``generate`` and ``inspect`` to the subparsers ``subs``."""
-    from recruit.cli import _sub, add_generation_args, add_train_args, bounded_int, finite_float
+    from recruit.cli import (
+        _sub,
+        add_corpus_arg,
+        add_device_arg,
+        add_generation_args,
+        add_parser,
+        add_train_args,
+        bounded_int,
+        finite_float,
+    )
 
-    bdh = subs.add_parser(
+    bdh = add_parser(
+        subs,
         "bdh",
-        help="train, run and inspect a BDH (Dragon Hatchling) model",
-        description="Train a BDH (Dragon Hatchling) model, generate with its recurrent form, look inside it.",
+        "train, run and inspect a BDH (Dragon Hatchling) model",
+        "Train a BDH (Dragon Hatchling) model, generate with its recurrent form, look inside it.",
     )
     bsubs = bdh.add_subparsers(dest="bdh_command", metavar="ACTION")
     add_train_args(
@@ -202,13 +212,13 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
     add_generation_args(p)
     p.add_argument("--chunk", type=bounded_int(1), default=256, help="prompt tokens fed to the state at once")
-    p.add_argument("--device", default="cpu")
+    add_device_arg(p, "cpu")
 
     p = _sub(bsubs, "inspect", cmd_bdh_inspect)
     p.add_argument("checkpoint", help="BDH checkpoint directory")
     p.add_argument("--out", help="write the figures as records to OUT/bdh_inspect.jsonl")
-    p.add_argument("--corpus", default="debian")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    add_corpus_arg(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="corpus split read")
     p.add_argument("--seq-len", type=bounded_int(2), default=256, help="window length for the density")
     p.add_argument("--max-windows", type=bounded_int(1), default=16, help="density windows, spread over the split")
     p.add_argument("--which", default="x", choices=["x", "y", "xy"], help="activation tested for language neurons")
@@ -217,5 +227,5 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     p.add_argument("--graph-z", type=finite_float, default=3.0, help="edge threshold: mean + Z·std of G")
     p.add_argument("--graph-top-k", type=bounded_int(1), default=None,
                    help="instead, edges to the K largest entries per row")  # fmt: skip
-    p.add_argument("--device", default="cpu")
+    add_device_arg(p, "cpu")
     return bdh

@@ -250,11 +250,19 @@ def _convert_hf(args: argparse.Namespace) -> int:
 
 def add_fff_parser(subs) -> None:
     """Add ``fff`` with its actions ``train``, ``bench`` and ``convert`` to the subparsers ``subs``."""
-    from recruit.cli import _sub, add_measure_args, add_set_arg, add_train_args, bounded_int, positive_float
+    from recruit.cli import (
+        _sub,
+        add_corpus_arg,
+        add_measure_args,
+        add_parser,
+        add_set_arg,
+        add_train_args,
+        bounded_int,
+        positive_float,
+    )
     from recruit.fff.fff import MAX_DEPTH
 
-    fff = subs.add_parser("fff", help="Fast Feedforward: train, benchmark, convert a dense GPT's MLPs",
-                          description=(__doc__ or "").strip())  # fmt: skip
+    fff = add_parser(subs, "fff", "Fast Feedforward: train, benchmark, convert a dense GPT's MLPs", __doc__)
     fsubs = fff.add_subparsers(dest="fff_command", metavar="ACTION")
     add_train_args(
         _sub(fsubs, "train", cmd_fff_train), "training preset (gpt-nano, gpt-tiny, gpt-small; default gpt-tiny)"
@@ -290,5 +298,5 @@ def add_fff_parser(subs) -> None:
         help="then train the converted model end to end on this many corpus tokens (default 0: none)",
     )
     p.add_argument("--finetune-lr", type=positive_float, default=3e-4, help="peak learning rate of that fine-tuning")
-    p.add_argument("--corpus", default="debian")
+    add_corpus_arg(p)
     p.add_argument("--max-bytes", type=bounded_int(1), default=32768, help="held-out bytes scored per language")

@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import signal
@@ -37,6 +38,33 @@ def test_every_subcommand_has_help(cmd, capsys):
         main([*cmd, "--help"])
     assert e.value.code == 0
     assert "usage: recruit" in capsys.readouterr().out
+
+
+def _parsers(parser, path=("recruit",)):
+    """Every (sub)command's parser, with the words that name it."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_option_is_explained_with_its_default():
+    parsers = dict(_parsers(build_parser()))
+    assert ("recruit", "bdh", "inspect") in parsers and ("recruit", "fff", "convert") in parsers
+    for path, parser in parsers.items():
+        for action in parser._actions:
+            if not isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                assert action.help, f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}: no help"
+        text = parser.format_help()
+        for markup in ("``", ":func:", ":class:", ":meth:"):
+            assert markup not in text, f"{' '.join(path)} --help shows {markup!r}"
+        indented = [line for line in (parser.description or "").splitlines() if line.startswith("    ")]
+        assert not indented, f"{' '.join(path)} --help shows the docstring's indentation: {indented[0]!r}"
+    generate = parsers[("recruit", "generate")].format_help()
+    for default in ("200", "0.8", "0"):  # --max-new-tokens, --temperature, --seed
+        assert f"(default: {default})" in generate
+    assert "(default: None)" not in generate and "(default: False)" not in generate
 
 
 def test_parser_lists_all_commands():
