@@ -8,8 +8,8 @@
 Triton ships ``ptxas`` and ``cuobjdump``, so the kernel compiles to a cubin for any NVIDIA architecture on a
 machine without a GPU. For each shape this prints the registers per thread, the local (spilled) bytes, the
 instruction count, the global loads, shuffles, barriers and L2 prefetches (``CCTL``) in the SASS, and the load
-waves and instructions of the routing loop (:func:`load_waves`, :func:`loop_ops`): what decides a latency-bound
-launch before a GPU is at hand.
+waves and instructions of the routing loop (:func:`load_waves`, :func:`loop_ops`) and the load waves after it (the
+output's gather, or ``--overlap``'s last step): what decides a latency-bound launch before a GPU is at hand.
 Run it under the Triton the GPU machine has (``pip install --target DIR triton==X`` and ``PYTHONPATH=DIR``):
 its ``ptxas`` schedules differently. The launch is exactly :func:`recruit.fff.kernels.triton_fff.token_launch`'s,
 with the integer arguments marked divisible by 16 where they are, as Triton's JIT specialises them.
@@ -44,6 +44,7 @@ class Resources:
     ops: dict[str, int]  # global loads by width, shuffles, barriers
     load_waves: int  # of the routing loop (see load_waves)
     loop_ops: dict[str, int]  # instructions of the routing loop by opcode (FFMA, FADD, ...; see loop_ops)
+    tail_waves: int = 0  # of the code after the routing loop (see load_waves): the output's gather, or the last step
 
 
 def _tool(name: str) -> str:
@@ -133,15 +134,16 @@ def compile_bdh_gemm(epilogue: int, config: tuple[int, ...], arch: int = 90, dty
     return _compile(_neuron_gemm, constexprs, ints, arch, ptrs, num_warps=warps, num_stages=stages)
 
 
-def load_waves(sass: str) -> int:
-    """Waves of global loads in one trip of the first loop of ``sass`` (the token kernel's routing steps).
+def load_waves(sass: str, after: bool = False) -> int:
+    """Waves of global loads in one trip of the first loop of ``sass`` (the token kernel's routing steps), or
+    (``after``) in the code after it: the gather of the output, or with ``overlap`` the walk's last step.
 
     A step's loads all depend on the last step's node, so they should all be issued before the first of them
     is used: one round trip to memory per step. Each time an instruction uses a loaded register and a load
     follows, the loads come in one more wave, and the step costs one more round trip.
     """
     waves, pending, waited = 1, set(), False
-    for ins in _first_loop(sass):
+    for ins in _first_loop(sass, after):
         op, _, args = ins.partition(" ")
         operands = [t.strip() for t in args.split(",")]
         if op.startswith("LDG"):
@@ -161,10 +163,10 @@ def loop_ops(sass: str) -> dict[str, int]:
     return dict(sorted(collections.Counter(ins.partition(" ")[0].split(".")[0] for ins in _first_loop(sass)).items()))
 
 
-def _first_loop(sass: str) -> list[str]:
+def _first_loop(sass: str, after: bool = False) -> list[str]:
     """The instructions (predicates dropped) of the first outermost loop of ``sass``: from the target of a backward
     branch to the branch, for the first branch whose loop no later one encloses (a loop nested in the routing
-    loop, such as the prefetch's, ends first)."""
+    loop, such as the prefetch's, ends first); or (``after``) every instruction after that loop."""
     code = [(int(a, 16), ins) for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
     jumps = [(int(t, 16), a) for a, ins in code if (t := _backward(ins, a))]
     assert jumps, "no loop in the SASS"
@@ -172,7 +174,7 @@ def _first_loop(sass: str) -> list[str]:
     for s, e in jumps[1:]:
         if s <= start:  # encloses the loop so far
             start, end = s, e
-    return [re.sub(r"^@!?U?P\w+\s+", "", ins) for a, ins in code if start <= a <= end]
+    return [re.sub(r"^@!?U?P\w+\s+", "", ins) for a, ins in code if (a > end if after else start <= a <= end)]
 
 
 def _backward(ins: str, address: int) -> str | None:
@@ -198,7 +200,8 @@ def resources(kernel, waves: bool = True) -> Resources:
     ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+|CCTL[A-Z0-9_.]*)", sass.stdout))
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass.stdout, re.M))
     return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())),
-                     load_waves(sass.stdout) if waves else 0, loop_ops(sass.stdout) if waves else {})  # fmt: skip
+                     load_waves(sass.stdout) if waves else 0, loop_ops(sass.stdout) if waves else {},
+                     load_waves(sass.stdout, after=True) if waves else 0)  # fmt: skip
 
 
 def main() -> None:
@@ -207,7 +210,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
-    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager")
+    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager", "overlap")
     for key in keys:  # token_launch's options, as --block-d and so on
         p.add_argument(f"--{key.replace('_', '-')}", type=int)
     args = p.parse_args()
@@ -227,7 +230,8 @@ def main() -> None:
         r = resources(compile_token(hidden, depth, args.batch, args.arch, args.dtype, **options))
         print(f"hidden {hidden} depth {depth} {options or 'defaults'}: {r.registers} registers, "
               f"{r.local_bytes} local bytes, {r.instructions} instructions, {r.load_waves} load waves, "
-              f"{sum(r.loop_ops.values())} per routing step ({r.loop_ops.get('FFMA', 0)} FFMA), {r.ops}")  # fmt: skip
+              f"{sum(r.loop_ops.values())} per routing step ({r.loop_ops.get('FFMA', 0)} FFMA), "
+              f"{r.tail_waves} load waves after the loop, {r.ops}")  # fmt: skip
 
 
 if __name__ == "__main__":

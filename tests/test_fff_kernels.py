@@ -336,6 +336,11 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (5, 3, 3, 20, 9, dict(spec=3, block_d=16, eager=True)),  # ... of three trees
     (6, 1, 2, 9, 9, dict(split=3, eager=True)),  # ... above and below the subtree roots
     (5, 1, 3, 20, 17, dict(split=2, spec=1, block_d=16, block_o=16, eager=True)),  # ... 2 column programs, tails
+    (14, 1, 3, 8, 5, dict(overlap=True)),  # the output rows gathered in the last step, 15 levels
+    (0, 1, 2, 5, 3, dict(overlap=True)),  # ... which is the only one
+    (5, 3, 3, 20, 9, dict(spec=3, block_d=16, overlap=True)),  # ... of the third tree, the first two's in it
+    (6, 1, 2, 9, 9, dict(split=3, overlap=True)),  # ... above and below the subtree roots
+    (5, 1, 3, 20, 17, dict(split=2, spec=1, block_d=16, block_o=16, overlap=True)),  # ... 2 column programs, tails
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 129, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -488,6 +493,8 @@ def test_token_kernel_prefetches_the_rows_its_walk_reads_later(depth, trees, spe
         (dict(prefetch=1, block_b=1), 1, 1, "prefetch needs the token kernel"),
         (dict(prefetch=4), 1, 1, "prefetch must be in 0..3"),
         (dict(eager=True, block_b=1), 1, 1, "eager needs the token kernel"),
+        (dict(overlap=True, top=2), 1, 1, "overlap needs the token kernel"),
+        (dict(overlap=True, eager=True), 1, 1, "pick one"),
     ],
 )
 def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):
@@ -528,6 +535,8 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(prefetch=1, split=3),
         dict(eager=True),
         dict(eager=True, split=3),
+        dict(overlap=True),
+        dict(overlap=True, split=3),
     ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
@@ -630,6 +639,23 @@ def test_token_kernel_summing_during_the_walk_loads_output_rows_with_input_rows(
     assert used.local_bytes == 0 and used.load_waves == 1, used
     assert used.ops.get("LDG.E.128.STRONG.SYS", 0) >= 3, used
     assert used.ops.get("LDG.E.128", 0) < plain.ops.get("LDG.E.128", 0), (used, plain)  # no gather after the walk
+
+
+def test_token_kernel_overlap_gathers_the_output_in_the_last_steps_load_wave(cuobjdump):
+    """``overlap`` at the GPU benchmark's shapes, compiled for an H100/H200: the routing loop is the default's (no
+    more instructions per step, one load wave), and the step peeled off after it issues the output rows (volatile,
+    ``STRONG``) with its input rows in one wave, where the default's gather after the walk is one more wave (the
+    ptxas of Triton 3.6 issued the path's output rows after the step's dot products until its input rows were
+    volatile too)."""
+    tool = cuobjdump
+    for hidden, depth in tool.SHAPES:
+        plain = tool.resources(tool.compile_token(hidden, depth))
+        used = tool.resources(tool.compile_token(hidden, depth, overlap=True))
+        assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (hidden, used)
+        assert sum(used.loop_ops.values()) <= sum(plain.loop_ops.values()), (hidden, used.loop_ops, plain.loop_ops)
+        assert used.loop_ops.get("FFMA") == plain.loop_ops.get("FFMA"), (hidden, used.loop_ops, plain.loop_ops)
+        # the last step's input rows (all chunks, 3 lanes) and the output rows of the path and of the step's lanes
+        assert used.ops.get("LDG.E.128.STRONG.SYS", 0) >= 10, (hidden, used)
 
 
 @pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, spec=3)])

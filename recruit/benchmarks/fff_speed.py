@@ -189,8 +189,8 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     densely (``top``), the subtrees walked side by side (``split``, small batches), the kernel (``block_b``
     asks for the block kernel, the small-batch default before the token kernel; ``kernel`` token, the
     token kernel at large batches), the register ceiling (``maxnreg`` 0: ptxas' own), L2 prefetching
-    (``prefetch``, small batches), the output summed during the walk (``eager``, small batches), the tiles, the
-    unrolling and the warps.
+    (``prefetch``, small batches), the output summed during the walk (``eager``, small batches) or gathered during
+    its last step (``overlap``, small batches), the tiles, the unrolling and the warps.
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
@@ -218,6 +218,9 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(eager=1, block_d=1024),
             dict(eager=1, num_warps=8),
             dict(eager=1, block_o=512),
+            dict(overlap=1),
+            dict(overlap=1, block_d=1024),
+            dict(overlap=1, block_o=1024),
         ]
     return (
         [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]

@@ -3,7 +3,9 @@
 Two kernels. The token kernel (small batches, :func:`_fff_token_kernel`) gives each program one token and
 keeps its path in registers, then gathers all the path's ``w_out_t`` rows at once, so that the output
 costs one round trip to memory instead of one per level (or, with ``eager``, loads each step's output rows
-with its input rows and sums the output during the walk: no round trip after it); it can also split the walk
+with its input rows and sums the output during the walk: no round trip after it; or, with ``overlap``, loads
+the whole path's output rows with the last step's input rows: no round trip after it either, and no more work
+in the steps before); it can also split the walk
 over subtree programs (``split``, see there), and ask L2 ahead of time for the rows its walk may read
 (``prefetch``, see there). The block kernel (:func:`_fff_kernel`, large batches) is described below.
 
@@ -173,7 +175,8 @@ def _fff_kernel(
 
 
 @triton.jit
-def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, real, d0, D_IN, BLOCK_D: tl.constexpr):
+def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, real, d0, D_IN, BLOCK_D: tl.constexpr,
+                     VOLATILE: tl.constexpr = False):  # fmt: skip
     """``acc`` (LANES, BLOCK_D) plus token ``tok``'s features [d0, d0 + BLOCK_D) times those of ``rows``.
 
     ``real`` (LANES,) marks the lanes that hold a node (2^SPEC − 1 of each SUB, a power of two), as a value the
@@ -183,7 +186,8 @@ def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, real, d0, D_IN, BLOC
     d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
     d_ok = d < D_IN
     xv = tl.load(x_ptr + tok * D_IN + d, mask=d_ok, other=0.0)
-    wv = tl.load(w_in_ptr + rows[:, None] * D_IN + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
+    wv = tl.load(w_in_ptr + rows[:, None] * D_IN + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0,
+                 volatile=VOLATILE)  # fmt: skip
     return tl.where(real[:, None], acc + xv[None, :].to(tl.float32) * wv.to(tl.float32), 0.0)
 
 
@@ -213,6 +217,104 @@ def _prefetch_rows(base_ptr, rows, live, col_start, col_end, stride, LINE: tl.co
 
 
 @triton.jit
+def _token_step(
+    x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen, out_eager,
+    col_start, col_end, D_IN, D_OUT, N_NODES,
+    LEVELS: tl.constexpr, SPLIT: tl.constexpr, SPEC: tl.constexpr, SUB: tl.constexpr, TOP_LANES: tl.constexpr,
+    PATH_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, UNROLL: tl.constexpr,
+    D_CHUNKS: tl.constexpr, PREFETCH: tl.constexpr, EAGER: tl.constexpr, LAST: tl.constexpr, LINE: tl.constexpr,
+    IN_LINES_P: tl.constexpr, OUT_LINES_P: tl.constexpr,
+):  # fmt: skip
+    """Routing step ``step`` of tree ``k`` of :func:`_fff_token_kernel` (its arguments, by the same names).
+
+    Walks SPEC levels from node ``top`` above SPLIT and ``sub`` below it, records the visited rows and their
+    pre-activations in the path, and returns the walk's state: (top, sub, path_rows, path_a, chosen,
+    out_eager). With EAGER it adds the step's picks to ``out_eager``; with LAST (the kernel's OVERLAP) it is
+    the walk's last step and returns in ``out_eager`` the whole output of this program's columns.
+    """
+    lane = tl.arange(0, TOP_LANES + SUB)  # (LANES,) lanes [0, TOP_LANES) walk above SPLIT, the rest below
+    is_top = lane < TOP_LANES
+    local = tl.where(is_top, lane, lane - TOP_LANES)  # heap index within the step's subtree
+    lane_depth, lane_scale, lane_real = _subtree_lanes(local, SPEC)  # (LANES,) each
+    limit = tl.where(is_top, SPLIT, LEVELS)  # the walk above SPLIT stops there
+    slot = tl.arange(0, PATH_P)  # (PATH_P,) path slot k·LEVELS + level
+    o = col_start + tl.arange(0, BLOCK_O)  # (BLOCK_O,) EAGER, LAST: the program's columns, one block
+    o_ok = o < col_end
+    first = step * SPEC  # the step's first level above SPLIT; SPLIT + first below it
+    node = tl.where(is_top, top, sub)  # (LANES,)
+    start = tl.where(is_top, first, SPLIT + first)
+    rows = k * N_NODES + node * lane_scale + local  # (LANES,)
+    live = lane_real & (start + lane_depth < limit)
+    if PREFETCH > 0:
+        # this step's output rows (those of the path among them), this program's columns
+        _prefetch_rows(w_out_ptr, rows, live, col_start, col_end, D_OUT, LINE, OUT_LINES_P)
+        ahead = SPEC * PREFETCH  # levels below this step's first, to the root of a later step
+        if SPLIT + first + ahead < LEVELS:
+            # w_in of every subtree that the walk below SPLIT may enter PREFETCH steps on, its
+            # candidates shared out over the column programs (they all read the same rows)
+            sub_local = tl.arange(0, SUB)  # (SUB,) a subtree's local heap indices
+            sub_depth, sub_scale, sub_real = _subtree_lanes(sub_local, SPEC)
+            base = sub * (1 << ahead) + (1 << ahead) - 1  # leftmost candidate root
+            for c in range(tl.program_id(2), 1 << ahead, tl.num_programs(2)):
+                ahead_rows = k * N_NODES + (base + c) * sub_scale + sub_local  # (SUB,)
+                ahead_live = sub_real & (SPLIT + first + ahead + sub_depth < LEVELS)
+                _prefetch_rows(w_in_ptr, ahead_rows, ahead_live, 0, D_IN, D_IN, LINE, IN_LINES_P)
+    if EAGER or LAST:  # the step's output rows, loaded with its input rows (LANES, BLOCK_O)
+        # volatile keeps the load where it stands: the ptxas of Triton 3.9 otherwise issued it after the
+        # step's dot products had waited for the input rows, a second round trip per step
+        w_step = tl.load(w_out_ptr + rows[:, None] * D_OUT + o[None, :],
+                         mask=live[:, None] & o_ok[None, :], other=0.0, volatile=True)  # fmt: skip
+    if LAST:  # ... and those of the path decided before this step: earlier trees', and this one's levels above
+        level = slot - k * LEVELS
+        before = (slot < k * LEVELS) | ((level >= 0) & (level < tl.minimum(first, SPLIT)))
+        before = before | ((level >= SPLIT) & (level < SPLIT + first))  # (PATH_P,)
+        w_path = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :],
+                         mask=before[:, None] & o_ok[None, :], other=0.0, volatile=True)  # fmt: skip
+    g_lane = tl.zeros((TOP_LANES + SUB,), dtype=tl.float32)  # EAGER, LAST: GELU of the lanes the step picks
+    bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
+    # the bias starts the sum (column 0), so that ptxas issues its load with the rows' instead of after
+    # them: left for the end, it was fetched once the rows had arrived, a second round trip per step
+    acc = tl.where(tl.arange(0, BLOCK_D)[None, :] == 0, bias[:, None], 0.0)  # (LANES, BLOCK_D)
+    if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
+        for c in tl.static_range(D_CHUNKS):
+            acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, c * BLOCK_D, D_IN, BLOCK_D, LAST)
+    else:
+        for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
+            acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, d0, D_IN, BLOCK_D, LAST)
+    logits = tl.sum(acc, axis=1)  # (LANES,)
+    js = root * 0  # local heap index below SPLIT at this level
+    jt = root * 0  # ... and above it
+    for r in tl.static_range(SPEC):
+        # the picked lane's row is node·2^r + its local index: no reduction over the lanes needed
+        a = tl.sum(tl.where(lane == TOP_LANES + js, logits, 0.0), axis=0)
+        at_slot = (slot == k * LEVELS + SPLIT + first + r) & (SPLIT + first + r < LEVELS)
+        path_rows = tl.where(at_slot, k * N_NODES + sub * (1 << r) + js, path_rows)
+        path_a = tl.where(at_slot, a, path_a)
+        if EAGER or LAST:  # (a level below LEVELS, as a vector: see the output's mask below)
+            picked = (lane == TOP_LANES + js) & (SPLIT + first + r + 0 * lane < LEVELS)
+            g_lane = tl.where(picked, _gelu(a), g_lane)
+        js = 2 * js + 1 + (a > 0).to(tl.int64)
+        if TOP_LANES > 0:
+            a = tl.sum(tl.where(lane == jt, logits, 0.0), axis=0)
+            right = (a > 0).to(tl.int64)
+            here = top * (1 << r) + jt  # heap index (single tree: also the row)
+            at_slot = (slot == first + r) & (first + r < SPLIT)
+            path_rows = tl.where(at_slot, here, path_rows)
+            path_a = tl.where(at_slot, a, path_a)
+            if EAGER or LAST:
+                g_lane = tl.where((lane == jt) & (first + r + 0 * lane < SPLIT), _gelu(a), g_lane)
+            chosen = tl.where(first + r == SPLIT - 1, 2 * here + 1 + right, chosen)  # one level down
+            jt = 2 * jt + 1 + right
+    if EAGER:
+        out_eager += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
+    if LAST:  # the path decided before this step, and this step's picks
+        g_path = tl.where(before, _gelu(path_a), 0.0)  # (PATH_P,)
+        out_eager = tl.sum(g_path[:, None] * w_path.to(tl.float32), axis=0)
+        out_eager += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
+    return top * (1 << SPEC) + jt, sub * (1 << SPEC) + js, path_rows, path_a, chosen, out_eager
+
+
+@triton.jit
 def _fff_token_kernel(
     x_ptr,  # (B, D_in)
     w_in_ptr,  # (K·M, D_in)
@@ -237,6 +339,7 @@ def _fff_token_kernel(
     D_CHUNKS: tl.constexpr,  # ⌈D_in / BLOCK_D⌉ when the loop over them is unrolled in full, else 0
     PREFETCH: tl.constexpr,  # L2 prefetch (0: none): w_in subtrees this many steps ahead, and w_out path rows
     EAGER: tl.constexpr,  # sum the output during the walk (COLS_PER_PROGRAM = BLOCK_O), no gather after it
+    OVERLAP: tl.constexpr,  # gather the output rows during the last step (COLS_PER_PROGRAM = BLOCK_O)
     LINE: tl.constexpr,  # elements per 128-byte line (prefetch address spacing)
     IN_LINES_P: tl.constexpr,  # next power of two ≥ lines per w_in row (1 without prefetch)
     OUT_LINES_P: tl.constexpr,  # next power of two ≥ lines per program's slice of a w_out_t row (1 without)
@@ -258,99 +361,50 @@ def _fff_token_kernel(
     With EAGER, each step also loads its nodes' w_out_t rows (this program's BLOCK_O columns) with their w_in
     rows, in the same wave, and once the step has picked its nodes adds their GELU times those rows to the
     output: the walk's last round trip is then the kernel's last, where the gather after the walk costs one more.
+
+    With OVERLAP, only the last step does so, and it also loads the w_out_t rows of the path decided before it,
+    all in its one load wave: no gather after the walk either, while the steps before it do no more work than
+    without (EAGER's output rows and sums cost every step instructions). That step is peeled off the loop.
     """
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1).to(tl.int64)
     root = (1 << SPLIT) - 1 + part  # heap index of this program's subtree root (0 when SPLIT = 0)
-    lane = tl.arange(0, TOP_LANES + SUB)  # (LANES,) lanes [0, TOP_LANES) walk above SPLIT, the rest below
-    is_top = lane < TOP_LANES
-    local = tl.where(is_top, lane, lane - TOP_LANES)  # heap index within the step's subtree
-    lane_depth, lane_scale, lane_real = _subtree_lanes(local, SPEC)  # (LANES,) each
-    limit = tl.where(is_top, SPLIT, LEVELS)  # the walk above SPLIT stops there
     slot = tl.arange(0, PATH_P)  # (PATH_P,) path slot k·LEVELS + level
     path_rows = tl.zeros((PATH_P,), dtype=tl.int64)  # global rows of the visited nodes
     path_a = tl.zeros((PATH_P,), dtype=tl.float32)  # their pre-activations (GELU after the walk, off its chain)
     col_start = tl.program_id(2) * COLS_PER_PROGRAM  # this program's output columns
     col_end = tl.minimum(col_start + COLS_PER_PROGRAM, D_OUT)
-    sub_local = tl.arange(0, SUB)  # (SUB,) a subtree's local heap indices, for the prefetch ahead
-    sub_depth, sub_scale, sub_real = _subtree_lanes(sub_local, SPEC)
     chosen = root * 0 - 1  # the level-SPLIT node that the walk above SPLIT enters
-    o_eager = col_start + tl.arange(0, BLOCK_O)  # (BLOCK_O,) EAGER: the program's columns, one block
-    o_eager_ok = o_eager < col_end
-    out_eager = tl.zeros((BLOCK_O,), dtype=tl.float32)  # EAGER: the output summed during the walk
     if SPLIT == 0:  # there is no walk above: every program's subtree is the whole tree
         chosen = root
+    o_block = col_start + tl.arange(0, BLOCK_O)  # (BLOCK_O,) EAGER, OVERLAP: the program's columns, one block
+    o_block_ok = o_block < col_end
+    out_eager = tl.zeros((BLOCK_O,), dtype=tl.float32)  # EAGER, OVERLAP: the output summed in the walk
+    top = root * 0  # heap index of the step's root node above SPLIT
+    sub = root  # ... and below it
 
     for k in range(N_TREES):
-        top = root * 0  # heap index of the step's root node above SPLIT
-        sub = root  # ... and below it
-        for step in range(N_STEPS):
-            first = step * SPEC  # the step's first level above SPLIT; SPLIT + first below it
-            node = tl.where(is_top, top, sub)  # (LANES,)
-            start = tl.where(is_top, first, SPLIT + first)
-            rows = k * N_NODES + node * lane_scale + local  # (LANES,)
-            live = lane_real & (start + lane_depth < limit)
-            if PREFETCH > 0:
-                # this step's output rows (those of the path among them), this program's columns
-                _prefetch_rows(w_out_ptr, rows, live, col_start, col_end, D_OUT, LINE, OUT_LINES_P)
-                ahead = SPEC * PREFETCH  # levels below this step's first, to the root of a later step
-                if SPLIT + first + ahead < LEVELS:
-                    # w_in of every subtree that the walk below SPLIT may enter PREFETCH steps on, its
-                    # candidates shared out over the column programs (they all read the same rows)
-                    base = sub * (1 << ahead) + (1 << ahead) - 1  # leftmost candidate root
-                    for c in range(tl.program_id(2), 1 << ahead, tl.num_programs(2)):
-                        ahead_rows = k * N_NODES + (base + c) * sub_scale + sub_local  # (SUB,)
-                        ahead_live = sub_real & (SPLIT + first + ahead + sub_depth < LEVELS)
-                        _prefetch_rows(w_in_ptr, ahead_rows, ahead_live, 0, D_IN, D_IN, LINE, IN_LINES_P)
-            if EAGER:  # the step's output rows, loaded with its input rows (LANES, BLOCK_O)
-                # volatile keeps the load where it stands: the ptxas of Triton 3.9 otherwise issued it after the
-                # step's dot products had waited for the input rows, a second round trip per step
-                w_step = tl.load(w_out_ptr + rows[:, None] * D_OUT + o_eager[None, :],
-                                 mask=live[:, None] & o_eager_ok[None, :], other=0.0, volatile=True)  # fmt: skip
-            g_lane = tl.zeros((TOP_LANES + SUB,), dtype=tl.float32)  # EAGER: GELU of the lanes the step picks
-            bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
-            # the bias starts the sum (column 0), so that ptxas issues its load with the rows' instead of after
-            # them: left for the end, it was fetched once the rows had arrived, a second round trip per step
-            acc = tl.where(tl.arange(0, BLOCK_D)[None, :] == 0, bias[:, None], 0.0)  # (LANES, BLOCK_D)
-            if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
-                for c in tl.static_range(D_CHUNKS):
-                    acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, c * BLOCK_D, D_IN,
-                                           BLOCK_D)  # fmt: skip
-            else:
-                for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
-                    acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, d0, D_IN, BLOCK_D)
-            logits = tl.sum(acc, axis=1)  # (LANES,)
-            js = root * 0  # local heap index below SPLIT at this level
-            jt = root * 0  # ... and above it
-            for r in tl.static_range(SPEC):
-                # the picked lane's row is node·2^r + its local index: no reduction over the lanes needed
-                a = tl.sum(tl.where(lane == TOP_LANES + js, logits, 0.0), axis=0)
-                at_slot = (slot == k * LEVELS + SPLIT + first + r) & (SPLIT + first + r < LEVELS)
-                path_rows = tl.where(at_slot, k * N_NODES + sub * (1 << r) + js, path_rows)
-                path_a = tl.where(at_slot, a, path_a)
-                if EAGER:  # (a level below LEVELS, as a vector: see the output's mask below)
-                    picked = (lane == TOP_LANES + js) & (SPLIT + first + r + 0 * lane < LEVELS)
-                    g_lane = tl.where(picked, _gelu(a), g_lane)
-                js = 2 * js + 1 + (a > 0).to(tl.int64)
-                if TOP_LANES > 0:
-                    a = tl.sum(tl.where(lane == jt, logits, 0.0), axis=0)
-                    right = (a > 0).to(tl.int64)
-                    here = top * (1 << r) + jt  # heap index (single tree: also the row)
-                    at_slot = (slot == first + r) & (first + r < SPLIT)
-                    path_rows = tl.where(at_slot, here, path_rows)
-                    path_a = tl.where(at_slot, a, path_a)
-                    if EAGER:
-                        g_lane = tl.where((lane == jt) & (first + r + 0 * lane < SPLIT), _gelu(a), g_lane)
-                    chosen = tl.where(first + r == SPLIT - 1, 2 * here + 1 + right, chosen)  # one level down
-                    jt = 2 * jt + 1 + right
-            if EAGER:
-                out_eager += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
-            top = top * (1 << SPEC) + jt
-            sub = sub * (1 << SPEC) + js
+        top = root * 0
+        sub = root
+        steps = N_STEPS
+        if OVERLAP:  # the last tree's last step follows the loop
+            steps -= (k + 1) // N_TREES  # 1 for the last tree, 0 before it
+        for step in range(steps):
+            top, sub, path_rows, path_a, chosen, out_eager = _token_step(
+                x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen,
+                out_eager, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
+                BLOCK_D, BLOCK_O, UNROLL, D_CHUNKS, PREFETCH, EAGER, False, LINE, IN_LINES_P, OUT_LINES_P,
+            )  # fmt: skip
+    if OVERLAP:
+        top, sub, path_rows, path_a, chosen, out_eager = _token_step(
+            x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, N_TREES - 1, N_STEPS - 1, top, sub, root, path_rows, path_a,
+            chosen, out_eager, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
+            BLOCK_D, BLOCK_O, UNROLL, D_CHUNKS, PREFETCH, False, True, LINE, IN_LINES_P, OUT_LINES_P,
+        )  # fmt: skip
 
-    if EAGER:  # only the program whose subtree the token enters writes
-        o_ok = o_eager_ok & (chosen + 0 * o_eager == root)
-        tl.store(out_ptr + tok * D_OUT + o_eager, out_eager.to(out_ptr.dtype.element_ty), mask=o_ok)
+    if EAGER or OVERLAP:  # only the program whose subtree the token enters writes
+        o_ok = o_block_ok & (chosen + 0 * o_block == root)
+        tl.store(out_ptr + tok * D_OUT + o_block, out_eager.to(out_ptr.dtype.element_ty), mask=o_ok)
     else:
         # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
         used = slot < N_TREES * LEVELS
@@ -391,6 +445,7 @@ def fff_triton(
     kernel: str | None = None,
     prefetch: int | None = None,
     eager: bool = False,
+    overlap: bool = False,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
@@ -441,6 +496,10 @@ def fff_triton(
         eager: Token kernel only: sum the output during the walk (default False): each routing step loads its
             nodes' w_out_t rows with their w_in rows and adds the picked nodes' share, so that no gather of
             the path's rows follows the walk; each program then takes one block of ``block_o`` columns.
+        overlap: Token kernel only: gather the output rows during the last routing step (default False): it
+            loads the w_out_t rows of the path decided before it and of its own nodes with its w_in rows, so that
+            no round trip follows the walk, while the steps before it work as without; each program then takes
+            one block of ``block_o`` columns (by default as many as hold those rows in 16384 elements).
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -472,6 +531,7 @@ def fff_triton(
     assert token or maxnreg is None, f"maxnreg {why}"
     assert token or not prefetch, f"prefetch {why}"
     assert token or not eager, f"eager {why}"
+    assert token or not overlap, f"overlap {why}"
     if token:
         prefetch = prefetch or 0
         if x.device.type != "cuda":  # Triton's interpreter: the prefetch is inline PTX, and only a hint
@@ -479,7 +539,7 @@ def fff_triton(
             prefetch = 0
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
-                             maxnreg=maxnreg, prefetch=prefetch, eager=eager)  # fmt: skip
+                             maxnreg=maxnreg, prefetch=prefetch, eager=eager, overlap=overlap)  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -547,6 +607,7 @@ def token_launch(
     maxnreg: int | None = None,
     prefetch: int = 0,
     eager: bool = False,
+    overlap: bool = False,
     itemsize: int = 2,
 ) -> TokenLaunch:
     """The token kernel's launch for n tokens of d_in features into d_out columns.
@@ -558,15 +619,17 @@ def token_launch(
     assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
     assert 0 <= prefetch <= MAX_PREFETCH, f"prefetch must be in 0..{MAX_PREFETCH}, got {prefetch}"
     assert split == 0 or n_trees == 1, f"split > 0 needs a single tree, got {n_trees}"
+    assert not (eager and overlap), "eager and overlap are two ways to skip the gather after the walk: pick one"
     levels = depth + 1
     sub = triton.next_power_of_2(2**spec - 1)
     lanes = sub * (2 if split else 1)
     path_p = triton.next_power_of_2(n_trees * levels)
     block_d = block_d or _pow2(d_in, _TOKEN_TILE // lanes)
-    block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // path_p)
+    held = path_p + (lanes if overlap else 0)  # output rows held at once: the path (and the last step's lanes)
+    block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // triton.next_power_of_2(held))
     col_blocks = triton.cdiv(d_out, block_o)
     splits = max(1, min(col_blocks, _PROGRAMS // (n << split)))  # column programs per (token, subtree)
-    if eager:  # the output sums in registers: one block of columns per program
+    if eager or overlap:  # the output sums in registers: one block of columns per program
         splits = col_blocks
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
     steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
@@ -578,7 +641,8 @@ def token_launch(
     constexprs = dict(
         N_TREES=n_trees, LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0,
         PATH_P=path_p, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
-        PREFETCH=prefetch, EAGER=int(eager), LINE=line, IN_LINES_P=next(lines), OUT_LINES_P=next(lines),
+        PREFETCH=prefetch, EAGER=int(eager), OVERLAP=int(overlap), LINE=line, IN_LINES_P=next(lines),
+        OUT_LINES_P=next(lines),
     )  # fmt: skip
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
     if maxnreg is None:
