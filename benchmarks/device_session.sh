@@ -60,7 +60,7 @@ if [ "${FOCUS:-0}" != 0 ]; then
   # limit cut it short
   TESTS=(-vv tests/test_bdh_triton.py::test_persistent_programs_equal_one_program_per_tile_on_cuda
          tests/test_bdh_triton.py::test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda
-         tests/test_fff_kernels.py tests/test_bdh_triton.py::test_fused_model_equals_fast_model_on_cuda
+         tests/test_fff_kernels.py tests/test_fff_bench.py tests/test_bdh_triton.py::test_fused_model_equals_fast_model_on_cuda
          tests/test_bdh_speed.py)
   BDH_SET=(--set impls=reference,fused --set generation=false)
   if [ -n "$QUICK" ]; then FFF_SET=(--set batches=1); else FFF_SET=(--set hidden=4096 --set batches=1,4096); fi

@@ -162,3 +162,44 @@ def test_fff_distil_bench_scores_dense_distilled_and_dropped(corpus_dir, tmp_pat
     assert [(r.case, r.value) for r in seen] == before and len(before) == 13  # 3 + 5 per distilled shape
     with pytest.raises(ValueError, match="forests"):
         fff_distil.DistilConfig(forests=((2, 0),))
+
+
+def test_tuned_records_are_the_picks_timed_again(monkeypatch):
+    """``triton-tuned`` is the sweep's fastest launch timed again beside the dense FF: its latency and speed-up come
+    from that second pass, not from the sweep's minimum (biased low by the pick), which stays a record of its own."""
+    from recruit.benchmarks import fff_speed
+
+    sweep = {"dense": 0.08, "fff": 0.0080, "triton:default": 0.0080, "triton:overlap1": 0.0070}
+    result = fff_speed.CaseResult(
+        {"wall": {"dense": 0.1, "fff": 0.05}, "cuda_graph": dict(sweep), "cuda_graph_cycled": dict(sweep)},
+        1.0,
+        {"cuda_graph": ("overlap1", 0.0075, 0.078), "cuda_graph_cycled": ("overlap1", 0.0078, 0.0741)},
+    )
+    monkeypatch.setattr(fff_speed, "measure_case", lambda *args, **kwargs: result)
+    recs = run(BenchOptions(device="cpu", quick=True, progress=False), QUICK_CASES[:1])
+    keys = ("timing", "impl", "launch", "pass")
+    by_case = {(*(r.params.get(k) for k in keys), r.metric): r.value for r in recs if "impl" in r.params}
+    for timing, (launch, tuned_ms, dense_ms) in result.tuned.items():
+        assert by_case[(timing, "triton-tuned", launch, None, "latency_ms")] == tuned_ms
+        assert by_case[(timing, "triton-tuned", launch, None, "speedup")] == pytest.approx(dense_ms / tuned_ms)
+        assert by_case[(timing, "dense", None, "tuned", "latency_ms")] == dense_ms
+        assert by_case[(timing, "triton", "overlap1", None, "latency_ms")] == 0.0070  # the sweep's own timing
+    assert not any(impl == "triton-tuned" for timing, impl, *_ in by_case if timing == "wall")
+
+
+@pytest.mark.gpu
+def test_sweep_times_its_pick_again_on_cuda(monkeypatch):
+    import torch
+
+    from recruit.benchmarks import fff_speed
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    monkeypatch.setattr(fff_speed, "_launches", lambda small, depth: [{}, dict(block_d=64), dict(overlap=1)])
+    case = fff_speed.SpeedCase(256, 7, 1)
+    result = fff_speed.measure_case(case, torch.device("cuda"), torch.bfloat16, repeats=3, gather=False, tune=True)
+    assert set(result.tuned) == {"cuda_graph", "cuda_graph_cycled"}
+    for timing, (launch, tuned_ms, dense_ms) in result.tuned.items():
+        sweep = {k.split(":", 1)[1]: v for k, v in result.ms[timing].items() if k.startswith("triton:")}
+        assert set(sweep) == {"default", "block_d64", "overlap1"}
+        assert launch == min(sweep, key=sweep.get) and tuned_ms > 0 and dense_ms > 0
