@@ -9,7 +9,7 @@ record are ``recruit bench fff``'s. One tree of the deepest depth is drawn; the 
 ``recruit bench fff`` takes it: ``warm`` (16 distinct inputs, whose rows stay in L2) and ``cycled`` (enough
 distinct inputs to touch twice the L2 in rows). A least-squares line through time against routing steps
 splits each (launch, timing) into a fixed part (launch, output gather, store) and a cost per step, the figure
-that the step count, the per-step reads and the prefetch trade against each other. The same graph of an
+that the step count, the per-step reads and the output gather trade against each other. The same graph of an
 empty kernel gives the launch floor, and the dense FF at the hidden size the target. Writes
 ``DIR/fff-profile.txt``.
 """
@@ -31,7 +31,8 @@ from recruit import measure
 from recruit.benchmarks.fff_speed import SpeedCase, _calls_beyond_l2
 from recruit.fff.kernels.triton_fff import fff_triton
 
-LAUNCHES = {"default": {}, "prefetch1": dict(prefetch=1), "prefetch2": dict(prefetch=2), "spec3": dict(spec=3)}
+# the default, its fastest variant in the last H200 sweep, and the two launches that skip the gather after the walk
+LAUNCHES = {"default": {}, "block_d1024": dict(block_d=1024), "eager": dict(eager=True), "overlap": dict(overlap=True)}
 
 
 @triton.jit
