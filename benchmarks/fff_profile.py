@@ -95,7 +95,7 @@ def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.d
     out.write("\nleast squares over the depths: fixed µs + µs per routing step (⌈(depth + 1) / spec⌉ steps)\n")
     for (name, timing), us in table.items():
         fixed, per_step = _fit(steps[name], us)
-        out.write(f"{name:>10} {timing:>7}: {fixed:7.2f} + {per_step:5.2f} per step;"
+        out.write(f"{name:>11} {timing:>7}: {fixed:7.2f} + {per_step:5.2f} per step;"
                   f" depth {depths[-1]}: {us[-1]:.2f} µs, {dense_us / us[-1]:.2f}x dense\n")  # fmt: skip
 
 

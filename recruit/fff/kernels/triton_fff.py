@@ -218,7 +218,7 @@ def _prefetch_rows(base_ptr, rows, live, col_start, col_end, stride, LINE: tl.co
 
 @triton.jit
 def _token_step(
-    x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen, out_eager,
+    x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen, out_sum,
     col_start, col_end, D_IN, D_OUT, N_NODES,
     LEVELS: tl.constexpr, SPLIT: tl.constexpr, SPEC: tl.constexpr, SUB: tl.constexpr, TOP_LANES: tl.constexpr,
     PATH_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, UNROLL: tl.constexpr,
@@ -229,8 +229,8 @@ def _token_step(
 
     Walks SPEC levels from node ``top`` above SPLIT and ``sub`` below it, records the visited rows and their
     pre-activations in the path, and returns the walk's state: (top, sub, path_rows, path_a, chosen,
-    out_eager). With EAGER it adds the step's picks to ``out_eager``; with LAST (the kernel's OVERLAP) it is
-    the walk's last step and returns in ``out_eager`` the whole output of this program's columns.
+    out_sum). With EAGER it adds the step's picks to ``out_sum``; with LAST (the kernel's OVERLAP) it is
+    the walk's last step and returns in ``out_sum`` the whole output of this program's columns.
     """
     lane = tl.arange(0, TOP_LANES + SUB)  # (LANES,) lanes [0, TOP_LANES) walk above SPLIT, the rest below
     is_top = lane < TOP_LANES
@@ -306,12 +306,12 @@ def _token_step(
             chosen = tl.where(first + r == SPLIT - 1, 2 * here + 1 + right, chosen)  # one level down
             jt = 2 * jt + 1 + right
     if EAGER:
-        out_eager += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
+        out_sum += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
     if LAST:  # the path decided before this step, and this step's picks
         g_path = tl.where(before, _gelu(path_a), 0.0)  # (PATH_P,)
-        out_eager = tl.sum(g_path[:, None] * w_path.to(tl.float32), axis=0)
-        out_eager += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
-    return top * (1 << SPEC) + jt, sub * (1 << SPEC) + js, path_rows, path_a, chosen, out_eager
+        out_sum = tl.sum(g_path[:, None] * w_path.to(tl.float32), axis=0)
+        out_sum += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
+    return top * (1 << SPEC) + jt, sub * (1 << SPEC) + js, path_rows, path_a, chosen, out_sum
 
 
 @triton.jit
@@ -379,7 +379,7 @@ def _fff_token_kernel(
         chosen = root
     o_block = col_start + tl.arange(0, BLOCK_O)  # (BLOCK_O,) EAGER, OVERLAP: the program's columns, one block
     o_block_ok = o_block < col_end
-    out_eager = tl.zeros((BLOCK_O,), dtype=tl.float32)  # EAGER, OVERLAP: the output summed in the walk
+    out_sum = tl.zeros((BLOCK_O,), dtype=tl.float32)  # EAGER, OVERLAP: the output summed in the walk
     top = root * 0  # heap index of the step's root node above SPLIT
     sub = root  # ... and below it
 
@@ -390,21 +390,21 @@ def _fff_token_kernel(
         if OVERLAP:  # the last tree's last step follows the loop
             steps -= (k + 1) // N_TREES  # 1 for the last tree, 0 before it
         for step in range(steps):
-            top, sub, path_rows, path_a, chosen, out_eager = _token_step(
+            top, sub, path_rows, path_a, chosen, out_sum = _token_step(
                 x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen,
-                out_eager, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
+                out_sum, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
                 BLOCK_D, BLOCK_O, UNROLL, D_CHUNKS, PREFETCH, EAGER, False, LINE, IN_LINES_P, OUT_LINES_P,
             )  # fmt: skip
     if OVERLAP:
-        top, sub, path_rows, path_a, chosen, out_eager = _token_step(
+        top, sub, path_rows, path_a, chosen, out_sum = _token_step(
             x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, N_TREES - 1, N_STEPS - 1, top, sub, root, path_rows, path_a,
-            chosen, out_eager, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
+            chosen, out_sum, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
             BLOCK_D, BLOCK_O, UNROLL, D_CHUNKS, PREFETCH, False, True, LINE, IN_LINES_P, OUT_LINES_P,
         )  # fmt: skip
 
     if EAGER or OVERLAP:  # only the program whose subtree the token enters writes
         o_ok = o_block_ok & (chosen + 0 * o_block == root)
-        tl.store(out_ptr + tok * D_OUT + o_block, out_eager.to(out_ptr.dtype.element_ty), mask=o_ok)
+        tl.store(out_ptr + tok * D_OUT + o_block, out_sum.to(out_ptr.dtype.element_ty), mask=o_ok)
     else:
         # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
         used = slot < N_TREES * LEVELS
