@@ -478,6 +478,19 @@ def test_token_kernel_prefetches_the_rows_its_walk_reads_later(depth, trees, spe
     assert done.stdout.startswith("ok"), done.stdout
 
 
+def test_token_launch_is_worked_out_once_per_shape():
+    """A launch costs about 20 µs of Python to work out, as much as the kernel at 1 token: it is cached per shape
+    and options, and read-only, since every call with those shares it."""
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import token_launch
+
+    first = token_launch(1, 4096, 4096, 13, 1, overlap=True)
+    assert token_launch(1, 4096, 4096, 13, 1, overlap=True) is first
+    assert token_launch(1, 4096, 4096, 13, 1) is not first and first.constexprs["OVERLAP"] == 1
+    with pytest.raises(TypeError):
+        first.ints["D_IN"] = 8
+
+
 @pytest.mark.parametrize(
     "launch,batch,n_trees,why",
     [

@@ -34,7 +34,10 @@ imported in the process (the tests do so in a subprocess).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import triton
@@ -585,12 +588,13 @@ class TokenLaunch:
     """Everything a launch of :func:`_fff_token_kernel` needs besides the tensors (see :func:`token_launch`)."""
 
     grid: tuple[int, int, int]  # (tokens, subtrees, column programs)
-    ints: dict[str, int]  # the kernel's runtime integer arguments, by name
-    constexprs: dict[str, int]  # its compile-time arguments, by name
+    ints: Mapping[str, int]  # the kernel's runtime integer arguments, by name (read-only: launches are cached)
+    constexprs: Mapping[str, int]  # its compile-time arguments, by name (read-only)
     num_warps: int
     maxnreg: int | None  # ptxas' register ceiling per thread (None: its own choice)
 
 
+@functools.lru_cache(maxsize=256)  # a call costs about 20 µs of Python, as much as the kernel at 1 token
 def token_launch(
     n: int,
     d_in: int,
@@ -613,7 +617,8 @@ def token_launch(
     """The token kernel's launch for n tokens of d_in features into d_out columns.
 
     A pure function of the shapes and options, shared by :func:`fff_triton` and by the ahead-of-time resource
-    check (``benchmarks/triton_resources.py``), which compiles exactly what would be launched. ``itemsize``
+    check (``benchmarks/triton_resources.py``), which compiles exactly what would be launched; cached, so the
+    launch it returns is shared: read it, do not change it. ``itemsize``
     is the bytes per element of the weights (it spaces the prefetch addresses a line apart).
     """
     assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
@@ -648,7 +653,7 @@ def token_launch(
     if maxnreg is None:
         maxnreg = TOKEN_MAXNREG
     assert 0 <= maxnreg <= 255, f"maxnreg must be in 0..255 (0: ptxas' choice), got {maxnreg}"
-    return TokenLaunch(grid, ints, constexprs, num_warps or 4, maxnreg or None)
+    return TokenLaunch(grid, MappingProxyType(ints), MappingProxyType(constexprs), num_warps or 4, maxnreg or None)
 
 
 def _launch_token(
