@@ -84,11 +84,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from recruit import checkpoints, measure
     from recruit.data.corpus import Corpus
     from recruit.models import load_model
+    from recruit.train import resolve_device
 
-    model = load_model(args.model or checkpoints.path())
+    device = resolve_device(args.device)
+    model = load_model(args.model or checkpoints.path()).to(device)
     corpus = Corpus.load(args.corpus)
     seq = min(256, getattr(model.config, "max_seq_len", 256))
-    res = measure.corpus_bits_per_byte(model, corpus, args.split, seq_len=seq, max_bytes=args.max_bytes, group=args.by)
+    res = measure.corpus_bits_per_byte(
+        model, corpus, args.split, seq_len=seq, max_bytes=args.max_bytes, group=args.by, device=device
+    )
     if not res:
         raise RecruitError(f"the {args.split} split of corpus {args.corpus!r} has no text to score")
     print(f"{args.by:>6}  bits/byte  bytes")
@@ -130,14 +134,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from recruit import checkpoints
     from recruit.data.tokenizer import ByteTokenizer
     from recruit.models import load_model
+    from recruit.train import resolve_device
 
     prompt = read_prompt(args)
-    model = load_model(args.model or checkpoints.path())
+    device = resolve_device(args.device)
+    model = load_model(args.model or checkpoints.path()).to(device)
     tok = ByteTokenizer()
     ids = [tok.lang_id(args.lang), tok.kind_id(args.kind), *tok.encode(prompt)]
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator(device=device).manual_seed(args.seed)
     out = model.generate(
-        torch.tensor([ids]),
+        torch.tensor([ids], device=device),
         args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -349,11 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="corpus split scored")
     p.add_argument("--by", default="lang", choices=["lang", "kind"], help="group the scores by language or kind")
     p.add_argument("--max-bytes", type=bounded_int(1), default=65536, help="bytes scored per group")
+    add_device_arg(p, "auto")
 
     p = _sub(subs, "generate", cmd_generate)
     p.add_argument("model", nargs="?", help="checkpoint directory (default: the shipped gpt-tiny)")
     p.add_argument("--prompt", required=True, help="prompt text")
     add_generation_args(p)
+    add_device_arg(p, "auto")
 
     from recruit.cli_bdh import add_bdh_parser
     from recruit.cli_fff import add_fff_parser

@@ -175,8 +175,12 @@ def test_train_eval_generate_bench_report(text_corpus, tmp_path, capsys):
         == 0
     )
     model = str(out / "final")
+    capsys.readouterr()
     assert main(["eval", model, "--corpus", text_corpus, "--max-bytes", "2000"]) == 0
-    assert "de" in capsys.readouterr().out
+    scores = capsys.readouterr().out
+    assert "de" in scores
+    assert main(["eval", model, "--corpus", text_corpus, "--max-bytes", "2000", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == scores  # auto is the CPU here
     assert main(["generate", model, "--prompt", "Der", "--max-new-tokens", "10", "--lang", "de"]) == 0
     assert capsys.readouterr().out.startswith("Der")
     assert main(["generate", model, "--prompt", ""]) == 2
@@ -439,6 +443,8 @@ BAD_INPUT = [  # (arguments, what the one-line error says): refused before any w
     (["generate", "--prompt", "hi", "--lang", "klingon"], "invalid choice: 'klingon'"),
     (["generate", "--prompt", "\udcff"], "the prompt is not valid UTF-8"),
     (["eval", "--max-bytes", "0"], "--max-bytes: must be at least 1"),
+    (["eval", "--device", "tpu"], "unknown device 'tpu'"),
+    (["generate", "--prompt", "hi", "--device", "tpu"], "unknown device 'tpu'"),
     (["data", "prepare", "--lang", "de"], "--lang tags your own text"),
     (["bench", "fff", "--quick", "--device", "banana"], "unknown device 'banana'"),
     (["bench", "fff", "--quick", "--out", ""], "--out is empty"),
