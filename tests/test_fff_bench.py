@@ -187,6 +187,22 @@ def test_tuned_records_are_the_picks_timed_again(monkeypatch):
     assert not any(impl == "triton-tuned" for timing, impl, *_ in by_case if timing == "wall")
 
 
+def test_time_pick_times_the_fastest_launch_again_beside_dense():
+    from recruit.benchmarks.fff_speed import _time_pick
+
+    fns = {"dense": "D", "fff": "F", "triton:default": "A", "triton:overlap1": "B", "triton:eager1": "C"}
+    seen = []
+
+    def time(pair):  # a second pass that finds other times than the sweep's
+        seen.append(pair)
+        return {"dense": 0.09, "tuned": 0.0085}
+
+    sweep = {"dense": 0.08, "fff": 0.0080, "triton:default": 0.0080, "triton:overlap1": 0.0070, "triton:eager1": 0.0072}
+    assert _time_pick(sweep, fns, time) == ("overlap1", 0.0085, 0.09)
+    assert seen == [{"dense": "D", "tuned": "B"}]
+    assert _time_pick({"dense": 0.08, "fff": 0.008}, fns, time) is None and len(seen) == 1  # no sweep: no pass
+
+
 @pytest.mark.gpu
 def test_sweep_times_its_pick_again_on_cuda(monkeypatch):
     import torch

@@ -42,6 +42,7 @@ from recruit.train import resolve_device
 
 BENCH = "fff"
 log = logging.getLogger(__name__)
+_Impls = dict[str, Callable[[torch.Tensor], torch.Tensor]]  # name: input batch -> output
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def measure_case(
     if peer is not None:
         fns["fastfeedforward"] = lambda i: peer.eval_forward(xs[i % n])
     out: dict[str, dict[str, float]] = {"wall": {}}
-    tuned: dict[str, tuple[str, float, float]] = {}
+    picks: dict[str, tuple[str, float, float]] = {}  # CaseResult.tuned
     with torch.no_grad():
         timed = fns["fff"](0).float()  # the timed path's output on the first batch: checked here and by the sweep
         oracle = fff_reference(xs[0][:CHECK_TOKENS], layers.w_in, layers.b_in, layers.w_out_t, case.depth, case.trees)
@@ -367,20 +368,36 @@ def measure_case(
                     cycled_fns[f"triton:{label}"] = launched
             out["cuda_graph_cycled"] = _time_cycled(case, device, dtype, g, cycled_fns)
             if tune:  # the fastest launch of each timing, timed again beside the dense FF
-                for timing, per_impl in (("cuda_graph", graph), ("cuda_graph_cycled", out["cuda_graph_cycled"])):
-                    launches = {k: v for k, v in per_impl.items() if k.startswith("triton:")}
-                    if not launches:
-                        continue
-                    best = min(launches, key=launches.get)
-                    pair = {"dense": layers.dense, "tuned": cycled_fns[best]}
-                    if timing == "cuda_graph":
-                        again = {name: measure.time_cuda_graph(lambda i, fn=fn: fn(xs[i % n]), device,
-                                                               calls=calls).median * 1e3
-                                 for name, fn in pair.items()}  # fmt: skip
-                    else:
-                        again = _time_cycled(case, device, dtype, g, pair)
-                    tuned[timing] = (best.split(":", 1)[1], again["tuned"], again["dense"])
-    return CaseResult(out, agreement, tuned)
+
+                def warm(pair: _Impls) -> dict[str, float]:
+                    ms = {}
+                    for name, fn in pair.items():
+                        ms[name] = measure.time_cuda_graph(lambda i, fn=fn: fn(xs[i % n]), device, calls=calls).median
+                    return {name: t * 1e3 for name, t in ms.items()}
+
+                def cold(pair: _Impls) -> dict[str, float]:
+                    return _time_cycled(case, device, dtype, g, pair)
+
+                for timing, time in (("cuda_graph", warm), ("cuda_graph_cycled", cold)):
+                    if (pick := _time_pick(out[timing], cycled_fns, time)) is not None:
+                        picks[timing] = pick
+    return CaseResult(out, agreement, picks)
+
+
+def _time_pick(
+    per_impl: dict[str, float], fns: _Impls, time: Callable[[_Impls], dict[str, float]]
+) -> tuple[str, float, float] | None:
+    """The sweep's fastest launch in ``per_impl`` (ms by ``triton:LABEL``), timed again beside the dense FF.
+
+    ``fns`` holds the dense FF and every launch by name; ``time`` times a dict of them in one pass. Returns
+    (LABEL, its ms, the dense FF's ms) from that pass, or None without a sweep.
+    """
+    launches = {k: v for k, v in per_impl.items() if k.startswith("triton:")}
+    if not launches:
+        return None
+    best = min(launches, key=launches.get)
+    again = time({"dense": fns["dense"], "tuned": fns[best]})
+    return best.split(":", 1)[1], again["tuned"], again["dense"]
 
 
 def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[Record]:
