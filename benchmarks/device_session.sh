@@ -49,9 +49,9 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "step $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
-# FOCUS=1: the two open figures first (the device time of a session is short): bdh-speed's training of the
-# reference and fused forms, then fff at hidden 4096, 1 and 4096 tokens, with the launch sweep; then the GPU tests
-# of the kernels, then the diagnostics; no fff-model. The benchmarks check their own kernels in the same run
+# FOCUS=1: the two open figures first (the device time of a session is short): fff at hidden 4096, 1 and 4096
+# tokens, with the launch sweep (the figure nearest its target goes first), then bdh-speed's training of the
+# reference and fused forms; then the GPU tests of the kernels, then the diagnostics; no fff-model. The benchmarks check their own kernels in the same run
 # (fff: tokens_agreeing_with_reference; bdh-speed: first_step_loss and last_step_loss per form), so the figures
 # need not wait for the tests.
 if [ "${FOCUS:-0}" != 0 ]; then
@@ -68,10 +68,12 @@ else
   TESTS=(-q tests/) BDH_SET=() FFF_SET=()
 fi
 
-fff() {  # FFF_LIMIT (300 s); under FOCUS=1 no more than the call has left before TESTS_RESERVE, at least a minute
-  local limit=${FFF_LIMIT:-300}
+fff() {  # FFF_LIMIT (300 s); under FOCUS=1 no more than the call has left before BDH_RESERVE (180 s, for
+  # bdh-speed after it) and TESTS_RESERVE (200 s, for the GPU tests after that), at least a minute
+  local limit=${FFF_LIMIT:-300} reserve=${TESTS_RESERVE:-200}
   if [ "${FOCUS:-0}" != 0 ]; then
-    local left=$((570 - SECONDS - ${TESTS_RESERVE:-200}))
+    on BDH && reserve=$((reserve + ${BDH_RESERVE:-180}))
+    local left=$((570 - SECONDS - reserve))
     [ "$left" -lt 60 ] && left=60
     [ "$left" -lt "$limit" ] && limit=$left
   fi
@@ -95,12 +97,9 @@ bdh_profile() {  # where a fused BDH step spends its time ($OUT/bdh-profile.txt)
 }
 bdh_speed() {  # BDH_MODES=max-autotune-no-cudagraphs also times the fast and fused forms compiled in that mode
   # (about three minutes more of compiling); by default the time a 600 s call has left, at least 2 minutes; under
-  # FOCUS=1 less FFF_RESERVE (150 s, for fff after it) and TESTS_RESERVE (200 s, for the GPU tests after that)
+  # FOCUS=1 (after fff) less TESTS_RESERVE (200 s, for the GPU tests after it)
   local reserve=0
-  if [ "${FOCUS:-0}" != 0 ]; then
-    on FFF && reserve=${FFF_RESERVE:-150}
-    reserve=$((reserve + ${TESTS_RESERVE:-200}))
-  fi
+  [ "${FOCUS:-0}" != 0 ] && reserve=${TESTS_RESERVE:-200}
   local left=$((570 - SECONDS - reserve))
   [ "$left" -lt 120 ] && left=120
   step bdh-speed "${BDH_LIMIT:-$left}" recruit bench bdh-speed -q --device "$DEVICE" --out "$OUT" $QUICK \
@@ -114,8 +113,8 @@ gpu_tests() {  # GPU_TESTS=0 leaves them out
 }
 
 if [ "${FOCUS:-0}" != 0 ]; then
-  on BDH && bdh_speed
   on FFF && fff
+  on BDH && bdh_speed
   gpu_tests
   on FFF && on PROFILE && fff_profile
   on BDH && on PROFILE && bdh_profile
