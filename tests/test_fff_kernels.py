@@ -341,6 +341,9 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (5, 3, 3, 20, 9, dict(spec=3, block_d=16, overlap=True)),  # ... of the third tree, the first two's in it
     (6, 1, 2, 9, 9, dict(split=3, overlap=True)),  # ... above and below the subtree roots
     (5, 1, 3, 20, 17, dict(split=2, spec=1, block_d=16, block_o=16, overlap=True)),  # ... 2 column programs, tails
+    (14, 1, 3, 8, 5, dict(pairs=True)),  # bf16 rows read as 32-bit pairs of features (other dtypes: refused)
+    (5, 3, 3, 20, 9, dict(spec=3, block_d=16, pairs=True, overlap=True)),  # ... two chunks, a masked tail of pairs
+    (3, 1, 2, 300, 6, dict(block_d=16, pairs=True, split=1)),  # ... 19 chunks, not unrolled in full
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 129, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -377,6 +380,8 @@ def interpreted(tmp_path_factory):
     for dtype in TRITON_DTYPES:
         for name, (depth, n_trees, batch, d_in, d_out, blocks) in zip(TRITON_NAMES, TRITON_CASES, strict=True):
             case = make_case(depth + batch, depth, n_trees, batch, d_in, d_out, dtype)
+            if dtype != torch.bfloat16:  # pairs is for bf16 rows: other dtypes run the same launch without it
+                blocks = {k: v for k, v in blocks.items() if k != "pairs"}
             jobs[(name, dtype)] = (case, depth, n_trees, blocks)
         jobs[("crafted", dtype)] = (crafted(dtype), 2, 2, {})
         jobs[("empty", dtype)] = (tuple(t[:0] if i == 0 else t for i, t in enumerate(crafted(dtype))), 2, 2, {})
@@ -508,6 +513,8 @@ def test_token_launch_is_worked_out_once_per_shape():
         (dict(eager=True, block_b=1), 1, 1, "eager needs the token kernel"),
         (dict(overlap=True, top=2), 1, 1, "overlap needs the token kernel"),
         (dict(overlap=True, eager=True), 1, 1, "pick one"),
+        (dict(pairs=True), 1, 1, "pairs needs 16-bit rows"),  # float32 rows
+        (dict(pairs=True, block_b=1), 1, 1, "pairs needs the token kernel"),
     ],
 )
 def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):
@@ -550,6 +557,8 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(eager=True, split=3),
         dict(overlap=True),
         dict(overlap=True, split=3),
+        dict(pairs=True),
+        dict(pairs=True, overlap=True),
     ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
@@ -557,6 +566,8 @@ def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
     from recruit.fff.kernels.triton_fff import fff_triton
 
     case = tuple(t.cuda() for t in make_case(13, 13, 1, 5, 512, 384, dtype))
+    if dtype != torch.bfloat16:  # pairs is for bf16 rows: the same launch without it
+        launch = {k: v for k, v in launch.items() if k != "pairs"}
     check(fff_triton, case, 13, 1, **launch)
 
 
@@ -669,6 +680,20 @@ def test_token_kernel_overlap_gathers_the_output_in_the_last_steps_load_wave(cuo
         assert used.loop_ops.get("FFMA") == plain.loop_ops.get("FFMA"), (hidden, used.loop_ops, plain.loop_ops)
         # the last step's input rows (all chunks, 3 lanes) and the output rows of the path and of the step's lanes
         assert used.ops.get("LDG.E.128.STRONG.SYS", 0) >= 10, (hidden, used)
+
+
+def test_token_kernel_pairs_widens_bf16_in_fewer_instructions(cuobjdump):
+    """``pairs`` at hidden 4096, compiled for an H100/H200: bf16 rows read as 32-bit pairs widen by a shift and a
+    mask, where a feature alone compiled to a byte permute and a shift for half of them; the routing step keeps its
+    FFMAs and its one load wave in fewer instructions, alone and with ``overlap`` (whose last step keeps one wave)."""
+    tool = cuobjdump
+    for launch in (dict(), dict(overlap=True)):
+        plain = tool.resources(tool.compile_token(4096, 13, **launch))
+        used = tool.resources(tool.compile_token(4096, 13, pairs=True, **launch))
+        assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (launch, used)
+        assert used.loop_ops["FFMA"] == plain.loop_ops["FFMA"], (launch, used.loop_ops, plain.loop_ops)
+        assert sum(used.loop_ops.values()) < 0.9 * sum(plain.loop_ops.values()), (launch, used.loop_ops)
+        assert used.loop_ops.get("PRMT", 0) < plain.loop_ops["PRMT"] // 4, (launch, used.loop_ops)
 
 
 @pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, spec=3)])
