@@ -31,8 +31,10 @@ from recruit import measure
 from recruit.benchmarks.fff_speed import SpeedCase, _calls_beyond_l2
 from recruit.fff.kernels.triton_fff import fff_triton
 
-# the default, its fastest variant in the last H200 sweep, and the two launches that skip the gather after the walk
-LAUNCHES = {"default": {}, "block_d1024": dict(block_d=1024), "eager": dict(eager=True), "overlap": dict(overlap=True)}
+# the default, its fastest variant in the last H200 sweep, the gather in the last step (the fixed part) and that with
+# bf16 read as pairs (the part per step)
+LAUNCHES = {"default": {}, "block_d1024": dict(block_d=1024), "overlap": dict(overlap=True),
+            "pairs-overlap": dict(pairs=True, overlap=True)}  # fmt: skip
 
 
 @triton.jit
@@ -77,7 +79,7 @@ def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.d
     out.write(f"dense FF, width {2 ** (deepest + 1)}: {dense_us:.2f}\n\n")
     table: dict[tuple[str, str], list[float]] = {}
     steps = {name: [] for name in LAUNCHES}
-    out.write("depth " + " ".join(f"{name + ' ' + t:>18}" for name in LAUNCHES for t in ("warm", "cycled")) + "\n")
+    out.write("depth " + " ".join(f"{name + ' ' + t:>21}" for name in LAUNCHES for t in ("warm", "cycled")) + "\n")
     for depth in depths:
         rows = 2 ** (depth + 1) - 1
         fff = w_in[:rows], b_in[:rows], w_out_t[:rows]
@@ -90,12 +92,12 @@ def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.d
             for timing, inputs, n in (("warm", xs, 16), ("cycled", cycled, calls)):
                 us = time(lambda i, x=inputs, kw=launch, f=fff, d=depth: fff_triton(x[i], *f, d, 1, **kw), n)
                 table.setdefault((name, timing), []).append(us)
-                line += f" {us:>18.2f}"
+                line += f" {us:>21.2f}"
         out.write(line + "\n")
     out.write("\nleast squares over the depths: fixed µs + µs per routing step (⌈(depth + 1) / spec⌉ steps)\n")
     for (name, timing), us in table.items():
         fixed, per_step = _fit(steps[name], us)
-        out.write(f"{name:>11} {timing:>7}: {fixed:7.2f} + {per_step:5.2f} per step;"
+        out.write(f"{name:>13} {timing:>7}: {fixed:7.2f} + {per_step:5.2f} per step;"
                   f" depth {depths[-1]}: {us[-1]:.2f} µs, {dense_us / us[-1]:.2f}x dense\n")  # fmt: skip
 
 
@@ -111,7 +113,7 @@ def main() -> None:
         raise SystemExit("on the CPU the Triton kernel needs TRITON_INTERPRET=1")
     # odd depths only: each depth and launch is a kernel of its own to compile (1 to 7 steps at spec 2)
     hidden, depths = (64, [1, 2, 3, 4]) if args.quick else (args.hidden, list(range(1, 14, 2)))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16  # as recruit bench fff times a GPU (pairs is for bf16); Triton's interpreter runs it too
     out = io.StringIO()
     out.write(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
               f"triton {triton.__version__}\n")  # fmt: skip
