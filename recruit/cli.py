@@ -299,14 +299,17 @@ def plain(doc: str | None) -> str:
     return text.replace("``", "`")
 
 
-def add_parser(subs, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
-    """A subcommand's parser, with ``doc`` (a docstring) as its description and recruit's help formatter."""
-    return subs.add_parser(name, help=help, description=plain(doc), formatter_class=HelpFormatter)
+def add_parser(subs, name: str, doc: str | None, help: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand's parser, with ``doc`` (a docstring) as its description and recruit's help formatter.
+
+    ``help``, its line in the parent's list, defaults to the description's first line.
+    """
+    text = plain(doc)
+    return subs.add_parser(name, help=help or text.splitlines()[0], description=text, formatter_class=HelpFormatter)
 
 
 def _sub(subs, name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-    doc = plain(fn.__doc__)
-    p = add_parser(subs, name, doc.splitlines()[0], doc)
+    p = add_parser(subs, name, fn.__doc__)
     p.set_defaults(fn=fn)
     _common(p)
     return p
@@ -337,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"recruit {_version()}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    data = add_parser(subs, "data", "build or inspect the text corpus", "Build or inspect the corpus.")
+    data = add_parser(subs, "data", "Build or inspect the corpus.", help="build or inspect the text corpus")
     dsubs = data.add_subparsers(dest="data_command", metavar="ACTION")
     p = _sub(dsubs, "prepare", cmd_data_prepare)
     p.add_argument("--name", help="corpus name (default: debian, or text with --text)")

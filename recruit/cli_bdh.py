@@ -196,8 +196,8 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     bdh = add_parser(
         subs,
         "bdh",
-        "train, run and inspect a BDH (Dragon Hatchling) model",
         "Train a BDH (Dragon Hatchling) model, generate with its recurrent form, look inside it.",
+        help="train, run and inspect a BDH (Dragon Hatchling) model",
     )
     bsubs = bdh.add_subparsers(dest="bdh_command", metavar="ACTION")
     add_train_args(

@@ -262,7 +262,7 @@ def add_fff_parser(subs) -> None:
     )
     from recruit.fff.fff import MAX_DEPTH
 
-    fff = add_parser(subs, "fff", "Fast Feedforward: train, benchmark, convert a dense GPT's MLPs", __doc__)
+    fff = add_parser(subs, "fff", __doc__, help="Fast Feedforward: train, benchmark, convert a dense GPT's MLPs")
     fsubs = fff.add_subparsers(dest="fff_command", metavar="ACTION")
     add_train_args(
         _sub(fsubs, "train", cmd_fff_train), "training preset (gpt-nano, gpt-tiny, gpt-small; default gpt-tiny)"
