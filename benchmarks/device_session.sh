@@ -51,17 +51,17 @@ step() {  # step NAME LIMIT_S COMMAND...
 
 # FOCUS=1: the two open figures first (the device time of a session is short): fff at hidden 4096, 1 and 4096
 # tokens, with the launch sweep (the figure nearest its target goes first), then bdh-speed's training of the
-# reference and fused forms; then the GPU tests of the kernels, then the diagnostics; no fff-model. The benchmarks check their own kernels in the same run
-# (fff: tokens_agreeing_with_reference; bdh-speed: first_step_loss and last_step_loss per form), so the figures
-# need not wait for the tests.
+# reference and fused forms; then the GPU tests of the kernels, then the diagnostics; no fff-model. The benchmarks
+# check their own kernels in the same run (fff: tokens_agreeing_with_reference; bdh-speed: first_step_loss and
+# last_step_loss per form), so the figures need not wait for the tests.
 if [ "${FOCUS:-0}" != 0 ]; then
   # the tests of explicit launch configs first (each compiles only its own), the model tests (which autotune every
   # config at each of their shapes) last; -vv (over pyproject's -q) names each test as it passes, should the step's
   # limit cut it short
   TESTS=(-vv tests/test_bdh_triton.py::test_persistent_programs_equal_one_program_per_tile_on_cuda
          tests/test_bdh_triton.py::test_programs_holding_their_b_block_equal_programs_walking_k_on_cuda
-         tests/test_fff_kernels.py tests/test_fff_bench.py tests/test_bdh_triton.py::test_fused_model_equals_fast_model_on_cuda
-         tests/test_bdh_speed.py)
+         tests/test_fff_kernels.py tests/test_fff_bench.py
+         tests/test_bdh_triton.py::test_fused_model_equals_fast_model_on_cuda tests/test_bdh_speed.py)
   BDH_SET=(--set impls=reference,fused --set generation=false)
   if [ -n "$QUICK" ]; then FFF_SET=(--set batches=1); else FFF_SET=(--set hidden=4096 --set batches=1,4096); fi
 else

@@ -5,9 +5,10 @@ keeps its path in registers, then gathers all the path's ``w_out_t`` rows at onc
 costs one round trip to memory instead of one per level (or, with ``eager``, loads each step's output rows
 with its input rows and sums the output during the walk: no round trip after it; or, with ``overlap``, loads
 the whole path's output rows with the last step's input rows: no round trip after it either, and no more work
-in the steps before); it can also split the walk
-over subtree programs (``split``, see there), and ask L2 ahead of time for the rows its walk may read
-(``prefetch``, see there). The block kernel (:func:`_fff_kernel`, large batches) is described below.
+in the steps before); it can also split the walk over subtree programs (``split``, see there), ask L2 ahead of
+time for the rows its walk may read (``prefetch``, see there), and read bf16 rows as 32-bit pairs of features
+(``pairs``, see :func:`_token_dot_chunk`). The block kernel (:func:`_fff_kernel`, large batches) is described
+below.
 
 In the block kernel, one program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. A
 routing step evaluates ``SPEC`` levels at once: all 2^SPEC − 1 nodes of the subtree below each token's
