@@ -31,10 +31,10 @@ from recruit import measure
 from recruit.benchmarks.fff_speed import SpeedCase, _calls_beyond_l2
 from recruit.fff.kernels.triton_fff import fff_triton
 
-# the default, its fastest variant in the last H200 sweep, the gather in the last step (the fixed part) and that with
-# bf16 read as pairs (the part per step)
+# the default, its fastest variant in the last H200 sweep, the gather in the last step (the fixed part), that with
+# bf16 read as pairs, and the dot products on the tensor cores (the part per step)
 LAUNCHES = {"default": {}, "block_d1024": dict(block_d=1024), "overlap": dict(overlap=True),
-            "pairs-overlap": dict(pairs=True, overlap=True)}  # fmt: skip
+            "pairs-overlap": dict(pairs=True, overlap=True), "mma": dict(mma=True)}  # fmt: skip
 
 
 @triton.jit

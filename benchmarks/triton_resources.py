@@ -139,13 +139,22 @@ def load_waves(sass: str, after: bool = False) -> int:
     (``after``) in the code after it: the gather of the output, or with ``overlap`` the walk's last step.
 
     A step's loads all depend on the last step's node, so they should all be issued before the first of them
-    is used: one round trip to memory per step. Each time an instruction uses a loaded register and a load
-    follows, the loads come in one more wave, and the step costs one more round trip.
+    is used: one round trip to memory per step. Each time an instruction uses a loaded register (or a DEPBAR
+    waits for the async copies to shared memory, ``LDGSTS``, of ``mma``) and a load follows, the loads come in
+    one more wave, and the step costs one more round trip.
     """
-    waves, pending, waited = 1, set(), False
+    waves, pending, waited, copying = 1, set(), False, False
     for ins in _first_loop(sass, after):
         op, _, args = ins.partition(" ")
         operands = [t.strip() for t in args.split(",")]
+        if op.startswith("LDGDEPBAR"):  # commits the async copies issued so far: no wait
+            continue
+        if op.startswith("LDGSTS"):  # an async copy to shared memory (mma): waited for by a DEPBAR
+            waves, waited, copying = waves + waited, False, True
+            continue
+        if op.startswith("DEPBAR") and copying:
+            waited, copying = True, False
+            continue
         if op.startswith("LDG"):
             waves, waited = waves + waited, False
             width = re.search(r"\.(128|64)\b", op)  # registers written: 4, 2 or 1
@@ -211,7 +220,7 @@ def main() -> None:
     p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
     keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager", "overlap",
-            "pairs")  # fmt: skip
+            "pairs", "mma")  # fmt: skip
     for key in keys:  # token_launch's options, as --block-d and so on
         p.add_argument(f"--{key.replace('_', '-')}", type=int)
     args = p.parse_args()

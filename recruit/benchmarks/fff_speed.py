@@ -191,10 +191,11 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     asks for the block kernel, the small-batch default before the token kernel; ``kernel`` token, the
     token kernel at large batches), the register ceiling (``maxnreg`` 0: ptxas' own), L2 prefetching
     (``prefetch``, small batches), the output summed during the walk (``eager``, small batches) or gathered during
-    its last step (``overlap``, small batches), bf16 rows read as pairs (``pairs``, small batches), the tiles, the
-    unrolling and the warps. Four launches that the last H200 run timed at 1.13x to 1.55x the default's time (hidden
-    4096, 1 token) were taken out: ``prefetch=2``, ``prefetch=1, spec=3``, ``spec=3, num_warps=8`` and ``block_d=4096,
-    num_warps=8`` (their records stay in ``results/gpu/fff.jsonl``).
+    its last step (``overlap``, small batches), bf16 rows read as pairs (``pairs``, small batches), a step's dot
+    products on the tensor cores (``mma``, small batches), the tiles, the unrolling and the warps. Four launches
+    that the last H200 run timed at 1.13x to 1.55x the default's time (hidden 4096, 1 token) were taken out:
+    ``prefetch=2``, ``prefetch=1, spec=3``, ``spec=3, num_warps=8`` and ``block_d=4096, num_warps=8`` (their
+    records stay in ``results/gpu/fff.jsonl``).
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
@@ -225,6 +226,9 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(pairs=1, block_d=1024),
             dict(pairs=1, overlap=1),
             dict(pairs=1, overlap=1, block_o=1024),
+            dict(mma=1),
+            dict(mma=1, spec=1),
+            dict(mma=1, num_warps=8),
         ]
     return (
         [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]

@@ -7,7 +7,8 @@ with its input rows and sums the output during the walk: no round trip after it;
 the whole path's output rows with the last step's input rows: no round trip after it either, and no more work
 in the steps before); it can also split the walk over subtree programs (``split``, see there), ask L2 ahead of
 time for the rows its walk may read (``prefetch``, see there), and read bf16 rows as 32-bit pairs of features
-(``pairs``, see :func:`_token_dot_chunk`). The block kernel (:func:`_fff_kernel`, large batches) is described
+(``pairs``, see :func:`_token_dot_chunk`), or compute a step's dot products on the tensor cores (``mma``, see
+:func:`_token_mma_logits`). The block kernel (:func:`_fff_kernel`, large batches) is described
 below.
 
 In the block kernel, one program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. A
@@ -53,6 +54,8 @@ _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM o
 TOKEN_PATH = 64  # most path rows (trees × levels) that the token kernel holds in registers
 _TOKEN_TILE = 8192  # elements per (rows × features) routing tile of the token kernel
 _TOKEN_OUT_TILE = 16384  # elements per (path × columns) output tile of the token kernel
+_TOKEN_MMA_TILE = 16384  # elements per (lanes · segments × features) tile of the token kernel's mma products
+_SEGS = 16  # segments of a row in the token kernel's mma products (tl.dot's least width)
 _UNROLL_ALL = 16  # the token kernel unrolls its loop over feature chunks in full up to this many chunks ...
 _UNROLL_ALL_FEATURES = 16384  # ... of a row of at most this many features (sm_90: 255 registers at 16384)
 # The token kernel's register ceiling (ptxas' .maxnreg). Without one, the ptxas of Triton 3.6 kept registers
@@ -244,13 +247,82 @@ def _prefetch_rows(base_ptr, rows, live, col_start, col_end, stride, LINE: tl.co
 
 
 @triton.jit
+def _token_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane_real, D_IN, BLOCK_D: tl.constexpr,
+                  UNROLL: tl.constexpr, D_CHUNKS: tl.constexpr, VOLATILE: tl.constexpr,
+                  PAIRS: tl.constexpr):  # fmt: skip
+    """A routing step's pre-activations by the CUDA cores, (LANES,): those of ``rows`` where ``live``, else 0."""
+    bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
+    # the bias starts the sum (column 0), so that ptxas issues its load with the rows' instead of after
+    # them: left for the end, it was fetched once the rows had arrived, a second round trip per step; ACC_D is
+    # BLOCK_D, or with PAIRS BLOCK_D / 2 (one sum per pair of features)
+    acc = tl.where(tl.arange(0, BLOCK_D // (1 + PAIRS))[None, :] == 0, bias[:, None], 0.0)  # (LANES, ACC_D)
+    if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
+        for c in tl.static_range(D_CHUNKS):
+            acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, c * BLOCK_D, D_IN, BLOCK_D,
+                                   VOLATILE, PAIRS)  # fmt: skip
+    else:
+        for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
+            acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, d0, D_IN, BLOCK_D, VOLATILE,
+                                   PAIRS)  # fmt: skip
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _token_mma_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane, D_IN, SEG_LEN: tl.constexpr,
+                      SEGS: tl.constexpr, BLOCK_K: tl.constexpr, K_CHUNKS: tl.constexpr, EVEN: tl.constexpr,
+                      DOT_F32: tl.constexpr):  # fmt: skip
+    """A routing step's pre-activations by tensor-core products: (``lane``, the lanes' pre-activations), (LANES,).
+
+    Each row splits into SEGS segments of SEG_LEN features. Row m of the (M = SEGS·LANES, BLOCK_K) tile A holds
+    segment m // LANES of lane m % LANES's w_in row, column s of the (BLOCK_K, SEGS) tile B segment s of the
+    token, so that the diagonal (m // LANES = s) of A·B holds each segment's share of a lane's dot product; a
+    lane's pre-activation is the sum of its SEGS shares, and the bias starts segment 0's. The products off the
+    diagonal (15 of 16) keep busy units that would idle anyway: what the step saves is the CUDA cores' work,
+    a widening and an FFMA per feature and lane (240 instructions per routing step against 447, sm_90,
+    hidden 4096). Segment-major rows spread each lane's shares over the warps, so that one reduction across
+    them leaves every thread with all the lanes' sums, as the CUDA-core path does: lane-major rows kept each
+    lane in one warp and cost each pick of a lane a reduction across warps of its own (7 barriers per step, not
+    3). Every chunk of A comes in by asynchronous copies to shared memory, all issued before the first wait.
+    """
+    LANES: tl.constexpr = lane.shape[0]
+    seg = tl.arange(0, SEGS)  # (SEGS,)
+    m_seg = tl.arange(0, LANES * SEGS) // LANES  # (M,) row m of A is (segment m // LANES, lane m % LANES)
+    diag = seg[None, :] == m_seg[:, None]  # (M, SEGS)
+    bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)  # (LANES,)
+    bias_m = tl.reshape(tl.where(seg[:, None] == 0, bias[None, :], 0.0), (LANES * SEGS,))  # (M,)
+    acc = tl.where(diag, bias_m[:, None], 0.0)  # (M, SEGS) the bias starts segment 0's sum
+    kk = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    for c in tl.static_range(K_CHUNKS):
+        f = c * BLOCK_K + kk  # offsets within a segment
+        f_ok = f < SEG_LEN
+        a_feat = seg[:, None, None] * SEG_LEN + f[None, None, :]  # (SEGS, 1, BLOCK_K)
+        a_ok = live[None, :, None]  # (1, LANES, 1)
+        b_feat = seg[None, :] * SEG_LEN + f[:, None]  # (BLOCK_K, SEGS)
+        b_ok = b_feat >= 0
+        if not EVEN:  # segments or chunks that overhang the row
+            a_ok = a_ok & f_ok[None, None, :] & (a_feat < D_IN)
+            b_ok = f_ok[:, None] & (b_feat < D_IN)
+        a = tl.load(w_in_ptr + rows[None, :, None] * D_IN + a_feat, mask=a_ok, other=0.0)
+        a = tl.reshape(a, (LANES * SEGS, BLOCK_K))
+        b = tl.load(x_ptr + tok * D_IN + b_feat, mask=b_ok, other=0.0)
+        if DOT_F32:  # Triton's interpreter (see token_launch)
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+    shares = tl.reshape(tl.sum(tl.where(diag, acc, 0.0), axis=1), (SEGS, LANES))
+    return tl.sum(shares, axis=0)
+
+
+@triton.jit
 def _token_step(
     x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen, out_sum,
     col_start, col_end, D_IN, D_OUT, N_NODES,
     LEVELS: tl.constexpr, SPLIT: tl.constexpr, SPEC: tl.constexpr, SUB: tl.constexpr, TOP_LANES: tl.constexpr,
     PATH_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, UNROLL: tl.constexpr,
     D_CHUNKS: tl.constexpr, PREFETCH: tl.constexpr, EAGER: tl.constexpr, LAST: tl.constexpr, LINE: tl.constexpr,
-    IN_LINES_P: tl.constexpr, OUT_LINES_P: tl.constexpr, PAIRS: tl.constexpr,
+    IN_LINES_P: tl.constexpr, OUT_LINES_P: tl.constexpr, PAIRS: tl.constexpr, SEG_LEN: tl.constexpr,
+    MMA: tl.constexpr, SEGS: tl.constexpr, BLOCK_K: tl.constexpr, K_CHUNKS: tl.constexpr, EVEN: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):  # fmt: skip
     """Routing step ``step`` of tree ``k`` of :func:`_fff_token_kernel` (its arguments, by the same names).
 
@@ -298,19 +370,12 @@ def _token_step(
         w_path = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :],
                          mask=before[:, None] & o_ok[None, :], other=0.0, volatile=True)  # fmt: skip
     g_lane = tl.zeros((TOP_LANES + SUB,), dtype=tl.float32)  # EAGER, LAST: GELU of the lanes the step picks
-    bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
-    # the bias starts the sum (column 0), so that ptxas issues its load with the rows' instead of after
-    # them: left for the end, it was fetched once the rows had arrived, a second round trip per step; ACC_D is
-    # BLOCK_D, or with PAIRS BLOCK_D / 2 (one sum per pair of features)
-    acc = tl.where(tl.arange(0, BLOCK_D // (1 + PAIRS))[None, :] == 0, bias[:, None], 0.0)  # (LANES, ACC_D)
-    if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
-        for c in tl.static_range(D_CHUNKS):
-            acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, c * BLOCK_D, D_IN, BLOCK_D, LAST,
-                                   PAIRS)  # fmt: skip
+    if MMA:
+        logits = _token_mma_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane, D_IN, SEG_LEN, SEGS, BLOCK_K,
+                                   K_CHUNKS, EVEN, DOT_F32)  # fmt: skip
     else:
-        for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
-            acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, d0, D_IN, BLOCK_D, LAST, PAIRS)
-    logits = tl.sum(acc, axis=1)  # (LANES,)
+        logits = _token_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane_real, D_IN, BLOCK_D, UNROLL,
+                               D_CHUNKS, LAST, PAIRS)  # fmt: skip
     js = root * 0  # local heap index below SPLIT at this level
     jt = root * 0  # ... and above it
     for r in tl.static_range(SPEC):
@@ -373,6 +438,13 @@ def _fff_token_kernel(
     IN_LINES_P: tl.constexpr,  # next power of two ≥ lines per w_in row (1 without prefetch)
     OUT_LINES_P: tl.constexpr,  # next power of two ≥ lines per program's slice of a w_out_t row (1 without)
     PAIRS: tl.constexpr,  # bf16 rows of even D_IN read as 32-bit pairs of features (see _token_dot_chunk)
+    SEG_LEN: tl.constexpr,  # MMA: features per segment, ⌈D_in / SEGS⌉
+    MMA: tl.constexpr,  # pre-activations by tensor-core products (see _token_mma_shares)
+    SEGS: tl.constexpr,  # MMA: segments per row (16: tl.dot's least width)
+    BLOCK_K: tl.constexpr,  # MMA: features of a segment per product
+    K_CHUNKS: tl.constexpr,  # MMA: ⌈SEG_LEN / BLOCK_K⌉
+    EVEN: tl.constexpr,  # MMA: SEGS·SEG_LEN = D_in and BLOCK_K divides SEG_LEN (no masks on the features)
+    DOT_F32: tl.constexpr,  # MMA: multiply in float32 whatever the storage (Triton's interpreter: see token_launch)
 ):
     """One token per program: the path stays in registers, and the output is one gather of all its rows.
 
@@ -424,12 +496,14 @@ def _fff_token_kernel(
                 x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen,
                 out_sum, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
                 BLOCK_D, BLOCK_O, UNROLL, D_CHUNKS, PREFETCH, EAGER, False, LINE, IN_LINES_P, OUT_LINES_P, PAIRS,
+                SEG_LEN, MMA, SEGS, BLOCK_K, K_CHUNKS, EVEN, DOT_F32,
             )  # fmt: skip
     if OVERLAP:
         top, sub, path_rows, path_a, chosen, out_sum = _token_step(
             x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, N_TREES - 1, N_STEPS - 1, top, sub, root, path_rows, path_a,
             chosen, out_sum, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
             BLOCK_D, BLOCK_O, UNROLL, D_CHUNKS, PREFETCH, False, True, LINE, IN_LINES_P, OUT_LINES_P, PAIRS,
+            SEG_LEN, MMA, SEGS, BLOCK_K, K_CHUNKS, EVEN, DOT_F32,
         )  # fmt: skip
 
     if EAGER or OVERLAP:  # only the program whose subtree the token enters writes
@@ -477,6 +551,7 @@ def fff_triton(
     eager: bool = False,
     overlap: bool = False,
     pairs: bool = False,
+    mma: bool = False,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
@@ -535,6 +610,11 @@ def fff_triton(
             of features, which widen to float32 by a shift and a mask (default False: a feature at a time). At
             hidden 4096, compiled for sm_90, a routing step of 374 instructions instead of 447; other launches
             (``prefetch``, ``eager``, ``overlap`` at hidden 768) compile worse with it.
+        mma: Token kernel only, 16-bit rows: compute a routing step's dot products on the tensor cores (default
+            False: on the CUDA cores), each row split into 16 segments whose shares are the diagonal of one
+            product (see :func:`_token_mma_logits`); ``block_d`` is then the features of a segment per product.
+            At hidden 4096, compiled for sm_90, a routing step of 240 instructions instead of 447, in one wave of
+            asynchronous copies; ``spec`` 3, ``split``, ``eager`` and ``overlap`` compile to more load waves with it.
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -568,6 +648,7 @@ def fff_triton(
     assert token or not eager, f"eager {why}"
     assert token or not overlap, f"overlap {why}"
     assert token or not pairs, f"pairs {why}"
+    assert token or not mma, f"mma {why}"
     if token:
         prefetch = prefetch or 0
         if x.device.type != "cuda":  # Triton's interpreter: the prefetch is inline PTX, and only a hint
@@ -576,7 +657,7 @@ def fff_triton(
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
                              maxnreg=maxnreg, prefetch=prefetch, eager=eager, overlap=overlap,
-                             pairs=pairs)  # fmt: skip
+                             pairs=pairs, mma=mma)  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -647,7 +728,9 @@ def token_launch(
     eager: bool = False,
     overlap: bool = False,
     pairs: bool = False,
+    mma: bool = False,
     itemsize: int = 2,
+    interpreted: bool = False,
 ) -> TokenLaunch:
     """The token kernel's launch for n tokens of d_in features into d_out columns.
 
@@ -656,16 +739,23 @@ def token_launch(
     launch it returns is shared: read it, do not change it. ``itemsize`` is the bytes per element of the weights
     (it spaces the prefetch addresses a line apart); ``pairs`` reads bf16 rows as 32-bit pairs of features, where
     the caller has checked that they are bf16 and that x and w_in are 4-byte aligned (:func:`_pairs_fit`).
+    ``interpreted`` is for Triton's interpreter, whose ``tl.dot`` multiplies the bit patterns of bf16 operands
+    (triton-lang/triton#11584, not supported there): ``mma`` then multiplies in float32, exactly.
     """
     assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
     assert 0 <= prefetch <= MAX_PREFETCH, f"prefetch must be in 0..{MAX_PREFETCH}, got {prefetch}"
     assert split == 0 or n_trees == 1, f"split > 0 needs a single tree, got {n_trees}"
     assert not (eager and overlap), "eager and overlap are two ways to skip the gather after the walk: pick one"
+    assert not (pairs and mma), "pairs and mma are two ways to compute a step's dot products: pick one"
     assert not pairs or (itemsize == 2 and d_in % 2 == 0), f"pairs needs 16-bit rows of even width, got {d_in}"
+    assert not mma or itemsize == 2, "mma needs 16-bit rows (float32 would multiply on the CUDA cores, 16 times over)"
     levels = depth + 1
     sub = triton.next_power_of_2(2**spec - 1)
     lanes = sub * (2 if split else 1)
     path_p = triton.next_power_of_2(n_trees * levels)
+    seg_len = triton.cdiv(d_in, _SEGS)  # mma: features per segment, and per product (below)
+    block_k = block_d or _pow2(seg_len, _TOKEN_MMA_TILE // (lanes * _SEGS))
+    even = seg_len * _SEGS == d_in and seg_len % block_k == 0  # mma: no feature masks
     block_d = block_d or _pow2(d_in, _TOKEN_TILE // lanes)
     held = path_p + (lanes if overlap else 0)  # output rows held at once: the path (and the last step's lanes)
     block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // triton.next_power_of_2(held))
@@ -684,7 +774,8 @@ def token_launch(
         N_TREES=n_trees, LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0,
         PATH_P=path_p, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
         PREFETCH=prefetch, EAGER=int(eager), OVERLAP=int(overlap), LINE=line, IN_LINES_P=next(lines),
-        OUT_LINES_P=next(lines), PAIRS=int(pairs),
+        OUT_LINES_P=next(lines), PAIRS=int(pairs), MMA=int(mma), SEG_LEN=seg_len, SEGS=_SEGS,
+        BLOCK_K=block_k, K_CHUNKS=triton.cdiv(seg_len, block_k), EVEN=int(even), DOT_F32=int(interpreted),
     )  # fmt: skip
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
     if maxnreg is None:
@@ -712,7 +803,8 @@ def _launch_token(
 
     ``options`` are :func:`token_launch`'s.
     """
-    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, itemsize=w_in.element_size(), **options)
+    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, itemsize=w_in.element_size(),
+                          interpreted=x.device.type != "cuda", **options)  # fmt: skip
     fits = not launch.constexprs["PAIRS"] or _pairs_fit(x, w_in)
     assert fits, "pairs needs bf16 x and w_in of even width at 4-byte aligned addresses"
     _fff_token_kernel[launch.grid](
