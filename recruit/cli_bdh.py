@@ -212,7 +212,7 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
     add_generation_args(p)
     p.add_argument("--chunk", type=bounded_int(1), default=256, help="prompt tokens fed to the state at once")
-    add_device_arg(p, "cpu")
+    add_device_arg(p, "auto")
 
     p = _sub(bsubs, "inspect", cmd_bdh_inspect)
     p.add_argument("checkpoint", help="BDH checkpoint directory")
@@ -227,5 +227,5 @@ def add_bdh_parser(subs) -> argparse.ArgumentParser:
     p.add_argument("--graph-z", type=finite_float, default=3.0, help="edge threshold: mean + Z·std of G")
     p.add_argument("--graph-top-k", type=bounded_int(1), default=None,
                    help="instead, edges to the K largest entries per row")  # fmt: skip
-    add_device_arg(p, "cpu")
+    add_device_arg(p, "auto")
     return bdh
