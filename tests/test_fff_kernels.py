@@ -525,6 +525,11 @@ def test_token_launch_is_worked_out_once_per_shape():
         (dict(mma=True), 1, 1, "mma needs 16-bit rows"),  # float32 rows
         (dict(mma=True, top=2), 1, 1, "mma needs the token kernel"),
         (dict(mma=True, pairs=True), 1, 1, "pick one"),
+        (dict(block_d=100), 1, 1, "block_d must be a power of two of at least 16"),
+        (dict(block_o=8), 1, 1, "block_o must be a power of two of at least 16"),
+        (dict(block_b=3), 1, 1, "block_b must be a power of two"),
+        (dict(num_warps=6), 1, 1, "num_warps must be a power of two"),
+        (dict(unroll=0), 1, 1, "unroll must be at least 1"),
     ],
 )
 def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):

@@ -271,7 +271,7 @@ def _token_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane_real, D_IN, B
 def _token_mma_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane, D_IN, SEG_LEN: tl.constexpr,
                       SEGS: tl.constexpr, BLOCK_K: tl.constexpr, K_CHUNKS: tl.constexpr, EVEN: tl.constexpr,
                       DOT_F32: tl.constexpr):  # fmt: skip
-    """A routing step's pre-activations by tensor-core products: (``lane``, the lanes' pre-activations), (LANES,).
+    """A routing step's pre-activations by tensor-core products, (LANES,) as ``lane``: those of ``rows`` where ``live``.
 
     Each row splits into SEGS segments of SEG_LEN features. Row m of the (M = SEGS·LANES, BLOCK_K) tile A holds
     segment m // LANES of lane m % LANES's w_in row, column s of the (BLOCK_K, SEGS) tile B segment s of the
@@ -439,7 +439,7 @@ def _fff_token_kernel(
     OUT_LINES_P: tl.constexpr,  # next power of two ≥ lines per program's slice of a w_out_t row (1 without)
     PAIRS: tl.constexpr,  # bf16 rows of even D_IN read as 32-bit pairs of features (see _token_dot_chunk)
     SEG_LEN: tl.constexpr,  # MMA: features per segment, ⌈D_in / SEGS⌉
-    MMA: tl.constexpr,  # pre-activations by tensor-core products (see _token_mma_shares)
+    MMA: tl.constexpr,  # pre-activations by tensor-core products (see _token_mma_logits)
     SEGS: tl.constexpr,  # MMA: segments per row (16: tl.dot's least width)
     BLOCK_K: tl.constexpr,  # MMA: features of a segment per product
     K_CHUNKS: tl.constexpr,  # MMA: ⌈SEG_LEN / BLOCK_K⌉
@@ -614,7 +614,8 @@ def fff_triton(
             False: on the CUDA cores), each row split into 16 segments whose shares are the diagonal of one
             product (see :func:`_token_mma_logits`); ``block_d`` is then the features of a segment per product.
             At hidden 4096, compiled for sm_90, a routing step of 240 instructions instead of 447, in one wave of
-            asynchronous copies; ``spec`` 3, ``split``, ``eager`` and ``overlap`` compile to more load waves with it.
+            asynchronous copies; there ``spec`` 3, ``split``, ``eager`` and ``overlap`` compile to more load waves
+            with it.
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -635,6 +636,11 @@ def fff_triton(
 
     small = n <= SMALL_BATCH
     assert kernel in (None, "token", "block"), f"kernel must be 'token' or 'block', got {kernel!r}"
+    for name, value, least in (("block_b", block_b, 1), ("block_d", block_d, 16), ("block_o", block_o, 16),
+                               ("num_warps", num_warps, 1)):  # fmt: skip
+        ok = value is None or (value >= least and value & (value - 1) == 0)
+        assert ok, f"{name} must be a power of two of at least {least}, got {value}"
+    assert unroll is None or unroll >= 1, f"unroll must be at least 1, got {unroll}"
     can_token = block_b is None and not top and n_trees * (depth + 1) <= TOKEN_PATH
     no_token = f"the token kernel takes no block_b or top, and at most {TOKEN_PATH} path rows (trees × levels)"
     assert kernel != "token" or can_token, no_token
