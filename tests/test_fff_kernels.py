@@ -577,6 +577,7 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(mma=True),
         dict(mma=True, spec=1),
         dict(mma=True, num_warps=8),
+        dict(mma=True, block_d=16),
     ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
