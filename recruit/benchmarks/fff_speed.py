@@ -228,7 +228,9 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(pairs=1, overlap=1, block_o=1024),
             dict(mma=1),
             dict(mma=1, spec=1),
+            dict(mma=1, spec=3),
             dict(mma=1, num_warps=8),
+            dict(mma=1, spec=3, num_warps=8),
         ]
     return (
         [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]

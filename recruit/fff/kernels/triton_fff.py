@@ -54,7 +54,7 @@ _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM o
 TOKEN_PATH = 64  # most path rows (trees × levels) that the token kernel holds in registers
 _TOKEN_TILE = 8192  # elements per (rows × features) routing tile of the token kernel
 _TOKEN_OUT_TILE = 16384  # elements per (path × columns) output tile of the token kernel
-_TOKEN_MMA_TILE = 16384  # elements per (lanes · segments × features) tile of the token kernel's mma products
+_TOKEN_MMA_TILE = 32768  # elements per (lanes · segments × features) tile of the token kernel's mma products
 _SEGS = 16  # segments of a row in the token kernel's mma products (tl.dot's least width)
 _UNROLL_ALL = 16  # the token kernel unrolls its loop over feature chunks in full up to this many chunks ...
 _UNROLL_ALL_FEATURES = 16384  # ... of a row of at most this many features (sm_90: 255 registers at 16384)
@@ -614,8 +614,8 @@ def fff_triton(
             False: on the CUDA cores), each row split into 16 segments whose shares are the diagonal of one
             product (see :func:`_token_mma_logits`); ``block_d`` is then the features of a segment per product.
             At hidden 4096, compiled for sm_90, a routing step of 240 instructions instead of 447, in one wave of
-            asynchronous copies; there ``spec`` 3, ``split``, ``eager`` and ``overlap`` compile to more load waves
-            with it.
+            asynchronous copies, and at ``spec`` 3 375 instructions in one wave (the CUDA cores' spec 3 takes two
+            or three); ``eager`` and ``overlap`` compile to more load waves with it.
 
     Returns:
         (B, D_out) in the dtype of ``x``.
