@@ -17,11 +17,11 @@ empty kernel gives the launch floor, and the dense FF at the hidden size the tar
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import torch
 import triton
@@ -32,9 +32,10 @@ from recruit.benchmarks.fff_speed import SpeedCase, _calls_beyond_l2
 from recruit.fff.kernels.triton_fff import fff_triton
 
 # the default, its fastest variant in the last H200 sweep, the gather in the last step (the fixed part), that with
-# bf16 read as pairs, and the dot products on the tensor cores (the part per step)
+# bf16 read as pairs, and the dot products on the tensor cores, 2 and 3 levels per step (the part per step)
 LAUNCHES = {"default": {}, "block_d1024": dict(block_d=1024), "overlap": dict(overlap=True),
-            "pairs-overlap": dict(pairs=True, overlap=True), "mma": dict(mma=True)}  # fmt: skip
+            "pairs-overlap": dict(pairs=True, overlap=True), "mma": dict(mma=True),
+            "mma-spec3": dict(mma=True, spec=3)}  # fmt: skip
 
 
 @triton.jit
@@ -62,7 +63,7 @@ def _fit(steps: list[int], us: list[float]) -> tuple[float, float]:
     return (sy - slope * sx) / n, slope
 
 
-def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.dtype, out: io.StringIO) -> None:
+def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.dtype, out: TextIO) -> None:
     time = _timer(device)
     g = torch.Generator().manual_seed(0)
     deepest = max(depths)
@@ -114,13 +115,13 @@ def main() -> None:
     # odd depths only: each depth and launch is a kernel of its own to compile (1 to 7 steps at spec 2)
     hidden, depths = (64, [1, 2, 3, 4]) if args.quick else (args.hidden, list(range(1, 14, 2)))
     dtype = torch.bfloat16  # as recruit bench fff times a GPU (pairs is for bf16); Triton's interpreter runs it too
-    out = io.StringIO()
-    out.write(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-              f"triton {triton.__version__}\n")  # fmt: skip
-    profile(hidden, depths, device, dtype, out)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "fff-profile.txt").write_text(out.getvalue())
-    print(out.getvalue())
+    path = Path(args.out) / "fff-profile.txt"
+    with path.open("w", buffering=1) as out:  # line by line, so that a run cut short keeps the depths it timed
+        out.write(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
+                  f"torch {torch.__version__}, triton {triton.__version__}\n")  # fmt: skip
+        profile(hidden, depths, device, dtype, out)
+    print(path.read_text())
 
 
 if __name__ == "__main__":
