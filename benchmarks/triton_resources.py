@@ -84,6 +84,8 @@ def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype
     compile_options = dict(num_warps=launch.num_warps)
     if launch.maxnreg:
         compile_options["maxnreg"] = launch.maxnreg
+    if launch.num_stages:
+        compile_options["num_stages"] = launch.num_stages
     return _compile(_fff_token_kernel, launch.constexprs, launch.ints, arch, {"*": dtype}, **compile_options)
 
 
@@ -220,7 +222,7 @@ def main() -> None:
     p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
     keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager", "overlap",
-            "pairs", "mma")  # fmt: skip
+            "pairs", "mma", "num_stages")  # fmt: skip
     for key in keys:  # token_launch's options, as --block-d and so on
         p.add_argument(f"--{key.replace('_', '-')}", type=int)
     args = p.parse_args()

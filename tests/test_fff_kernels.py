@@ -347,7 +347,7 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (14, 1, 3, 8, 5, dict(mma=True)),  # a step's dot products on the tensor cores (16-bit rows), masked segments
     (4, 1, 2, 256, 7, dict(mma=True, spec=1)),  # ... 16 segments of 16 features, unmasked, one level per step
     (4, 1, 2, 2048, 6, dict(mma=True, spec=3, split=1, block_d=64)),  # ... 2 chunks per segment, 16 lanes
-    (3, 1, 2, 600, 6, dict(mma=True, block_d=16)),  # ... 3 chunks, the last one and the last segment masked
+    (3, 1, 2, 600, 6, dict(mma=True, block_d=16, num_stages=1)),  # ... 3 chunks, the last one masked
     (5, 3, 3, 20, 9, dict(mma=True, overlap=True)),  # ... three trees, the output gathered in the last step
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
@@ -530,6 +530,8 @@ def test_token_launch_is_worked_out_once_per_shape():
         (dict(block_b=3), 1, 1, "block_b must be a power of two"),
         (dict(num_warps=6), 1, 1, "num_warps must be a power of two"),
         (dict(unroll=0), 1, 1, "unroll must be at least 1"),
+        (dict(num_stages=0), 1, 1, "num_stages must be at least 1"),
+        (dict(num_stages=2, top=2), 1, 1, "num_stages needs the token kernel"),
     ],
 )
 def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):
@@ -579,6 +581,7 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(mma=True, num_warps=8),
         dict(mma=True, block_d=16),
         dict(mma=True, spec=3),
+        dict(mma=True, spec=3, num_stages=1),
     ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):

@@ -231,6 +231,7 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(mma=1, spec=3),
             dict(mma=1, num_warps=8),
             dict(mma=1, spec=3, num_warps=8),
+            dict(mma=1, spec=3, num_stages=1),
         ]
     return (
         [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]

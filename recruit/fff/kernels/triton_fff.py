@@ -552,6 +552,7 @@ def fff_triton(
     overlap: bool = False,
     pairs: bool = False,
     mma: bool = False,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
 
@@ -616,6 +617,11 @@ def fff_triton(
             At hidden 4096, compiled for sm_90, a routing step of 240 instructions instead of 447, in one wave of
             asynchronous copies, and at ``spec`` 3 375 instructions in one wave (the CUDA cores' spec 3 takes two
             or three); ``eager`` and ``overlap`` compile to more load waves with it.
+        num_stages: Token kernel only: Triton's software-pipeline stages (default: Triton's own, 3). A step's rows
+            depend on the step before, so no stage loads ahead; with ``mma`` the default moves the rows by
+            asynchronous copies into two buffers of shared memory (74 KB per program at hidden 4096, 139 KB at
+            ``spec`` 3: one program per SM), and 1 through registers into one (41 KB), at the cost of barriers
+            (compiled for sm_90 by Triton 3.9: 6 per step instead of 2, 308 instructions instead of 226).
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -655,6 +661,7 @@ def fff_triton(
     assert token or not overlap, f"overlap {why}"
     assert token or not pairs, f"pairs {why}"
     assert token or not mma, f"mma {why}"
+    assert token or num_stages is None, f"num_stages {why}"
     if token:
         prefetch = prefetch or 0
         if x.device.type != "cuda":  # Triton's interpreter: the prefetch is inline PTX, and only a hint
@@ -663,7 +670,7 @@ def fff_triton(
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
                              maxnreg=maxnreg, prefetch=prefetch, eager=eager, overlap=overlap,
-                             pairs=pairs, mma=mma)  # fmt: skip
+                             pairs=pairs, mma=mma, num_stages=num_stages)  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -713,6 +720,7 @@ class TokenLaunch:
     constexprs: Mapping[str, int]  # its compile-time arguments, by name (read-only)
     num_warps: int
     maxnreg: int | None  # ptxas' register ceiling per thread (None: its own choice)
+    num_stages: int | None = None  # Triton's software-pipeline stages (None: its own choice)
 
 
 @functools.lru_cache(maxsize=256)  # a call costs about 20 µs of Python, as much as the kernel at 1 token
@@ -735,6 +743,7 @@ def token_launch(
     overlap: bool = False,
     pairs: bool = False,
     mma: bool = False,
+    num_stages: int | None = None,
     itemsize: int = 2,
     interpreted: bool = False,
 ) -> TokenLaunch:
@@ -787,7 +796,9 @@ def token_launch(
     if maxnreg is None:
         maxnreg = TOKEN_MAXNREG
     assert 0 <= maxnreg <= 255, f"maxnreg must be in 0..255 (0: ptxas' choice), got {maxnreg}"
-    return TokenLaunch(grid, MappingProxyType(ints), MappingProxyType(constexprs), num_warps or 4, maxnreg or None)
+    assert num_stages is None or num_stages >= 1, f"num_stages must be at least 1, got {num_stages}"
+    return TokenLaunch(grid, MappingProxyType(ints), MappingProxyType(constexprs), num_warps or 4, maxnreg or None,
+                       num_stages)  # fmt: skip
 
 
 def _pairs_fit(x: torch.Tensor, w_in: torch.Tensor) -> bool:
@@ -813,8 +824,9 @@ def _launch_token(
                           interpreted=x.device.type != "cuda", **options)  # fmt: skip
     fits = not launch.constexprs["PAIRS"] or _pairs_fit(x, w_in)
     assert fits, "pairs needs bf16 x and w_in of even width at 4-byte aligned addresses"
+    stages = {} if launch.num_stages is None else {"num_stages": launch.num_stages}
     _fff_token_kernel[launch.grid](
         x, w_in, b_in, w_out_t, out, **launch.ints, **launch.constexprs, num_warps=launch.num_warps,
-        maxnreg=launch.maxnreg,
+        maxnreg=launch.maxnreg, **stages,
     )  # fmt: skip
     return out
