@@ -63,7 +63,10 @@ if [ "${FOCUS:-0}" != 0 ]; then
          tests/test_fff_kernels.py tests/test_fff_bench.py
          tests/test_bdh_triton.py::test_fused_model_equals_fast_model_on_cuda tests/test_bdh_speed.py)
   BDH_SET=(--set impls=reference,fused --set generation=false)
-  if [ -n "$QUICK" ]; then FFF_SET=(--set batches=1); else FFF_SET=(--set hidden=4096 --set batches=1,4096); fi
+  # the sweep's warm pass bounded to FFF_SWEEP_S (40 s) per case, the untimed launches first: two cases, each
+  # with its dense, peers and cycled pass, within the fff step's limit
+  if [ -n "$QUICK" ]; then FFF_SET=(--set batches=1); else
+    FFF_SET=(--set hidden=4096 --set batches=1,4096 --set "sweep_s=${FFF_SWEEP_S:-40}"); fi
 else
   TESTS=(-q tests/) BDH_SET=() FFF_SET=()
 fi

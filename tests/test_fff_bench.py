@@ -1,4 +1,5 @@
 import importlib.util
+import logging
 
 import pytest
 
@@ -219,3 +220,17 @@ def test_sweep_times_its_pick_again_on_cuda(monkeypatch):
         sweep = {k.split(":", 1)[1]: v for k, v in result.ms[timing].items() if k.startswith("triton:")}
         assert set(sweep) == {"default", "block_d64", "overlap1"}
         assert launch == min(sweep, key=sweep.get) and tuned_ms > 0 and dense_ms > 0
+
+
+def test_a_bounded_sweep_starts_no_launch_past_its_budget(caplog):
+    from recruit.benchmarks.fff_speed import Selection, _budgeted
+
+    ticks = iter(range(0, 1000, 10))  # a clock that advances 10 s a reading
+    launches = [{}, dict(mma=1), dict(pairs=1), dict(spec=3), dict(overlap=1)]
+    with caplog.at_level(logging.WARNING, logger="recruit"):
+        tried = list(_budgeted(launches, 25.0, clock=lambda: next(ticks)))
+    assert tried == launches[:2]  # started at 10 and 20 s; at 30 s the budget of 25 is spent
+    assert "3 of 5 launches left untried" in caplog.text
+    assert list(_budgeted(launches, 0.0, clock=lambda: next(ticks))) == launches  # 0: no limit
+    with pytest.raises(ValueError, match="sweep_s must be at least 0"):
+        Selection(sweep_s=-1.0)

@@ -17,15 +17,17 @@ where Linux allows; the dense FF's and the gather walk's weights get the same pa
 alone; the ``fastfeedforward`` peer keeps its own).
 
 ``--set hidden=4096 --set batches=1,4096`` times only those of the device's cases; ``--set tune=false`` leaves out
-the sweep of Triton launch configurations on CUDA.
+the sweep of Triton launch configurations on CUDA, and ``--set sweep_s=60`` bounds it (its launches come in
+order, the default and the untimed candidates first).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import torch
 import torch.nn.functional as F
@@ -90,11 +92,14 @@ class Selection:
     hidden: tuple[int, ...] = ()
     batches: tuple[int, ...] = ()
     tune: bool = True  # on CUDA (not --quick), also time the sweep of Triton launch configurations
+    sweep_s: float = 0.0  # seconds the sweep's warm pass may take per case, launches in order (0: no limit)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "batches"):
             if any(v <= 0 for v in getattr(self, name)):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.sweep_s >= 0:
+            raise ValueError(f"sweep_s must be at least 0 (0: no limit), got {self.sweep_s}")
 
     def pick(self, cases: tuple[SpeedCase, ...]) -> tuple[SpeedCase, ...]:
         """The cases whose width and batch are selected; none is an error that lists what there is."""
@@ -186,21 +191,42 @@ def _peer(case: SpeedCase, dtype: torch.dtype, device):
 def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     """Launch configurations of the Triton kernel tried on CUDA (the fastest is reported as ``triton-tuned``).
 
-    The first is the default; the others vary the levels per routing step (``spec``), the levels routed
-    densely (``top``), the subtrees walked side by side (``split``, small batches), the kernel (``block_b``
-    asks for the block kernel, the small-batch default before the token kernel; ``kernel`` token, the
-    token kernel at large batches), the register ceiling (``maxnreg`` 0: ptxas' own), L2 prefetching
+    The first is the default, then the last H200 sweep's fastest at 1 token, then the launches not yet timed on
+    a GPU (a bounded sweep, ``sweep_s``, tries them first). The others vary the levels per routing step
+    (``spec``), the levels routed densely (``top``), the subtrees walked side by side (``split``, small batches),
+    the kernel (``block_b`` asks for the block kernel, the small-batch default before the token kernel; ``kernel``
+    token, the token kernel at large batches), the register ceiling (``maxnreg`` 0: ptxas' own), L2 prefetching
     (``prefetch``, small batches), the output summed during the walk (``eager``, small batches) or gathered during
     its last step (``overlap``, small batches), bf16 rows read as pairs (``pairs``, small batches), a step's dot
-    products on the tensor cores (``mma``, small batches), the tiles, the unrolling and the warps. Four launches
-    that the last H200 run timed at 1.13x to 1.55x the default's time (hidden 4096, 1 token) were taken out:
-    ``prefetch=2``, ``prefetch=1, spec=3``, ``spec=3, num_warps=8`` and ``block_d=4096, num_warps=8`` (their
-    records stay in ``results/gpu/fff.jsonl``).
+    products on the tensor cores (``mma``, small batches; ``num_stages``), the tiles, the unrolling and the warps.
+    Four launches that the last H200 run timed at 1.13x to 1.55x the default's time (hidden 4096, 1 token) were
+    taken out: ``prefetch=2``, ``prefetch=1, spec=3``, ``spec=3, num_warps=8`` and ``block_d=4096, num_warps=8``
+    (their records stay in ``results/gpu/fff.jsonl``).
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
         return [
             {},
+            dict(block_d=1024),  # the last H200 sweep's fastest from memory at hidden 4096, 1 token
+            # not yet timed on a GPU
+            dict(mma=1),
+            dict(mma=1, spec=3),
+            dict(mma=1, spec=3, num_warps=8),
+            dict(mma=1, spec=1),
+            dict(mma=1, num_warps=8),
+            dict(mma=1, spec=3, num_stages=1),
+            dict(pairs=1),
+            dict(pairs=1, block_d=1024),
+            dict(pairs=1, overlap=1),
+            dict(pairs=1, overlap=1, block_o=1024),
+            dict(overlap=1),
+            dict(overlap=1, block_d=1024),
+            dict(overlap=1, block_o=1024),
+            dict(eager=1),
+            dict(eager=1, block_d=1024),
+            dict(eager=1, num_warps=8),
+            dict(eager=1, block_o=512),
+            # timed before
             dict(maxnreg=0),
             dict(kernel="block"),
             dict(block_b=1),
@@ -208,30 +234,12 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(num_warps=8),
             dict(spec=1),
             dict(spec=3),
-            dict(block_d=1024),
             dict(block_d=4096),
             dict(block_o=512),
             dict(block_o=2048),
             *(launch for launch in splits if launch["split"] <= depth),
             dict(prefetch=1),
             dict(prefetch=1, block_d=1024),
-            dict(eager=1),
-            dict(eager=1, block_d=1024),
-            dict(eager=1, num_warps=8),
-            dict(eager=1, block_o=512),
-            dict(overlap=1),
-            dict(overlap=1, block_d=1024),
-            dict(overlap=1, block_o=1024),
-            dict(pairs=1),
-            dict(pairs=1, block_d=1024),
-            dict(pairs=1, overlap=1),
-            dict(pairs=1, overlap=1, block_o=1024),
-            dict(mma=1),
-            dict(mma=1, spec=1),
-            dict(mma=1, spec=3),
-            dict(mma=1, num_warps=8),
-            dict(mma=1, spec=3, num_warps=8),
-            dict(mma=1, spec=3, num_stages=1),
         ]
     return (
         [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]
@@ -239,6 +247,22 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
         + [dict(block_b=b) for b in (2, 4, 8)]
         + [dict(unroll=2), dict(unroll=8), dict(num_warps=4)]
     )
+
+
+def _budgeted(
+    launches: list[dict[str, int]], sweep_s: float, clock: Callable[[], float] = perf_counter
+) -> Iterator[dict[str, int]]:
+    """``launches`` in order until ``sweep_s`` seconds (of ``clock``) have passed since the first (0: all of them).
+
+    A launch is started only within the budget; a warning says how many were left untried.
+    """
+    start = clock()
+    for tried, launch in enumerate(launches):
+        if sweep_s and clock() - start > sweep_s:
+            log.warning("fff sweep: %d of %d launches left untried after %.0f s (sweep_s)", len(launches) - tried,
+                        len(launches), sweep_s)  # fmt: skip
+            return
+        yield launch
 
 
 CHECK_TOKENS = 32  # tokens of each case's first batch checked against the float64 oracle
@@ -302,7 +326,13 @@ class CaseResult:
 
 
 def measure_case(
-    case: SpeedCase, device: torch.device, dtype: torch.dtype, repeats: int, gather: bool, tune: bool = False
+    case: SpeedCase,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
+    gather: bool,
+    tune: bool = False,
+    sweep_s: float = 0.0,
 ) -> CaseResult:
     """Milliseconds per call of dense, fused FFF and peers on one case, by timing method, and a correctness check.
 
@@ -312,7 +342,9 @@ def measure_case(
     batches, which stay in L2 from one replay to the next; ``cuda_graph_cycled`` touches twice the L2 in rows,
     so that the deep levels come from memory as they would in a model whose other layers evict them. With
     ``tune``, both CUDA-graph timings also hold each of :func:`_launches` as ``triton:LABEL``: the fastest launch
-    from L2 need not be the fastest from memory (L2 prefetching only pays there).
+    from L2 need not be the fastest from memory (L2 prefetching only pays there). ``sweep_s`` > 0 bounds the
+    sweep's warm pass: once it has taken that many seconds no further launch is tried (a warning says how many
+    were left), and the cycled pass, about as long again, times the launches tried.
     """
     g = torch.Generator().manual_seed(case.hidden * 1000 + case.depth)
     layers = _layers(case.hidden, case.depth, dtype, device, g, case.trees)
@@ -356,7 +388,7 @@ def measure_case(
             if tune:
                 from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton
 
-                for launch in _launches(case.batch <= SMALL_BATCH, case.depth):
+                for launch in _budgeted(_launches(case.batch <= SMALL_BATCH, case.depth), sweep_s):
                     label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
 
                     def launched(x: torch.Tensor, launch=launch) -> torch.Tensor:
@@ -427,7 +459,8 @@ def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[
     for case in tqdm(cases, desc="fff speed", disable=not opts.progress):
         gather = case.batch <= 4096 and case.hidden <= 768 or case.batch <= 128
         result = measure_case(case, device, dtype, repeats=3 if opts.quick else 7, gather=gather,
-                              tune=device.type == "cuda" and not opts.quick and select.tune)  # fmt: skip
+                              tune=device.type == "cuda" and not opts.quick and select.tune,
+                              sweep_s=select.sweep_s)  # fmt: skip
         forest = f"trees={case.trees}," if case.trees > 1 else ""
         c = (f"hidden={case.hidden},depth={case.depth},{forest}width={case.nodes},dense_width={case.dense_width},"
              f"B={case.batch},dtype={str(dtype).split('.')[-1]}")  # fmt: skip
