@@ -35,7 +35,7 @@ from recruit.fff.kernels.triton_fff import fff_triton
 # bf16 read as pairs, and the dot products on the tensor cores, 2 and 3 levels per step (the part per step)
 LAUNCHES = {"default": {}, "block_d1024": dict(block_d=1024), "overlap": dict(overlap=True),
             "pairs-overlap": dict(pairs=True, overlap=True), "mma": dict(mma=True),
-            "mma-spec3": dict(mma=True, spec=3)}  # fmt: skip
+            "mma-spec3": dict(mma=True, spec=3), "mma-overlap": dict(mma=True, overlap=True)}  # fmt: skip
 
 
 @triton.jit

@@ -582,6 +582,7 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(mma=True, block_d=16),
         dict(mma=True, spec=3),
         dict(mma=True, spec=3, num_stages=1),
+        dict(mma=True, overlap=True),
     ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
@@ -740,6 +741,18 @@ def test_token_kernel_mma_multiplies_on_the_tensor_cores(cuobjdump, spec):
         share = 0.6 if hidden >= 4096 else 0.95  # the most instructions per level, of the CUDA-core default's
         per_level = sum(used.loop_ops.values()) / spec
         assert per_level < share * sum(plain.loop_ops.values()) / 2, (hidden, spec, used.loop_ops)
+
+
+def test_token_kernel_mma_with_overlap_keeps_one_load_wave_in_the_last_step(cuobjdump):
+    """``mma`` with ``overlap``, compiled for an H100/H200: the routing loop is mma's (one wave, no FFMA) and the last
+    step, peeled off with the output rows among its loads, issues them in one wave: it runs on the CUDA cores (on
+    the tensor cores it compiled to three waves, Triton 3.6)."""
+    tool = cuobjdump
+    for hidden, depth in tool.SHAPES:
+        used = tool.resources(tool.compile_token(hidden, depth, mma=True, overlap=True))
+        assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (hidden, used)
+        assert used.loop_ops.get("HGMMA", 0) >= 4 and "FFMA" not in used.loop_ops, (hidden, used.loop_ops)
+        assert used.ops.get("LDG.E.128.STRONG.SYS", 0) >= 10, (hidden, used)  # the last step's rows and output rows
 
 
 @pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, spec=3)])

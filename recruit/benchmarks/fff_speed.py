@@ -215,6 +215,7 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(mma=1, spec=1),
             dict(mma=1, num_warps=8),
             dict(mma=1, spec=3, num_stages=1),
+            dict(mma=1, overlap=1),
             dict(pairs=1),
             dict(pairs=1, block_d=1024),
             dict(pairs=1, overlap=1),

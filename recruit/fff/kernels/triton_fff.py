@@ -370,7 +370,7 @@ def _token_step(
         w_path = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :],
                          mask=before[:, None] & o_ok[None, :], other=0.0, volatile=True)  # fmt: skip
     g_lane = tl.zeros((TOP_LANES + SUB,), dtype=tl.float32)  # EAGER, LAST: GELU of the lanes the step picks
-    if MMA:
+    if MMA and not LAST:  # OVERLAP's last step on the CUDA cores: on the tensor cores it compiled to 3 load waves
         logits = _token_mma_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane, D_IN, SEG_LEN, SEGS, BLOCK_K,
                                    K_CHUNKS, EVEN, DOT_F32)  # fmt: skip
     else:
@@ -616,7 +616,9 @@ def fff_triton(
             product (see :func:`_token_mma_logits`); ``block_d`` is then the features of a segment per product.
             At hidden 4096, compiled for sm_90, a routing step of 240 instructions instead of 447, in one wave of
             asynchronous copies, and at ``spec`` 3 375 instructions in one wave (the CUDA cores' spec 3 takes two
-            or three); ``eager`` and ``overlap`` compile to more load waves with it.
+            or three). With ``overlap`` the last step, whose loads include the output rows, runs on the CUDA cores
+            (on the tensor cores it compiled to three load waves; this way one); ``eager`` compiles to more load
+            waves with it.
         num_stages: Token kernel only: Triton's software-pipeline stages (default: Triton's own, 3). A step's rows
             depend on the step before, so no stage loads ahead; with ``mma`` the default moves the rows by
             asynchronous copies into two buffers of shared memory (74 KB per program at hidden 4096, 139 KB at
