@@ -81,12 +81,7 @@ def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype
     """The compiled token kernel (a ``triton.compile`` result) for ``token_launch(batch, hidden, hidden, ...)``."""
     itemsize = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
     launch = token_launch(batch, hidden, hidden, depth, 1, itemsize=itemsize, **options)
-    compile_options = dict(num_warps=launch.num_warps)
-    if launch.maxnreg:
-        compile_options["maxnreg"] = launch.maxnreg
-    if launch.num_stages:
-        compile_options["num_stages"] = launch.num_stages
-    return _compile(_fff_token_kernel, launch.constexprs, launch.ints, arch, {"*": dtype}, **compile_options)
+    return _compile(_fff_token_kernel, launch.constexprs, launch.ints, arch, {"*": dtype}, **launch.options)
 
 
 def bdh_gemm_shape(epilogue: int) -> tuple[dict, dict]:

@@ -722,7 +722,8 @@ class TokenLaunch:
     constexprs: Mapping[str, int]  # its compile-time arguments, by name (read-only)
     num_warps: int
     maxnreg: int | None  # ptxas' register ceiling per thread (None: its own choice)
-    num_stages: int | None = None  # Triton's software-pipeline stages (None: its own choice)
+    num_stages: int | None  # Triton's software-pipeline stages (None: its own choice)
+    options: Mapping[str, int]  # the three above as Triton's launch and compile options, those set only (read-only)
 
 
 @functools.lru_cache(maxsize=256)  # a call costs about 20 µs of Python, as much as the kernel at 1 token
@@ -799,8 +800,11 @@ def token_launch(
         maxnreg = TOKEN_MAXNREG
     assert 0 <= maxnreg <= 255, f"maxnreg must be in 0..255 (0: ptxas' choice), got {maxnreg}"
     assert num_stages is None or num_stages >= 1, f"num_stages must be at least 1, got {num_stages}"
-    return TokenLaunch(grid, MappingProxyType(ints), MappingProxyType(constexprs), num_warps or 4, maxnreg or None,
-                       num_stages)  # fmt: skip
+    num_warps, maxnreg = num_warps or 4, maxnreg or None
+    options = dict(num_warps=num_warps, maxnreg=maxnreg, num_stages=num_stages)
+    options = MappingProxyType({k: v for k, v in options.items() if v is not None})
+    return TokenLaunch(grid, MappingProxyType(ints), MappingProxyType(constexprs), num_warps, maxnreg, num_stages,
+                       options)  # fmt: skip
 
 
 def _pairs_fit(x: torch.Tensor, w_in: torch.Tensor) -> bool:
@@ -826,9 +830,5 @@ def _launch_token(
                           interpreted=x.device.type != "cuda", **options)  # fmt: skip
     fits = not launch.constexprs["PAIRS"] or _pairs_fit(x, w_in)
     assert fits, "pairs needs bf16 x and w_in of even width at 4-byte aligned addresses"
-    stages = {} if launch.num_stages is None else {"num_stages": launch.num_stages}
-    _fff_token_kernel[launch.grid](
-        x, w_in, b_in, w_out_t, out, **launch.ints, **launch.constexprs, num_warps=launch.num_warps,
-        maxnreg=launch.maxnreg, **stages,
-    )  # fmt: skip
+    _fff_token_kernel[launch.grid](x, w_in, b_in, w_out_t, out, **launch.ints, **launch.constexprs, **launch.options)
     return out
