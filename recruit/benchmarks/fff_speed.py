@@ -381,11 +381,13 @@ def measure_case(
             timings[name] = measure.time_fn(cycled[name], device, warmup=1, repeats=2)
         out["wall"] = {name: timings[name].median * 1e3 for name in fns}
         if device.type == "cuda":
-            graph = out["cuda_graph"] = {}
             calls = min(n, 16)
-            for name in ("dense", "fff"):
-                graph[name] = measure.time_cuda_graph(fns[name], device, calls=calls).median * 1e3
-            cycled_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"dense": layers.dense, "fff": layers.fff}
+
+            def graph_ms(fn: Callable[[torch.Tensor], torch.Tensor]) -> float:  # ms per call of fn on the inputs
+                return measure.time_cuda_graph(lambda i: fn(xs[i % n]), device, calls=calls).median * 1e3
+
+            cycled_fns: _Impls = {"dense": layers.dense, "fff": layers.fff}
+            graph = out["cuda_graph"] = {name: graph_ms(fn) for name, fn in cycled_fns.items()}
             if tune:
                 from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton
 
@@ -395,11 +397,8 @@ def measure_case(
                     def launched(x: torch.Tensor, launch=launch) -> torch.Tensor:
                         return fff_triton(x, *fff, case.depth, case.trees, **launch)
 
-                    def tuned(i: int, launched=launched) -> torch.Tensor:
-                        return launched(xs[i % n])
-
                     try:
-                        agree = _agree(tuned(0).float(), timed)
+                        agree = _agree(launched(xs[0]).float(), timed)
                     except Exception as e:  # a configuration that does not compile (resources) is skipped
                         log.warning("fff launch %s failed: %s", label, str(e).splitlines()[0] if str(e) else e)
                         continue
@@ -407,16 +406,13 @@ def measure_case(
                         log.warning("fff launch %s disagrees with the default on %.1f%% of tokens", label,
                                     100 * (1 - agree))  # fmt: skip
                         continue
-                    graph[f"triton:{label}"] = measure.time_cuda_graph(tuned, device, calls=calls).median * 1e3
+                    graph[f"triton:{label}"] = graph_ms(launched)
                     cycled_fns[f"triton:{label}"] = launched
             out["cuda_graph_cycled"] = _time_cycled(case, device, dtype, g, cycled_fns)
             if tune:  # the fastest launch of each timing, timed again beside the dense FF
 
                 def warm(pair: _Impls) -> dict[str, float]:
-                    ms = {}
-                    for name, fn in pair.items():
-                        ms[name] = measure.time_cuda_graph(lambda i, fn=fn: fn(xs[i % n]), device, calls=calls).median
-                    return {name: t * 1e3 for name, t in ms.items()}
+                    return {name: graph_ms(fn) for name, fn in pair.items()}
 
                 def cold(pair: _Impls) -> dict[str, float]:
                     return _time_cycled(case, device, dtype, g, pair)
