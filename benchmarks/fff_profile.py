@@ -29,13 +29,19 @@ import triton.language as tl
 
 from recruit import measure
 from recruit.benchmarks.fff_speed import SpeedCase, _calls_beyond_l2
-from recruit.fff.kernels.triton_fff import fff_triton
+from recruit.fff.kernels.triton_fff import fff_triton, to_blocked
 
-# the default, its fastest variant in the last H200 sweep, the gather in the last step (the fixed part), that with
-# bf16 read as pairs, and the dot products on the tensor cores, 2 and 3 levels per step (the part per step)
-LAUNCHES = {"default": {}, "block_d1024": dict(block_d=1024), "overlap": dict(overlap=True),
-            "pairs-overlap": dict(pairs=True, overlap=True), "mma": dict(mma=True),
-            "mma-spec3": dict(mma=True, spec=3), "mma-overlap": dict(mma=True, overlap=True)}  # fmt: skip
+# the default, its fastest variant in the last H200 sweep, the gather in the last step (the fixed part), and both
+# with the rows in the blocked layout (the part per step from memory); `blocked` True stands for subtrees of the
+# BLOCK_LEVELS deepest levels (at depth 13 `blocked=8`; 2 in a --quick run), heap order where the tree has no more
+LAUNCHES = {
+    "default": {},
+    "pairs-block_d1024": dict(pairs=True, block_d=1024),
+    "overlap": dict(overlap=True),
+    "blocked": dict(blocked=True),
+    "blocked-pairs-block_d1024": dict(blocked=True, pairs=True, block_d=1024),
+}
+BLOCK_LEVELS = 6
 
 
 @triton.jit
@@ -63,7 +69,8 @@ def _fit(steps: list[int], us: list[float]) -> tuple[float, float]:
     return (sy - slope * sx) / n, slope
 
 
-def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.dtype, out: TextIO) -> None:
+def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.dtype, out: TextIO,
+            block_levels: int = BLOCK_LEVELS) -> None:  # fmt: skip
     time = _timer(device)
     g = torch.Generator().manual_seed(0)
     deepest = max(depths)
@@ -84,14 +91,18 @@ def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.d
     for depth in depths:
         rows = 2 ** (depth + 1) - 1
         fff = w_in[:rows], b_in[:rows], w_out_t[:rows]
+        level = max(0, depth + 1 - block_levels)
+        laid = tuple(to_blocked(t, depth, 1, level) for t in fff)  # the same tree, rows in the blocked layout
         calls = _calls_beyond_l2(SpeedCase(hidden, depth, 1), device, dtype) if device.type == "cuda" else 4
         cycled = torch.randn(calls, 1, hidden, generator=g).to(device, dtype)
         line = f"{depth:>5}"
         for name, launch in LAUNCHES.items():
             spec = launch.get("spec", 2)
             steps[name].append(-(-(depth + 1) // spec))
+            weights = laid if launch.get("blocked") else fff
+            launch = {**launch, "blocked": level} if launch.get("blocked") else launch
             for timing, inputs, n in (("warm", xs, 16), ("cycled", cycled, calls)):
-                us = time(lambda i, x=inputs, kw=launch, f=fff, d=depth: fff_triton(x[i], *f, d, 1, **kw), n)
+                us = time(lambda i, x=inputs, kw=launch, f=weights, d=depth: fff_triton(x[i], *f, d, 1, **kw), n)
                 table.setdefault((name, timing), []).append(us)
                 line += f" {us:>21.2f}"
         out.write(line + "\n")
@@ -120,7 +131,7 @@ def main() -> None:
     with path.open("w", buffering=1) as out:  # line by line, so that a run cut short keeps the depths it timed
         out.write(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
                   f"torch {torch.__version__}, triton {triton.__version__}\n")  # fmt: skip
-        profile(hidden, depths, device, dtype, out)
+        profile(hidden, depths, device, dtype, out, 2 if args.quick else BLOCK_LEVELS)
     print(path.read_text())
 
 

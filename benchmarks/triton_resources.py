@@ -217,7 +217,7 @@ def main() -> None:
     p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
     keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager", "overlap",
-            "pairs", "mma", "num_stages")  # fmt: skip
+            "pairs", "mma", "num_stages", "blocked")  # fmt: skip
     for key in keys:  # token_launch's options, as --block-d and so on
         p.add_argument(f"--{key.replace('_', '-')}", type=int)
     args = p.parse_args()

@@ -212,13 +212,14 @@ def test_sweep_times_its_pick_again_on_cuda(monkeypatch):
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    monkeypatch.setattr(fff_speed, "_launches", lambda small, depth: [{}, dict(block_d=64), dict(overlap=1)])
+    launches = [{}, dict(block_d=64), dict(overlap=1), dict(blocked=4)]  # the last with weights laid out for it
+    monkeypatch.setattr(fff_speed, "_launches", lambda small, depth: launches)
     case = fff_speed.SpeedCase(256, 7, 1)
     result = fff_speed.measure_case(case, torch.device("cuda"), torch.bfloat16, repeats=3, gather=False, tune=True)
     assert set(result.tuned) == {"cuda_graph", "cuda_graph_cycled"}
     for timing, (launch, tuned_ms, dense_ms) in result.tuned.items():
         sweep = {k.split(":", 1)[1]: v for k, v in result.ms[timing].items() if k.startswith("triton:")}
-        assert set(sweep) == {"default", "block_d64", "overlap1"}
+        assert set(sweep) == {"default", "block_d64", "overlap1", "blocked4"}  # each agreed with the default
         assert launch == min(sweep, key=sweep.get) and tuned_ms > 0 and dense_ms > 0
 
 

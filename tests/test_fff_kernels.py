@@ -349,6 +349,12 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (4, 1, 2, 2048, 6, dict(mma=True, spec=3, split=1, block_d=64)),  # ... 2 chunks per segment, 16 lanes
     (3, 1, 2, 600, 6, dict(mma=True, block_d=16, num_stages=1)),  # ... 3 chunks, the last one masked
     (5, 3, 3, 20, 9, dict(mma=True, overlap=True)),  # ... three trees, the output gathered in the last step
+    (14, 1, 3, 8, 5, dict(blocked=8)),  # rows in the blocked layout: subtrees of levels 8..14 in runs of rows
+    (5, 3, 3, 20, 9, dict(blocked=2, spec=3, overlap=True)),  # ... three trees, the output in the last step
+    (6, 1, 2, 9, 9, dict(blocked=2, split=3)),  # ... the walk above the subtree programs' roots too
+    (5, 1, 3, 20, 17, dict(blocked=3, spec=1, block_o=16, eager=True)),  # ... the output summed in the walk
+    (6, 1, 2, 10, 9, dict(blocked=4, split=2, pairs=True)),  # ... the layout's subtrees below the programs' roots
+    (6, 1, 2, 16, 7, dict(blocked=6, spec=3, mma=True)),  # ... subtrees of one node (heap order), mma steps
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 129, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -366,9 +372,12 @@ TRITON_NAMES = [f"{c[0]}-{c[1]}-{c[2]}" + f"#{i}" * (sum(d[:3] == c[:3] for d in
 TRITON_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 INTERPRET = """
 import sys, torch
-from recruit.fff.kernels.triton_fff import fff_triton
+from recruit.fff.kernels.triton_fff import fff_triton, to_blocked
+def run(x, w_in, b_in, w_out_t, depth, n_trees, blocked=0, **blocks):  # weights laid out as `blocked` says
+    w_in, b_in, w_out_t = (to_blocked(t, depth, n_trees, blocked) for t in (w_in, b_in, w_out_t))
+    return fff_triton(x, w_in, b_in, w_out_t, depth, n_trees, blocked=blocked, **blocks)
 jobs = torch.load(sys.argv[1])
-torch.save([fff_triton(*args, depth, n_trees, **blocks) for args, depth, n_trees, blocks in jobs], sys.argv[2])
+torch.save([run(*args, depth, n_trees, **blocks) for args, depth, n_trees, blocks in jobs], sys.argv[2])
 """
 
 
@@ -420,14 +429,16 @@ from recruit.fff.kernels import triton_fff
 
 issued = []  # (addresses, mask) of every prefetch call, as the interpreter hands them over
 triton_fff._prefetch_l2 = lambda ptrs, mask: issued.append((np.array(ptrs.handle.data), np.array(mask.handle.data)))
-depth, trees, spec, split, ahead, d_in, d_out, block_o = (int(a) for a in sys.argv[1:])
+depth, trees, spec, split, ahead, d_in, d_out, block_o, blocked = (int(a) for a in sys.argv[1:])
 m, levels = 2 ** (depth + 1) - 1, depth + 1
 g = torch.Generator().manual_seed(depth + spec)
 shapes = ((1, d_in), (trees * m, d_in), (trees * m,), (trees * m, d_out))
 x, w_in, b_in, w_out = (torch.randn(*shape, generator=g) for shape in shapes)
 out = torch.empty(1, d_out)
-triton_fff._launch_token(x, w_in, b_in, w_out, out, depth, trees, spec=spec, split=split, block_o=block_o,
-                         prefetch=ahead)
+stored = triton_fff.blocked_rows(depth, blocked)  # heap node -> row within its tree
+kernel_w = [triton_fff.to_blocked(t, depth, trees, blocked) for t in (w_in, b_in, w_out)]
+triton_fff._launch_token(x, *kernel_w, out, depth, trees, spec=spec, split=split, block_o=block_o,
+                         prefetch=ahead, blocked=blocked)
 paths = []  # the token's walk down each tree, as global rows
 for k in range(trees):
     node, path = 0, []
@@ -445,10 +456,10 @@ def lines_of(t, width):  # the (row, line) pairs of the prefetched addresses ins
                 got.add(divmod((a - base) // 4, width))
     return {(r, c // line) for r, c in got}
 total = sum(int(mask.astype(bool).sum()) for _, mask in issued)
-fetched_in, fetched_out = lines_of(w_in, d_in), lines_of(w_out, d_out)
+fetched_in, fetched_out = lines_of(kernel_w[0], d_in), lines_of(kernel_w[2], d_out)
 assert len(fetched_in) + len(fetched_out) > 0
 outside = total - sum(1 for ptrs, mask in issued for a in ptrs[mask.astype(bool)].ravel().tolist()
-                      if any(t.data_ptr() <= a < t.data_ptr() + t.numel() * 4 for t in (w_in, w_out)))
+                      if any(t.data_ptr() <= a < t.data_ptr() + t.numel() * 4 for t in kernel_w[::2]))
 assert outside == 0, f"{outside} addresses outside w_in and w_out"
 # every w_in row that a step `ahead` steps below another loads was prefetched, all its lines
 for k, path in enumerate(paths):
@@ -456,11 +467,12 @@ for k, path in enumerate(paths):
         root = path[first] - k * m
         for h in range(min(spec, levels - first)):
             for node in range(root * 2**h + 2**h - 1, (root + 1) * 2**h + 2**h - 1):
-                missing = {(k * m + node, c) for c in range(-(-d_in // line))} - fetched_in
+                missing = {(k * m + int(stored[node]), c) for c in range(-(-d_in // line))} - fetched_in
                 assert not missing, (k, first, h, node, sorted(missing)[:3])
 # and every path row's output columns, all of them over the column programs
 path = sum(paths, [])
-missing = {(row, c) for row in path for c in range(-(-d_out // line))} - fetched_out
+path_rows = [row // m * m + int(stored[row % m]) for row in path]
+missing = {(row, c) for row in path_rows for c in range(-(-d_out // line))} - fetched_out
 assert not missing, sorted(missing)[:5]
 a = torch.stack([x[0] @ w_in[row] + b_in[row] for row in path])
 torch.testing.assert_close(out[0], torch.nn.functional.gelu(a) @ w_out[path])
@@ -469,25 +481,49 @@ print("ok", len(issued), len(fetched_in), len(fetched_out))
 
 
 @pytest.mark.parametrize(
-    "depth,trees,spec,split,ahead,d_in,d_out,block_o",
+    "depth,trees,spec,split,ahead,d_in,d_out,block_o,blocked",
     [
-        (7, 1, 2, 0, 1, 100, 70, 16),  # 4 steps, 5 column programs sharing out the candidates, masked tails
-        (8, 1, 3, 0, 2, 40, 33, None),  # 3 steps; the prefetch 2 steps on reaches only the last
-        (9, 1, 2, 3, 1, 64, 48, 16),  # subtree programs: each prefetches below its own level-3 root
-        (5, 3, 2, 0, 1, 48, 40, None),  # three trees, walked one after another
+        (7, 1, 2, 0, 1, 100, 70, 16, 0),  # 4 steps, 5 column programs sharing out the candidates, masked tails
+        (8, 1, 3, 0, 2, 40, 33, None, 0),  # 3 steps; the prefetch 2 steps on reaches only the last
+        (9, 1, 2, 3, 1, 64, 48, 16, 0),  # subtree programs: each prefetches below its own level-3 root
+        (5, 3, 2, 0, 1, 48, 40, None, 0),  # three trees, walked one after another
+        (9, 1, 2, 3, 1, 64, 48, 16, 5),  # rows in the blocked layout, subtrees of levels 5..9
+        (5, 3, 2, 0, 1, 48, 40, None, 2),  # ... of three trees
     ],
 )
 def test_token_kernel_prefetches_the_rows_its_walk_reads_later(depth, trees, spec, split, ahead, d_in, d_out,
-                                                               block_o):  # fmt: skip
+                                                               block_o, blocked):  # fmt: skip
     """The L2 prefetch asks for the right lines: every w_in row of a step ``ahead`` steps after the one that asks,
     and the output columns of every path row, none outside the weights (under the interpreter, with the PTX
     replaced by a recorder; the result is also the walk's)."""
     pytest.importorskip("triton")
-    args = [str(a) for a in (depth, trees, spec, split, ahead, d_in, d_out, block_o or 0)]
+    args = [str(a) for a in (depth, trees, spec, split, ahead, d_in, d_out, block_o or 0, blocked)]
     done = subprocess.run([sys.executable, "-c", PREFETCH_ADDRESSES, *args], capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok"), done.stdout
+
+
+@pytest.mark.parametrize("depth,blocked", [(0, 0), (3, 0), (3, 1), (3, 2), (3, 3), (7, 3), (13, 8)])
+def test_blocked_layout_keeps_the_top_levels_and_runs_each_subtree_in_heap_order(depth, blocked):
+    """The layout, against its definition written out node by node: rows 0..2^L − 2 the levels above L, then
+    subtree after subtree of the level-L roots, each in heap order (its root, then its children, ...)."""
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import blocked_rows, to_blocked
+
+    expect = list(range(2**blocked - 1))  # heap nodes in row order
+    for root in range(2**blocked - 1, 2 ** (blocked + 1) - 1):
+        level = [root]
+        while level[0] < 2 ** (depth + 1) - 1:
+            expect += level
+            level = [c for n in level for c in (2 * n + 1, 2 * n + 2)]
+    rows = blocked_rows(depth, blocked)
+    assert rows.dtype == torch.int64 and sorted(rows.tolist()) == list(range(len(expect)))
+    assert [rows[n].item() for n in expect] == list(range(len(expect)))  # node expect[r] sits at row r
+    if depth == 3:
+        t = torch.arange(2 * 15.0)[:, None].expand(-1, 3)  # two trees, a row's value its heap index
+        laid = to_blocked(t, depth, 2, blocked)
+        assert laid[:15, 0].tolist() == expect and laid[15:, 0].tolist() == [15.0 + n for n in expect]
 
 
 def test_token_launch_is_worked_out_once_per_shape():
@@ -532,6 +568,8 @@ def test_token_launch_is_worked_out_once_per_shape():
         (dict(unroll=0), 1, 1, "unroll must be at least 1"),
         (dict(num_stages=0), 1, 1, "num_stages must be at least 1"),
         (dict(num_stages=2, top=2), 1, 1, "num_stages needs the token kernel"),
+        (dict(blocked=2, block_b=1), 1, 1, "blocked needs the token kernel"),
+        (dict(blocked=4), 1, 1, "blocked must be in 0..3"),
     ],
 )
 def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):
@@ -660,6 +698,18 @@ def test_token_kernel_compiles_for_sm90_without_spills(cuobjdump):
         assert used.load_waves == 1, (hidden, depth, used)
         assert used.ops.get("LDG.E.128", 0) >= 8, (hidden, depth, used)
         assert "CCTL.E.PF2" not in used.ops, (hidden, depth, used)  # no prefetch unless asked for
+
+
+def test_token_kernel_blocked_layout_costs_a_step_a_few_integer_instructions(cuobjdump):
+    """Rows in the blocked layout, compiled for an H100/H200: each step's loads still in one wave, no spills, and
+    the layout's row arithmetic in 32 bits (64-bit shifts and products cost a step 116 instructions, not 45)."""
+    tool = cuobjdump
+    for hidden, depth in tool.SHAPES:
+        heap = tool.resources(tool.compile_token(hidden, depth))
+        laid = tool.resources(tool.compile_token(hidden, depth, blocked=8))
+        assert laid.local_bytes == 0 and laid.load_waves == 1, (hidden, depth, laid)
+        extra = sum(laid.loop_ops.values()) - sum(heap.loop_ops.values())
+        assert 0 < extra <= 60, (hidden, depth, extra)
 
 
 @pytest.mark.parametrize("spec", [1, 2, 3])

@@ -192,42 +192,42 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     """Launch configurations of the Triton kernel tried on CUDA (the fastest is reported as ``triton-tuned``).
 
     The first is the default, then the last H200 sweep's fastest at 1 token, then the launches not yet timed on
-    a GPU (a bounded sweep, ``sweep_s``, tries them first). The others vary the levels per routing step
-    (``spec``), the levels routed densely (``top``), the subtrees walked side by side (``split``, small batches),
-    the kernel (``block_b`` asks for the block kernel, the small-batch default before the token kernel; ``kernel``
-    token, the token kernel at large batches), the register ceiling (``maxnreg`` 0: ptxas' own), L2 prefetching
-    (``prefetch``, small batches), the output summed during the walk (``eager``, small batches) or gathered during
-    its last step (``overlap``, small batches), bf16 rows read as pairs (``pairs``, small batches), a step's dot
-    products on the tensor cores (``mma``, small batches; ``num_stages``), the tiles, the unrolling and the warps.
-    Four launches that the last H200 run timed at 1.13x to 1.55x the default's time (hidden 4096, 1 token) were
-    taken out: ``prefetch=2``, ``prefetch=1, spec=3``, ``spec=3, num_warps=8`` and ``block_d=4096, num_warps=8``
-    (their records stay in ``results/gpu/fff.jsonl``).
+    a GPU (a bounded sweep, ``sweep_s``, tries them first): the rows in the blocked layout (``blocked``, small
+    batches, at most ``depth``; the sweep lays out a copy of the weights for them). The others vary the levels
+    per routing step (``spec``), the levels routed densely (``top``), the subtrees walked side by side
+    (``split``, small batches), the kernel (``block_b`` asks for the block kernel, the small-batch default before
+    the token kernel; ``kernel`` token, the token kernel at large batches), the register ceiling (``maxnreg`` 0:
+    ptxas' own), L2 prefetching (``prefetch``, small batches), the output summed during the walk (``eager``,
+    small batches) or gathered during its last step (``overlap``, small batches), bf16 rows read as pairs
+    (``pairs``, small batches), a step's dot products on the tensor cores (``mma``, small batches), the tiles,
+    the unrolling and the warps.
+    Launches that an H200 run timed at 1.13x to 3.5x the default's time (hidden 4096, 1 token) were taken out:
+    ``prefetch=2``, ``prefetch=1, spec=3``, ``spec=3, num_warps=8`` and ``block_d=4096, num_warps=8``, then all of
+    ``mma`` but ``mma=1, spec=3`` (1.3x; alone, with ``overlap``, at ``spec=1`` and with 8 warps 2.0x to 3.5x) and
+    ``eager=1, num_warps=8`` (2.1x); the first four's records are in git's history of ``results/gpu/fff.jsonl``,
+    the others' in its present version.
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
+        blocked = [dict(blocked=8), dict(blocked=8, pairs=1, block_d=1024), dict(blocked=6), dict(blocked=10),
+                   dict(blocked=8, overlap=1)]  # fmt: skip
         return [
             {},
-            dict(block_d=1024),  # the last H200 sweep's fastest from memory at hidden 4096, 1 token
+            dict(pairs=1, block_d=1024),  # the last H200 sweep's fastest at hidden 4096, 1 token, warm and cycled
             # not yet timed on a GPU, the likeliest first
-            dict(mma=1),
-            dict(mma=1, overlap=1),
-            dict(mma=1, spec=3),
-            dict(mma=1, spec=3, num_warps=8),
-            dict(pairs=1, overlap=1),
+            *(launch for launch in blocked if launch["blocked"] <= depth),
+            # timed before
+            dict(block_d=1024),
             dict(pairs=1),
+            dict(pairs=1, overlap=1),
             dict(overlap=1),
-            dict(mma=1, spec=1),
-            dict(mma=1, num_warps=8),
-            dict(mma=1, spec=3, num_stages=1),
-            dict(pairs=1, block_d=1024),
+            dict(mma=1, spec=3),
             dict(pairs=1, overlap=1, block_o=1024),
             dict(overlap=1, block_d=1024),
             dict(overlap=1, block_o=1024),
             dict(eager=1),
             dict(eager=1, block_d=1024),
-            dict(eager=1, num_warps=8),
             dict(eager=1, block_o=512),
-            # timed before
             dict(maxnreg=0),
             dict(kernel="block"),
             dict(block_b=1),
@@ -389,13 +389,17 @@ def measure_case(
             cycled_fns: _Impls = {"dense": layers.dense, "fff": layers.fff}
             graph = out["cuda_graph"] = {name: graph_ms(fn) for name, fn in cycled_fns.items()}
             if tune:
-                from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton
+                from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton, to_blocked
+
+                laid: dict[int, tuple[torch.Tensor, ...]] = {0: fff}  # the weights in each layout swept
 
                 for launch in _budgeted(_launches(case.batch <= SMALL_BATCH, case.depth), sweep_s):
                     label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
+                    if (level := launch.get("blocked", 0)) not in laid:
+                        laid[level] = tuple(to_blocked(t, case.depth, case.trees, level) for t in fff)
 
-                    def launched(x: torch.Tensor, launch=launch) -> torch.Tensor:
-                        return fff_triton(x, *fff, case.depth, case.trees, **launch)
+                    def launched(x: torch.Tensor, launch=launch, weights=laid[level]) -> torch.Tensor:
+                        return fff_triton(x, *weights, case.depth, case.trees, **launch)
 
                     try:
                         agree = _agree(launched(xs[0]).float(), timed)
