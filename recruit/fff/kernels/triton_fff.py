@@ -27,7 +27,8 @@ up to 2x slower on an H200).
 
 Small batches split the output columns over several programs so that the GPU fills up (each recomputes the
 routing, whose rows come from L2); large batches give each program all columns so that routing runs once.
-Both kernels use the same routing steps, in the same heap layout.
+Both kernels use the same routing steps, in the same heap layout; the token kernel can also read the rows in a
+blocked layout, each deep subtree in one run of rows (``blocked``, see :func:`blocked_rows`).
 
 This module imports ``triton`` at import time: import it lazily (``recruit.fff.kernels.fff_infer`` does).
 Triton's interpreter runs it on CPU tensors when ``TRITON_INTERPRET=1`` is set before ``triton`` is first
@@ -756,7 +757,7 @@ def blocked_rows(depth: int, blocked: int) -> torch.Tensor:
     """
     assert 0 <= blocked <= depth, f"blocked must be in 0..{depth} (0: heap order), got {blocked}"
     heap = torch.arange(2 ** (depth + 1) - 1)
-    level = torch.log2(heap.double() + 1).floor().long()  # exact: heap + 1 < 2^53
+    level = torch.frexp((heap + 1).double()).exponent.long() - 1  # exact: heap + 1 = mantissa · 2^exponent
     below = (level - blocked).clamp(min=0)
     i = heap - ((1 << level) - 1)  # index within the level
     row = (1 << blocked) - 1 + (i >> below) * ((1 << (depth + 1 - blocked)) - 1) + (1 << below) - 1
