@@ -621,18 +621,28 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(mma=True, spec=3),
         dict(mma=True, spec=3, num_stages=1),
         dict(mma=True, overlap=True),
+        dict(blocked=8),
+        dict(blocked=8, pairs=True),
+        dict(blocked=2, split=3),
+        dict(blocked=8, overlap=True),
+        dict(blocked=8, prefetch=1),
     ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
     pytest.importorskip("triton")
-    from recruit.fff.kernels.triton_fff import fff_triton
+    from recruit.fff.kernels.triton_fff import fff_triton, to_blocked
 
     case = tuple(t.cuda() for t in make_case(13, 13, 1, 5, 512, 384, dtype))
     if dtype != torch.bfloat16:  # pairs is for bf16 rows: the same launch without it
         launch = {k: v for k, v in launch.items() if k != "pairs"}
     if dtype == torch.float32:  # ... and mma for 16-bit rows
         launch = {k: v for k, v in launch.items() if k != "mma"}
-    check(fff_triton, case, 13, 1, **launch)
+
+    def laid_out(x, w_in, b_in, w_out_t, depth, n_trees, **kw):  # the weights in the layout the launch reads
+        weights = (to_blocked(t, depth, n_trees, kw.get("blocked", 0)) for t in (w_in, b_in, w_out_t))
+        return fff_triton(x, *weights, depth, n_trees, **kw)
+
+    check(laid_out, case, 13, 1, **launch)
 
 
 @pytest.mark.gpu
