@@ -92,7 +92,7 @@ def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.d
         rows = 2 ** (depth + 1) - 1
         fff = w_in[:rows], b_in[:rows], w_out_t[:rows]
         level = max(0, depth + 1 - block_levels)
-        laid = tuple(to_blocked(t, depth, 1, level) for t in fff)  # the same tree, rows in the blocked layout
+        laid = tuple(to_blocked(t, depth, 1, level) for t in fff)  # the same tree in the blocked layout (level 0: fff)
         calls = _calls_beyond_l2(SpeedCase(hidden, depth, 1), device, dtype) if device.type == "cuda" else 4
         cycled = torch.randn(calls, 1, hidden, generator=g).to(device, dtype)
         line = f"{depth:>5}"

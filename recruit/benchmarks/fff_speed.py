@@ -391,7 +391,7 @@ def measure_case(
             if tune:
                 from recruit.fff.kernels.triton_fff import SMALL_BATCH, fff_triton, to_blocked
 
-                laid: dict[int, tuple[torch.Tensor, ...]] = {0: fff}  # the weights in each layout swept
+                laid: dict[int, tuple[torch.Tensor, ...]] = {}  # the weights in each layout swept (0: fff itself)
 
                 for launch in _budgeted(_launches(case.batch <= SMALL_BATCH, case.depth), sweep_s):
                     label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"

@@ -765,9 +765,14 @@ def blocked_rows(depth: int, blocked: int) -> torch.Tensor:
 
 
 def to_blocked(t: torch.Tensor, depth: int, n_trees: int, blocked: int) -> torch.Tensor:
-    """``t`` (K·M, ...), the rows of K trees in heap order, as a new tensor in the layout of :func:`blocked_rows`."""
+    """``t`` (K·M, ...), the rows of K trees in heap order, in the layout of :func:`blocked_rows`.
+
+    A new tensor, or for ``blocked`` 0 (heap order) ``t`` itself.
+    """
     m = 2 ** (depth + 1) - 1
     assert t.shape[0] == n_trees * m, f"need {n_trees * m} rows ({n_trees} trees of depth {depth}), got {t.shape[0]}"
+    if blocked == 0:
+        return t
     rows = (blocked_rows(depth, blocked) + m * torch.arange(n_trees)[:, None]).flatten().to(t.device)
     out = torch.empty_like(t)
     out[rows] = t
