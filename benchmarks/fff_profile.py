@@ -31,15 +31,16 @@ from recruit import measure
 from recruit.benchmarks.fff_speed import SpeedCase, _calls_beyond_l2
 from recruit.fff.kernels.triton_fff import fff_triton, to_blocked
 
-# the default, its fastest variant in the last H200 sweep, the gather in the last step (the fixed part), and both
-# with the rows in the blocked layout (the part per step from memory); `blocked` True stands for subtrees of the
-# BLOCK_LEVELS deepest levels (at depth 13 `blocked=8`; 2 in a --quick run), heap order where the tree has no more
+# the default, its fastest variant in the last H200 sweep, and with the rows in the blocked layout (the part per
+# step from memory), without and with the L2 prefetch of the blocked subtree the walk enters; `blocked` True stands
+# for subtrees of the BLOCK_LEVELS deepest levels (at depth 13 `blocked=8`; 2 in a --quick run), heap order (and no
+# prefetch) where the tree has no more
 LAUNCHES = {
     "default": {},
     "pairs-block_d1024": dict(pairs=True, block_d=1024),
-    "overlap": dict(overlap=True),
     "blocked": dict(blocked=True),
-    "blocked-pairs-block_d1024": dict(blocked=True, pairs=True, block_d=1024),
+    "blocked-prefetch": dict(blocked=True, prefetch=1),
+    "blocked-prefetch-pairs-block_d1024": dict(blocked=True, prefetch=1, pairs=True, block_d=1024),
 }
 BLOCK_LEVELS = 6
 
@@ -87,7 +88,7 @@ def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.d
     out.write(f"dense FF, width {2 ** (deepest + 1)}: {dense_us:.2f}\n\n")
     table: dict[tuple[str, str], list[float]] = {}
     steps = {name: [] for name in LAUNCHES}
-    out.write("depth " + " ".join(f"{name + ' ' + t:>21}" for name in LAUNCHES for t in ("warm", "cycled")) + "\n")
+    out.write("depth " + " ".join(f"{name + ' ' + t:>41}" for name in LAUNCHES for t in ("warm", "cycled")) + "\n")
     for depth in depths:
         rows = 2 ** (depth + 1) - 1
         fff = w_in[:rows], b_in[:rows], w_out_t[:rows]
@@ -100,16 +101,17 @@ def profile(hidden: int, depths: list[int], device: torch.device, dtype: torch.d
             spec = launch.get("spec", 2)
             steps[name].append(-(-(depth + 1) // spec))
             weights = laid if launch.get("blocked") else fff
-            launch = {**launch, "blocked": level} if launch.get("blocked") else launch
+            if launch.get("blocked"):
+                launch = {**launch, "blocked": level, "prefetch": launch.get("prefetch", 0) if level else 0}
             for timing, inputs, n in (("warm", xs, 16), ("cycled", cycled, calls)):
                 us = time(lambda i, x=inputs, kw=launch, f=weights, d=depth: fff_triton(x[i], *f, d, 1, **kw), n)
                 table.setdefault((name, timing), []).append(us)
-                line += f" {us:>21.2f}"
+                line += f" {us:>41.2f}"
         out.write(line + "\n")
     out.write("\nleast squares over the depths: fixed µs + µs per routing step (⌈(depth + 1) / spec⌉ steps)\n")
     for (name, timing), us in table.items():
         fixed, per_step = _fit(steps[name], us)
-        out.write(f"{name:>13} {timing:>7}: {fixed:7.2f} + {per_step:5.2f} per step;"
+        out.write(f"{name:>34} {timing:>7}: {fixed:7.2f} + {per_step:5.2f} per step;"
                   f" depth {depths[-1]}: {us[-1]:.2f} µs, {dense_us / us[-1]:.2f}x dense\n")  # fmt: skip
 
 

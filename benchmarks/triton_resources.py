@@ -7,9 +7,9 @@
 
 Triton ships ``ptxas`` and ``cuobjdump``, so the kernel compiles to a cubin for any NVIDIA architecture on a
 machine without a GPU. For each shape this prints the registers per thread, the local (spilled) bytes, the
-instruction count, the global loads, shuffles, barriers and L2 prefetches (``CCTL``) in the SASS, and the load
-waves and instructions of the routing loop (:func:`load_waves`, :func:`loop_ops`) and the load waves after it (the
-output's gather, or ``--overlap``'s last step): what decides a latency-bound launch before a GPU is at hand.
+instruction count, the global loads, shuffles, barriers and bulk L2 prefetches (``UBLKPF``) in the SASS, and the
+load waves and instructions of the routing loop (:func:`load_waves`, :func:`loop_ops`) and the load waves after it
+(the output's gather): what decides a latency-bound launch before a GPU is at hand.
 Run it under the Triton the GPU machine has (``pip install --target DIR triton==X`` and ``PYTHONPATH=DIR``):
 its ``ptxas`` schedules differently. The launch is exactly :func:`recruit.fff.kernels.triton_fff.token_launch`'s,
 with the integer arguments marked divisible by 16 where they are, as Triton's JIT specialises them.
@@ -42,9 +42,9 @@ class Resources:
     local_bytes: int  # spilled registers
     instructions: int
     ops: dict[str, int]  # global loads by width, shuffles, barriers
-    load_waves: int  # of the routing loop (see load_waves)
-    loop_ops: dict[str, int]  # instructions of the routing loop by opcode (FFMA, FADD, ...; see loop_ops)
-    tail_waves: int = 0  # of the code after the routing loop (see load_waves): the output's gather, or the last step
+    load_waves: int  # of the routing loops, the most (see load_waves)
+    loop_ops: dict[str, int]  # instructions of the last routing loop by opcode (FFMA, FADD, ...; see loop_ops)
+    tail_waves: int = 0  # of the code after the routing loops (see load_waves): the output's gather
 
 
 def _tool(name: str) -> str:
@@ -132,26 +132,23 @@ def compile_bdh_gemm(epilogue: int, config: tuple[int, ...], arch: int = 90, dty
 
 
 def load_waves(sass: str, after: bool = False) -> int:
-    """Waves of global loads in one trip of the first loop of ``sass`` (the token kernel's routing steps), or
-    (``after``) in the code after it: the gather of the output, or with ``overlap`` the walk's last step.
+    """Waves of global loads in one trip of each routing loop of ``sass`` (see :func:`_routing_loops`), the most of
+    them; or (``after``) in the code from the last loop on: the gather of the output.
 
     A step's loads all depend on the last step's node, so they should all be issued before the first of them
-    is used: one round trip to memory per step. Each time an instruction uses a loaded register (or a DEPBAR
-    waits for the async copies to shared memory, ``LDGSTS``, of ``mma``) and a load follows, the loads come in
-    one more wave, and the step costs one more round trip.
+    is used: one round trip to memory per step. Each time an instruction uses a loaded register and a load
+    follows, the loads come in one more wave, and the step costs one more round trip.
     """
-    waves, pending, waited, copying = 1, set(), False, False
-    for ins in _first_loop(sass, after):
+    parts = [_gather(sass)] if after else _routing_loops(sass)
+    return max(_waves(instructions) for instructions in parts)
+
+
+def _waves(instructions: list[str]) -> int:
+    """Waves of global loads in ``instructions`` (see :func:`load_waves`)."""
+    waves, pending, waited = 1, set(), False
+    for ins in instructions:
         op, _, args = ins.partition(" ")
         operands = [t.strip() for t in args.split(",")]
-        if op.startswith("LDGDEPBAR"):  # commits the async copies issued so far: no wait
-            continue
-        if op.startswith("LDGSTS"):  # an async copy to shared memory (mma): waited for by a DEPBAR
-            waves, waited, copying = waves + waited, False, True
-            continue
-        if op.startswith("DEPBAR") and copying:
-            waited, copying = True, False
-            continue
         if op.startswith("LDG"):
             waves, waited = waves + waited, False
             width = re.search(r"\.(128|64)\b", op)  # registers written: 4, 2 or 1
@@ -165,22 +162,47 @@ def load_waves(sass: str, after: bool = False) -> int:
 
 
 def loop_ops(sass: str) -> dict[str, int]:
-    """Instructions by opcode (without modifiers: ``FFMA``, ``LDG``) in one trip of the first loop of ``sass``."""
-    return dict(sorted(collections.Counter(ins.partition(" ")[0].split(".")[0] for ins in _first_loop(sass)).items()))
+    """Instructions by opcode (without modifiers: ``FFMA``, ``LDG``) in one trip of the last routing loop of
+    ``sass`` (see :func:`_routing_loops`; with ``prefetch``, the steps after it)."""
+    ops = collections.Counter(ins.partition(" ")[0].split(".")[0] for ins in _routing_loops(sass)[-1])
+    return dict(sorted(ops.items()))
 
 
-def _first_loop(sass: str, after: bool = False) -> list[str]:
-    """The instructions (predicates dropped) of the first outermost loop of ``sass``: from the target of a backward
-    branch to the branch, for the first branch whose loop no later one encloses (a loop nested in the routing
-    loop, such as the prefetch's, ends first); or (``after``) every instruction after that loop."""
-    code = [(int(a, 16), ins) for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
-    jumps = [(int(t, 16), a) for a, ins in code if (t := _backward(ins, a))]
+def _code(sass: str) -> list[tuple[int, str]]:
+    """(address, instruction) of every instruction of ``sass``, predicates dropped."""
+    return [(int(a, 16), re.sub(r"^@!?U?P\w+\s+", "", ins))
+            for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]  # fmt: skip
+
+
+def _spans(code: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(start, end) addresses of the outermost loops of ``code``, in order: from the target of a backward branch to
+    the branch, for the branches whose loop no other encloses (a loop nested in another ends first)."""
+    jumps = sorted((int(t, 16), a) for a, ins in code if (t := _backward(ins, a)))
     assert jumps, "no loop in the SASS"
-    start, end = jumps[0]
-    for s, e in jumps[1:]:
-        if s <= start:  # encloses the loop so far
-            start, end = s, e
-    return [re.sub(r"^@!?U?P\w+\s+", "", ins) for a, ins in code if (a > end if after else start <= a <= end)]
+    spans: list[tuple[int, int]] = []
+    for start, end in jumps:  # by start: a loop enclosing the last one kept starts no later than it
+        while spans and start <= spans[-1][0] and end >= spans[-1][1]:
+            spans.pop()
+        if not spans or start > spans[-1][1]:
+            spans.append((start, end))
+    return spans
+
+
+def _routing_loops(sass: str) -> list[list[str]]:
+    """The instructions of each routing loop of the token kernel's ``sass``, in order: its outermost loops (see
+    :func:`_spans`) but the last, the output's gather; one loop, or with ``prefetch`` the steps before and after
+    it."""
+    code = _code(sass)
+    spans = _spans(code)
+    assert len(spans) >= 2, "need a routing loop and the output's loop after it"
+    return [[ins for a, ins in code if start <= a <= end] for start, end in spans[:-1]]
+
+
+def _gather(sass: str) -> list[str]:
+    """The instructions of the token kernel's ``sass`` from its last outermost loop on: the output's gather."""
+    code = _code(sass)
+    start = _spans(code)[-1][0]
+    return [ins for a, ins in code if a >= start]
 
 
 def _backward(ins: str, address: int) -> str | None:
@@ -203,7 +225,7 @@ def resources(kernel, waves: bool = True) -> Resources:
         sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True)
     m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", usage.stdout)
     assert m, f"no resource usage in cuobjdump's output: {usage.stdout[-500:]}"
-    ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+|CCTL[A-Z0-9_.]*)", sass.stdout))
+    ops = collections.Counter(re.findall(r"\b(LDG[A-Z0-9_.]*|BAR\.SYNC|SHFL\.[A-Z]+|UBLKPF[A-Z0-9_.]*)", sass.stdout))
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass.stdout, re.M))
     return Resources(int(m.group(1)), int(m.group(2)), instructions, dict(sorted(ops.items())),
                      load_waves(sass.stdout) if waves else 0, loop_ops(sass.stdout) if waves else {},
@@ -216,8 +238,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--bdh", action="store_true", help="BDH's fused-head GEMM instead, every epilogue and config")
     p.add_argument("--batch", type=int, default=1)
-    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "eager", "overlap",
-            "pairs", "mma", "num_stages", "blocked")  # fmt: skip
+    keys = ("spec", "split", "block_d", "block_o", "num_warps", "unroll", "maxnreg", "prefetch", "pairs", "blocked")
     for key in keys:  # token_launch's options, as --block-d and so on
         p.add_argument(f"--{key.replace('_', '-')}", type=int)
     args = p.parse_args()

@@ -170,11 +170,11 @@ def test_tuned_records_are_the_picks_timed_again(monkeypatch):
     from that second pass, not from the sweep's minimum (biased low by the pick), which stays a record of its own."""
     from recruit.benchmarks import fff_speed
 
-    sweep = {"dense": 0.08, "fff": 0.0080, "triton:default": 0.0080, "triton:overlap1": 0.0070}
+    sweep = {"dense": 0.08, "fff": 0.0080, "triton:default": 0.0080, "triton:pairs1": 0.0070}
     result = fff_speed.CaseResult(
         {"wall": {"dense": 0.1, "fff": 0.05}, "cuda_graph": dict(sweep), "cuda_graph_cycled": dict(sweep)},
         1.0,
-        {"cuda_graph": ("overlap1", 0.0075, 0.078), "cuda_graph_cycled": ("overlap1", 0.0078, 0.0741)},
+        {"cuda_graph": ("pairs1", 0.0075, 0.078), "cuda_graph_cycled": ("pairs1", 0.0078, 0.0741)},
     )
     monkeypatch.setattr(fff_speed, "measure_case", lambda *args, **kwargs: result)
     recs = run(BenchOptions(device="cpu", quick=True, progress=False), QUICK_CASES[:1])
@@ -184,22 +184,22 @@ def test_tuned_records_are_the_picks_timed_again(monkeypatch):
         assert by_case[(timing, "triton-tuned", launch, None, "latency_ms")] == tuned_ms
         assert by_case[(timing, "triton-tuned", launch, None, "speedup")] == pytest.approx(dense_ms / tuned_ms)
         assert by_case[(timing, "dense", None, "tuned", "latency_ms")] == dense_ms
-        assert by_case[(timing, "triton", "overlap1", None, "latency_ms")] == 0.0070  # the sweep's own timing
+        assert by_case[(timing, "triton", "pairs1", None, "latency_ms")] == 0.0070  # the sweep's own timing
     assert not any(impl == "triton-tuned" for timing, impl, *_ in by_case if timing == "wall")
 
 
 def test_time_pick_times_the_fastest_launch_again_beside_dense():
     from recruit.benchmarks.fff_speed import _time_pick
 
-    fns = {"dense": "D", "fff": "F", "triton:default": "A", "triton:overlap1": "B", "triton:eager1": "C"}
+    fns = {"dense": "D", "fff": "F", "triton:default": "A", "triton:pairs1": "B", "triton:spec1": "C"}
     seen = []
 
     def time(pair):  # a second pass that finds other times than the sweep's
         seen.append(pair)
         return {"dense": 0.09, "tuned": 0.0085}
 
-    sweep = {"dense": 0.08, "fff": 0.0080, "triton:default": 0.0080, "triton:overlap1": 0.0070, "triton:eager1": 0.0072}
-    assert _time_pick(sweep, fns, time) == ("overlap1", 0.0085, 0.09)
+    sweep = {"dense": 0.08, "fff": 0.0080, "triton:default": 0.0080, "triton:pairs1": 0.0070, "triton:spec1": 0.0072}
+    assert _time_pick(sweep, fns, time) == ("pairs1", 0.0085, 0.09)
     assert seen == [{"dense": "D", "tuned": "B"}]
     assert _time_pick({"dense": 0.08, "fff": 0.008}, fns, time) is None and len(seen) == 1  # no sweep: no pass
 
@@ -212,14 +212,14 @@ def test_sweep_times_its_pick_again_on_cuda(monkeypatch):
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    launches = [{}, dict(block_d=64), dict(overlap=1), dict(blocked=4)]  # the last with weights laid out for it
+    launches = [{}, dict(block_d=64), dict(blocked=4), dict(blocked=4, prefetch=1)]  # weights laid out for the last 2
     monkeypatch.setattr(fff_speed, "_launches", lambda small, depth: launches)
     case = fff_speed.SpeedCase(256, 7, 1)
     result = fff_speed.measure_case(case, torch.device("cuda"), torch.bfloat16, repeats=3, gather=False, tune=True)
     assert set(result.tuned) == {"cuda_graph", "cuda_graph_cycled"}
     for timing, (launch, tuned_ms, dense_ms) in result.tuned.items():
         sweep = {k.split(":", 1)[1]: v for k, v in result.ms[timing].items() if k.startswith("triton:")}
-        assert set(sweep) == {"default", "block_d64", "overlap1", "blocked4"}  # each agreed with the default
+        assert set(sweep) == {"default", "block_d64", "blocked4", "blocked4-prefetch1"}  # each agreed with the default
         assert launch == min(sweep, key=sweep.get) and tuned_ms > 0 and dense_ms > 0
 
 
@@ -227,7 +227,7 @@ def test_a_bounded_sweep_starts_no_launch_past_its_budget(caplog):
     from recruit.benchmarks.fff_speed import Selection, _budgeted
 
     ticks = iter(range(0, 1000, 10))  # a clock that advances 10 s a reading
-    launches = [{}, dict(mma=1), dict(pairs=1), dict(spec=3), dict(overlap=1)]
+    launches = [{}, dict(blocked=4), dict(pairs=1), dict(spec=3), dict(split=3)]
     with caplog.at_level(logging.WARNING, logger="recruit"):
         tried = list(_budgeted(launches, 25.0, clock=lambda: next(ticks)))
     assert tried == launches[:2]  # started at 10 and 20 s; at 30 s the budget of 25 is spent

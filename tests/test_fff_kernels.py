@@ -331,30 +331,16 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (5, 1, 130, 12, 6, dict(kernel="token")),  # the token kernel above SMALL_BATCH tokens
     (5, 1, 3, 12, 6, dict(kernel="block")),  # the block kernel at a small batch
     (5, 1, 2, 12, 6, dict(maxnreg=0)),  # ptxas' own register choice (a compile option the interpreter ignores)
-    (5, 1, 2, 12, 6, dict(prefetch=2)),  # L2 prefetching (PTX, a hint, which the interpreter leaves out)
-    (14, 1, 3, 8, 5, dict(eager=True)),  # the output summed during the walk, 15 levels
-    (5, 3, 3, 20, 9, dict(spec=3, block_d=16, eager=True)),  # ... of three trees
-    (6, 1, 2, 9, 9, dict(split=3, eager=True)),  # ... above and below the subtree roots
-    (5, 1, 3, 20, 17, dict(split=2, spec=1, block_d=16, block_o=16, eager=True)),  # ... 2 column programs, tails
-    (14, 1, 3, 8, 5, dict(overlap=True)),  # the output rows gathered in the last step, 15 levels
-    (0, 1, 2, 5, 3, dict(overlap=True)),  # ... which is the only one
-    (5, 3, 3, 20, 9, dict(spec=3, block_d=16, overlap=True)),  # ... of the third tree, the first two's in it
-    (6, 1, 2, 9, 9, dict(split=3, overlap=True)),  # ... above and below the subtree roots
-    (5, 1, 3, 20, 17, dict(split=2, spec=1, block_d=16, block_o=16, overlap=True)),  # ... 2 column programs, tails
     (14, 1, 3, 8, 5, dict(pairs=True)),  # bf16 rows read as 32-bit pairs of features (other dtypes: refused)
-    (5, 3, 3, 20, 9, dict(spec=3, block_d=16, pairs=True, overlap=True)),  # ... two chunks, a masked tail of pairs
+    (5, 3, 3, 20, 9, dict(spec=3, block_d=16, pairs=True)),  # ... two chunks, a masked tail of pairs
     (3, 1, 2, 300, 6, dict(block_d=16, pairs=True, split=1)),  # ... 19 chunks, not unrolled in full
-    (14, 1, 3, 8, 5, dict(mma=True)),  # a step's dot products on the tensor cores (16-bit rows), masked segments
-    (4, 1, 2, 256, 7, dict(mma=True, spec=1)),  # ... 16 segments of 16 features, unmasked, one level per step
-    (4, 1, 2, 2048, 6, dict(mma=True, spec=3, split=1, block_d=64)),  # ... 2 chunks per segment, 16 lanes
-    (3, 1, 2, 600, 6, dict(mma=True, block_d=16, num_stages=1)),  # ... 3 chunks, the last one masked
-    (5, 3, 3, 20, 9, dict(mma=True, overlap=True)),  # ... three trees, the output gathered in the last step
     (14, 1, 3, 8, 5, dict(blocked=8)),  # rows in the blocked layout: subtrees of levels 8..14 in runs of rows
-    (5, 3, 3, 20, 9, dict(blocked=2, spec=3, overlap=True)),  # ... three trees, the output in the last step
+    (5, 3, 3, 20, 9, dict(blocked=2, spec=3)),  # ... three trees
     (6, 1, 2, 9, 9, dict(blocked=2, split=3)),  # ... the walk above the subtree programs' roots too
-    (5, 1, 3, 20, 17, dict(blocked=3, spec=1, block_o=16, eager=True)),  # ... the output summed in the walk
+    (5, 1, 3, 20, 17, dict(blocked=3, spec=1, block_o=16)),  # ... 2 column programs, tails
     (6, 1, 2, 10, 9, dict(blocked=4, split=2, pairs=True)),  # ... the layout's subtrees below the programs' roots
-    (6, 1, 2, 16, 7, dict(blocked=6, spec=3, mma=True)),  # ... subtrees of one node (heap order), mma steps
+    (6, 1, 2, 16, 7, dict(blocked=6, spec=3)),  # ... subtrees of one node (heap order)
+    (9, 2, 2, 12, 6, dict(blocked=5, prefetch=2)),  # L2 prefetching (PTX, a hint, which the interpreter leaves out)
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 129, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -396,8 +382,6 @@ def interpreted(tmp_path_factory):
             case = make_case(depth + batch, depth, n_trees, batch, d_in, d_out, dtype)
             if dtype != torch.bfloat16:  # pairs is for bf16 rows: other dtypes run the same launch without it
                 blocks = {k: v for k, v in blocks.items() if k != "pairs"}
-            if dtype == torch.float32:  # ... and mma for 16-bit rows
-                blocks = {k: v for k, v in blocks.items() if k != "mma"}
             jobs[(name, dtype)] = (case, depth, n_trees, blocks)
         jobs[("crafted", dtype)] = (crafted(dtype), 2, 2, {})
         jobs[("empty", dtype)] = (tuple(t[:0] if i == 0 else t for i, t in enumerate(crafted(dtype))), 2, 2, {})
@@ -421,84 +405,85 @@ def test_triton_interpreted_equals_reference(interpreted, dtype, name):
     torch.testing.assert_close(out, fff_reference(*case, depth, n_trees), **TOL[dtype])
 
 
-PREFETCH_ADDRESSES = """
+PREFETCH_SPANS = """
 import os, sys
 os.environ["TRITON_INTERPRET"] = "1"
 import numpy as np, torch
 from recruit.fff.kernels import triton_fff
 
-issued = []  # (addresses, mask) of every prefetch call, as the interpreter hands them over
-triton_fff._prefetch_l2 = lambda ptrs, mask: issued.append((np.array(ptrs.handle.data), np.array(mask.handle.data)))
-depth, trees, spec, split, ahead, d_in, d_out, block_o, blocked = (int(a) for a in sys.argv[1:])
+issued = []  # (address, bytes) of every prefetch, as the interpreter hands them over
+triton_fff._prefetch_bulk_l2 = lambda ptrs, n: issued.append((int(ptrs.handle.data[0]), int(n.handle.data[0])))
+depth, trees, spec, blocked, ahead, d_in, d_out, block_o, itemsize = (int(a) for a in sys.argv[1:])
+block_o = block_o or None  # 0: the default
 m, levels = 2 ** (depth + 1) - 1, depth + 1
+dtype = {2: torch.bfloat16, 4: torch.float32}[itemsize]
 g = torch.Generator().manual_seed(depth + spec)
 shapes = ((1, d_in), (trees * m, d_in), (trees * m,), (trees * m, d_out))
-x, w_in, b_in, w_out = (torch.randn(*shape, generator=g) for shape in shapes)
-out = torch.empty(1, d_out)
-stored = triton_fff.blocked_rows(depth, blocked)  # heap node -> row within its tree
+x, w_in, b_in, w_out = (torch.randn(*shape, generator=g).to(dtype) for shape in shapes)
+out = torch.empty(1, d_out, dtype=dtype)
 kernel_w = [triton_fff.to_blocked(t, depth, trees, blocked) for t in (w_in, b_in, w_out)]
-triton_fff._launch_token(x, *kernel_w, out, depth, trees, spec=spec, split=split, block_o=block_o,
-                         prefetch=ahead, blocked=blocked)
-paths = []  # the token's walk down each tree, as global rows
+triton_fff._launch_token(x, *kernel_w, out, depth, trees, spec=spec, block_o=block_o, prefetch=ahead,
+                         blocked=blocked, hints=True)
+stored = triton_fff.blocked_rows(depth, blocked)  # heap node -> row within its tree
+assert all(a % 16 == 0 and n % 16 == 0 and n >= 0 for a, n in issued), issued
+def fetched(t):  # the bytes of t asked for, as a sorted list of disjoint [start, end) offsets
+    base, size = t.data_ptr(), t.numel() * t.element_size()
+    spans = sorted((a - base, a - base + n) for a, n in issued if n and base <= a < base + size)
+    assert all(end <= size for _, end in spans), "a prefetch runs past the end of its tensor"
+    merged = []
+    for start, end in spans:
+        assert not merged or start >= merged[-1][1], "two prefetches overlap"
+        if merged and start == merged[-1][1]:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged, sum(n for a, n in issued if n and base <= a < base + size)
+total = sum(n for _, n in issued)
+first = (blocked // spec - ahead + 1) * spec  # the level whose node asks for the blocked subtrees below it
+per_tree = 2 ** (blocked - first) * (2 ** (levels - blocked) - 1)  # rows asked for, per tree
+expect_in, expect_out = [], []
 for k in range(trees):
-    node, path = 0, []
-    for _ in range(levels):
-        path.append(k * m + node)
-        node = 2 * node + 1 + int((x[0] @ w_in[k * m + node] + b_in[k * m + node]).item() > 0)
-    paths.append(path)
-line = 128 // 4
-def lines_of(t, width):  # the (row, line) pairs of the prefetched addresses inside t
-    base, size = t.data_ptr(), t.numel() * 4
-    got = set()
-    for ptrs, mask in issued:
-        for a in ptrs[mask.astype(bool)].ravel().tolist():
-            if base <= a < base + size:
-                got.add(divmod((a - base) // 4, width))
-    return {(r, c // line) for r, c in got}
-total = sum(int(mask.astype(bool).sum()) for _, mask in issued)
-fetched_in, fetched_out = lines_of(kernel_w[0], d_in), lines_of(kernel_w[2], d_out)
-assert len(fetched_in) + len(fetched_out) > 0
-outside = total - sum(1 for ptrs, mask in issued for a in ptrs[mask.astype(bool)].ravel().tolist()
-                      if any(t.data_ptr() <= a < t.data_ptr() + t.numel() * 4 for t in kernel_w[::2]))
-assert outside == 0, f"{outside} addresses outside w_in and w_out"
-# every w_in row that a step `ahead` steps below another loads was prefetched, all its lines
-for k, path in enumerate(paths):
-    for first in range(split + spec * ahead, levels, spec):
-        root = path[first] - k * m
-        for h in range(min(spec, levels - first)):
-            for node in range(root * 2**h + 2**h - 1, (root + 1) * 2**h + 2**h - 1):
-                missing = {(k * m + int(stored[node]), c) for c in range(-(-d_in // line))} - fetched_in
-                assert not missing, (k, first, h, node, sorted(missing)[:3])
-# and every path row's output columns, all of them over the column programs
-path = sum(paths, [])
-path_rows = [row // m * m + int(stored[row % m]) for row in path]
-missing = {(row, c) for row in path_rows for c in range(-(-d_out // line))} - fetched_out
-assert not missing, sorted(missing)[:5]
-a = torch.stack([x[0] @ w_in[row] + b_in[row] for row in path])
-torch.testing.assert_close(out[0], torch.nn.functional.gelu(a) @ w_out[path])
-print("ok", len(issued), len(fetched_in), len(fetched_out))
+    node = 0  # the token's walk down tree k, to its node at level `first`
+    for _ in range(first):
+        node = 2 * node + 1 + int((x[0].float() @ w_in[k * m + node].float() + b_in[k * m + node].float()).item() > 0)
+    lo = (2 ** blocked - 1) + (node - (2 ** first - 1)) * per_tree  # the first blocked subtree's row below it
+    for h in range(2 ** blocked - 1, m):  # every node below `node` at level >= blocked lies in the span, and only those
+        level = (h + 1).bit_length() - 1
+        inside = lo <= int(stored[h]) < lo + per_tree
+        assert inside == ((h + 1) >> (level - first) == node + 1), (k, h)
+    for expect, width in ((expect_in, d_in), (expect_out, d_out)):
+        row_bytes = width * itemsize
+        start, end = (k * m + lo) * row_bytes, (k * m + lo + per_tree) * row_bytes
+        expect.append(((start + 15) // 16 * 16, end // 16 * 16))
+got_in, n_in = fetched(kernel_w[0])
+got_out, n_out = fetched(kernel_w[2])
+assert got_in == expect_in and got_out == expect_out, (got_in, expect_in, got_out, expect_out)
+assert n_in + n_out == total, "a prefetch outside w_in and w_out"
+ref = triton_fff.fff_triton(x, *kernel_w, depth, trees, spec=spec, block_o=block_o, blocked=blocked)
+torch.testing.assert_close(out, ref, rtol=0, atol=0)
+print("ok", len(issued), n_in, n_out)
 """
 
 
 @pytest.mark.parametrize(
-    "depth,trees,spec,split,ahead,d_in,d_out,block_o,blocked",
+    "depth,trees,spec,blocked,ahead,d_in,d_out,block_o,itemsize",
     [
-        (7, 1, 2, 0, 1, 100, 70, 16, 0),  # 4 steps, 5 column programs sharing out the candidates, masked tails
-        (8, 1, 3, 0, 2, 40, 33, None, 0),  # 3 steps; the prefetch 2 steps on reaches only the last
-        (9, 1, 2, 3, 1, 64, 48, 16, 0),  # subtree programs: each prefetches below its own level-3 root
-        (5, 3, 2, 0, 1, 48, 40, None, 0),  # three trees, walked one after another
-        (9, 1, 2, 3, 1, 64, 48, 16, 5),  # rows in the blocked layout, subtrees of levels 5..9
-        (5, 3, 2, 0, 1, 48, 40, None, 2),  # ... of three trees
+        (9, 1, 2, 5, 1, 100, 70, 16, 4),  # step 2 (level 4) asks for its 2 subtrees, 5 column programs, masked tails
+        (9, 1, 2, 6, 1, 40, 33, None, 4),  # step 3 (level 6) asks for its one subtree
+        (9, 1, 2, 6, 2, 40, 33, 16, 4),  # ... or step 2 (level 4) for 4 subtrees
+        (8, 1, 3, 3, 2, 24, 48, 16, 2),  # spec 3: step 0 (the root) asks for all 8; bf16 rows of 48 bytes
+        (5, 3, 2, 2, 1, 12, 40, None, 2),  # three trees, walked one after another; rows of 24 bytes (unaligned)
     ],
 )
-def test_token_kernel_prefetches_the_rows_its_walk_reads_later(depth, trees, spec, split, ahead, d_in, d_out,
-                                                               block_o, blocked):  # fmt: skip
-    """The L2 prefetch asks for the right lines: every w_in row of a step ``ahead`` steps after the one that asks,
-    and the output columns of every path row, none outside the weights (under the interpreter, with the PTX
-    replaced by a recorder; the result is also the walk's)."""
+def test_token_kernel_prefetches_the_blocked_subtrees_below_the_walk(depth, trees, spec, blocked, ahead, d_in,
+                                                                    d_out, block_o, itemsize):  # fmt: skip
+    """The L2 prefetch asks, once per tree, for the w_in and w_out_t rows of exactly the blocked subtrees below the
+    walk's node at the asking step's level (one span each, within 16-byte alignment), shared out over the column
+    programs without overlaps, nothing outside the weights (under the interpreter, with the PTX replaced by a
+    recorder); and the result is that of the same launch without it."""
     pytest.importorskip("triton")
-    args = [str(a) for a in (depth, trees, spec, split, ahead, d_in, d_out, block_o or 0, blocked)]
-    done = subprocess.run([sys.executable, "-c", PREFETCH_ADDRESSES, *args], capture_output=True, text=True,
+    args = [str(a) for a in (depth, trees, spec, blocked, ahead, d_in, d_out, block_o or 0, itemsize)]
+    done = subprocess.run([sys.executable, "-c", PREFETCH_SPANS, *args], capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok"), done.stdout
@@ -532,9 +517,9 @@ def test_token_launch_is_worked_out_once_per_shape():
     pytest.importorskip("triton")
     from recruit.fff.kernels.triton_fff import token_launch
 
-    first = token_launch(1, 4096, 4096, 13, 1, overlap=True)
-    assert token_launch(1, 4096, 4096, 13, 1, overlap=True) is first
-    assert token_launch(1, 4096, 4096, 13, 1) is not first and first.constexprs["OVERLAP"] == 1
+    first = token_launch(1, 4096, 4096, 13, 1, pairs=True)
+    assert token_launch(1, 4096, 4096, 13, 1, pairs=True) is first
+    assert token_launch(1, 4096, 4096, 13, 1) is not first and first.constexprs["PAIRS"] == 1
     with pytest.raises(TypeError):
         first.ints["D_IN"] = 8
 
@@ -552,22 +537,17 @@ def test_token_launch_is_worked_out_once_per_shape():
         (dict(maxnreg=128), 129, 1, "token kernel"),
         (dict(maxnreg=256), 1, 1, "maxnreg must be in 0..255"),
         (dict(prefetch=1, block_b=1), 1, 1, "prefetch needs the token kernel"),
-        (dict(prefetch=4), 1, 1, "prefetch must be in 0..3"),
-        (dict(eager=True, block_b=1), 1, 1, "eager needs the token kernel"),
-        (dict(overlap=True, top=2), 1, 1, "overlap needs the token kernel"),
-        (dict(overlap=True, eager=True), 1, 1, "pick one"),
+        (dict(prefetch=4, blocked=2), 1, 1, "prefetch must be in 0..3"),
+        (dict(prefetch=1), 1, 1, "prefetch needs rows in the blocked layout"),
+        (dict(prefetch=1, blocked=2, split=1), 1, 1, "and no split"),
+        (dict(prefetch=3, blocked=2), 1, 1, "prefetch 3 reaches above the root: at most 2 here"),
         (dict(pairs=True), 1, 1, "pairs needs 16-bit rows"),  # float32 rows
         (dict(pairs=True, block_b=1), 1, 1, "pairs needs the token kernel"),
-        (dict(mma=True), 1, 1, "mma needs 16-bit rows"),  # float32 rows
-        (dict(mma=True, top=2), 1, 1, "mma needs the token kernel"),
-        (dict(mma=True, pairs=True), 1, 1, "pick one"),
         (dict(block_d=100), 1, 1, "block_d must be a power of two of at least 16"),
         (dict(block_o=8), 1, 1, "block_o must be a power of two of at least 16"),
         (dict(block_b=3), 1, 1, "block_b must be a power of two"),
         (dict(num_warps=6), 1, 1, "num_warps must be a power of two"),
         (dict(unroll=0), 1, 1, "unroll must be at least 1"),
-        (dict(num_stages=0), 1, 1, "num_stages must be at least 1"),
-        (dict(num_stages=2, top=2), 1, 1, "num_stages needs the token kernel"),
         (dict(blocked=2, block_b=1), 1, 1, "blocked needs the token kernel"),
         (dict(blocked=4), 1, 1, "blocked must be in 0..3"),
     ],
@@ -605,27 +585,13 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(split=7, spec=3),
         dict(block_b=1),
         dict(maxnreg=0),
-        dict(prefetch=1),
-        dict(prefetch=2, spec=3),
-        dict(prefetch=1, split=3),
-        dict(eager=True),
-        dict(eager=True, split=3),
-        dict(overlap=True),
-        dict(overlap=True, split=3),
         dict(pairs=True),
-        dict(pairs=True, overlap=True),
-        dict(mma=True),
-        dict(mma=True, spec=1),
-        dict(mma=True, num_warps=8),
-        dict(mma=True, block_d=16),
-        dict(mma=True, spec=3),
-        dict(mma=True, spec=3, num_stages=1),
-        dict(mma=True, overlap=True),
         dict(blocked=8),
         dict(blocked=8, pairs=True),
         dict(blocked=2, split=3),
-        dict(blocked=8, overlap=True),
         dict(blocked=8, prefetch=1),
+        dict(blocked=8, prefetch=2, pairs=True),
+        dict(blocked=9, prefetch=3, spec=3),
     ],
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
@@ -635,8 +601,6 @@ def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
     case = tuple(t.cuda() for t in make_case(13, 13, 1, 5, 512, 384, dtype))
     if dtype != torch.bfloat16:  # pairs is for bf16 rows: the same launch without it
         launch = {k: v for k, v in launch.items() if k != "pairs"}
-    if dtype == torch.float32:  # ... and mma for 16-bit rows
-        launch = {k: v for k, v in launch.items() if k != "mma"}
 
     def laid_out(x, w_in, b_in, w_out_t, depth, n_trees, **kw):  # the weights in the layout the launch reads
         weights = (to_blocked(t, depth, n_trees, kw.get("blocked", 0)) for t in (w_in, b_in, w_out_t))
@@ -673,13 +637,19 @@ def _sass(*lines: str) -> str:
     return "\n".join(f"        /*{16 * i:04x}*/   {line} ;" for i, line in enumerate(lines))
 
 
-def test_the_routing_loop_is_the_outermost_loop(resources_tool):
-    """A loop nested in the routing loop (the prefetch's) ends first in the SASS: the tool reads the loop that
-    encloses it, not the nested one, and the one after it (the output gather) neither."""
+def test_the_routing_loops_are_the_outermost_loops_before_the_last(resources_tool):
+    """A loop nested in a routing loop (over feature chunks) ends first in the SASS: the tool reads the loop that
+    encloses it, not the nested one; with ``prefetch`` the routing steps are two loops, and the last loop (the
+    output's gather) is not one of them."""
     tool = resources_tool
-    body = ["LDG.E.128 R8, desc[UR4][R2.64]", "FFMA R20, R11, R9, RZ", "CCTL.E.PF2 [R4]", "@P2 BRA 0x20",
+    body = ["LDG.E.128 R8, desc[UR4][R2.64]", "FFMA R20, R11, R9, RZ", "UBLKPF.L2 [UR4], UR6", "@P2 BRA 0x20",
             "FADD R21, R20, R20", "@P1 BRA 0x10", "LDG.E.128 R8, desc[UR4][R2.64]", "@P3 BRA 0x70", "EXIT"]  # fmt: skip
-    assert tool.loop_ops(_sass("MOV R1, R2", *body)) == {"BRA": 2, "CCTL": 1, "FADD": 1, "FFMA": 1, "LDG": 1}
+    assert tool.loop_ops(_sass("MOV R1, R2", *body)) == {"BRA": 2, "FADD": 1, "FFMA": 1, "LDG": 1, "UBLKPF": 1}
+    two = ["MOV R1, R2", "FFMA R20, R11, R9, RZ", "@P1 BRA 0x10", "FADD R21, R20, R20", "IMAD R1, R2, R3, RZ",
+           "@P1 BRA 0x30", "LDG.E.128 R8, desc[UR4][R2.64]", "@P3 BRA 0x60", "EXIT"]  # fmt: skip
+    assert tool.loop_ops(_sass(*two)) == {"BRA": 1, "FADD": 1, "IMAD": 1}  # the second of two routing loops
+    with pytest.raises(AssertionError, match="output's loop"):
+        tool.loop_ops(_sass("MOV R1, R2", "@P1 BRA 0x0", "EXIT"))
 
 
 def test_load_waves_counts_loads_issued_after_a_wait(resources_tool):
@@ -687,12 +657,16 @@ def test_load_waves_counts_loads_issued_after_a_wait(resources_tool):
     head = ["MOV R1, R2", "IADD3 R3, R3, 0x1, RZ"]  # 0x0000, 0x0010: the loop starts at 0x0010
     one = ["@P0 LDG.E.128 R8, desc[UR4][R2.64]", "LDG.E.U16 R12, desc[UR4][R4.64]", "FFMA R20, R8, R9, RZ",
            "FADD R21, R12, R20"]  # fmt: skip
-    assert tool.load_waves(_sass(*head, *one, "@P1 BRA 0x10", "EXIT")) == 1
+    gather = ["LDG.E.128 R8, desc[UR4][R2.64]", "FFMA R20, R11, R9, RZ", "LDG.E.128 R8, desc[UR4][R2.64]"]
+    tail = [*gather, f"@P2 BRA {16 * (len(head) + len(one) + 1):#x}", "EXIT"]  # the output's loop after the steps
+    assert tool.load_waves(_sass(*head, *one, "@P1 BRA 0x10", *tail)) == 1
+    assert tool.load_waves(_sass(*head, *one, "@P1 BRA 0x10", *tail), after=True) == 2
     two = ["LDG.E.128 R8, desc[UR4][R2.64]", "FFMA R20, R11, R9, RZ", "LDG.E.128 R8, desc[UR4][R2.64+0x10]",
            "SHFL.BFLY PT, R8, R20, 0x10, 0x1f", "LDG.E R13, desc[UR4][R2.64]"]  # fmt: skip
     # R11 is the 4th register of a 128-bit load: a wait; the shuffle writes R8, it does not read it: no wait
-    assert tool.load_waves(_sass(*head, *two, "@P1 BRA 0x10", "EXIT")) == 2
-    assert tool.load_waves(_sass(*two, *head, "@P1 BRA 0x40", "EXIT")) == 1  # loads before the loop: not counted
+    tail = [*gather, f"@P2 BRA {16 * (len(head) + len(two) + 1):#x}", "EXIT"]
+    assert tool.load_waves(_sass(*head, *two, "@P1 BRA 0x10", *tail)) == 2
+    assert tool.load_waves(_sass(*two, *head, "@P1 BRA 0x40", *tail)) == 1  # loads before the loop: not counted
 
 
 def test_token_kernel_compiles_for_sm90_without_spills(cuobjdump):
@@ -707,7 +681,7 @@ def test_token_kernel_compiles_for_sm90_without_spills(cuobjdump):
         assert used.local_bytes == 0, (hidden, depth, used)
         assert used.load_waves == 1, (hidden, depth, used)
         assert used.ops.get("LDG.E.128", 0) >= 8, (hidden, depth, used)
-        assert "CCTL.E.PF2" not in used.ops, (hidden, depth, used)  # no prefetch unless asked for
+        assert "UBLKPF.L2" not in used.ops, (hidden, depth, used)  # no prefetch unless asked for
 
 
 def test_token_kernel_blocked_layout_costs_a_step_a_few_integer_instructions(cuobjdump):
@@ -734,46 +708,16 @@ def test_token_kernel_multiplies_only_the_lanes_that_hold_a_node(cuobjdump, spec
         launch = token_launch(1, hidden, hidden, depth, 1, spec=spec)
         block_d, chunks = launch.constexprs["BLOCK_D"], launch.constexprs["D_CHUNKS"]
         used = tool.resources(tool.compile_token(hidden, depth, spec=spec))
-        per_thread = (2**spec - 1) * chunks * block_d // (32 * launch.num_warps)
+        per_thread = (2**spec - 1) * chunks * block_d // (32 * launch.options["num_warps"])
         assert chunks and used.loop_ops.get("FFMA") == per_thread, (hidden, spec, used.loop_ops, per_thread)
-
-
-@pytest.mark.parametrize("block_d", [None, 1024])
-def test_token_kernel_summing_during_the_walk_loads_output_rows_with_input_rows(cuobjdump, block_d):
-    """``eager`` at hidden 4096, compiled for an H100/H200: each step's w_out_t rows are read in its one load
-    wave, as volatile (``STRONG``) 128-bit loads (the ptxas of Triton 3.9 issued plain ones after the step's dot
-    products, a second wave), and no gather of the path's rows follows the walk."""
-    tool = cuobjdump
-    plain = tool.resources(tool.compile_token(4096, 13, block_d=block_d))
-    used = tool.resources(tool.compile_token(4096, 13, block_d=block_d, eager=True))
-    assert used.local_bytes == 0 and used.load_waves == 1, used
-    assert used.ops.get("LDG.E.128.STRONG.SYS", 0) >= 3, used
-    assert used.ops.get("LDG.E.128", 0) < plain.ops.get("LDG.E.128", 0), (used, plain)  # no gather after the walk
-
-
-def test_token_kernel_overlap_gathers_the_output_in_the_last_steps_load_wave(cuobjdump):
-    """``overlap`` at the GPU benchmark's shapes, compiled for an H100/H200: the routing loop is the default's (no
-    more instructions per step, one load wave), and the step peeled off after it issues the output rows (volatile,
-    ``STRONG``) with its input rows in one wave, where the default's gather after the walk is one more wave (the
-    ptxas of Triton 3.6 issued the path's output rows after the step's dot products until its input rows were
-    volatile too)."""
-    tool = cuobjdump
-    for hidden, depth in tool.SHAPES:
-        plain = tool.resources(tool.compile_token(hidden, depth))
-        used = tool.resources(tool.compile_token(hidden, depth, overlap=True))
-        assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (hidden, used)
-        assert sum(used.loop_ops.values()) <= sum(plain.loop_ops.values()), (hidden, used.loop_ops, plain.loop_ops)
-        assert used.loop_ops.get("FFMA") == plain.loop_ops.get("FFMA"), (hidden, used.loop_ops, plain.loop_ops)
-        # the last step's input rows (all chunks, 3 lanes) and the output rows of the path and of the step's lanes
-        assert used.ops.get("LDG.E.128.STRONG.SYS", 0) >= 10, (hidden, used)
 
 
 def test_token_kernel_pairs_widens_bf16_in_fewer_instructions(cuobjdump):
     """``pairs`` at hidden 4096, compiled for an H100/H200: bf16 rows read as 32-bit pairs widen by a shift and a
     mask, where a feature alone compiled to a byte permute and a shift for half of them; the routing step keeps its
-    FFMAs and its one load wave in fewer instructions, alone and with ``overlap`` (whose last step keeps one wave)."""
+    FFMAs and its one load wave in fewer instructions, alone and with ``block_d`` 1024."""
     tool = cuobjdump
-    for launch in (dict(), dict(overlap=True)):
+    for launch in (dict(), dict(block_d=1024)):
         plain = tool.resources(tool.compile_token(4096, 13, **launch))
         used = tool.resources(tool.compile_token(4096, 13, pairs=True, **launch))
         assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (launch, used)
@@ -782,52 +726,17 @@ def test_token_kernel_pairs_widens_bf16_in_fewer_instructions(cuobjdump):
         assert used.loop_ops.get("PRMT", 0) < plain.loop_ops["PRMT"] // 4, (launch, used.loop_ops)
 
 
-@pytest.mark.parametrize("spec", [2, 3])
-def test_token_kernel_mma_multiplies_on_the_tensor_cores(cuobjdump, spec):
-    """``mma`` at the GPU benchmark's shapes, compiled for an H100/H200: a routing step's dot products are
-    tensor-core products (``HGMMA``) with no FFMA, its rows come by asynchronous copies in one wave (at spec 3 too,
-    where the CUDA-core step takes two or three), with no more barriers than the CUDA-core step's (rows in
-    lane-major order cost 7 per step against 3, Triton 3.6), and at hidden 4096 a level of the walk takes under
-    0.6x the CUDA-core default's instructions (Triton 3.6, per step: 240 at spec 2 and 375 at spec 3, against 447
-    at spec 2)."""
-    tool = cuobjdump
-    for hidden, depth in tool.SHAPES:
-        plain = tool.resources(tool.compile_token(hidden, depth))  # spec 2
-        used = tool.resources(tool.compile_token(hidden, depth, mma=True, spec=spec))
-        assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (hidden, used)
-        assert used.loop_ops.get("HGMMA", 0) >= 4 and "FFMA" not in used.loop_ops, (hidden, used.loop_ops)
-        assert used.loop_ops.get("LDGSTS", 0) >= 4, (hidden, used.loop_ops)
-        assert used.loop_ops["BAR"] <= plain.loop_ops["BAR"], (hidden, used.loop_ops, plain.loop_ops)
-        share = 0.6 if hidden >= 4096 else 0.95  # the most instructions per level, of the CUDA-core default's
-        per_level = sum(used.loop_ops.values()) / spec
-        assert per_level < share * sum(plain.loop_ops.values()) / 2, (hidden, spec, used.loop_ops)
-
-
-def test_token_kernel_mma_with_overlap_keeps_one_load_wave_in_the_last_step(cuobjdump):
-    """``mma`` with ``overlap``, compiled for an H100/H200: the routing loop is mma's (one wave, no FFMA) and the last
-    step, peeled off with the output rows among its loads, issues them in one wave: it runs on the CUDA cores (on
-    the tensor cores it compiled to three waves, Triton 3.6)."""
-    tool = cuobjdump
-    for hidden, depth in tool.SHAPES:
-        used = tool.resources(tool.compile_token(hidden, depth, mma=True, overlap=True))
-        assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (hidden, used)
-        assert used.loop_ops.get("HGMMA", 0) >= 4 and "FFMA" not in used.loop_ops, (hidden, used.loop_ops)
-        assert used.ops.get("LDG.E.128.STRONG.SYS", 0) >= 10, (hidden, used)  # the last step's rows and output rows
-
-
-@pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, spec=3)])
+@pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, pairs=1, block_d=1024)])
 def test_token_kernel_prefetch_compiles_for_sm90_as_hints(cuobjdump, launch):
-    """With L2 prefetching, at the GPU benchmark's shapes for an H100/H200: the prefetches are there (the w_in
-    rows ahead and the w_out rows, as ``CCTL.E.PF2``), and they cost no spill and no extra load or load wave
-    (spec 3 issues a step's loads in two or three waves at hidden 4096 with or without them)."""
+    """With L2 prefetching of the blocked subtrees, at the GPU benchmark's shapes for an H100/H200: two bulk
+    prefetches (``UBLKPF``, w_in's span and w_out_t's), issued between the routing loops and not in a loop over a
+    warp's threads, at no spill, no extra load in a step and one load wave per step in both loops (inside the loop,
+    behind a branch, it moved a step's loads into two waves, Triton 3.6)."""
     tool = cuobjdump
     for hidden, depth in tool.SHAPES:
-        plain = tool.resources(
-            tool.compile_token(hidden, depth, **{k: v for k, v in launch.items() if k != "prefetch"})
-        )
-        used = tool.resources(tool.compile_token(hidden, depth, **launch))
-        assert used.local_bytes == 0, (hidden, depth, used)
-        assert used.load_waves <= plain.load_waves and (used.load_waves == 1 or launch.get("spec") == 3), (used, plain)
-        assert used.ops.get("CCTL.E.PF2", 0) >= 2, (hidden, depth, used)
-        loads = {k: v for k, v in used.ops.items() if k.startswith("LDG")}
-        assert loads == {k: v for k, v in plain.ops.items() if k.startswith("LDG")}, (hidden, depth, used, plain)
+        without = {k: v for k, v in launch.items() if k != "prefetch"}
+        plain = tool.resources(tool.compile_token(hidden, depth, blocked=depth - 5, **without))
+        used = tool.resources(tool.compile_token(hidden, depth, blocked=depth - 5, **launch))
+        assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (hidden, depth, used)
+        assert used.ops.get("UBLKPF.L2", 0) == 2 and "UBLKPF" not in used.loop_ops, (hidden, depth, used)
+        assert used.loop_ops["LDG"] == plain.loop_ops["LDG"], (hidden, depth, used.loop_ops, plain.loop_ops)

@@ -193,24 +193,23 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
 
     The first is the default, then the last H200 sweep's fastest at 1 token, then the launches not yet timed on
     a GPU (a bounded sweep, ``sweep_s``, tries them first): the rows in the blocked layout (``blocked``, small
-    batches, at most ``depth``; the sweep lays out a copy of the weights for them). The others vary the levels
+    batches, at most ``depth``; the sweep lays out a copy of the weights for them), with and without the L2
+    prefetch of the blocked subtrees the walk enters (``prefetch``, sm_90 or later). The others vary the levels
     per routing step (``spec``), the levels routed densely (``top``), the subtrees walked side by side
     (``split``, small batches), the kernel (``block_b`` asks for the block kernel, the small-batch default before
     the token kernel; ``kernel`` token, the token kernel at large batches), the register ceiling (``maxnreg`` 0:
-    ptxas' own), L2 prefetching (``prefetch``, small batches), the output summed during the walk (``eager``,
-    small batches) or gathered during its last step (``overlap``, small batches), bf16 rows read as pairs
-    (``pairs``, small batches), a step's dot products on the tensor cores (``mma``, small batches), the tiles,
-    the unrolling and the warps.
-    Launches that an H200 run timed at 1.13x to 3.5x the default's time (hidden 4096, 1 token) were taken out:
-    ``prefetch=2``, ``prefetch=1, spec=3``, ``spec=3, num_warps=8`` and ``block_d=4096, num_warps=8``, then all of
-    ``mma`` but ``mma=1, spec=3`` (1.3x; alone, with ``overlap``, at ``spec=1`` and with 8 warps 2.0x to 3.5x) and
-    ``eager=1, num_warps=8`` (2.1x); the first four's records are in git's history of ``results/gpu/fff.jsonl``,
-    the others' in its present version.
+    ptxas' own), bf16 rows read as pairs (``pairs``, small batches), the tiles, the unrolling and the warps.
+    Launches that H200 runs timed slower than the default (hidden 4096, 1 token) were taken out with the kernel
+    options they tried, their records in git's history of ``results/gpu/fff.jsonl``: L2 prefetches of every
+    candidate row a few steps ahead at each step (the earlier ``prefetch``), the output summed during the walk
+    (``eager``) or gathered in its last step (``overlap``), a step's dot products on the tensor cores (``mma``),
+    and ``spec=3, num_warps=8`` and ``block_d=4096, num_warps=8``.
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
-        blocked = [dict(blocked=8), dict(blocked=8, pairs=1, block_d=1024), dict(blocked=6), dict(blocked=10),
-                   dict(blocked=8, overlap=1)]  # fmt: skip
+        blocked = [dict(blocked=8, prefetch=1), dict(blocked=8, prefetch=1, pairs=1, block_d=1024), dict(blocked=8),
+                   dict(blocked=8, pairs=1, block_d=1024), dict(blocked=8, prefetch=2), dict(blocked=10, prefetch=2),
+                   dict(blocked=6), dict(blocked=10)]  # fmt: skip
         return [
             {},
             dict(pairs=1, block_d=1024),  # the last H200 sweep's fastest at hidden 4096, 1 token, warm and cycled
@@ -219,15 +218,6 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             # timed before
             dict(block_d=1024),
             dict(pairs=1),
-            dict(pairs=1, overlap=1),
-            dict(overlap=1),
-            dict(mma=1, spec=3),
-            dict(pairs=1, overlap=1, block_o=1024),
-            dict(overlap=1, block_d=1024),
-            dict(overlap=1, block_o=1024),
-            dict(eager=1),
-            dict(eager=1, block_d=1024),
-            dict(eager=1, block_o=512),
             dict(maxnreg=0),
             dict(kernel="block"),
             dict(block_b=1),
@@ -239,8 +229,6 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             dict(block_o=512),
             dict(block_o=2048),
             *(launch for launch in splits if launch["split"] <= depth),
-            dict(prefetch=1),
-            dict(prefetch=1, block_d=1024),
         ]
     return (
         [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]

@@ -2,14 +2,11 @@
 
 Two kernels. The token kernel (small batches, :func:`_fff_token_kernel`) gives each program one token and
 keeps its path in registers, then gathers all the path's ``w_out_t`` rows at once, so that the output
-costs one round trip to memory instead of one per level (or, with ``eager``, loads each step's output rows
-with its input rows and sums the output during the walk: no round trip after it; or, with ``overlap``, loads
-the whole path's output rows with the last step's input rows: no round trip after it either, and no more work
-in the steps before); it can also split the walk over subtree programs (``split``, see there), ask L2 ahead of
-time for the rows its walk may read (``prefetch``, see there), and read bf16 rows as 32-bit pairs of features
-(``pairs``, see :func:`_token_dot_chunk`), or compute a step's dot products on the tensor cores (``mma``, see
-:func:`_token_mma_logits`). The block kernel (:func:`_fff_kernel`, large batches) is described
-below.
+costs one round trip to memory instead of one per level; it can also split the walk over subtree programs
+(``split``, see there), read bf16 rows as 32-bit pairs of features (``pairs``, see :func:`_token_dot_chunk`),
+read rows in a blocked layout that keeps each deep subtree in one run of rows (``blocked``, see
+:func:`blocked_rows`), and then ask L2 for a whole subtree's rows once the walk has entered it (``prefetch``).
+The block kernel (:func:`_fff_kernel`, large batches) is described below.
 
 In the block kernel, one program owns a block of ``BLOCK_B`` tokens and a slice of the output columns. A
 routing step evaluates ``SPEC`` levels at once: all 2^SPEC − 1 nodes of the subtree below each token's
@@ -55,15 +52,13 @@ _PROGRAMS = 264  # programs to aim for when splitting output columns (2 per SM o
 TOKEN_PATH = 64  # most path rows (trees × levels) that the token kernel holds in registers
 _TOKEN_TILE = 8192  # elements per (rows × features) routing tile of the token kernel
 _TOKEN_OUT_TILE = 16384  # elements per (path × columns) output tile of the token kernel
-_TOKEN_MMA_TILE = 32768  # elements per (lanes · segments × features) tile of the token kernel's mma products
-_SEGS = 16  # segments of a row in the token kernel's mma products (tl.dot's least width)
 _UNROLL_ALL = 16  # the token kernel unrolls its loop over feature chunks in full up to this many chunks ...
 _UNROLL_ALL_FEATURES = 16384  # ... of a row of at most this many features (sm_90: 255 registers at 16384)
 # The token kernel's register ceiling (ptxas' .maxnreg). Without one, the ptxas of Triton 3.6 kept registers
 # low by issuing a routing step's loads in up to five waves, each waiting for the one before: 11.4 against
 # 6.9 µs per call at hidden 4096, 1 token, on an H200. With a ceiling it issues them all before the first use.
 TOKEN_MAXNREG = 255
-MAX_PREFETCH = 3  # most routing steps ahead that the token kernel L2-prefetches (2^(spec·p) subtrees per step)
+MAX_PREFETCH = 3  # most steps above the blocked subtrees' from which the token kernel L2-prefetches them
 
 
 @triton.jit
@@ -212,7 +207,7 @@ def _bf16_pair(words):
 
 @triton.jit
 def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, real, d0, D_IN, BLOCK_D: tl.constexpr,
-                     VOLATILE: tl.constexpr = False, PAIRS: tl.constexpr = False):  # fmt: skip
+                     PAIRS: tl.constexpr = False):  # fmt: skip
     """``acc`` (LANES, BLOCK_D) plus token ``tok``'s features [d0, d0 + BLOCK_D) times those of ``rows``.
 
     ``real`` (LANES,) marks the lanes that hold a node (2^SPEC − 1 of each SUB, a power of two), as a value the
@@ -230,7 +225,7 @@ def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, real, d0, D_IN, BLOC
         h_ok = h < D_IN // 2
         x32 = tl.load(x_ptr.to(tl.pointer_type(tl.uint32), bitcast=True) + tok * (D_IN // 2) + h, mask=h_ok, other=0)
         w32 = tl.load(w_in_ptr.to(tl.pointer_type(tl.uint32), bitcast=True) + rows[:, None] * (D_IN // 2) + h[None, :],
-                      mask=live[:, None] & h_ok[None, :], other=0, volatile=VOLATILE)  # fmt: skip
+                      mask=live[:, None] & h_ok[None, :], other=0)  # fmt: skip
         x_even, x_odd = _bf16_pair(x32)
         w_even, w_odd = _bf16_pair(w32)
         acc = acc + x_even[None, :] * w_even + x_odd[None, :] * w_odd
@@ -238,42 +233,52 @@ def _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, real, d0, D_IN, BLOC
         d = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
         d_ok = d < D_IN
         xv = tl.load(x_ptr + tok * D_IN + d, mask=d_ok, other=0.0)
-        wv = tl.load(w_in_ptr + rows[:, None] * D_IN + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0,
-                     volatile=VOLATILE)  # fmt: skip
+        wv = tl.load(w_in_ptr + rows[:, None] * D_IN + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
         acc = acc + xv[None, :].to(tl.float32) * wv.to(tl.float32)
     return tl.where(real[:, None], acc, 0.0)
 
 
 @triton.jit
-def _prefetch_l2(ptrs, mask):
-    """Ask the L2 cache to fetch the lines holding ``ptrs`` where ``mask`` is true (PTX ``prefetch.global.L2``).
+def _prefetch_bulk_l2(ptrs, nbytes):
+    """Ask the L2 cache to fetch ``nbytes`` bytes from ``ptrs`` (16-byte aligned, a multiple of 16; 0: nothing).
 
-    A hint: nothing is loaded into registers and nothing waits for it, so it does not lengthen the chain of
-    dependent loads; a later load of those lines finds them in L2 instead of memory. Inline PTX, which
-    Triton's interpreter cannot run: the launcher turns prefetching off there (it changes no result).
+    PTX ``cp.async.bulk.prefetch.L2`` (sm_90 and later), issued by the program's thread 0 alone: the copy engine
+    (TMA) fetches the range into L2, nothing is loaded into registers and nothing waits for it, so it does not
+    lengthen the chain of dependent loads; a later load of those bytes finds them in L2 instead of memory.
+    ``ptrs`` and ``nbytes`` are (1,): the same in every thread (a value per thread compiled to a loop over the
+    warp's distinct values, the instruction taking its operands from uniform registers). Inline PTX, which
+    Triton's interpreter cannot run: the launcher leaves prefetching out there (it changes no result).
     """
     tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; }\n mov.u32 $0, 0;",
-        "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
+        "{ .reg .pred p; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; setp.ne.and.b32 p, $2, 0, p;\n"
+        " @p cp.async.bulk.prefetch.L2.global [$1], $2; }\n mov.u32 $0, 0;",
+        "=r,l,r", [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1,
     )  # fmt: skip
 
 
 @triton.jit
-def _prefetch_rows(base_ptr, rows, live, col_start, col_end, stride, LINE: tl.constexpr, LINES_P: tl.constexpr):
-    """L2-prefetch columns [col_start, col_end) of the rows ``rows`` (R,) where ``live`` of a row-major matrix.
+def _prefetch_span(base_ptr, first_row, n_rows, width):
+    """L2-prefetch rows [first_row, first_row + n_rows) of a row-major matrix of ``width`` columns at ``base_ptr``.
 
-    One address per ``LINE`` elements (a 128-byte line), at most ``LINES_P`` per row.
+    The span's bytes (within 16-byte alignment at both ends) are shared out in one piece per program over the
+    programs of grid axis 2 (the column programs, which all walk the same path), so that each SM's copy engine
+    fetches a share.
     """
-    col = col_start + tl.arange(0, LINES_P) * LINE  # (LINES_P,)
-    ptrs = base_ptr + rows[:, None].to(tl.int64) * stride + col[None, :]  # (R, LINES_P)
-    _prefetch_l2(ptrs, live[:, None] & (col < col_end)[None, :])
+    ELEM: tl.constexpr = base_ptr.dtype.element_ty.primitive_bitwidth // 8
+    start = (base_ptr + first_row * width).to(tl.int64)  # byte addresses
+    end = start + n_rows * width * ELEM
+    start = (start + 15) // 16 * 16
+    units = tl.maximum(end // 16 * 16 - start, 0) // 16  # 16-byte units in the span
+    per = tl.cdiv(units, tl.num_programs(2))  # units per piece
+    piece = tl.program_id(2) + tl.zeros((1,), dtype=tl.int64)  # (1,) this program's piece
+    size = tl.minimum(tl.maximum(units - piece * per, 0), per) * 16  # bytes, 0 past the span's end
+    _prefetch_bulk_l2((start + piece * per * 16).to(tl.pointer_type(tl.int8)), size.to(tl.int32))
 
 
 @triton.jit
 def _token_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane_real, D_IN, BLOCK_D: tl.constexpr,
-                  UNROLL: tl.constexpr, D_CHUNKS: tl.constexpr, VOLATILE: tl.constexpr,
-                  PAIRS: tl.constexpr):  # fmt: skip
-    """A routing step's pre-activations by the CUDA cores, (LANES,): those of ``rows`` where ``live``, else 0."""
+                  UNROLL: tl.constexpr, D_CHUNKS: tl.constexpr, PAIRS: tl.constexpr):  # fmt: skip
+    """A routing step's pre-activations, (LANES,): those of ``rows`` where ``live``, else 0."""
     bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
     # the bias starts the sum (column 0), so that ptxas issues its load with the rows' instead of after
     # them: left for the end, it was fetched once the rows had arrived, a second round trip per step; ACC_D is
@@ -282,77 +287,24 @@ def _token_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane_real, D_IN, B
     if D_CHUNKS > 0:  # few chunks: unrolled in full, so that every chunk's loads are in flight at once
         for c in tl.static_range(D_CHUNKS):
             acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, c * BLOCK_D, D_IN, BLOCK_D,
-                                   VOLATILE, PAIRS)  # fmt: skip
+                                   PAIRS)  # fmt: skip
     else:
         for d0 in tl.range(0, D_IN, BLOCK_D, loop_unroll_factor=UNROLL):
-            acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, d0, D_IN, BLOCK_D, VOLATILE,
-                                   PAIRS)  # fmt: skip
+            acc = _token_dot_chunk(acc, x_ptr, w_in_ptr, tok, rows, live, lane_real, d0, D_IN, BLOCK_D, PAIRS)
     return tl.sum(acc, axis=1)
 
 
 @triton.jit
-def _token_mma_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane, D_IN, SEG_LEN: tl.constexpr,
-                      SEGS: tl.constexpr, BLOCK_K: tl.constexpr, K_CHUNKS: tl.constexpr, EVEN: tl.constexpr,
-                      DOT_F32: tl.constexpr):  # fmt: skip
-    """A routing step's pre-activations by tensor-core products, (LANES,) as ``lane``: those of ``rows`` where ``live``.
-
-    Each row splits into SEGS segments of SEG_LEN features. Row m of the (M = SEGS·LANES, BLOCK_K) tile A holds
-    segment m // LANES of lane m % LANES's w_in row, column s of the (BLOCK_K, SEGS) tile B segment s of the
-    token, so that the diagonal (m // LANES = s) of A·B holds each segment's share of a lane's dot product; a
-    lane's pre-activation is the sum of its SEGS shares, and the bias starts segment 0's. The products off the
-    diagonal (15 of 16) keep busy units that would idle anyway: what the step saves is the CUDA cores' work,
-    a widening and an FFMA per feature and lane (240 instructions per routing step against 447, sm_90,
-    hidden 4096). Segment-major rows spread each lane's shares over the warps, so that one reduction across
-    them leaves every thread with all the lanes' sums, as the CUDA-core path does: lane-major rows kept each
-    lane in one warp and cost each pick of a lane a reduction across warps of its own (7 barriers per step, not
-    3). Every chunk of A comes in by asynchronous copies to shared memory, all issued before the first wait.
-    """
-    LANES: tl.constexpr = lane.shape[0]
-    seg = tl.arange(0, SEGS)  # (SEGS,)
-    m_seg = tl.arange(0, LANES * SEGS) // LANES  # (M,) row m of A is (segment m // LANES, lane m % LANES)
-    diag = seg[None, :] == m_seg[:, None]  # (M, SEGS)
-    bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)  # (LANES,)
-    bias_m = tl.reshape(tl.where(seg[:, None] == 0, bias[None, :], 0.0), (LANES * SEGS,))  # (M,)
-    acc = tl.where(diag, bias_m[:, None], 0.0)  # (M, SEGS) the bias starts segment 0's sum
-    kk = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-    for c in tl.static_range(K_CHUNKS):
-        f = c * BLOCK_K + kk  # offsets within a segment
-        f_ok = f < SEG_LEN
-        a_feat = seg[:, None, None] * SEG_LEN + f[None, None, :]  # (SEGS, 1, BLOCK_K)
-        a_ok = live[None, :, None]  # (1, LANES, 1)
-        b_feat = seg[None, :] * SEG_LEN + f[:, None]  # (BLOCK_K, SEGS)
-        b_ok = b_feat >= 0
-        if not EVEN:  # segments or chunks that overhang the row
-            a_ok = a_ok & f_ok[None, None, :] & (a_feat < D_IN)
-            b_ok = f_ok[:, None] & (b_feat < D_IN)
-        a = tl.load(w_in_ptr + rows[None, :, None] * D_IN + a_feat, mask=a_ok, other=0.0)
-        a = tl.reshape(a, (LANES * SEGS, BLOCK_K))
-        b = tl.load(x_ptr + tok * D_IN + b_feat, mask=b_ok, other=0.0)
-        if DOT_F32:  # Triton's interpreter (see token_launch)
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
-    shares = tl.reshape(tl.sum(tl.where(diag, acc, 0.0), axis=1), (SEGS, LANES))
-    return tl.sum(shares, axis=0)
-
-
-@triton.jit
 def _token_step(
-    x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen, out_sum,
-    col_start, col_end, D_IN, D_OUT, N_NODES,
+    x_ptr, w_in_ptr, b_in_ptr, tok, k, step, top, sub, path_rows, path_a, chosen, D_IN, N_NODES,
     LEVELS: tl.constexpr, SPLIT: tl.constexpr, SPEC: tl.constexpr, SUB: tl.constexpr, TOP_LANES: tl.constexpr,
-    PATH_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, UNROLL: tl.constexpr,
-    D_CHUNKS: tl.constexpr, PREFETCH: tl.constexpr, EAGER: tl.constexpr, LAST: tl.constexpr, LINE: tl.constexpr,
-    IN_LINES_P: tl.constexpr, OUT_LINES_P: tl.constexpr, PAIRS: tl.constexpr, SEG_LEN: tl.constexpr,
-    MMA: tl.constexpr, SEGS: tl.constexpr, BLOCK_K: tl.constexpr, K_CHUNKS: tl.constexpr, EVEN: tl.constexpr,
-    DOT_F32: tl.constexpr, BLOCKED: tl.constexpr,
+    PATH_P: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr, D_CHUNKS: tl.constexpr,
+    PAIRS: tl.constexpr, BLOCKED: tl.constexpr,
 ):  # fmt: skip
     """Routing step ``step`` of tree ``k`` of :func:`_fff_token_kernel` (its arguments, by the same names).
 
     Walks SPEC levels from node ``top`` above SPLIT and ``sub`` below it, records the visited rows and their
-    pre-activations in the path, and returns the walk's state: (top, sub, path_rows, path_a, chosen,
-    out_sum). With EAGER it adds the step's picks to ``out_sum``; with LAST (the kernel's OVERLAP) it is
-    the walk's last step and returns in ``out_sum`` the whole output of this program's columns.
+    pre-activations in the path, and returns the walk's state: (top, sub, path_rows, path_a, chosen).
     """
     lane = tl.arange(0, TOP_LANES + SUB)  # (LANES,) lanes [0, TOP_LANES) walk above SPLIT, the rest below
     is_top = lane < TOP_LANES
@@ -360,49 +312,15 @@ def _token_step(
     lane_depth, lane_scale, lane_real = _subtree_lanes(local, SPEC)  # (LANES,) each
     limit = tl.where(is_top, SPLIT, LEVELS)  # the walk above SPLIT stops there
     slot = tl.arange(0, PATH_P)  # (PATH_P,) path slot k·LEVELS + level
-    o = col_start + tl.arange(0, BLOCK_O)  # (BLOCK_O,) EAGER, LAST: the program's columns, one block
-    o_ok = o < col_end
     first = step * SPEC  # the step's first level above SPLIT; SPLIT + first below it
     node = tl.where(is_top, top, sub)  # (LANES,)
     start = tl.where(is_top, first, SPLIT + first)
     rows = k * N_NODES + _stored(node * lane_scale + local, start + lane_depth, LEVELS, BLOCKED)  # (LANES,)
     live = lane_real & (start + lane_depth < limit)
-    if PREFETCH > 0:
-        # this step's output rows (those of the path among them), this program's columns
-        _prefetch_rows(w_out_ptr, rows, live, col_start, col_end, D_OUT, LINE, OUT_LINES_P)
-        ahead = SPEC * PREFETCH  # levels below this step's first, to the root of a later step
-        if SPLIT + first + ahead < LEVELS:
-            # w_in of every subtree that the walk below SPLIT may enter PREFETCH steps on, its
-            # candidates shared out over the column programs (they all read the same rows)
-            sub_local = tl.arange(0, SUB)  # (SUB,) a subtree's local heap indices
-            sub_depth, sub_scale, sub_real = _subtree_lanes(sub_local, SPEC)
-            base = sub * (1 << ahead) + (1 << ahead) - 1  # leftmost candidate root
-            for c in range(tl.program_id(2), 1 << ahead, tl.num_programs(2)):
-                ahead_rows = k * N_NODES + _stored(
-                    (base + c) * sub_scale + sub_local, SPLIT + first + ahead + sub_depth, LEVELS, BLOCKED
-                )  # (SUB,)
-                ahead_live = sub_real & (SPLIT + first + ahead + sub_depth < LEVELS)
-                _prefetch_rows(w_in_ptr, ahead_rows, ahead_live, 0, D_IN, D_IN, LINE, IN_LINES_P)
-    if EAGER or LAST:  # the step's output rows, loaded with its input rows (LANES, BLOCK_O)
-        # volatile keeps the load where it stands: the ptxas of Triton 3.9 otherwise issued it after the
-        # step's dot products had waited for the input rows, a second round trip per step
-        w_step = tl.load(w_out_ptr + rows[:, None] * D_OUT + o[None, :],
-                         mask=live[:, None] & o_ok[None, :], other=0.0, volatile=True)  # fmt: skip
-    if LAST:  # ... and those of the path decided before this step: earlier trees', and this one's levels above
-        level = slot - k * LEVELS
-        before = (slot < k * LEVELS) | ((level >= 0) & (level < tl.minimum(first, SPLIT)))
-        before = before | ((level >= SPLIT) & (level < SPLIT + first))  # (PATH_P,)
-        w_path = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :],
-                         mask=before[:, None] & o_ok[None, :], other=0.0, volatile=True)  # fmt: skip
-    g_lane = tl.zeros((TOP_LANES + SUB,), dtype=tl.float32)  # EAGER, LAST: GELU of the lanes the step picks
-    if MMA and not LAST:  # OVERLAP's last step on the CUDA cores: on the tensor cores it compiled to 3 load waves
-        logits = _token_mma_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane, D_IN, SEG_LEN, SEGS, BLOCK_K,
-                                   K_CHUNKS, EVEN, DOT_F32)  # fmt: skip
-    else:
-        logits = _token_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane_real, D_IN, BLOCK_D, UNROLL,
-                               D_CHUNKS, LAST, PAIRS)  # fmt: skip
-    js = root * 0  # local heap index below SPLIT at this level
-    jt = root * 0  # ... and above it
+    logits = _token_logits(x_ptr, w_in_ptr, b_in_ptr, tok, rows, live, lane_real, D_IN, BLOCK_D, UNROLL, D_CHUNKS,
+                           PAIRS)  # fmt: skip
+    js = sub * 0  # local heap index below SPLIT at this level
+    jt = sub * 0  # ... and above it
     for r in tl.static_range(SPEC):
         # the picked lane's row is node·2^r + its local index: no reduction over the lanes needed
         a = tl.sum(tl.where(lane == TOP_LANES + js, logits, 0.0), axis=0)
@@ -410,9 +328,6 @@ def _token_step(
         row = k * N_NODES + _stored(sub * (1 << r) + js, SPLIT + first + r, LEVELS, BLOCKED)
         path_rows = tl.where(at_slot, row, path_rows)
         path_a = tl.where(at_slot, a, path_a)
-        if EAGER or LAST:  # (a level below LEVELS, as a vector: see the output's mask below)
-            picked = (lane == TOP_LANES + js) & (SPLIT + first + r + 0 * lane < LEVELS)
-            g_lane = tl.where(picked, _gelu(a), g_lane)
         js = 2 * js + 1 + (a > 0).to(tl.int64)
         if TOP_LANES > 0:
             a = tl.sum(tl.where(lane == jt, logits, 0.0), axis=0)
@@ -421,17 +336,25 @@ def _token_step(
             at_slot = (slot == first + r) & (first + r < SPLIT)
             path_rows = tl.where(at_slot, _stored(here, first + r, LEVELS, BLOCKED), path_rows)
             path_a = tl.where(at_slot, a, path_a)
-            if EAGER or LAST:
-                g_lane = tl.where((lane == jt) & (first + r + 0 * lane < SPLIT), _gelu(a), g_lane)
             chosen = tl.where(first + r == SPLIT - 1, 2 * here + 1 + right, chosen)  # one level down
             jt = 2 * jt + 1 + right
-    if EAGER:
-        out_sum += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
-    if LAST:  # the path decided before this step, and this step's picks
-        g_path = tl.where(before, _gelu(path_a), 0.0)  # (PATH_P,)
-        out_sum = tl.sum(g_path[:, None] * w_path.to(tl.float32), axis=0)
-        out_sum += tl.sum(g_lane[:, None] * w_step.to(tl.float32), axis=0)
-    return top * (1 << SPEC) + jt, sub * (1 << SPEC) + js, path_rows, path_a, chosen, out_sum
+    return top * (1 << SPEC) + jt, sub * (1 << SPEC) + js, path_rows, path_a, chosen
+
+
+@triton.jit
+def _token_walk(
+    x_ptr, w_in_ptr, b_in_ptr, tok, k, first_step, last_step, top, sub, path_rows, path_a, chosen, D_IN, N_NODES,
+    LEVELS: tl.constexpr, SPLIT: tl.constexpr, SPEC: tl.constexpr, SUB: tl.constexpr, TOP_LANES: tl.constexpr,
+    PATH_P: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr, D_CHUNKS: tl.constexpr,
+    PAIRS: tl.constexpr, BLOCKED: tl.constexpr,
+):  # fmt: skip
+    """Routing steps [first_step, last_step) of tree ``k`` (see :func:`_token_step`), the walk's state in and out."""
+    for step in range(first_step, last_step):
+        top, sub, path_rows, path_a, chosen = _token_step(
+            x_ptr, w_in_ptr, b_in_ptr, tok, k, step, top, sub, path_rows, path_a, chosen, D_IN, N_NODES, LEVELS,
+            SPLIT, SPEC, SUB, TOP_LANES, PATH_P, BLOCK_D, UNROLL, D_CHUNKS, PAIRS, BLOCKED,
+        )  # fmt: skip
+    return top, sub, path_rows, path_a, chosen
 
 
 @triton.jit
@@ -457,21 +380,9 @@ def _fff_token_kernel(
     BLOCK_O: tl.constexpr,
     UNROLL: tl.constexpr,  # unroll factor of the loop over feature chunks (loads in flight)
     D_CHUNKS: tl.constexpr,  # ⌈D_in / BLOCK_D⌉ when the loop over them is unrolled in full, else 0
-    PREFETCH: tl.constexpr,  # L2 prefetch (0: none): w_in subtrees this many steps ahead, and w_out path rows
-    EAGER: tl.constexpr,  # sum the output during the walk (COLS_PER_PROGRAM = BLOCK_O), no gather after it
-    OVERLAP: tl.constexpr,  # gather the output rows during the last step (COLS_PER_PROGRAM = BLOCK_O)
-    LINE: tl.constexpr,  # elements per 128-byte line (prefetch address spacing)
-    IN_LINES_P: tl.constexpr,  # next power of two ≥ lines per w_in row (1 without prefetch)
-    OUT_LINES_P: tl.constexpr,  # next power of two ≥ lines per program's slice of a w_out_t row (1 without)
     PAIRS: tl.constexpr,  # bf16 rows of even D_IN read as 32-bit pairs of features (see _token_dot_chunk)
-    SEG_LEN: tl.constexpr,  # MMA: features per segment, ⌈D_in / SEGS⌉
-    MMA: tl.constexpr,  # pre-activations by tensor-core products (see _token_mma_logits)
-    SEGS: tl.constexpr,  # MMA: segments per row (16: tl.dot's least width)
-    BLOCK_K: tl.constexpr,  # MMA: features of a segment per product
-    K_CHUNKS: tl.constexpr,  # MMA: ⌈SEG_LEN / BLOCK_K⌉
-    EVEN: tl.constexpr,  # MMA: SEGS·SEG_LEN = D_in and BLOCK_K divides SEG_LEN (no masks on the features)
-    DOT_F32: tl.constexpr,  # MMA: multiply in float32 whatever the storage (Triton's interpreter: see token_launch)
     BLOCKED: tl.constexpr,  # rows in the blocked layout of subtrees rooted at this level (0: heap order)
+    PREFETCH_STEP: tl.constexpr,  # the step that L2-prefetches the blocked subtrees below its root (-1: none)
 ):
     """One token per program: the path stays in registers, and the output is one gather of all its rows.
 
@@ -481,19 +392,12 @@ def _fff_token_kernel(
     loads is max(⌈s / SPEC⌉, ⌈(LEVELS − s) / SPEC⌉) steps instead of ⌈LEVELS / SPEC⌉; only the program
     whose subtree the token enters writes its output (the others computed a walk it does not take).
 
-    With PREFETCH = p > 0, each step also asks L2 for rows needed later, without waiting for them: the
-    w_out_t slices of this step's subtree rows (the path's output rows are among them, so the output gather
-    after the walk finds them in L2), and the w_in rows of every subtree the walk may enter p steps on,
-    SPEC·p levels down (2^(SPEC·p) of them, shared out over the column programs). The walk's own loads stay
-    one round trip per step; what changes is whether that round trip ends in L2 or in memory.
-
-    With EAGER, each step also loads its nodes' w_out_t rows (this program's BLOCK_O columns) with their w_in
-    rows, in the same wave, and once the step has picked its nodes adds their GELU times those rows to the
-    output: the walk's last round trip is then the kernel's last, where the gather after the walk costs one more.
-
-    With OVERLAP, only the last step does so, and it also loads the w_out_t rows of the path decided before it,
-    all in its one load wave: no gather after the walk either, while the steps before it do no more work than
-    without (EAGER's output rows and sums cost every step instructions). That step is peeled off the loop.
+    With PREFETCH_STEP = s ≥ 0 (rows in the blocked layout, SPLIT = 0), routing step s of each tree, whose root
+    at level f = s·SPEC lies at or above BLOCKED, first asks L2 for the w_in and w_out_t rows of every
+    blocked subtree below that root: 2^(BLOCKED − f) runs of 2^(LEVELS − BLOCKED) − 1 rows, one contiguous span
+    in each matrix, which holds all the rows that the walk reads from level BLOCKED on and the output gather
+    after it, shared out over the column programs. It waits for none of it: the steps after s then read
+    rows that their own loads find in L2 once the prefetch has arrived, instead of a round trip to memory each.
     """
     tok = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1).to(tl.int64)
@@ -506,49 +410,43 @@ def _fff_token_kernel(
     chosen = root * 0 - 1  # the level-SPLIT node that the walk above SPLIT enters
     if SPLIT == 0:  # there is no walk above: every program's subtree is the whole tree
         chosen = root
-    o_block = col_start + tl.arange(0, BLOCK_O)  # (BLOCK_O,) EAGER, OVERLAP: the program's columns, one block
-    o_block_ok = o_block < col_end
-    out_sum = tl.zeros((BLOCK_O,), dtype=tl.float32)  # EAGER, OVERLAP: the output summed in the walk
-    top = root * 0  # heap index of the step's root node above SPLIT
-    sub = root  # ... and below it
 
     for k in range(N_TREES):
-        top = root * 0
-        sub = root
-        steps = N_STEPS
-        if OVERLAP:  # the last tree's last step follows the loop
-            steps -= (k + 1) // N_TREES  # 1 for the last tree, 0 before it
-        for step in range(steps):
-            top, sub, path_rows, path_a, chosen, out_sum = _token_step(
-                x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, k, step, top, sub, root, path_rows, path_a, chosen,
-                out_sum, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
-                BLOCK_D, BLOCK_O, UNROLL, D_CHUNKS, PREFETCH, EAGER, False, LINE, IN_LINES_P, OUT_LINES_P, PAIRS,
-                SEG_LEN, MMA, SEGS, BLOCK_K, K_CHUNKS, EVEN, DOT_F32, BLOCKED,
+        top = root * 0  # heap index of the step's root node above SPLIT
+        sub = root  # ... and below it
+        if PREFETCH_STEP < 0:
+            top, sub, path_rows, path_a, chosen = _token_walk(
+                x_ptr, w_in_ptr, b_in_ptr, tok, k, 0, N_STEPS, top, sub, path_rows, path_a, chosen, D_IN, N_NODES,
+                LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P, BLOCK_D, UNROLL, D_CHUNKS, PAIRS, BLOCKED,
             )  # fmt: skip
-    if OVERLAP:
-        top, sub, path_rows, path_a, chosen, out_sum = _token_step(
-            x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, tok, N_TREES - 1, N_STEPS - 1, top, sub, root, path_rows, path_a,
-            chosen, out_sum, col_start, col_end, D_IN, D_OUT, N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P,
-            BLOCK_D, BLOCK_O, UNROLL, D_CHUNKS, PREFETCH, False, True, LINE, IN_LINES_P, OUT_LINES_P, PAIRS,
-            SEG_LEN, MMA, SEGS, BLOCK_K, K_CHUNKS, EVEN, DOT_F32, BLOCKED,
-        )  # fmt: skip
+        else:  # the loop in two, the prefetch between them: inside it, a branch moved the steps' loads apart
+            top, sub, path_rows, path_a, chosen = _token_walk(
+                x_ptr, w_in_ptr, b_in_ptr, tok, k, 0, PREFETCH_STEP, top, sub, path_rows, path_a, chosen, D_IN,
+                N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P, BLOCK_D, UNROLL, D_CHUNKS, PAIRS, BLOCKED,
+            )  # fmt: skip
+            f: tl.constexpr = PREFETCH_STEP * SPEC  # the level of the step's root, sub
+            run: tl.constexpr = (1 << (LEVELS - BLOCKED)) - 1  # rows per blocked subtree
+            n_rows: tl.constexpr = (1 << (BLOCKED - f)) * run  # the blocked subtrees below sub, in one span
+            first_row = k * N_NODES + (1 << BLOCKED) - 1 + (sub + 1 - (1 << f)) * n_rows
+            _prefetch_span(w_in_ptr, first_row, n_rows, D_IN)
+            _prefetch_span(w_out_ptr, first_row, n_rows, D_OUT)
+            top, sub, path_rows, path_a, chosen = _token_walk(
+                x_ptr, w_in_ptr, b_in_ptr, tok, k, PREFETCH_STEP, N_STEPS, top, sub, path_rows, path_a, chosen, D_IN,
+                N_NODES, LEVELS, SPLIT, SPEC, SUB, TOP_LANES, PATH_P, BLOCK_D, UNROLL, D_CHUNKS, PAIRS, BLOCKED,
+            )  # fmt: skip
 
-    if EAGER or OVERLAP:  # only the program whose subtree the token enters writes
-        o_ok = o_block_ok & (chosen + 0 * o_block == root)
-        tl.store(out_ptr + tok * D_OUT + o_block, out_sum.to(out_ptr.dtype.element_ty), mask=o_ok)
-    else:
-        # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
-        used = slot < N_TREES * LEVELS
-        path_g = _gelu(path_a)  # (PATH_P,)
-        for o0 in range(col_start, col_end, BLOCK_O):
-            o = o0 + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
-            # only the program whose subtree the token enters writes (compared as a vector: Triton's interpreter
-            # gives `vector & 0-d mask` an integer type that loads refuse)
-            o_ok = (o < col_end) & (chosen + 0 * o == root)
-            wv = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :], mask=used[:, None] & o_ok[None, :],
-                         other=0.0)  # (PATH_P, BLOCK_O)  # fmt: skip
-            acc = tl.sum(path_g[:, None] * wv.to(tl.float32), axis=0)  # (BLOCK_O,)
-            tl.store(out_ptr + tok * D_OUT + o, acc.to(out_ptr.dtype.element_ty), mask=o_ok)
+    # Output: every visited row's slice of w_out_t in one gather, so that the loads are in flight together.
+    used = slot < N_TREES * LEVELS
+    path_g = _gelu(path_a)  # (PATH_P,)
+    for o0 in range(col_start, col_end, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
+        # only the program whose subtree the token enters writes (compared as a vector: Triton's interpreter
+        # gives `vector & 0-d mask` an integer type that loads refuse)
+        o_ok = (o < col_end) & (chosen + 0 * o == root)
+        wv = tl.load(w_out_ptr + path_rows[:, None] * D_OUT + o[None, :], mask=used[:, None] & o_ok[None, :],
+                     other=0.0)  # (PATH_P, BLOCK_O)  # fmt: skip
+        acc = tl.sum(path_g[:, None] * wv.to(tl.float32), axis=0)  # (BLOCK_O,)
+        tl.store(out_ptr + tok * D_OUT + o, acc.to(out_ptr.dtype.element_ty), mask=o_ok)
 
 
 def _pow2(n: int, hi: int) -> int:
@@ -574,12 +472,8 @@ def fff_triton(
     split: int | None = None,
     maxnreg: int | None = None,
     kernel: str | None = None,
-    prefetch: int | None = None,
-    eager: bool = False,
-    overlap: bool = False,
+    prefetch: int = 0,
     pairs: bool = False,
-    mma: bool = False,
-    num_stages: int | None = None,
     blocked: int = 0,
 ) -> torch.Tensor:
     """Hard FFF inference by the fused Triton kernel (CUDA tensors, or CPU tensors under Triton's interpreter).
@@ -623,35 +517,17 @@ def fff_triton(
         maxnreg: Token kernel only: the register ceiling handed to ptxas (default ``TOKEN_MAXNREG``; 0 leaves
             ptxas its own choice, which may issue a step's loads in several waves).
         kernel: ``"token"`` or ``"block"``: that kernel whatever the batch size (default: as described above).
-        prefetch: Token kernel only: L2 prefetch, 0 to ``MAX_PREFETCH`` (default 0, off). p > 0 asks L2, at
-            each routing step, for the w_in rows of every subtree the walk may enter p steps on (2^(spec·p)
-            subtrees) and for the w_out_t rows of the step's nodes, so that deep levels, which a model's other
-            layers evict from L2 between two calls, cost an L2 round trip instead of one to memory. A hint
-            with no effect on the result; ignored under Triton's interpreter, which cannot run it.
-        eager: Token kernel only: sum the output during the walk (default False): each routing step loads its
-            nodes' w_out_t rows with their w_in rows and adds the picked nodes' share, so that no gather of
-            the path's rows follows the walk; each program then takes one block of ``block_o`` columns.
-        overlap: Token kernel only: gather the output rows during the last routing step (default False): it
-            loads the w_out_t rows of the path decided before it and of its own nodes with its w_in rows, so that
-            no round trip follows the walk, while the steps before it work as without; each program then takes
-            one block of ``block_o`` columns (by default as many as hold those rows in 16384 elements).
+        prefetch: Token kernel only, rows in the blocked layout (``blocked`` > 0), no ``split``, sm_90 or later:
+            L2 prefetch, 0 to ``MAX_PREFETCH`` (default 0, off). p > 0 has the routing step whose root lies p − 1
+            steps above the blocked subtrees' level (step ⌊blocked / spec⌋ − p + 1) ask L2, by the copy engine,
+            for every row of the 2^(blocked − its level) blocked subtrees below its root, of w_in and w_out_t:
+            all the rows the walk reads from level ``blocked`` on and all the output rows it gathers below it, so
+            that those steps and the gather, whose rows a model's other layers evict from L2 between two calls,
+            find them in L2 instead of memory. A hint with no effect on the result; ignored under Triton's
+            interpreter, which cannot run it.
         pairs: Token kernel only, bf16 of even width at 4-byte aligned addresses: read the rows as 32-bit pairs
             of features, which widen to float32 by a shift and a mask (default False: a feature at a time). At
-            hidden 4096, compiled for sm_90, a routing step of 374 instructions instead of 447; other launches
-            (``prefetch``, ``eager``, ``overlap`` at hidden 768) compile worse with it.
-        mma: Token kernel only, 16-bit rows: compute a routing step's dot products on the tensor cores (default
-            False: on the CUDA cores), each row split into 16 segments whose shares are the diagonal of one
-            product (see :func:`_token_mma_logits`); ``block_d`` is then the features of a segment per product.
-            At hidden 4096, compiled for sm_90, a routing step of 240 instructions instead of 447, in one wave of
-            asynchronous copies, and at ``spec`` 3 375 instructions in one wave (the CUDA cores' spec 3 takes two
-            or three). With ``overlap`` the last step, whose loads include the output rows, runs on the CUDA cores
-            (on the tensor cores it compiled to three load waves; this way one); ``eager`` compiles to more load
-            waves with it.
-        num_stages: Token kernel only: Triton's software-pipeline stages (default: Triton's own, 3). A step's rows
-            depend on the step before, so no stage loads ahead; with ``mma`` the default moves the rows by
-            asynchronous copies into two buffers of shared memory (74 KB per program at hidden 4096, 139 KB at
-            ``spec`` 3: one program per SM), and 1 through registers into one (41 KB), at the cost of barriers
-            (compiled for sm_90 by Triton 3.9: 6 per step instead of 2, 308 instructions instead of 226).
+            hidden 4096, compiled for sm_90, a routing step of 374 instructions instead of 447.
         blocked: Token kernel only: the weights' rows are in the blocked layout of :func:`blocked_rows` with
             subtrees rooted at this level, 0 to ``depth`` (default 0: heap order; :func:`to_blocked` makes the
             layout). A token's rows below that level then lie within one run of 2^(depth + 1 − blocked) − 1
@@ -692,21 +568,16 @@ def fff_triton(
     assert token or not split, f"split {why}"
     assert token or maxnreg is None, f"maxnreg {why}"
     assert token or not prefetch, f"prefetch {why}"
-    assert token or not eager, f"eager {why}"
-    assert token or not overlap, f"overlap {why}"
     assert token or not pairs, f"pairs {why}"
-    assert token or not mma, f"mma {why}"
-    assert token or num_stages is None, f"num_stages {why}"
     assert token or not blocked, f"blocked {why}"
     if token:
-        prefetch = prefetch or 0
-        if x.device.type != "cuda":  # Triton's interpreter: the prefetch is inline PTX, and only a hint
-            assert 0 <= prefetch <= MAX_PREFETCH, f"prefetch must be in 0..{MAX_PREFETCH}, got {prefetch}"
-            prefetch = 0
+        if prefetch and x.device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(x.device)
+            assert major >= 9, f"prefetch needs a GPU of compute capability 9.0 or later (sm_90), got {major}.{minor}"
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
-                             maxnreg=maxnreg, prefetch=prefetch, eager=eager, overlap=overlap,
-                             pairs=pairs, mma=mma, num_stages=num_stages, blocked=blocked)  # fmt: skip
+                             maxnreg=maxnreg, prefetch=prefetch, pairs=pairs, blocked=blocked,
+                             hints=x.device.type == "cuda")  # fmt: skip
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
@@ -786,10 +657,7 @@ class TokenLaunch:
     grid: tuple[int, int, int]  # (tokens, subtrees, column programs)
     ints: Mapping[str, int]  # the kernel's runtime integer arguments, by name (read-only: launches are cached)
     constexprs: Mapping[str, int]  # its compile-time arguments, by name (read-only)
-    num_warps: int
-    maxnreg: int | None  # ptxas' register ceiling per thread (None: its own choice)
-    num_stages: int | None  # Triton's software-pipeline stages (None: its own choice)
-    options: Mapping[str, int]  # the three above as Triton's launch and compile options, those set only (read-only)
+    options: Mapping[str, int]  # Triton's launch and compile options (num_warps; maxnreg where set), read-only
 
 
 @functools.lru_cache(maxsize=256)  # a call costs about 20 µs of Python, as much as the kernel at 1 token
@@ -808,72 +676,54 @@ def token_launch(
     unroll: int | None = None,
     maxnreg: int | None = None,
     prefetch: int = 0,
-    eager: bool = False,
-    overlap: bool = False,
     pairs: bool = False,
-    mma: bool = False,
-    num_stages: int | None = None,
     blocked: int = 0,
     itemsize: int = 2,
-    interpreted: bool = False,
+    hints: bool = True,
 ) -> TokenLaunch:
     """The token kernel's launch for n tokens of d_in features into d_out columns.
 
     A pure function of the shapes and options, shared by :func:`fff_triton` and by the ahead-of-time resource
     check (``benchmarks/triton_resources.py``), which compiles exactly what would be launched; cached, so the
-    launch it returns is shared: read it, do not change it. ``itemsize`` is the bytes per element of the weights
-    (it spaces the prefetch addresses a line apart); ``pairs`` reads bf16 rows as 32-bit pairs of features, where
-    the caller has checked that they are bf16 and that x and w_in are 4-byte aligned (:func:`_pairs_fit`).
-    ``interpreted`` is for Triton's interpreter, whose ``tl.dot`` multiplies the bit patterns of bf16 operands
-    (triton-lang/triton#11584, not supported there): ``mma`` then multiplies in float32, exactly.
+    launch it returns is shared: read it, do not change it. ``itemsize`` is the bytes per element of the weights;
+    ``pairs`` reads bf16 rows as 32-bit pairs of features, where the caller has checked that they are bf16 and
+    that x and w_in are 4-byte aligned (:func:`_pairs_fit`). ``hints`` False leaves out the L2 prefetch
+    (``prefetch`` is still checked): Triton's interpreter cannot run its PTX, and it changes no result.
     """
     assert 0 <= split <= depth, f"split must be in 0..{depth}, got {split}"
     assert 0 <= blocked <= depth, f"blocked must be in 0..{depth} (0: heap order), got {blocked}"
-    assert 0 <= prefetch <= MAX_PREFETCH, f"prefetch must be in 0..{MAX_PREFETCH}, got {prefetch}"
     assert split == 0 or n_trees == 1, f"split > 0 needs a single tree, got {n_trees}"
-    assert not (eager and overlap), "eager and overlap are two ways to skip the gather after the walk: pick one"
-    assert not (pairs and mma), "pairs and mma are two ways to compute a step's dot products: pick one"
     assert not pairs or (itemsize == 2 and d_in % 2 == 0), f"pairs needs 16-bit rows of even width, got {d_in}"
-    assert not mma or itemsize == 2, "mma needs 16-bit rows (float32 would multiply on the CUDA cores, 16 times over)"
+    assert 0 <= prefetch <= MAX_PREFETCH, f"prefetch must be in 0..{MAX_PREFETCH}, got {prefetch}"
+    prefetch_step = blocked // spec - prefetch + 1 if prefetch else -1  # the step whose root's subtrees it fetches
+    if prefetch:
+        assert blocked > 0 and split == 0, "prefetch needs rows in the blocked layout (blocked > 0) and no split"
+        assert prefetch_step >= 0, f"prefetch {prefetch} reaches above the root: at most {blocked // spec + 1} here"
     levels = depth + 1
     sub = triton.next_power_of_2(2**spec - 1)
     lanes = sub * (2 if split else 1)
     path_p = triton.next_power_of_2(n_trees * levels)
-    seg_len = triton.cdiv(d_in, _SEGS)  # mma: features per segment, and per product (below)
-    block_k = block_d or _pow2(seg_len, _TOKEN_MMA_TILE // (lanes * _SEGS))
-    even = seg_len * _SEGS == d_in and seg_len % block_k == 0  # mma: no feature masks
     block_d = block_d or _pow2(d_in, _TOKEN_TILE // lanes)
-    held = path_p + (lanes if overlap else 0)  # output rows held at once: the path (and the last step's lanes)
-    block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // triton.next_power_of_2(held))
+    block_o = block_o or _pow2(d_out, _TOKEN_OUT_TILE // path_p)
     col_blocks = triton.cdiv(d_out, block_o)
     splits = max(1, min(col_blocks, _PROGRAMS // (n << split)))  # column programs per (token, subtree)
-    if eager or overlap:  # the output sums in registers: one block of columns per program
-        splits = col_blocks
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
     steps = max(triton.cdiv(split, spec), triton.cdiv(levels - split, spec))
     chunks = triton.cdiv(d_in, block_d)
     unroll_all = chunks <= _UNROLL_ALL and d_in <= _UNROLL_ALL_FEATURES
     ints = dict(D_IN=d_in, D_OUT=d_out, N_NODES=2**levels - 1, N_STEPS=steps, COLS_PER_PROGRAM=cols_per_program)
-    line = max(1, 128 // itemsize)  # elements per 128-byte line
-    lines = (triton.next_power_of_2(triton.cdiv(w, line)) if prefetch else 1 for w in (d_in, cols_per_program))
+    num_warps = num_warps or 4
     constexprs = dict(
         N_TREES=n_trees, LEVELS=levels, SPLIT=split, SPEC=spec, SUB=sub, TOP_LANES=sub if split else 0,
         PATH_P=path_p, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, D_CHUNKS=chunks if unroll_all else 0,
-        PREFETCH=prefetch, EAGER=int(eager), OVERLAP=int(overlap), LINE=line, IN_LINES_P=next(lines),
-        OUT_LINES_P=next(lines), PAIRS=int(pairs), MMA=int(mma), SEG_LEN=seg_len, SEGS=_SEGS,
-        BLOCK_K=block_k, K_CHUNKS=triton.cdiv(seg_len, block_k), EVEN=int(even), DOT_F32=int(interpreted),
-        BLOCKED=blocked,
+        PAIRS=int(pairs), BLOCKED=blocked, PREFETCH_STEP=prefetch_step if hints else -1,
     )  # fmt: skip
     grid = (n, 2**split, triton.cdiv(d_out, cols_per_program))
     if maxnreg is None:
         maxnreg = TOKEN_MAXNREG
     assert 0 <= maxnreg <= 255, f"maxnreg must be in 0..255 (0: ptxas' choice), got {maxnreg}"
-    assert num_stages is None or num_stages >= 1, f"num_stages must be at least 1, got {num_stages}"
-    num_warps, maxnreg = num_warps or 4, maxnreg or None
-    options = dict(num_warps=num_warps, maxnreg=maxnreg, num_stages=num_stages)
-    options = MappingProxyType({k: v for k, v in options.items() if v is not None})
-    return TokenLaunch(grid, MappingProxyType(ints), MappingProxyType(constexprs), num_warps, maxnreg, num_stages,
-                       options)  # fmt: skip
+    options = dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
+    return TokenLaunch(grid, MappingProxyType(ints), MappingProxyType(constexprs), MappingProxyType(options))
 
 
 def _pairs_fit(x: torch.Tensor, w_in: torch.Tensor) -> bool:
@@ -895,8 +745,7 @@ def _launch_token(
 
     ``options`` are :func:`token_launch`'s.
     """
-    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, itemsize=w_in.element_size(),
-                          interpreted=x.device.type != "cuda", **options)  # fmt: skip
+    launch = token_launch(*x.shape, out.shape[1], depth, n_trees, itemsize=w_in.element_size(), **options)
     fits = not launch.constexprs["PAIRS"] or _pairs_fit(x, w_in)
     assert fits, "pairs needs bf16 x and w_in of even width at 4-byte aligned addresses"
     _fff_token_kernel[launch.grid](x, w_in, b_in, w_out_t, out, **launch.ints, **launch.constexprs, **launch.options)
