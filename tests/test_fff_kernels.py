@@ -341,6 +341,10 @@ TRITON_CASES = [  # depth, n_trees, batch, d_in, d_out, launch overrides (small 
     (6, 1, 2, 10, 9, dict(blocked=4, split=2, pairs=True)),  # ... the layout's subtrees below the programs' roots
     (6, 1, 2, 16, 7, dict(blocked=6, spec=3)),  # ... subtrees of one node (heap order)
     (9, 2, 2, 12, 6, dict(blocked=5, prefetch=2)),  # L2 prefetching (PTX, a hint, which the interpreter leaves out)
+    (8, 2, 3, 24, 10, dict(block_b=1, blocked=3)),  # the block kernel on rows in the blocked layout
+    (5, 1, 3, 20, 9, dict(kernel="block", blocked=2, spec=3, block_d=16)),  # ... 3 levels per step, 2 chunks
+    (6, 2, 130, 12, 6, dict(blocked=4)),  # ... large-batch defaults: the top levels by GEMM, at most 4 of them
+    (5, 1, 129, 12, 6, dict(blocked=2, top=1, spec=2)),  # ... one level by GEMM, the walk from heap order into runs
     (6, 1, 5, 9, 9, dict(spec=2, block_b=4, unroll=3)),  # 7 levels = 2 + 2 + 2 + 1, masked tokens
     (3, 2, 17, 37, 41, dict(spec=1, block_b=16, block_d=16, block_o=16)),  # masked feature and column tails
     (2, 1, 129, 4, 3, {}),  # large-batch defaults on a shallow tree: every level routed by GEMM
@@ -489,6 +493,54 @@ def test_token_kernel_prefetches_the_blocked_subtrees_below_the_walk(depth, tree
     assert done.stdout.startswith("ok"), done.stdout
 
 
+PREPARED = """
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from recruit.fff.kernels import triton_fff
+from recruit.fff.kernels.reference import fff_reference
+
+g = torch.Generator().manual_seed(5)
+depth, trees, d_in, d_out = 9, 2, 12, 7
+m = 2 ** (depth + 1) - 1
+shapes = ((trees * m, d_in), (trees * m,), (trees * m, d_out))
+w_in, b_in, w_out_t = (torch.randn(*shape, generator=g) for shape in shapes)
+plain = triton_fff.TritonKernel(w_in, b_in, w_out_t, depth, trees)  # the defaults: heap order, the weights as given
+assert plain.blocked == triton_fff.layer_blocked(depth, triton_fff.LAYER_BLOCKED_LEVELS)
+if plain.blocked == 0:
+    assert plain.weights[0].data_ptr() == w_in.data_ptr() and plain.prefetch == 0  # no copy
+laid = triton_fff.TritonKernel(w_in, b_in, w_out_t, depth, trees, blocked_levels=4, prefetch=1)
+assert laid.blocked == 8 and laid.prefetch == 1  # at least TOP_LEVELS: the block kernel's GEMMs read heap-order rows
+assert torch.equal(laid.weights[0], triton_fff.to_blocked(w_in, depth, trees, 8))
+for kernel in (plain, laid):
+    for batch in (1, 3, 130):  # the token kernel (with the prefetch, left out by the interpreter), the block kernel
+        x = torch.randn(batch, d_in, generator=g)
+        torch.testing.assert_close(kernel(x), fff_reference(x, w_in, b_in, w_out_t, depth, trees), rtol=1e-4, atol=1e-4)
+for bad in (torch.randn(2, d_in + 1), torch.randn(2, d_in, dtype=torch.float64), torch.randn(d_in)):
+    try:
+        laid(bad)
+    except ValueError as e:
+        print("refused:", e)
+    else:
+        raise AssertionError(f"accepted x {tuple(bad.shape)} {bad.dtype}")
+print("ok")
+"""
+
+
+def test_prepared_triton_kernel_lays_out_the_rows_once_and_equals_the_reference():
+    """``TritonKernel`` (what ``fff_prepare`` gives CUDA), under the interpreter: the default layout's weights as
+    given, a blocked layout copied once at a level no shallower than the block kernel's dense top levels, both
+    equal to the reference at 1, 3 and 130 tokens, and inputs of another width, dtype or rank refused."""
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import layer_blocked
+
+    assert [layer_blocked(13, n) for n in (0, 6, 3, 14)] == [0, 8, 11, 8]
+    assert [layer_blocked(10, 6), layer_blocked(5, 6), layer_blocked(0, 6)] == [8, 5, 0]
+    done = subprocess.run([sys.executable, "-c", PREPARED], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.endswith("ok\n") and done.stdout.count("refused") == 3, done.stdout
+
+
 @pytest.mark.parametrize("depth,blocked", [(0, 0), (3, 0), (3, 1), (3, 2), (3, 3), (7, 3), (13, 8)])
 def test_blocked_layout_keeps_the_top_levels_and_runs_each_subtree_in_heap_order(depth, blocked):
     """The layout, against its definition written out node by node: rows 0..2^L − 2 the levels above L, then
@@ -548,7 +600,7 @@ def test_token_launch_is_worked_out_once_per_shape():
         (dict(block_b=3), 1, 1, "block_b must be a power of two"),
         (dict(num_warps=6), 1, 1, "num_warps must be a power of two"),
         (dict(unroll=0), 1, 1, "unroll must be at least 1"),
-        (dict(blocked=2, block_b=1), 1, 1, "blocked needs the token kernel"),
+        (dict(blocked=2, top=3), 1, 1, "top must be at most blocked"),  # the top GEMMs read heap-order rows
         (dict(blocked=4), 1, 1, "blocked must be in 0..3"),
     ],
 )
@@ -567,11 +619,15 @@ def test_triton_launch_refuses_what_it_cannot_do(launch, batch, n_trees, why):
 @pytest.mark.parametrize("depth,n_trees,batch,d_in,d_out", [(0, 1, 1, 7, 5), (11, 1, 1, 256, 256), (8, 2, 333, 96, 9)])
 def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out):
     pytest.importorskip("triton")
-    from recruit.fff.kernels.triton_fff import fff_triton
+    from recruit.fff.kernels.triton_fff import TritonKernel, fff_triton
 
     case = tuple(t.cuda() for t in make_case(depth, depth, n_trees, batch, d_in, d_out, dtype))
     check(fff_triton, case, depth, n_trees)
     check(fff_infer, case, depth, n_trees)
+    for prepared in (kernels.fff_prepare(*case[1:], depth, n_trees),  # the layer's kernel, default layout
+                     TritonKernel(*case[1:], depth, n_trees, blocked_levels=6, prefetch=1)):  # fmt: skip
+        assert isinstance(prepared, TritonKernel)
+        check(lambda x, *weights_and_shape, prepared=prepared: prepared(x), case, depth, n_trees)
 
 
 @pytest.mark.gpu
@@ -618,6 +674,20 @@ def test_triton_cuda_token_kernel_at_large_batch_equals_reference(dtype):
 
     case = tuple(t.cuda() for t in make_case(11, 11, 1, 333, 256, 192, dtype))
     check(fff_triton, case, 11, 1, kernel="token")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("launch", [dict(), dict(top=0), dict(top=3, spec=2)])
+def test_triton_cuda_block_kernel_on_blocked_rows_equals_reference(dtype, launch):
+    pytest.importorskip("triton")
+    from recruit.fff.kernels.triton_fff import fff_triton, to_blocked
+
+    case = make_case(11, 11, 2, 333, 256, 192, dtype)
+    laid = tuple(to_blocked(t, 11, 2, 6) for t in case[1:])
+    out = fff_triton(case[0].cuda(), *(t.cuda() for t in laid), 11, 2, blocked=6, **launch)
+    torch.testing.assert_close(out.cpu(), fff_reference(*case, 11, 2), **TOL[dtype])
 
 
 @pytest.mark.gpu

@@ -68,8 +68,9 @@ def fff_prepare(
     """``f(x2d) == fff_infer(x2d, w_in, b_in, w_out_t, depth, n_trees)``, with the weights bound once.
 
     On the CPU the result is a :class:`~recruit.fff.kernels.cpu.CpuKernel` (weights checked at construction,
-    four arguments per C call); elsewhere :func:`fff_infer` with the weights bound. The function keeps the
-    weights alive; build a new one when they change.
+    four arguments per C call); on CUDA with ``triton`` a :class:`~recruit.fff.kernels.triton_fff.TritonKernel`
+    (the rows in the layout it reads, laid out once); elsewhere :func:`fff_infer` with the weights bound. The
+    function keeps the weights alive; build a new one when they change.
 
     Raises:
         ValueError: When the weights do not describe an FFF (see :func:`check_shapes`).
@@ -77,4 +78,8 @@ def fff_prepare(
     check_shapes(w_in[:0], w_in, b_in, w_out_t, depth, n_trees)
     if w_in.is_cpu:
         return CpuKernel(w_in, b_in, w_out_t, depth, n_trees)
+    if w_in.is_cuda and triton_available() and w_in.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        from recruit.fff.kernels.triton_fff import TritonKernel
+
+        return TritonKernel(w_in, b_in, w_out_t, depth, n_trees)
     return functools.partial(fff_infer, w_in=w_in, b_in=b_in, w_out_t=w_out_t, depth=depth, n_trees=n_trees)

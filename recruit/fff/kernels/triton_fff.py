@@ -24,8 +24,8 @@ up to 2x slower on an H200).
 
 Small batches split the output columns over several programs so that the GPU fills up (each recomputes the
 routing, whose rows come from L2); large batches give each program all columns so that routing runs once.
-Both kernels use the same routing steps, in the same heap layout; the token kernel can also read the rows in a
-blocked layout, each deep subtree in one run of rows (``blocked``, see :func:`blocked_rows`).
+Both kernels use the same routing steps, on rows in heap order or in a blocked layout that keeps each deep subtree
+in one run of rows (``blocked``, see :func:`blocked_rows`).
 
 This module imports ``triton`` at import time: import it lazily (``recruit.fff.kernels.fff_infer`` does).
 Triton's interpreter runs it on CPU tensors when ``TRITON_INTERPRET=1`` is set before ``triton`` is first
@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from recruit.fff.kernels.reference import check_shapes
+
 SMALL_BATCH = 128  # up to this many tokens the default launch is the token kernel (on an H200 faster than the
 # block kernel at 128 tokens, slower at 4096: ``recruit bench fff`` times both)
 TOP_LEVELS = 8  # levels routed densely by default above SMALL_BATCH tokens (see fff_triton's ``top``) ...
@@ -59,6 +61,11 @@ _UNROLL_ALL_FEATURES = 16384  # ... of a row of at most this many features (sm_9
 # 6.9 µs per call at hidden 4096, 1 token, on an H200. With a ceiling it issues them all before the first use.
 TOKEN_MAXNREG = 255
 MAX_PREFETCH = 3  # most steps above the blocked subtrees' from which the token kernel L2-prefetches them
+# The row layout of a layer's prepared kernel (TritonKernel): subtrees of this many deepest levels in runs of rows,
+# 0 for heap order. Heap order, and no prefetch, until a GPU times the blocked layout faster (`recruit bench fff`
+# sweeps it as launches `blocked…` and `blocked…-prefetch…`).
+LAYER_BLOCKED_LEVELS = 0
+LAYER_PREFETCH = 0  # the token kernel's prefetch on such rows (sm_90 and later; 0: none)
 
 
 @triton.jit
@@ -127,6 +134,7 @@ def _fff_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_O: tl.constexpr,
     UNROLL: tl.constexpr,  # unroll factor of the loops over feature chunks and over the path
+    BLOCKED: tl.constexpr,  # rows in the blocked layout of subtrees rooted at this level (0: heap order; ≥ TOP)
 ):
     tok = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
     tok_mask = tok < B
@@ -155,7 +163,8 @@ def _fff_kernel(
             g_top = tl.where(seen > 0, _gelu(a_top), 0.0)
             tl.store(top_act_ptr + top, g_top.to(top_act_ptr.dtype.element_ty), mask=top_mask)
         for first in range(TOP, LEVELS, SPEC):  # the step's first level
-            rows = k * N_NODES + node[:, None] * lane_scale[None, :] + lane[None, :]  # (BLOCK_B, SUB)
+            heap = node[:, None] * lane_scale[None, :] + lane[None, :]  # (BLOCK_B, SUB) the lanes' heap nodes
+            rows = k * N_NODES + _stored(heap, first + lane_depth[None, :] + 0 * heap, LEVELS, BLOCKED)
             live = tok_mask[:, None] & (lane_real & (first + lane_depth < LEVELS))[None, :]  # (BLOCK_B, SUB)
             # the biases are loaded before the feature loop (after it, triton 3.6's layout pass fails)
             bias = tl.load(b_in_ptr + rows, mask=live, other=0.0).to(tl.float32)
@@ -528,11 +537,13 @@ def fff_triton(
         pairs: Token kernel only, bf16 of even width at 4-byte aligned addresses: read the rows as 32-bit pairs
             of features, which widen to float32 by a shift and a mask (default False: a feature at a time). At
             hidden 4096, compiled for sm_90, a routing step of 374 instructions instead of 447.
-        blocked: Token kernel only: the weights' rows are in the blocked layout of :func:`blocked_rows` with
-            subtrees rooted at this level, 0 to ``depth`` (default 0: heap order; :func:`to_blocked` makes the
-            layout). A token's rows below that level then lie within one run of 2^(depth + 1 − blocked) − 1
-            rows (at hidden 4096, depth 13 and ``blocked`` 8: 63 rows, 504 KB of bf16 w_in), not spread over
-            the deep levels' half of the matrix, for fewer DRAM pages and address translations per walk.
+        blocked: The weights' rows are in the blocked layout of :func:`blocked_rows` with subtrees rooted at
+            this level, 0 to ``depth`` (default 0: heap order; :func:`to_blocked` makes the layout). A token's rows
+            below that level then lie within one run of 2^(depth + 1 − blocked) − 1 rows (at hidden 4096, depth 13
+            and ``blocked`` 8: 63 rows, 504 KB of bf16 w_in), not spread over the deep levels' half of the matrix,
+            for fewer DRAM pages and address translations per walk. The block kernel routes at most ``blocked``
+            levels densely (``top``; by default ``min(top, blocked)``): its GEMMs read the first rows, which the
+            layout keeps in heap order only above that level.
 
     Returns:
         (B, D_out) in the dtype of ``x``.
@@ -569,7 +580,6 @@ def fff_triton(
     assert token or maxnreg is None, f"maxnreg {why}"
     assert token or not prefetch, f"prefetch {why}"
     assert token or not pairs, f"pairs {why}"
-    assert token or not blocked, f"blocked {why}"
     if token:
         if prefetch and x.device.type == "cuda":
             major, minor = torch.cuda.get_device_capability(x.device)
@@ -578,9 +588,13 @@ def fff_triton(
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
                              maxnreg=maxnreg, prefetch=prefetch, pairs=pairs, blocked=blocked,
                              hints=x.device.type == "cuda")  # fmt: skip
+    assert 0 <= blocked <= depth, f"blocked must be in 0..{depth} (0: heap order), got {blocked}"
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
+        if blocked:  # the top tables are GEMMs over the first rows, which the blocked layout keeps in heap order
+            top = min(top, blocked)
     assert 0 <= top <= depth + 1, f"top must be in 0..{depth + 1}, got {top}"
+    assert not blocked or top <= blocked, f"top must be at most blocked ({blocked}) with rows in that layout, got {top}"
     sub = triton.next_power_of_2(2**spec - 1)
     block_b = block_b or (1 if small else 4 if not top else 2 if n <= 1024 else 8)
     wide = 2 if x.element_size() == 2 else 1  # 16-bit storage: twice the elements in the same registers
@@ -609,7 +623,7 @@ def fff_triton(
         x, w_in, b_in, w_out_t, out, path_rows, path_gelu, top_logits, top_act, n, d_in, d_out, m,
         cols_per_program, N_TREES=n_trees, LEVELS=depth + 1, TOP=top, TOP_W=top_w,
         TOP_P=triton.next_power_of_2(top_w), SPEC=spec, SUB=sub, BLOCK_B=block_b, BLOCK_D=block_d,
-        BLOCK_O=block_o, UNROLL=unroll, num_warps=num_warps,
+        BLOCK_O=block_o, UNROLL=unroll, BLOCKED=blocked, num_warps=num_warps,
     )  # fmt: skip
     if top:  # the visited top nodes' share; the others have GELU 0 here
         w_out_top = w_out_t.view(n_trees, m, d_out)[:, :top_w]  # (K, top_w, D_out), a view
@@ -648,6 +662,49 @@ def to_blocked(t: torch.Tensor, depth: int, n_trees: int, blocked: int) -> torch
     out = torch.empty_like(t)
     out[rows] = t
     return out
+
+
+def layer_blocked(depth: int, levels: int) -> int:
+    """The level of the blocked layout that keeps a layer's ``levels`` deepest levels in runs of rows (0: heap order).
+
+    At least the block kernel's dense top levels (``TOP_LEVELS``, as the tree allows), which it reads as GEMMs over
+    the first rows: the layout keeps those in heap order only above its level.
+    """
+    assert levels >= 0, f"levels must be at least 0 (0: heap order), got {levels}"
+    if levels == 0 or depth == 0:
+        return 0
+    return min(depth, max(depth + 1 - levels, min(TOP_LEVELS, depth)))
+
+
+class TritonKernel:
+    """A layer's weights bound for :func:`fff_triton`, in the row layout it reads (what ``fff_prepare`` gives CUDA).
+
+    The rows are laid out once, at construction, in the blocked layout of :func:`layer_blocked`'s level for
+    ``blocked_levels`` (default ``LAYER_BLOCKED_LEVELS``; 0: heap order, the weights themselves, no copy), and the
+    token kernel asks L2 for the blocked subtrees ``prefetch`` steps ahead (default ``LAYER_PREFETCH``; only on
+    blocked rows and a GPU of sm_90 or later). A call takes ``x2d`` (N, D_in) in the weights' dtype and device.
+    """
+
+    def __init__(self, w_in: torch.Tensor, b_in: torch.Tensor, w_out_t: torch.Tensor, depth: int, n_trees: int,
+                 blocked_levels: int | None = None, prefetch: int | None = None) -> None:  # fmt: skip
+        self.depth, self.n_trees = depth, n_trees
+        self.blocked = layer_blocked(depth, LAYER_BLOCKED_LEVELS if blocked_levels is None else blocked_levels)
+        prefetch = (LAYER_PREFETCH if prefetch is None else prefetch) if self.blocked else 0
+        if prefetch and w_in.is_cuda and torch.cuda.get_device_capability(w_in.device)[0] < 9:
+            prefetch = 0  # the bulk prefetch is sm_90's; older GPUs read the same rows without it
+        self.prefetch = prefetch
+        # the token kernel serves up to SMALL_BATCH tokens when the path fits its registers (fff_triton's choice)
+        self._token = n_trees * (depth + 1) <= TOKEN_PATH
+        self.weights = tuple(to_blocked(t.detach().contiguous(), depth, n_trees, self.blocked)
+                             for t in (w_in, b_in, w_out_t))  # fmt: skip
+
+    def __call__(self, x2d: torch.Tensor) -> torch.Tensor:
+        """(B, D_in) -> (B, D_out), in the weights' dtype and device (ValueError for other inputs)."""
+        w_in = self.weights[0]
+        if x2d.dim() != 2 or x2d.shape[1] != w_in.shape[1] or x2d.dtype != w_in.dtype or x2d.device != w_in.device:
+            check_shapes(x2d, *self.weights, self.depth, self.n_trees)  # raises ValueError with the reason
+        prefetch = self.prefetch if self._token and x2d.shape[0] <= SMALL_BATCH else 0  # a token-kernel option
+        return fff_triton(x2d, *self.weights, self.depth, self.n_trees, blocked=self.blocked, prefetch=prefetch)
 
 
 @dataclass(frozen=True)
