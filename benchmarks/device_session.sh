@@ -47,6 +47,7 @@ step() {  # step NAME LIMIT_S COMMAND...
   timeout "$limit" "$@" >>"$LOG" 2>&1
   local rc=$?
   echo "step $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
+  return $rc
 }
 
 # FOCUS=1: the two open figures first (the device time of a session is short): fff at hidden 4096, 1 and 4096
@@ -79,6 +80,13 @@ fff() {  # FFF_LIMIT (300 s); under FOCUS=1 no more than the call has left befor
     local left=$((570 - SECONDS - reserve))
     [ "$left" -lt 60 ] && left=60
     [ "$left" -lt "$limit" ] && limit=$left
+  fi
+  # the sweep's L2 prefetch is inline PTX first run here: a fault would end the benchmark's process and lose its
+  # cases, so its GPU tests go first (about 30 s), and the sweep leaves the prefetch out if they fail
+  if [ "${FOCUS:-0}" != 0 ] && [ "$DEVICE" = cuda ] &&
+    ! step prefetch-check 90 $py -m pytest -m gpu -p no:cacheprovider -q -x tests/test_fff_kernels.py \
+      -k "small_batch_launches_equal_reference and prefetch"; then
+    FFF_SET+=(--set skip=prefetch)
   fi
   step fff "$limit" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK "${FFF_SET[@]}"
   [ "${FOCUS:-0}" != 0 ] ||

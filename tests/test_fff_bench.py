@@ -205,7 +205,8 @@ def test_time_pick_times_the_fastest_launch_again_beside_dense():
 
 
 @pytest.mark.gpu
-def test_sweep_times_its_pick_again_on_cuda(monkeypatch):
+@pytest.mark.parametrize("skip", [(), ("prefetch",)])
+def test_sweep_times_its_pick_again_on_cuda(monkeypatch, skip):
     import torch
 
     from recruit.benchmarks import fff_speed
@@ -215,12 +216,28 @@ def test_sweep_times_its_pick_again_on_cuda(monkeypatch):
     launches = [{}, dict(block_d=64), dict(blocked=4), dict(blocked=4, prefetch=1)]  # weights laid out for the last 2
     monkeypatch.setattr(fff_speed, "_launches", lambda small, depth: launches)
     case = fff_speed.SpeedCase(256, 7, 1)
-    result = fff_speed.measure_case(case, torch.device("cuda"), torch.bfloat16, repeats=3, gather=False, tune=True)
+    result = fff_speed.measure_case(case, torch.device("cuda"), torch.bfloat16, repeats=3, gather=False, tune=True,
+                                    skip=skip)  # fmt: skip
     assert set(result.tuned) == {"cuda_graph", "cuda_graph_cycled"}
     for timing, (launch, tuned_ms, dense_ms) in result.tuned.items():
         sweep = {k.split(":", 1)[1]: v for k, v in result.ms[timing].items() if k.startswith("triton:")}
-        assert set(sweep) == {"default", "block_d64", "blocked4", "blocked4-prefetch1"}  # each agreed with the default
+        labels = {"default", "block_d64", "blocked4", "blocked4-prefetch1"}  # each agreed with the default
+        assert set(sweep) == {label for label in labels if not any(word in label for word in skip)}
         assert launch == min(sweep, key=sweep.get) and tuned_ms > 0 and dense_ms > 0
+
+
+def test_sweep_skips_the_launches_named_on_the_command_line():
+    """``--set skip=prefetch`` (a comma-separated list) leaves out the sweep's launches whose label holds a word."""
+    from recruit.benchmarks import fff_speed
+    from recruit.benchmarks.fff_speed import Selection, _label, _launches, _sweep
+
+    select = fff_speed.configure(BenchOptions(overrides={"skip": "prefetch,split"}), Selection(), "fff")
+    assert select.skip == ("prefetch", "split")
+    every = [_label(launch) for launch in _launches(True, 13)]
+    kept = [_label(launch) for launch in _sweep(True, 13, select.skip)]
+    assert any("prefetch" in label for label in every) and any("split" in label for label in every)
+    assert kept == [label for label in every if "prefetch" not in label and "split" not in label]
+    assert _sweep(True, 13) == _launches(True, 13)
 
 
 def test_a_bounded_sweep_starts_no_launch_past_its_budget(caplog):

@@ -649,6 +649,7 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(blocked=8, prefetch=2, pairs=True),
         dict(blocked=9, prefetch=3, spec=3),
     ],
+    ids=lambda launch: "-".join(f"{k}{v}" for k, v in launch.items()),  # named, for -k (device_session.sh)
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
     pytest.importorskip("triton")

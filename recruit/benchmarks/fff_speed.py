@@ -17,8 +17,9 @@ where Linux allows; the dense FF's and the gather walk's weights get the same pa
 alone; the ``fastfeedforward`` peer keeps its own).
 
 ``--set hidden=4096 --set batches=1,4096`` times only those of the device's cases; ``--set tune=false`` leaves out
-the sweep of Triton launch configurations on CUDA, and ``--set sweep_s=60`` bounds it (its launches come in
-order, the default and the untimed candidates first).
+the sweep of Triton launch configurations on CUDA, ``--set sweep_s=60`` bounds it (its launches come in
+order, the default and the untimed candidates first), and ``--set skip=prefetch`` leaves out the launches whose
+label holds that word.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Selection:
     batches: tuple[int, ...] = ()
     tune: bool = True  # on CUDA (not --quick), also time the sweep of Triton launch configurations
     sweep_s: float = 0.0  # seconds the sweep's warm pass may take per case, launches in order (0: no limit)
+    skip: tuple[str, ...] = ()  # sweep launches whose label holds any of these are not tried (``skip=prefetch``)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "batches"):
@@ -239,6 +241,16 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     )
 
 
+def _sweep(small: bool, depth: int, skip: tuple[str, ...] = ()) -> list[dict[str, int]]:
+    """:func:`_launches` but those whose label (:func:`_label`) holds a word of ``skip``."""
+    return [launch for launch in _launches(small, depth) if not any(word in _label(launch) for word in skip)]
+
+
+def _label(launch: dict[str, int]) -> str:
+    """The name of a sweep launch in its records (``triton:LABEL``): its options run together, or ``default``."""
+    return "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
+
+
 def _budgeted(
     launches: list[dict[str, int]], sweep_s: float, clock: Callable[[], float] = perf_counter
 ) -> Iterator[dict[str, int]]:
@@ -323,6 +335,7 @@ def measure_case(
     gather: bool,
     tune: bool = False,
     sweep_s: float = 0.0,
+    skip: tuple[str, ...] = (),
 ) -> CaseResult:
     """Milliseconds per call of dense, fused FFF and peers on one case, by timing method, and a correctness check.
 
@@ -334,7 +347,8 @@ def measure_case(
     ``tune``, both CUDA-graph timings also hold each of :func:`_launches` as ``triton:LABEL``: the fastest launch
     from L2 need not be the fastest from memory (L2 prefetching only pays there). ``sweep_s`` > 0 bounds the
     sweep's warm pass: once it has taken that many seconds no further launch is tried (a warning says how many
-    were left), and the cycled pass, about as long again, times the launches tried.
+    were left), and the cycled pass, about as long again, times the launches tried. A launch whose label holds
+    a word of ``skip`` is not tried.
     """
     g = torch.Generator().manual_seed(case.hidden * 1000 + case.depth)
     layers = _layers(case.hidden, case.depth, dtype, device, g, case.trees)
@@ -382,8 +396,8 @@ def measure_case(
 
                 laid: dict[int, tuple[torch.Tensor, ...]] = {}  # the weights in each layout swept (0: fff itself)
 
-                for launch in _budgeted(_launches(case.batch <= SMALL_BATCH, case.depth), sweep_s):
-                    label = "-".join(f"{k}{v}" for k, v in launch.items()) or "default"
+                for launch in _budgeted(_sweep(case.batch <= SMALL_BATCH, case.depth, skip), sweep_s):
+                    label = _label(launch)
                     if (level := launch.get("blocked", 0)) not in laid:
                         laid[level] = tuple(to_blocked(t, case.depth, case.trees, level) for t in fff)
 
@@ -450,7 +464,7 @@ def run(opts: BenchOptions, cases: tuple[SpeedCase, ...] | None = None) -> list[
         gather = case.batch <= 4096 and case.hidden <= 768 or case.batch <= 128
         result = measure_case(case, device, dtype, repeats=3 if opts.quick else 7, gather=gather,
                               tune=device.type == "cuda" and not opts.quick and select.tune,
-                              sweep_s=select.sweep_s)  # fmt: skip
+                              sweep_s=select.sweep_s, skip=select.skip)  # fmt: skip
         forest = f"trees={case.trees}," if case.trees > 1 else ""
         c = (f"hidden={case.hidden},depth={case.depth},{forest}width={case.nodes},dense_width={case.dense_width},"
              f"B={case.batch},dtype={str(dtype).split('.')[-1]}")  # fmt: skip
