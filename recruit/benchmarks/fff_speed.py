@@ -209,10 +209,12 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     """
     if small:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
-        # the layout alone first: a prefetch that faulted on the GPU would end the process, and the case with it
+        # the layout alone first: a prefetch that faulted on the GPU would end the process, and the case with it;
+        # block_o=512: eight column programs share out the prefetch, over eight SMs' copy engines instead of four
         blocked = [dict(blocked=8), dict(blocked=8, pairs=1, block_d=1024), dict(blocked=6), dict(blocked=10),
                    dict(blocked=8, prefetch=1), dict(blocked=8, prefetch=1, pairs=1, block_d=1024),
-                   dict(blocked=8, prefetch=2), dict(blocked=10, prefetch=2)]  # fmt: skip
+                   dict(blocked=8, prefetch=2), dict(blocked=10, prefetch=2),
+                   dict(blocked=8, prefetch=1, block_o=512)]  # fmt: skip
         return [
             {},
             dict(pairs=1, block_d=1024),  # the last H200 sweep's fastest at hidden 4096, 1 token, warm and cycled
