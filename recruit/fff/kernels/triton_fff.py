@@ -275,7 +275,7 @@ def _prefetch_span(base_ptr, first_row, n_rows, width):
     """
     ELEM: tl.constexpr = base_ptr.dtype.element_ty.primitive_bitwidth // 8
     start = (base_ptr + first_row * width).to(tl.int64)  # byte addresses
-    end = start + n_rows * width * ELEM
+    end = start + (start * 0 + n_rows) * width * ELEM  # in 64 bits: a span of many wide rows passes 2^31 bytes
     start = (start + 15) // 16 * 16
     units = tl.maximum(end // 16 * 16 - start, 0) // 16  # 16-byte units in the span
     per = tl.cdiv(units, tl.num_programs(2))  # units per piece
