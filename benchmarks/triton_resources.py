@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import os
 import re
 import subprocess
@@ -168,13 +169,14 @@ def loop_ops(sass: str) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
-def _code(sass: str) -> list[tuple[int, str]]:
+@functools.lru_cache(maxsize=4)  # resources() reads one kernel's SASS three ways
+def _code(sass: str) -> tuple[tuple[int, str], ...]:
     """(address, instruction) of every instruction of ``sass``, predicates dropped."""
-    return [(int(a, 16), re.sub(r"^@!?U?P\w+\s+", "", ins))
-            for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]  # fmt: skip
+    return tuple((int(a, 16), re.sub(r"^@!?U?P\w+\s+", "", ins))
+                 for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass))  # fmt: skip
 
 
-def _spans(code: list[tuple[int, str]]) -> list[tuple[int, int]]:
+def _spans(code: tuple[tuple[int, str], ...]) -> list[tuple[int, int]]:
     """(start, end) addresses of the outermost loops of ``code``, in order: from the target of a backward branch to
     the branch, for the branches whose loop no other encloses (a loop nested in another ends first)."""
     jumps = sorted((int(t, 16), a) for a, ins in code if (t := _backward(ins, a)))
