@@ -214,7 +214,7 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
         blocked = [dict(blocked=8), dict(blocked=8, pairs=1, block_d=1024), dict(blocked=6), dict(blocked=10),
                    dict(blocked=8, prefetch=1), dict(blocked=8, prefetch=1, pairs=1, block_d=1024),
                    dict(blocked=8, prefetch=2), dict(blocked=10, prefetch=2),
-                   dict(blocked=8, prefetch=1, block_o=512)]  # fmt: skip
+                   dict(blocked=8, prefetch=1, block_o=512), dict(blocked=6, prefetch=1)]  # fmt: skip
         return [
             {},
             dict(pairs=1, block_d=1024),  # the last H200 sweep's fastest at hidden 4096, 1 token, warm and cycled
