@@ -193,11 +193,11 @@ def _peer(case: SpeedCase, dtype: torch.dtype, device):
 def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     """Launch configurations of the Triton kernel tried on CUDA (the fastest is reported as ``triton-tuned``).
 
-    The first is the default, then the last H200 sweep's fastest at 1 token, then the launches not yet timed on
-    a GPU (a bounded sweep, ``sweep_s``, tries them first): the rows in the blocked layout (``blocked``, small
-    batches, at most ``depth``; the sweep lays out a copy of the weights for them), with and without the L2
-    prefetch of the blocked subtrees the walk enters (``prefetch``, sm_90 or later). The others vary the levels
-    per routing step (``spec``), the levels routed densely (``top``), the subtrees walked side by side
+    The first is the default, then (small batches) the last H200 sweep's fastest at 1 token, then the launches
+    not yet timed on a GPU (a bounded sweep, ``sweep_s``, tries them first): the rows in the blocked layout
+    (``blocked``, at most ``depth``; the sweep lays out a copy of the weights for them), at small batches with and
+    without the L2 prefetch of the blocked subtrees the walk enters (``prefetch``, sm_90 or later). The others vary
+    the levels per routing step (``spec``), the levels routed densely (``top``), the subtrees walked side by side
     (``split``, small batches), the kernel (``block_b`` asks for the block kernel, the small-batch default before
     the token kernel; ``kernel`` token, the token kernel at large batches), the register ceiling (``maxnreg`` 0:
     ptxas' own), bf16 rows read as pairs (``pairs``, small batches), the tiles, the unrolling and the warps.
@@ -236,7 +236,11 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
             *(launch for launch in splits if launch["split"] <= depth),
         ]
     return (
-        [{}, dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]
+        [{}]
+        # not yet timed on a GPU: the block kernel on the rows a layer in the blocked layout would hold (at depth 13
+        # and blocked 8 its dense top levels stay the default's)
+        + ([dict(blocked=8)] if 8 <= depth else [])
+        + [dict(kernel="token"), dict(top=0), dict(top=0, block_b=16, block_d=256, unroll=2)]
         + [dict(top=t) for t in (6, 7, 9)]
         + [dict(block_b=b) for b in (2, 4, 8)]
         + [dict(unroll=2), dict(unroll=8), dict(num_warps=4)]
