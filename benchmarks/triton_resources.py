@@ -42,7 +42,7 @@ class Resources:
     registers: int
     local_bytes: int  # spilled registers
     instructions: int
-    ops: dict[str, int]  # global loads by width, shuffles, barriers
+    ops: dict[str, int]  # global loads by width, shuffles, barriers, bulk L2 prefetches
     load_waves: int  # of the routing loops, the most (see load_waves)
     loop_ops: dict[str, int]  # instructions of the last routing loop by opcode (FFMA, FADD, ...; see loop_ops)
     tail_waves: int = 0  # of the code after the routing loops (see load_waves): the output's gather
