@@ -31,16 +31,17 @@ from recruit import measure
 from recruit.benchmarks.fff_speed import SpeedCase, _calls_beyond_l2
 from recruit.fff.kernels.triton_fff import fff_triton, to_blocked
 
-# the default, its fastest variant in the last H200 sweep, and with the rows in the blocked layout (the part per
-# step from memory), without and with the L2 prefetch of the blocked subtree the walk enters; `blocked` True stands
-# for subtrees of the BLOCK_LEVELS deepest levels (at depth 13 `blocked=8`; 2 in a --quick run), heap order (and no
-# prefetch) where the tree has no more
+# the default (bf16 rows read as pairs, in chunks of 1024 features), the default before the last H200 sweep (a
+# feature at a time), and with the rows in the blocked layout (the part per step from memory), without and with the
+# L2 prefetch of the blocked subtree the walk enters, shared out over four or eight column programs; `blocked` True
+# stands for subtrees of the BLOCK_LEVELS deepest levels (at depth 13 `blocked=8`; 2 in a --quick run), heap order
+# (and no prefetch) where the tree has no more
 LAUNCHES = {
     "default": {},
-    "pairs-block_d1024": dict(pairs=True, block_d=1024),
+    "pairs0": dict(pairs=False),
     "blocked": dict(blocked=True),
     "blocked-prefetch": dict(blocked=True, prefetch=1),
-    "blocked-prefetch-pairs-block_d1024": dict(blocked=True, prefetch=1, pairs=True, block_d=1024),
+    "blocked-prefetch-block_o512": dict(blocked=True, prefetch=1, block_o=512),
 }
 BLOCK_LEVELS = 6
 

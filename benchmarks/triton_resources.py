@@ -79,8 +79,12 @@ def _compile(fn, constexprs: dict, ints: dict, arch: int, ptr_dtypes: dict, **op
 
 
 def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype: str = "bf16", **options):
-    """The compiled token kernel (a ``triton.compile`` result) for ``token_launch(batch, hidden, hidden, ...)``."""
+    """The compiled token kernel (a ``triton.compile`` result) for ``token_launch(batch, hidden, hidden, ...)``.
+
+    ``pairs`` defaults as in ``fff_triton``: bf16 rows of even width are read as pairs.
+    """
     itemsize = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
+    options.setdefault("pairs", dtype == "bf16" and hidden % 2 == 0)
     launch = token_launch(batch, hidden, hidden, depth, 1, itemsize=itemsize, **options)
     return _compile(_fff_token_kernel, launch.constexprs, launch.ints, arch, {"*": dtype}, **launch.options)
 

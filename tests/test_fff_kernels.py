@@ -563,6 +563,31 @@ def test_blocked_layout_keeps_the_top_levels_and_runs_each_subtree_in_heap_order
         assert laid[:15, 0].tolist() == expect and laid[15:, 0].tolist() == [15.0 + n for n in expect]
 
 
+def test_token_kernel_reads_bf16_rows_as_pairs_by_default(monkeypatch):
+    """bf16 rows of even width are read as pairs unless asked not to (an H200's pick at hidden 4096), with x moved
+    to an aligned address when it lies at an odd one, so that one x gives one sum order; other rows one at a time."""
+    pytest.importorskip("triton")
+    from recruit.fff.kernels import triton_fff
+
+    seen = []
+    monkeypatch.setattr(triton_fff, "_launch_token", lambda x, *a, **kw: seen.append((x, kw["pairs"])) or a[3])
+
+    def pairs_for(dtype, d_in=8, offset=0, **launch):
+        w_in, b_in, w_out_t = (torch.randn(*shape).to(dtype) for shape in ((7, d_in), (7,), (7, 5)))
+        x = torch.randn(2 * d_in + 1).to(dtype)[offset : offset + 2 * d_in].view(2, d_in)
+        triton_fff.fff_triton(x, w_in, b_in, w_out_t, 2, 1, **launch)
+        return seen[-1][1], seen[-1][0].data_ptr() % 4 == 0, seen[-1][0].data_ptr() == x.data_ptr()
+
+    assert pairs_for(torch.bfloat16) == (True, True, True)
+    assert pairs_for(torch.bfloat16, offset=1) == (True, True, False)  # a copy at an aligned address
+    assert pairs_for(torch.bfloat16, pairs=False)[0] is False
+    assert pairs_for(torch.bfloat16, d_in=7)[0] is False  # odd width
+    assert pairs_for(torch.float16)[0] is False and pairs_for(torch.float32)[0] is False
+    launch = triton_fff.token_launch(1, 4096, 4096, 13, 1, pairs=True)
+    assert launch.constexprs["BLOCK_D"] == triton_fff.PAIRS_BLOCK_D == 1024 and launch.constexprs["PAIRS"] == 1
+    assert triton_fff.token_launch(1, 4096, 4096, 13, 1).constexprs["BLOCK_D"] == 2048  # a feature at a time
+
+
 def test_token_launch_is_worked_out_once_per_shape():
     """A launch costs about 20 µs of Python to work out, as much as the kernel at 1 token: it is cached per shape
     and options, and read-only, since every call with those shares it."""
@@ -778,7 +803,7 @@ def test_token_kernel_multiplies_only_the_lanes_that_hold_a_node(cuobjdump, spec
     for hidden, depth in tool.SHAPES:
         launch = token_launch(1, hidden, hidden, depth, 1, spec=spec)
         block_d, chunks = launch.constexprs["BLOCK_D"], launch.constexprs["D_CHUNKS"]
-        used = tool.resources(tool.compile_token(hidden, depth, spec=spec))
+        used = tool.resources(tool.compile_token(hidden, depth, spec=spec, pairs=False))
         per_thread = (2**spec - 1) * chunks * block_d // (32 * launch.options["num_warps"])
         assert chunks and used.loop_ops.get("FFMA") == per_thread, (hidden, spec, used.loop_ops, per_thread)
 
@@ -789,7 +814,7 @@ def test_token_kernel_pairs_widens_bf16_in_fewer_instructions(cuobjdump):
     FFMAs and its one load wave in fewer instructions, alone and with ``block_d`` 1024."""
     tool = cuobjdump
     for launch in (dict(), dict(block_d=1024)):
-        plain = tool.resources(tool.compile_token(4096, 13, **launch))
+        plain = tool.resources(tool.compile_token(4096, 13, pairs=False, **launch))
         used = tool.resources(tool.compile_token(4096, 13, pairs=True, **launch))
         assert used.local_bytes == 0 and used.load_waves == 1 and used.tail_waves == 1, (launch, used)
         assert used.loop_ops["FFMA"] == plain.loop_ops["FFMA"], (launch, used.loop_ops, plain.loop_ops)
@@ -797,7 +822,7 @@ def test_token_kernel_pairs_widens_bf16_in_fewer_instructions(cuobjdump):
         assert used.loop_ops.get("PRMT", 0) < plain.loop_ops["PRMT"] // 4, (launch, used.loop_ops)
 
 
-@pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, pairs=1, block_d=1024)])
+@pytest.mark.parametrize("launch", [dict(prefetch=1), dict(prefetch=2), dict(prefetch=1, pairs=False)])
 def test_token_kernel_prefetch_compiles_for_sm90_as_hints(cuobjdump, launch):
     """With L2 prefetching of the blocked subtrees, at the GPU benchmark's shapes for an H100/H200: two bulk
     prefetches (``UBLKPF``, w_in's span and w_out_t's), issued between the routing loops and not in a loop over a

@@ -193,14 +193,15 @@ def _peer(case: SpeedCase, dtype: torch.dtype, device):
 def _launches(small: bool, depth: int) -> list[dict[str, int]]:
     """Launch configurations of the Triton kernel tried on CUDA (the fastest is reported as ``triton-tuned``).
 
-    The first is the default, then (small batches) the last H200 sweep's fastest at 1 token, then the launches
+    The first is the default, then (small batches) the default before the last H200 sweep, then the launches
     not yet timed on a GPU (a bounded sweep, ``sweep_s``, tries them first): the rows in the blocked layout
     (``blocked``, at most ``depth``; the sweep lays out a copy of the weights for them), at small batches with and
     without the L2 prefetch of the blocked subtrees the walk enters (``prefetch``, sm_90 or later). The others vary
     the levels per routing step (``spec``), the levels routed densely (``top``), the subtrees walked side by side
     (``split``, small batches), the kernel (``block_b`` asks for the block kernel, the small-batch default before
     the token kernel; ``kernel`` token, the token kernel at large batches), the register ceiling (``maxnreg`` 0:
-    ptxas' own), bf16 rows read as pairs (``pairs``, small batches), the tiles, the unrolling and the warps.
+    ptxas' own), bf16 rows read a feature at a time (``pairs`` 0, small batches), the tiles, the unrolling and the
+    warps.
     Launches that H200 runs timed slower than the default (hidden 4096, 1 token) were taken out with the kernel
     options they tried, their records in git's history of ``results/gpu/fff.jsonl``: L2 prefetches of every
     candidate row a few steps ahead at each step (the earlier ``prefetch``), the output summed during the walk
@@ -211,18 +212,18 @@ def _launches(small: bool, depth: int) -> list[dict[str, int]]:
         splits = [dict(split=3), dict(split=6), dict(split=6, spec=1)]
         # the layout alone first: a prefetch that faulted on the GPU would end the process, and the case with it;
         # block_o=512: eight column programs share out the prefetch, over eight SMs' copy engines instead of four
-        blocked = [dict(blocked=8), dict(blocked=8, pairs=1, block_d=1024), dict(blocked=6), dict(blocked=10),
-                   dict(blocked=8, prefetch=1), dict(blocked=8, prefetch=1, pairs=1, block_d=1024),
+        blocked = [dict(blocked=8), dict(blocked=8, pairs=0), dict(blocked=6), dict(blocked=10),
+                   dict(blocked=8, prefetch=1), dict(blocked=8, prefetch=1, pairs=0),
                    dict(blocked=8, prefetch=2), dict(blocked=10, prefetch=2),
                    dict(blocked=8, prefetch=1, block_o=512), dict(blocked=6, prefetch=1)]  # fmt: skip
         return [
             {},
-            dict(pairs=1, block_d=1024),  # the last H200 sweep's fastest at hidden 4096, 1 token, warm and cycled
+            dict(pairs=0),  # the default until the last H200 sweep picked bf16 pairs in chunks of 1024 over it
             # not yet timed on a GPU, the likeliest first
             *(launch for launch in blocked if launch["blocked"] <= depth),
             # timed before
-            dict(block_d=1024),
-            dict(pairs=1),
+            dict(pairs=0, block_d=1024),
+            dict(block_d=2048),
             dict(maxnreg=0),
             dict(kernel="block"),
             dict(block_b=1),
