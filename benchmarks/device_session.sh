@@ -75,18 +75,19 @@ fi
 fff() {  # FFF_LIMIT (300 s); under FOCUS=1 no more than the call has left before BDH_RESERVE (180 s, for
   # bdh-speed after it) and TESTS_RESERVE (200 s, for the GPU tests after that), at least a minute
   local limit=${FFF_LIMIT:-300} reserve=${TESTS_RESERVE:-200}
+  # the sweep's L2 prefetch is inline PTX first run here: a fault would end the benchmark's process and lose its
+  # cases, so its bf16 GPU tests go first (three launches, about 20 s), and the sweep leaves the prefetch out if
+  # they fail
+  if [ "${FOCUS:-0}" != 0 ] && [ "$DEVICE" = cuda ] &&
+    ! step prefetch-check 60 $py -m pytest -m gpu -p no:cacheprovider -q -x tests/test_fff_kernels.py \
+      -k "small_batch_launches_equal_reference and prefetch and dtype1"; then
+    FFF_SET+=(--set skip=prefetch)
+  fi
   if [ "${FOCUS:-0}" != 0 ]; then
     on BDH && reserve=$((reserve + ${BDH_RESERVE:-180}))
     local left=$((570 - SECONDS - reserve))
     [ "$left" -lt 60 ] && left=60
     [ "$left" -lt "$limit" ] && limit=$left
-  fi
-  # the sweep's L2 prefetch is inline PTX first run here: a fault would end the benchmark's process and lose its
-  # cases, so its GPU tests go first (about 30 s), and the sweep leaves the prefetch out if they fail
-  if [ "${FOCUS:-0}" != 0 ] && [ "$DEVICE" = cuda ] &&
-    ! step prefetch-check 90 $py -m pytest -m gpu -p no:cacheprovider -q -x tests/test_fff_kernels.py \
-      -k "small_batch_launches_equal_reference and prefetch"; then
-    FFF_SET+=(--set skip=prefetch)
   fi
   step fff "$limit" recruit bench fff -q --device "$DEVICE" --out "$OUT" $QUICK "${FFF_SET[@]}"
   [ "${FOCUS:-0}" != 0 ] ||
