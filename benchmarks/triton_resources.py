@@ -30,7 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from recruit.fff.kernels.triton_fff import _fff_token_kernel, token_launch
+from recruit.fff.kernels.triton_fff import _fff_kernel, _fff_token_kernel, block_launch, token_launch
 
 SHAPES = ((768, 11), (4096, 13))  # (hidden, depth) of the GPU benchmark's cases
 
@@ -87,6 +87,14 @@ def compile_token(hidden: int, depth: int, batch: int = 1, arch: int = 90, dtype
     options.setdefault("pairs", dtype == "bf16" and hidden % 2 == 0)
     launch = token_launch(batch, hidden, hidden, depth, 1, itemsize=itemsize, **options)
     return _compile(_fff_token_kernel, launch.constexprs, launch.ints, arch, {"*": dtype}, **launch.options)
+
+
+def compile_block(hidden: int, depth: int, batch: int = 4096, arch: int = 90, dtype: str = "bf16", **options):
+    """The compiled block kernel (a ``triton.compile`` result) for ``block_launch(batch, hidden, hidden, ...)``."""
+    itemsize = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
+    launch = block_launch(batch, hidden, hidden, depth, 1, itemsize=itemsize, **options)
+    ptrs = {"*": dtype, "path_row_ptr": "i32", "path_gelu_ptr": "fp32"}
+    return _compile(_fff_kernel, launch.constexprs, launch.ints, arch, ptrs, **launch.options)
 
 
 def bdh_gemm_shape(epilogue: int) -> tuple[dict, dict]:

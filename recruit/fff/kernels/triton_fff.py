@@ -459,6 +459,17 @@ def _fff_token_kernel(
         tl.store(out_ptr + tok * D_OUT + o, acc.to(out_ptr.dtype.element_ty), mask=o_ok)
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Everything a launch of a kernel needs besides the tensors (:func:`token_launch`, :func:`block_launch`)."""
+
+    grid: tuple[int, int, int]  # token kernel: (tokens, subtrees, column programs); block kernel: (token blocks,
+    # column programs, 1)
+    ints: Mapping[str, int]  # the kernel's runtime integer arguments, by name (read-only: launches are cached)
+    constexprs: Mapping[str, int]  # its compile-time arguments, by name (read-only)
+    options: Mapping[str, int]  # Triton's launch and compile options (num_warps; maxnreg where set), read-only
+
+
 def _pow2(n: int, hi: int) -> int:
     """The next power of two ≥ n, at least 16 and at most hi."""
     return max(16, min(hi, triton.next_power_of_2(max(n, 1))))
@@ -597,7 +608,55 @@ def fff_triton(
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
                              maxnreg=maxnreg, prefetch=prefetch, pairs=pairs, blocked=blocked,
                              hints=x.device.type == "cuda")  # fmt: skip
+    launch = block_launch(n, d_in, d_out, depth, n_trees, spec=spec, top=top, block_b=block_b, block_d=block_d,
+                          block_o=block_o, num_warps=num_warps, unroll=unroll, blocked=blocked,
+                          itemsize=x.element_size())  # fmt: skip
+    top, top_w = launch.constexprs["TOP"], launch.constexprs["TOP_W"]
+    path = (launch.grid[1], n, n_trees * (depth + 1 - top))  # the visited rows below the top, per column program
+    path_rows = torch.empty(path, dtype=torch.int32, device=x.device)
+    path_gelu = torch.empty(path, dtype=torch.float32, device=x.device)
+    top_logits = top_act = out  # placeholders, never read with top = 0
+    if top:  # one GEMM per tree on views of its top rows (no copy of the weights per call)
+        w_top, b_top = w_in.view(n_trees, m, d_in)[:, :top_w], b_in.view(n_trees, m)[:, :top_w]
+        top_logits = torch.empty(n_trees, n, top_w, dtype=x.dtype, device=x.device)  # (K, B, top_w)
+        for k in range(n_trees):  # signs as exact as the kernel's dots
+            torch.addmm(b_top[k], x, w_top[k].t(), out=top_logits[k])
+        top_act = torch.empty_like(top_logits)  # every entry written by the kernel
+    _fff_kernel[launch.grid](x, w_in, b_in, w_out_t, out, path_rows, path_gelu, top_logits, top_act, **launch.ints,
+                             **launch.constexprs, **launch.options)  # fmt: skip
+    if top:  # the visited top nodes' share; the others have GELU 0 here
+        w_out_top = w_out_t.view(n_trees, m, d_out)[:, :top_w]  # (K, top_w, D_out), a view
+        for k in range(n_trees):
+            out.addmm_(top_act[k], w_out_top[k])
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def block_launch(
+    n: int,
+    d_in: int,
+    d_out: int,
+    depth: int,
+    n_trees: int,
+    *,
+    spec: int = 1,
+    top: int | None = None,
+    block_b: int | None = None,
+    block_d: int | None = None,
+    block_o: int | None = None,
+    num_warps: int | None = None,
+    unroll: int | None = None,
+    blocked: int = 0,
+    itemsize: int = 2,
+) -> Launch:
+    """The block kernel's launch for n tokens of d_in features into d_out columns (see :func:`fff_triton`).
+
+    A pure function of the shapes and options, as :func:`token_launch` is for the token kernel, shared by
+    :func:`fff_triton` and the ahead-of-time resource check (``benchmarks/triton_resources.py``); cached and
+    read-only. ``itemsize`` is the bytes per element of the weights (16-bit rows take twice the elements per tile).
+    """
     assert 0 <= blocked <= depth, f"blocked must be in 0..{depth} (0: heap order), got {blocked}"
+    small = n <= SMALL_BATCH
     if top is None:
         top = min(0 if small else TOP_LEVELS if n <= LARGE_BATCH else TOP_LEVELS_LARGE, depth + 1)
         if blocked:  # the top tables are GEMMs over the first rows, which the blocked layout keeps in heap order
@@ -606,39 +665,25 @@ def fff_triton(
     assert not blocked or top <= blocked, f"top must be at most blocked ({blocked}) with rows in that layout, got {top}"
     sub = triton.next_power_of_2(2**spec - 1)
     block_b = block_b or (1 if small else 4 if not top else 2 if n <= 1024 else 8)
-    wide = 2 if x.element_size() == 2 else 1  # 16-bit storage: twice the elements in the same registers
+    wide = 2 if itemsize == 2 else 1  # 16-bit storage: twice the elements in the same registers
     block_d = block_d or _pow2(d_in, (4096 * wide) // (block_b * sub) if small else 256 * wide)
     num_warps = num_warps or (4 if small and d_in <= 1024 else 8)
-    unroll = unroll or 4
     token_programs = triton.cdiv(n, block_b)
     block_o = block_o or _pow2(d_out, (512 if small else 256) * wide)
     col_blocks = triton.cdiv(d_out, block_o)
     splits = max(1, min(col_blocks, _PROGRAMS // token_programs))  # output-column programs per token block
     cols_per_program = triton.cdiv(col_blocks, splits) * block_o
-    grid = (token_programs, triton.cdiv(d_out, cols_per_program))
-    path_rows = torch.empty(grid[1], n, n_trees * (depth + 1 - top), dtype=torch.int32, device=x.device)
-    path_gelu = torch.empty(grid[1], n, n_trees * (depth + 1 - top), dtype=torch.float32, device=x.device)
-    top_logits = top_act = out  # placeholders, never read with top = 0
     # The top tables hold 2^top columns per tree: the 2^top − 1 top nodes and the first node below them,
     # whose activation stays 0; an odd GEMM width would send cuBLAS down a slow path.
-    top_w = 2**top if top <= depth else m
-    if top:  # one GEMM per tree on views of its top rows (no copy of the weights per call)
-        w_top, b_top = w_in.view(n_trees, m, d_in)[:, :top_w], b_in.view(n_trees, m)[:, :top_w]
-        top_logits = torch.empty(n_trees, n, top_w, dtype=x.dtype, device=x.device)  # (K, B, top_w)
-        for k in range(n_trees):  # signs as exact as the kernel's dots
-            torch.addmm(b_top[k], x, w_top[k].t(), out=top_logits[k])
-        top_act = torch.empty_like(top_logits)  # every entry written by the kernel
-    _fff_kernel[grid](
-        x, w_in, b_in, w_out_t, out, path_rows, path_gelu, top_logits, top_act, n, d_in, d_out, m,
-        cols_per_program, N_TREES=n_trees, LEVELS=depth + 1, TOP=top, TOP_W=top_w,
-        TOP_P=triton.next_power_of_2(top_w), SPEC=spec, SUB=sub, BLOCK_B=block_b, BLOCK_D=block_d,
-        BLOCK_O=block_o, UNROLL=unroll, BLOCKED=blocked, num_warps=num_warps,
+    top_w = 2**top if top <= depth else 2 ** (depth + 1) - 1
+    ints = dict(B=n, D_IN=d_in, D_OUT=d_out, N_NODES=2 ** (depth + 1) - 1, COLS_PER_PROGRAM=cols_per_program)
+    constexprs = dict(
+        N_TREES=n_trees, LEVELS=depth + 1, TOP=top, TOP_W=top_w, TOP_P=triton.next_power_of_2(top_w), SPEC=spec,
+        SUB=sub, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_O=block_o, UNROLL=unroll or 4, BLOCKED=blocked,
     )  # fmt: skip
-    if top:  # the visited top nodes' share; the others have GELU 0 here
-        w_out_top = w_out_t.view(n_trees, m, d_out)[:, :top_w]  # (K, top_w, D_out), a view
-        for k in range(n_trees):
-            out.addmm_(top_act[k], w_out_top[k])
-    return out
+    grid = (token_programs, triton.cdiv(d_out, cols_per_program), 1)
+    return Launch(grid, MappingProxyType(ints), MappingProxyType(constexprs),
+                       MappingProxyType(dict(num_warps=num_warps)))  # fmt: skip
 
 
 def blocked_rows(depth: int, blocked: int) -> torch.Tensor:
@@ -716,16 +761,6 @@ class TritonKernel:
         return fff_triton(x2d, *self.weights, self.depth, self.n_trees, blocked=self.blocked, prefetch=prefetch)
 
 
-@dataclass(frozen=True)
-class TokenLaunch:
-    """Everything a launch of :func:`_fff_token_kernel` needs besides the tensors (see :func:`token_launch`)."""
-
-    grid: tuple[int, int, int]  # (tokens, subtrees, column programs)
-    ints: Mapping[str, int]  # the kernel's runtime integer arguments, by name (read-only: launches are cached)
-    constexprs: Mapping[str, int]  # its compile-time arguments, by name (read-only)
-    options: Mapping[str, int]  # Triton's launch and compile options (num_warps; maxnreg where set), read-only
-
-
 @functools.lru_cache(maxsize=256)  # a call costs about 20 µs of Python, as much as the kernel at 1 token
 def token_launch(
     n: int,
@@ -746,7 +781,7 @@ def token_launch(
     blocked: int = 0,
     itemsize: int = 2,
     hints: bool = True,
-) -> TokenLaunch:
+) -> Launch:
     """The token kernel's launch for n tokens of d_in features into d_out columns.
 
     A pure function of the shapes and options, shared by :func:`fff_triton` and by the ahead-of-time resource
@@ -789,7 +824,7 @@ def token_launch(
         maxnreg = TOKEN_MAXNREG
     assert 0 <= maxnreg <= 255, f"maxnreg must be in 0..255 (0: ptxas' choice), got {maxnreg}"
     options = dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
-    return TokenLaunch(grid, MappingProxyType(ints), MappingProxyType(constexprs), MappingProxyType(options))
+    return Launch(grid, MappingProxyType(ints), MappingProxyType(constexprs), MappingProxyType(options))
 
 
 def _pairs_fit(x: torch.Tensor, w_in: torch.Tensor) -> bool:
