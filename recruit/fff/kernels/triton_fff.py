@@ -470,6 +470,17 @@ class Launch:
     options: Mapping[str, int]  # Triton's launch and compile options (num_warps; maxnreg where set), read-only
 
 
+def _token_by_default(n: int, depth: int, n_trees: int) -> bool:
+    """Whether :func:`fff_triton` serves n tokens with the token kernel when no launch option asks otherwise."""
+    return n <= SMALL_BATCH and n_trees * (depth + 1) <= TOKEN_PATH
+
+
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of a CUDA device, asked once (the prefetch is sm_90's; a call is on the hot path)."""
+    return torch.cuda.get_device_capability(device)
+
+
 def _pow2(n: int, hi: int) -> int:
     """The next power of two ≥ n, at least 16 and at most hi."""
     return max(16, min(hi, triton.next_power_of_2(max(n, 1))))
@@ -588,7 +599,7 @@ def fff_triton(
     can_token = block_b is None and not top and n_trees * (depth + 1) <= TOKEN_PATH
     no_token = f"the token kernel takes no block_b or top, and at most {TOKEN_PATH} path rows (trees × levels)"
     assert kernel != "token" or can_token, no_token
-    token = kernel == "token" or (kernel is None and small and can_token)
+    token = kernel == "token" or (kernel is None and can_token and _token_by_default(n, depth, n_trees))
     spec = spec or (2 if small or token else 1)
     assert 1 <= spec <= 4, f"spec must be in 1..4, got {spec}"
     why = "needs the token kernel: at most SMALL_BATCH tokens or kernel='token', no block_b or top"
@@ -598,11 +609,12 @@ def fff_triton(
     assert token or not pairs, f"pairs {why}"
     if token:
         if pairs is None:  # the default: pairs wherever the rows can be read so
-            pairs = x.dtype == torch.bfloat16 and d_in % 2 == 0 and w_in.data_ptr() % 4 == 0
-            if pairs and x.data_ptr() % 4:
-                x = x.clone()  # aligned, so that one x gives one sum order wherever it lies
+            # x at an aligned address (a copy where it is not), so that one x gives one sum order wherever it lies
+            aligned = x.clone() if x.dtype == torch.bfloat16 and x.data_ptr() % 4 else x
+            pairs = _pairs_fit(aligned, w_in)
+            x = aligned if pairs else x
         if prefetch and x.device.type == "cuda":
-            major, minor = torch.cuda.get_device_capability(x.device)
+            major, minor = _capability(x.device)
             assert major >= 9, f"prefetch needs a GPU of compute capability 9.0 or later (sm_90), got {major}.{minor}"
         return _launch_token(x, w_in, b_in, w_out_t, out, depth, n_trees, spec=spec, split=split or 0,
                              block_d=block_d, block_o=block_o, num_warps=num_warps, unroll=unroll,
@@ -744,11 +756,9 @@ class TritonKernel:
         self.depth, self.n_trees = depth, n_trees
         self.blocked = layer_blocked(depth, LAYER_BLOCKED_LEVELS if blocked_levels is None else blocked_levels)
         prefetch = (LAYER_PREFETCH if prefetch is None else prefetch) if self.blocked else 0
-        if prefetch and w_in.is_cuda and torch.cuda.get_device_capability(w_in.device)[0] < 9:
+        if prefetch and w_in.is_cuda and _capability(w_in.device)[0] < 9:
             prefetch = 0  # the bulk prefetch is sm_90's; older GPUs read the same rows without it
         self.prefetch = prefetch
-        # the token kernel serves up to SMALL_BATCH tokens when the path fits its registers (fff_triton's choice)
-        self._token = n_trees * (depth + 1) <= TOKEN_PATH
         self.weights = tuple(to_blocked(t.detach().contiguous(), depth, n_trees, self.blocked)
                              for t in (w_in, b_in, w_out_t))  # fmt: skip
 
@@ -757,7 +767,7 @@ class TritonKernel:
         w_in = self.weights[0]
         if x2d.dim() != 2 or x2d.shape[1] != w_in.shape[1] or x2d.dtype != w_in.dtype or x2d.device != w_in.device:
             check_shapes(x2d, *self.weights, self.depth, self.n_trees)  # raises ValueError with the reason
-        prefetch = self.prefetch if self._token and x2d.shape[0] <= SMALL_BATCH else 0  # a token-kernel option
+        prefetch = self.prefetch if _token_by_default(x2d.shape[0], self.depth, self.n_trees) else 0  # token kernel
         return fff_triton(x2d, *self.weights, self.depth, self.n_trees, blocked=self.blocked, prefetch=prefetch)
 
 
