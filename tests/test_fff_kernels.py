@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recruit.fff.kernels as kernels
+from recruit.benchmarks.fff_speed import _label
 from recruit.fff.fff import pack_rows
 from recruit.fff.kernels import cpu as cpu_kernel
 from recruit.fff.kernels import fff_cpu, fff_gather, fff_infer, fff_reference, fff_route, n_nodes
@@ -674,7 +675,7 @@ def test_triton_cuda_equals_reference(dtype, depth, n_trees, batch, d_in, d_out)
         dict(blocked=8, prefetch=2, pairs=True),
         dict(blocked=9, prefetch=3, spec=3),
     ],
-    ids=lambda launch: "-".join(f"{k}{v}" for k, v in launch.items()),  # named, for -k (device_session.sh)
+    ids=_label,  # named as the sweep names them, for -k (device_session.sh)
 )
 def test_triton_cuda_small_batch_launches_equal_reference(dtype, launch):
     pytest.importorskip("triton")
